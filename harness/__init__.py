@@ -1,0 +1,1 @@
+"""harness: fine-tuning under distribution shift (Optuna studies, MLflow tracking, shift reports)."""

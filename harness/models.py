@@ -1,0 +1,215 @@
+"""Model registry: every builder returns (model, groups), the ordered layer groups from input to output, head last."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Models see [0, 1] pixels and normalize inside, so shifts act on raw pixels. ImageNet statistics for all:
+# torchvision weights and the CIFAR ResNet-20..56 weights (akamaster) were both trained with them.
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class Normalized(nn.Module):
+    """(x - mean) / std in front of a body; the buffers are not persistent, so state_dicts are the body's."""
+
+    def __init__(self, body: nn.Module, mean=MEAN, std=STD):
+        super().__init__()
+        self.body = body
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return self.body((x - self.mean) / self.std)
+
+
+# --- CIFAR ResNets (He et al. 2016, section 4.2): 3 stages of n BasicBlocks at 16/32/64 channels, option-A
+# zero-padded shortcuts. Attribute names follow akamaster/pytorch_resnet_cifar10, so its weights load as-is.
+
+class _Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = cout - cin  # option A: subsample and zero-pad channels, no parameters
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        short = x
+        if self.pad:
+            short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad // 2))
+        return F.relu(out + short)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, n: int, num_classes: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        widths, cin, stages = (16, 32, 64), 16, []
+        for i, w in enumerate(widths):
+            stages.append(nn.Sequential(*[_Block(cin if j == 0 else w, w, 2 if (i and j == 0) else 1) for j in range(n)]))
+            cin = w
+        self.layer1, self.layer2, self.layer3 = stages
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def features(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x):
+        return self.linear(self.features(x))
+
+
+def _cifar_resnet(n):
+    def build(num_classes):
+        net = CifarResNet(n, num_classes)
+        groups = {"stem": nn.ModuleList([net.conv1, net.bn1]), "layer1": net.layer1, "layer2": net.layer2,
+                  "layer3": net.layer3, "head": net.linear}
+        return Normalized(net), groups
+    return build
+
+
+def _tv_resnet(arch):
+    def build(num_classes):
+        import torchvision.models as tvm
+
+        net = getattr(tvm, arch)(num_classes=num_classes)
+        groups = {"stem": nn.ModuleList([net.conv1, net.bn1]), "layer1": net.layer1, "layer2": net.layer2,
+                  "layer3": net.layer3, "layer4": net.layer4, "head": net.fc}
+        return Normalized(net), groups
+    build.torchvision = arch
+    return build
+
+
+# name -> builder(num_classes) -> (model, groups). resnet8 (n=1, 78k params) is the CPU default: one trial of
+# 6 epochs on 540 digits takes seconds on 2 cores; resnet20..56 match the CIFAR-10 weights of akamaster.
+MODELS = {
+    "resnet8": _cifar_resnet(1), "resnet20": _cifar_resnet(3), "resnet32": _cifar_resnet(5),
+    "resnet44": _cifar_resnet(7), "resnet56": _cifar_resnet(9),
+    "resnet18": _tv_resnet("resnet18"), "resnet34": _tv_resnet("resnet34"), "resnet50": _tv_resnet("resnet50"),
+}
+
+
+def resolve(name: str):
+    """A registry name, or 'package.module:function' returning (model, groups) for num_classes."""
+    if name in MODELS:
+        return MODELS[name]
+    if ":" in name:
+        module, _, fn = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), fn)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"model.name: cannot import {name!r} ({e})") from None
+    raise ValueError(f"model.name: unknown model {name!r}; choose one of {', '.join(MODELS)} "
+                     f"or 'package.module:function'")
+
+
+def build(name: str, num_classes: int, seed: int = 0):
+    """A freshly initialized model (seeded) and its ordered groups; checks the groups cover every parameter once."""
+    torch.manual_seed(seed)
+    model, groups = resolve(name)(num_classes)
+    groups = dict(groups)
+    if list(groups)[-1] != "head":
+        raise ValueError(f"model.name: {name} must return groups whose last entry is 'head', got {list(groups)}")
+    seen = {}
+    for g, module in groups.items():
+        for p in module.parameters():
+            if id(p) in seen:
+                raise ValueError(f"model.name: parameter in both groups {seen[id(p)]!r} and {g!r}")
+            seen[id(p)] = g
+    missing = [n for n, p in model.named_parameters() if id(p) not in seen]
+    if missing:
+        raise ValueError(f"model.name: {name} groups miss parameters {missing[:5]}")
+    return model, groups
+
+
+def head_prefix(model: nn.Module, groups: dict) -> str:
+    """State-dict prefix of the head, relative to the body ('linear.', 'fc.')."""
+    body = model.body if isinstance(model, Normalized) else model
+    for n, m in body.named_modules():
+        if m is groups["head"]:
+            return n + "."
+    raise ValueError("the head is not a submodule of the model")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A state_dict from safetensors or a torch file (weights_only=True); 'module.'/'body.' prefixes stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.weights: checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"model.weights: {path} holds no state_dict")
+    for prefix in ("module.", "body."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def torchvision_state(arch: str, weights: str) -> dict:
+    """Weights from torchvision's enum, read from the local torch hub cache; never downloads."""
+    import torchvision.models as tvm
+
+    try:
+        enum = tvm.get_model_weights(arch)[weights]
+    except KeyError:
+        options = ", ".join(w.name for w in tvm.get_model_weights(arch))
+        raise ValueError(f"model.weights: {weights!r} is not a weights name of {arch}; choose one of {options}") from None
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    if not file.is_file():
+        raise FileNotFoundError(f"model.weights: {enum} needs {file.name}, which is not in {file.parent}; "
+                                f"download {enum.url} on a connected machine and put it there")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def load_weights(model: nn.Module, groups: dict, state: dict) -> list[str]:
+    """Copy a state_dict into the body; head tensors whose shape differs (other classes) keep their fresh init.
+
+    Returns the skipped keys. Any other missing, unexpected or mis-shaped key is an error naming it."""
+    body = model.body if isinstance(model, Normalized) else model
+    own, head = body.state_dict(), head_prefix(model, groups)
+    skipped = [k for k in state if k.startswith(head) and k in own and own[k].shape != state[k].shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    bad = [k for k in state if k in own and own[k].shape != state[k].shape]
+    # a missing head keeps its fresh init; checkpoints from before torch 0.4.1 lack BN's num_batches_tracked
+    missing = [k for k in own if k not in state and not k.startswith(head) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if bad or missing or unexpected:
+        raise ValueError(f"model.weights: checkpoint does not fit the model: shape mismatch {bad[:3]}, "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    body.load_state_dict(state, strict=False)
+    return skipped
+
+
+def initial_weights(name: str, weights: str, model: nn.Module, groups: dict) -> str:
+    """Apply model.weights other than 'pretrain' (which the pretrain module provides). Returns a description."""
+    if weights in ("none", ""):
+        return "random init"
+    builder = resolve(name)
+    if weights.endswith((".pt", ".pth", ".th", ".safetensors", ".bin")) or "/" in weights:
+        skipped = load_weights(model, groups, read_checkpoint(weights))
+        return f"checkpoint {weights}" + (" (head re-initialized)" if skipped else "")
+    arch = getattr(builder, "torchvision", None)
+    if arch is None:
+        raise ValueError(f"model.weights: {weights!r} is neither 'pretrain', 'none', a checkpoint path, "
+                         f"nor a torchvision weights name for a torchvision model")
+    skipped = load_weights(model, groups, torchvision_state(arch, weights))
+    return f"torchvision {arch} {weights}" + (" (head re-initialized)" if skipped else "")

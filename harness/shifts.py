@@ -1,0 +1,513 @@
+"""Pure, seeded image-shift functions (CIFAR-10-C family, geometric) and label-shift resampling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.io import decode_jpeg, encode_jpeg
+
+# Every covariate shift is fn(images, severity, generator) -> images: float32 (N, C, H, W) in [0, 1], C = 1 or 3,
+# any device. Random numbers are drawn on the generator's device and moved to the images, so a CPU generator
+# seeded once gives the same shifted set on CPU and CUDA. Constants are make_cifar_c.py's (hendrycks/robustness
+# @ ca36008, science.md 3.1), one entry per severity 1..5; those in pixels are for 32x32 and scale with H/32.
+
+GAUSSIAN_NOISE = (0.04, 0.06, 0.08, 0.09, 0.10)  # sigma
+SHOT_NOISE = (500, 250, 100, 75, 50)  # photons per unit intensity (lambda)
+IMPULSE_NOISE = (0.01, 0.02, 0.03, 0.05, 0.07)  # fraction of values set to 0 or 1
+SPECKLE_NOISE = (0.06, 0.10, 0.12, 0.16, 0.20)  # sigma of the multiplicative noise
+GAUSSIAN_BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)  # sigma, pixels
+DEFOCUS_BLUR = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1))  # (disk radius, alias_blur), pixels
+MOTION_BLUR = ((6, 1.0), (6, 1.5), (6, 2.0), (8, 2.0), (9, 2.5))  # (radius, sigma), pixels
+ZOOM_BLUR = (7, 12, 16, 21, 26)  # zoom factors 1.00, 1.01, ...: np.arange(1, 1.06|1.11|1.16|1.21|1.26, 0.01) has these lengths
+CONTRAST = (0.75, 0.5, 0.4, 0.3, 0.15)  # factor on the deviation from the channel mean
+BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)  # added to HSV value
+SATURATE = ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2))  # (mult, add) on HSV saturation
+PIXELATE = (0.95, 0.9, 0.85, 0.75, 0.65)  # side of the low-resolution copy, fraction of H
+JPEG_QUALITY = (80, 65, 58, 50, 40)
+ELASTIC = ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))  # (alpha, sigma, affine) x H
+FOG = ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75))  # (strength, wibbledecay)
+ROTATE = (10, 20, 30, 40, 50)  # degrees, sign random per image
+TRANSLATE = (2, 4, 6, 8, 10)  # pixels for 32x32, direction random per image
+
+
+def _level(images: torch.Tensor, severity: int) -> int:
+    """Index into the constant tuples; rejects what no shift can handle."""
+    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+        raise ValueError(f"severity must be an int in 1..5, got {severity!r}")
+    if images.dim() != 4 or images.shape[1] not in (1, 3) or not images.is_floating_point():
+        raise ValueError(f"images must be float (N, C, H, W) with C in (1, 3), got {tuple(images.shape)} {images.dtype}")
+    return severity - 1
+
+
+def _rand(shape, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(tuple(shape), generator=generator, device=generator.device).to(device)
+
+
+def _randn(shape, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)
+
+
+def _pad_index(n: int, r: int, mode: str, device) -> torch.Tensor:
+    """Indices padding an axis of length n by r on both sides: 'edge' (aa|abc|cc, scipy 'nearest'), 'symmetric'
+    (ba|abc|cb, scipy 'reflect') or 'reflect' (cb|abc|ba, cv2 BORDER_REFLECT_101); any r, even r > n."""
+    i = torch.arange(-r, n + r, device=device)
+    if mode == "edge" or n == 1:
+        return i.clamp(0, n - 1)
+    if mode == "symmetric":
+        i = i % (2 * n)
+        return torch.where(i < n, i, 2 * n - 1 - i)
+    i = i % (2 * n - 2)
+    return torch.where(i < n, i, 2 * n - 2 - i)
+
+
+def _band(n: int, taps: torch.Tensor, mode: str) -> torch.Tensor:
+    """1-D correlation with odd-length `taps` on a length-n axis, borders padded by `mode`, as an (n, n) matrix:
+    filters become matmuls, ~1 ms for 1000x3x32x32 on 2 cores where conv2d with one channel takes ~90 ms."""
+    k = taps.numel()
+    cols = _pad_index(n, k // 2, mode, "cpu")[torch.arange(n)[:, None] + torch.arange(k)[None, :]]  # (n, k)
+    m = torch.zeros(n, n, dtype=torch.float64)
+    return m.index_put_((torch.arange(n)[:, None].expand(n, k), cols), taps.double().expand(n, k), accumulate=True)
+
+
+def _separable(x: torch.Tensor, mh: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
+    """mh @ x @ mw.T on every channel: a linear map acting on rows and columns separately."""
+    return mh.to(x) @ x @ mw.T.to(x)
+
+
+def _filter(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """Correlate every channel with one odd-sized (kh, kw) kernel, borders padded by `mode` (see _pad_index): kernel
+    row a is a one-hot row shift times a 1-D filter along the width, so kh matmul pairs do it exactly."""
+    _, _, h, w = x.shape
+    out = torch.zeros_like(x)
+    for a, row in enumerate(kernel):
+        if row.any():
+            out += _separable(x, _band(h, torch.eye(len(kernel))[a], mode), _band(w, row, mode))
+    return out
+
+
+def _gaussian(x: torch.Tensor, sigma: float, truncate: float, mode: str) -> torch.Tensor:
+    """scipy.ndimage.gaussian_filter on each channel: separable, radius int(truncate*sigma + 0.5)."""
+    r = int(truncate * sigma + 0.5)
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    return _separable(x, _band(x.shape[2], k, mode), _band(x.shape[3], k, mode))
+
+
+def _shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, fill: float | None) -> torch.Tensor:
+    """out[n, :, r, c] = images[n, :, r + dy[n], c + dx[n]] for integer offsets; outside the image the nearest
+    edge pixel (fill=None) or the constant fill."""
+    n, c, h, w = images.shape
+    rows = torch.arange(h, device=images.device)[None] + dy[:, None]  # (N, H)
+    cols = torch.arange(w, device=images.device)[None] + dx[:, None]  # (N, W)
+    flat = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]  # (N, H, W)
+    out = images.reshape(n, c, h * w).gather(2, flat.reshape(n, 1, h * w).expand(n, c, h * w)).reshape(n, c, h, w)
+    if fill is not None:
+        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        out = torch.where(inside[:, None], out, fill)
+    return out
+
+
+def _remap(images: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, padding: str, align_corners: bool) -> torch.Tensor:
+    """Bilinear sample images at pixel coordinates (xs, ys), each (N, H, W). align_corners=True with 'reflection'
+    reflects about the edge pixels' centres (cv2 BORDER_REFLECT_101); False reflects about the image border
+    (scipy mode='reflect')."""
+    _, _, h, w = images.shape
+    if align_corners:
+        grid = torch.stack((2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1), dim=-1)
+    else:
+        grid = torch.stack(((2 * xs + 1) / w - 1, (2 * ys + 1) / h - 1), dim=-1)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode=padding, align_corners=align_corners)
+
+
+def _pixel_grid(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates (xs, ys), each (H, W), in float64 so the affine maps below round the same on every device."""
+    _, _, h, w = images.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    return xs.to(images.device), ys.to(images.device)
+
+
+# ---------------------------------------------------------------------------------------------------------- noise
+
+
+def gaussian_noise(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """clip(x + N(0, sigma)), sigma = .04, .06, .08, .09, .10."""
+    sigma = GAUSSIAN_NOISE[_level(images, severity)]
+    return (images + sigma * _randn(images.shape, generator, images.device)).clamp(0, 1)
+
+
+def shot_noise(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """clip(Poisson(x * lam) / lam), lam = 500, 250, 100, 75, 50: fewer photons, more noise."""
+    lam = SHOT_NOISE[_level(images, severity)]
+    counts = torch.poisson((images * lam).to(generator.device), generator=generator).to(images.device)
+    return (counts / lam).clamp(0, 1)
+
+
+def impulse_noise(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """Salt and pepper on each value independently (skimage random_noise 's&p', salt_vs_pepper=0.5): a fraction
+    amount = .01, .02, .03, .05, .07 of values becomes 0 or 1 with equal odds."""
+    amount = IMPULSE_NOISE[_level(images, severity)]
+    u = _rand(images.shape, generator, images.device)  # u < amount flips; its lower half of those is pepper
+    return torch.where(u < amount, (u >= amount / 2).to(images.dtype), images)
+
+
+def speckle_noise(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """clip(x + x * N(0, sigma)), sigma = .06, .1, .12, .16, .2: noise proportional to intensity."""
+    sigma = SPECKLE_NOISE[_level(images, severity)]
+    return (images + images * sigma * _randn(images.shape, generator, images.device)).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------- blur
+
+
+def gaussian_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """skimage gaussian, sigma = .4, .6, .7, .8, 1 px: truncate 4 and 'nearest' borders as skimage does
+    (torchvision's gaussian_blur pads by reflection, hence not used)."""
+    sigma = GAUSSIAN_BLUR[_level(images, severity)] * images.shape[2] / 32
+    return _gaussian(images, sigma, truncate=4.0, mode="edge").clamp(0, 1)
+
+
+def _disk(radius: float, alias_blur: float) -> torch.Tensor:
+    """make_cifar_c.disk: a normalised aliased disk on a 17x17 grid, smoothed by cv2.GaussianBlur(3x3, alias_blur),
+    cropped to its non-zero support (radius 1.5 -> 5x5) so the convolution stays small."""
+    half = 8 if radius <= 8 else math.ceil(radius)
+    t = torch.arange(-half, half + 1, dtype=torch.float64)
+    disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= radius**2).double()
+    disk = disk / disk.sum()
+    size = 3 if radius <= 8 else 5
+    g = torch.exp(-0.5 * (torch.arange(size, dtype=torch.float64) - size // 2) ** 2 / alias_blur**2)
+    g = g / g.sum()
+    disk = _separable(disk[None, None], _band(2 * half + 1, g, "reflect"), _band(2 * half + 1, g, "reflect"))[0, 0]
+    rows, cols = disk.abs().sum(1).nonzero(), disk.abs().sum(0).nonzero()
+    r = max(half - int(rows.min()), int(rows.max()) - half)
+    c = max(half - int(cols.min()), int(cols.max()) - half)
+    return disk[half - r:half + r + 1, half - c:half + c + 1]
+
+
+def defocus_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """Disk kernel of radius .3, .4, .5, 1, 1.5 px antialiased by a gaussian of alias_blur .4, .5, .6, .2, .1, applied
+    with cv2.filter2D's reflect-101 borders. Radii below 1 give a single-pixel disk, so severities 1-3 are pure
+    alias blur."""
+    radius, alias = DEFOCUS_BLUR[_level(images, severity)]
+    scale = images.shape[2] / 32
+    return _filter(images, _disk(radius * scale, alias * scale), "reflect").clamp(0, 1)
+
+
+def motion_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """ImageMagick MotionBlurImage as imagecorruptions reimplements it: a one-sided line of width 2*radius+1 taps
+    with weights exp(-i^2 / 2 sigma^2), i = 0.., at angle U(-45, 45) per image, edge pixels repeated.
+    (radius, sigma) = (6,1), (6,1.5), (6,2), (8,2), (9,2.5): the weights are ~0 past 3 sigma = 6 taps, so the
+    radius hardly matters and severities 3 and 4 are the same blur up to 1e-9."""
+    radius, sigma = MOTION_BLUR[_level(images, severity)]
+    scale = images.shape[2] / 32
+    radius, sigma = radius * scale, sigma * scale
+    taps = torch.arange(2 * math.ceil(radius) + 1, dtype=torch.float64)
+    weights = torch.exp(-(taps**2) / (2 * sigma**2))
+    weights = (weights / weights.sum()).tolist()
+    angle = torch.deg2rad(_rand((images.shape[0],), generator, images.device).double() * 90 - 45)
+    out = torch.zeros_like(images)
+    for i, wgt in enumerate(weights):
+        dy = torch.ceil(i * torch.sin(angle) - 0.5).long()
+        dx = torch.ceil(i * torch.cos(angle) - 0.5).long()
+        out += wgt * _shift(images, dy, dx, fill=None)
+    return out.clamp(0, 1)
+
+
+def _zoom_matrix(n: int, z: float) -> torch.Tensor:
+    """make_cifar_c.clipped_zoom along one axis as an (n, n) matrix: crop the central ceil(n/z), scipy zoom
+    (order 1, corners aligned) to round(ceil(n/z) * z), keep the central n."""
+    ch = math.ceil(n / z)
+    top = (n - ch) // 2
+    size = int(round(ch * z))
+    trim = (size - n) // 2
+    src = top + (torch.arange(n, dtype=torch.float64) + trim) * (ch - 1) / max(size - 1, 1)
+    lo = src.floor().long().clamp(max=n - 1)
+    frac = src - lo
+    m = torch.zeros(n, n, dtype=torch.float64)
+    m[torch.arange(n), lo] += 1 - frac
+    m[torch.arange(n), (lo + 1).clamp(max=n - 1)] += frac
+    return m
+
+
+def zoom_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """Mean of x and its centre zooms by 1.00, 1.01, ... (7, 12, 16, 21, 26 factors; the arange end points are
+    make_cifar_c's). Each zoom is separable, so it is two small matmuls."""
+    count = ZOOM_BLUR[_level(images, severity)]
+    _, _, h, w = images.shape
+    out = images.clone()
+    for k in range(count):
+        z = 1 + 0.01 * k
+        out += _separable(images, _zoom_matrix(h, z), _zoom_matrix(w, z))
+    return (out / (count + 1)).clamp(0, 1)
+
+
+# -------------------------------------------------------------------------------------------- weather and digital
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """skimage.color.rgb2hsv on (N, 3, H, W), hue in [0, 1); ties go to blue, then green, then red, as there."""
+    r, g, b = x.unbind(1)
+    v = x.amax(1)
+    delta = v - x.amin(1)
+    grey = delta == 0
+    safe = torch.where(grey, torch.ones_like(delta), delta)
+    s = torch.where(grey, torch.zeros_like(delta), delta / torch.where(grey, torch.ones_like(v), v))
+    h = torch.where(r == v, (g - b) / safe, torch.zeros_like(v))
+    h = torch.where(g == v, 2 + (b - r) / safe, h)
+    h = torch.where(b == v, 4 + (r - g) / safe, h)
+    h = torch.where(grey, torch.zeros_like(h), (h / 6) % 1)
+    return h, s, v
+
+
+# skimage.color.hsv2rgb: sector floor(6h) picks (r, g, b) from (v, t, p, q) = indices 0..3
+_HSV_SECTORS = ((0, 1, 2), (3, 0, 2), (2, 0, 1), (2, 3, 0), (1, 2, 0), (0, 2, 3))
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    sector = torch.floor(h * 6)
+    f = h * 6 - sector
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    table = torch.tensor(_HSV_SECTORS, device=h.device)[sector.long() % 6]  # (N, H, W, 3)
+    return torch.stack((v, t, p, q), dim=-1).gather(-1, table).permute(0, 3, 1, 2)
+
+
+def brightness(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """HSV value += .05, .1, .15, .2, .3 (clipped), hue and saturation kept. Grey images: the grey level is V."""
+    delta = BRIGHTNESS[_level(images, severity)]
+    if images.shape[1] == 1:
+        return (images + delta).clamp(0, 1)
+    h, s, v = _rgb_to_hsv(images)
+    return _hsv_to_rgb(h, s, (v + delta).clamp(0, 1)).clamp(0, 1)
+
+
+def saturate(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """HSV saturation * mult + add, (mult, add) = (.3,0), (.1,0), (1.5,0), (2,.1), (2.5,.2): severities 1-2
+    desaturate, 3-5 oversaturate. Grey images have no saturation: identity (skimage would tint them red for add > 0)."""
+    mult, add = SATURATE[_level(images, severity)]
+    if images.shape[1] == 1:
+        return images.clone()
+    h, s, v = _rgb_to_hsv(images)
+    return _hsv_to_rgb(h, (s * mult + add).clamp(0, 1), v).clamp(0, 1)
+
+
+def contrast(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """(x - mean) * c + mean with the per-image, per-channel mean, c = .75, .5, .4, .3, .15 (torchvision's
+    adjust_contrast blends towards the grey mean instead, hence not used)."""
+    c = CONTRAST[_level(images, severity)]
+    mean = images.mean(dim=(2, 3), keepdim=True)
+    return ((images - mean) * c + mean).clamp(0, 1)
+
+
+def _plasma(n: int, mapsize: int, wibbledecay: float, generator: torch.Generator) -> torch.Tensor:
+    """make_cifar_c.plasma_fractal for n maps at once: diamond-square on a (mapsize, mapsize) torus, each new point
+    the mean of its 4 neighbours + wibble * U(-wibble, wibble) (sic, wibble squared: 100 at the coarsest step,
+    divided by wibbledecay per step), then rescaled to [0, 1] per map."""
+    m = torch.zeros(n, mapsize, mapsize, dtype=torch.float64, device=generator.device)
+    wibble = 100.0
+    step = mapsize
+
+    def wibbled(total: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(total.shape, generator=generator, device=generator.device, dtype=torch.float64)
+        return total / 4 + wibble * (2 * u - 1) * wibble
+
+    while step >= 2:
+        half = step // 2
+        corners = m[:, 0::step, 0::step]
+        square = corners + corners.roll(-1, dims=1)
+        m[:, half::step, half::step] = wibbled(square + square.roll(-1, dims=2))
+        centres, corners = m[:, half::step, half::step], m[:, 0::step, 0::step]
+        m[:, 0::step, half::step] = wibbled(centres + centres.roll(1, dims=1) + corners + corners.roll(-1, dims=2))
+        m[:, half::step, 0::step] = wibbled(centres + centres.roll(1, dims=2) + corners + corners.roll(-1, dims=1))
+        step = half
+        wibble /= wibbledecay
+    m = m - m.amin(dim=(1, 2), keepdim=True)
+    return m / m.amax(dim=(1, 2), keepdim=True)
+
+
+def fog(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """x + strength * plasma (one fractal per image, shared by its channels), rescaled by max / (max + strength)
+    with max the clean image's maximum; (strength, wibbledecay) = (.2,3), (.5,3), (.75,2.5), (1,2), (1.5,1.75)."""
+    strength, decay = FOG[_level(images, severity)]
+    n, _, h, w = images.shape
+    mapsize = max(2, 1 << (max(h, w) - 1).bit_length())  # smallest power of 2 >= the image: 32 for CIFAR
+    plasma = _plasma(n, mapsize, decay, generator)[:, None, :h, :w].to(images)
+    top = images.amax(dim=(1, 2, 3), keepdim=True)
+    return ((images + strength * plasma) * top / (top + strength)).clamp(0, 1)
+
+
+def _box_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """Pillow's Image.resize(BOX) along one axis as an (n_out, n_in) matrix (Resample.c precompute_coeffs): output
+    pixel o averages the input pixels whose centres fall in its footprint ((o + .5) * scale +- scale / 2), which for
+    a non-integer ratio is not the area average F.interpolate(mode='area') computes; upsampling is nearest."""
+    scale = n_in / n_out
+    support = 0.5 * max(scale, 1.0)
+    centre = (torch.arange(n_out, dtype=torch.float64)[:, None] + 0.5) * scale
+    x = torch.arange(n_in, dtype=torch.float64)[None, :]
+    lo, hi = (centre - support + 0.5).floor(), (centre + support + 0.5).floor()
+    t = (x - centre + 0.5) / max(scale, 1.0)
+    m = ((t > -0.5) & (t <= 0.5) & (x >= lo) & (x < hi)).double()
+    return m / m.sum(dim=1, keepdim=True)
+
+
+def pixelate(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """PIL BOX resize down to int(H * c), c = .95, .9, .85, .75, .65 (30, 28, 27, 24, 20 px at 32), and BOX back up.
+    Both resizes are linear and separable, so one (H, H) and one (W, W) matrix do it."""
+    c = PIXELATE[_level(images, severity)]
+    _, _, h, w = images.shape
+    mh = _box_matrix(int(h * c), h) @ _box_matrix(h, int(h * c))
+    mw = _box_matrix(int(w * c), w) @ _box_matrix(w, int(w * c))
+    return _separable(images, mh, mw).clamp(0, 1)
+
+
+def jpeg_compression(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """A real JPEG round trip at quality 80, 65, 58, 50, 40 (libjpeg via torchvision.io, 4:2:0 chroma like PIL),
+    of the uint8 image as CIFAR-10-C encodes it; per image on the CPU, the codec has no batched form."""
+    quality = JPEG_QUALITY[_level(images, severity)]
+    u8 = (images.detach() * 255).round().clamp(0, 255).to(device="cpu", dtype=torch.uint8)
+    decoded = decode_jpeg(encode_jpeg(list(u8.contiguous()), quality=quality))
+    return (torch.stack(decoded).to(images.device, torch.float32) / 255).to(images.dtype)
+
+
+def elastic_transform(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """make_cifar_c's: a random affine (three control points at the centre +- H//3 moved by U(-affine, affine) each,
+    bilinear, reflect-101 borders as cv2.warpAffine) then a displacement field alpha * gaussian(U(-1, 1), sigma,
+    truncate 3) per axis (bilinear, scipy 'reflect' borders as map_coordinates). (alpha, sigma, affine) =
+    (0,0,.08), (.05,.2,.07), (.08,.06,.06), (.1,.04,.05), (.1,.03,.03) x H: the affine part shrinks with severity
+    while the elastic part grows, so the pixel change is not monotone in severity (see tests)."""
+    alpha, sigma, affine = (v * images.shape[2] for v in ELASTIC[_level(images, severity)])
+    n, _, h, w = images.shape
+    cx, cy, half = float(w // 2), float(h // 2), float(min(h, w) // 3)
+    src = torch.tensor([[cx + half, cy + half], [cx + half, cy - half], [cx - half, cy - half]], dtype=torch.float64)
+    dst = src + (_rand((n, 3, 2), generator, "cpu").double() * 2 - 1) * affine
+    # cv2.getAffineTransform: [src | 1] @ M.T = dst; warpAffine then samples the input at M^-1 (output pixel)
+    mt = torch.linalg.solve(torch.cat((src, torch.ones(3, 1, dtype=torch.float64)), dim=1), dst)  # (N, 3, 2)
+    a_inv, b = torch.linalg.inv(mt[:, :2].transpose(1, 2)), mt[:, 2]  # x_out = A x_in + b
+    xs, ys = _pixel_grid(images)
+    p = torch.stack((xs, ys), dim=-1)[None] - b.to(images.device)[:, None, None]  # (N, H, W, 2)
+    q = torch.einsum("nij,nhwj->nhwi", a_inv.to(images.device), p)
+    out = _remap(images, q[..., 0], q[..., 1], "reflection", align_corners=True)
+    if alpha > 0:  # severity 1 is the affine alone (alpha = 0)
+        field = _rand((n, 2, h, w), generator, images.device) * 2 - 1
+        field = _gaussian(field, sigma, truncate=3.0, mode="symmetric") * alpha
+        out = _remap(out, xs + field[:, 0].double(), ys + field[:, 1].double(), "reflection", align_corners=False)
+    return out.clamp(0, 1)
+
+
+# -------------------------------------------------------------------------------------------------------- geometric
+
+
+def rotate(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """Rotation about the centre by 10, 20, 30, 40, 50 degrees, sign random per image, bilinear. Corners fill with 0,
+    as torchvision's rotate (fill=0) and Ovadia et al.'s rotated MNIST do: the digits' background is 0 anyway."""
+    degrees = ROTATE[_level(images, severity)]
+    n, _, h, w = images.shape
+    sign = torch.where(_rand((n,), generator, images.device) < 0.5, -1.0, 1.0).double()
+    theta = torch.deg2rad(sign * degrees)[:, None, None]
+    xs, ys = _pixel_grid(images)
+    x0, y0 = xs - (w - 1) / 2, ys - (h - 1) / 2
+    src_x = torch.cos(theta) * x0 + torch.sin(theta) * y0 + (w - 1) / 2
+    src_y = -torch.sin(theta) * x0 + torch.cos(theta) * y0 + (h - 1) / 2
+    return _remap(images, src_x, src_y, "zeros", align_corners=False).clamp(0, 1)
+
+
+def translate(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift by 2, 4, 6, 8, 10 px (x H/32) towards a direction U(0, 2 pi) per image, rounded to whole pixels so no
+    interpolation blur mixes in (the length is exact to 0.71 px); the uncovered band fills with 0, as rotate."""
+    d = TRANSLATE[_level(images, severity)] * images.shape[2] / 32
+    phi = _rand((images.shape[0],), generator, images.device).double() * 2 * math.pi
+    dy, dx = torch.round(d * torch.sin(phi)).long(), torch.round(d * torch.cos(phi)).long()
+    return _shift(images, dy, dx, fill=0.0)
+
+
+SHIFTS = {
+    "gaussian_noise": gaussian_noise,
+    "shot_noise": shot_noise,
+    "impulse_noise": impulse_noise,
+    "speckle_noise": speckle_noise,
+    "gaussian_blur": gaussian_blur,
+    "defocus_blur": defocus_blur,
+    "motion_blur": motion_blur,
+    "zoom_blur": zoom_blur,
+    "contrast": contrast,
+    "brightness": brightness,
+    "saturate": saturate,
+    "pixelate": pixelate,
+    "jpeg_compression": jpeg_compression,
+    "elastic_transform": elastic_transform,
+    "fog": fog,
+    "rotate": rotate,
+    "translate": translate,
+}
+
+# CIFAR-10-C's families (fog and brightness are weather; elastic, pixelate, jpeg, contrast and saturate digital)
+FAMILY = {
+    "gaussian_noise": "noise", "shot_noise": "noise", "impulse_noise": "noise", "speckle_noise": "noise",
+    "gaussian_blur": "blur", "defocus_blur": "blur", "motion_blur": "blur", "zoom_blur": "blur",
+    "fog": "weather", "brightness": "weather",
+    "contrast": "digital", "saturate": "digital", "pixelate": "digital", "jpeg_compression": "digital",
+    "elastic_transform": "digital",
+    "rotate": "geometric", "translate": "geometric",
+}
+
+
+def apply(name: str, images: torch.Tensor, severity: int, seed: int) -> torch.Tensor:
+    """SHIFTS[name] with a fresh CPU generator seeded by `seed`: the same seed gives the same set on any device."""
+    if name not in SHIFTS:
+        raise ValueError(f"unknown shift {name!r}; allowed: {', '.join(SHIFTS)}")
+    return SHIFTS[name](images, severity, torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------------ label shift
+
+
+def dirichlet_prior(num_classes: int, alpha: float, generator: torch.Generator) -> torch.Tensor:
+    """q ~ Dir(alpha * 1) as normalised Gamma(alpha) draws, float64 (alpha = 0.1 gives draws below 1e-30).
+    torch._standard_gamma is the op behind torch.distributions.Gamma, which takes no generator."""
+    if num_classes < 1 or not alpha > 0:
+        raise ValueError(f"need num_classes >= 1 and alpha > 0, got {num_classes}, {alpha}")
+    conc = torch.full((num_classes,), float(alpha), dtype=torch.float64, device=generator.device)
+    g = torch._standard_gamma(conc, generator=generator).cpu()
+    if g.sum() == 0:  # every draw underflowed (alpha ~ 1e-3): the limit is all mass on one class
+        g[torch.randint(num_classes, (1,), generator=generator, device=generator.device).cpu()] = 1.0
+    return g / g.sum()
+
+
+def tweak_one_prior(num_classes: int, cls: int, rho: float) -> torch.Tensor:
+    """Lipton et al.'s tweak-one shift: class cls gets rho, the other K - 1 share 1 - rho equally (float64)."""
+    if not 0 <= cls < num_classes or not 0 <= rho <= 1 or num_classes < 2:
+        raise ValueError(f"need 0 <= cls < num_classes (>= 2) and 0 <= rho <= 1, got cls={cls}, K={num_classes}, rho={rho}")
+    prior = torch.full((num_classes,), (1 - rho) / (num_classes - 1), dtype=torch.float64)
+    prior[cls] = rho
+    return prior
+
+
+def resample_to_prior(labels: torch.Tensor, prior: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n indices into `labels` (on the labels' device, shuffled) whose class counts are n * prior rounded by largest
+    remainder (so they sum to n exactly); within a class, drawn uniformly with replacement."""
+    prior = prior.detach().double().cpu()
+    if prior.dim() != 1 or (prior < 0).any() or prior.sum() <= 0:
+        raise ValueError("prior must be a 1-D tensor of non-negative weights with a positive sum")
+    prior = prior / prior.sum()
+    k = prior.numel()
+    y = labels.detach().long().cpu()
+    if y.numel() and (y.min() < 0 or y.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k}) to match a prior over {k} classes")
+    have = torch.bincount(y, minlength=k)
+    missing = ((prior > 0) & (have == 0)).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(f"classes {missing} have positive prior but no examples to resample from")
+    exact = prior * n
+    counts = exact.floor().long()
+    extra = n - int(counts.sum())
+    # largest remainder first; ties go to the lower class index (stable sort), so the result is deterministic
+    counts[torch.sort(exact - counts, descending=True, stable=True).indices[:extra]] += 1
+    picks = []
+    for cls in counts.nonzero().flatten().tolist():
+        pool = (y == cls).nonzero().flatten()
+        draw = torch.randint(len(pool), (int(counts[cls]),), generator=generator, device=generator.device).cpu()
+        picks.append(pool[draw])
+    idx = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
+    idx = idx[torch.randperm(len(idx), generator=generator, device=generator.device).cpu()]
+    return idx.to(labels.device)

@@ -1,0 +1,82 @@
+"""The study's shifted evaluation sets: materialized once (fixed seed), cached on disk, reused by every trial."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness import shifts
+from harness.config import Shifts
+
+VERSION = 1
+
+
+def cache_key(cfg: Shifts, data_key: str) -> str:
+    # the shift code is part of the key: editing a corruption invalidates every cached set built with it
+    code = hashlib.sha256(inspect.getsource(shifts).encode()).hexdigest()[:12]
+    blob = json.dumps({"cfg": cfg.__dict__, "data": data_key, "code": code, "v": VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _build(cfg: Shifts, data: dict) -> dict[str, torch.Tensor]:
+    """Flat name -> tensor: 'selection/<shift>/<sev>' on val images, 'test/<shift>/<sev>' on test images,
+    'sets/label_shift/x|y' (test resampled to Dirichlet(label_alpha) class priors)."""
+    out = {}
+    for part, split, names in (("selection", "val", cfg.selection), ("test", "test", cfg.test)):
+        x = data[split][0]
+        for i, name in enumerate(names):
+            for s in cfg.severities:
+                # one fixed seed per (shift, severity): the same set for every trial, every worker, every resume
+                out[f"{part}/{name}/{s}"] = shifts.apply(name, x, s, cfg.seed + 1000 * i + s).contiguous()
+    if cfg.label_alpha > 0:
+        x, y = data["test"]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        prior = shifts.dirichlet_prior(int(y.max()) + 1, cfg.label_alpha, gen)
+        idx = shifts.resample_to_prior(y, prior, len(y), gen)
+        out["sets/label_shift/x"], out["sets/label_shift/y"] = x[idx].contiguous(), y[idx].contiguous()
+        out["sets/label_shift/prior"] = prior.float()
+    return out
+
+
+def build(cfg: Shifts, data: dict, cache_dir: Path | None) -> tuple[dict, dict]:
+    """(suite, info). suite = {"selection": {name: {sev: x}}, "test": {...}, "test_sets": {name: (x, y)},
+    "family": {name: family}, "priors": {...}}; info has the key, build seconds and whether it was cached."""
+    key = cache_key(cfg, data["key"])
+    path = cache_dir / f"shifts-{key}.safetensors" if cache_dir else None
+    t0 = time.perf_counter()
+    cached = bool(path and path.exists())
+    if cached:
+        flat = load_file(str(path))
+    else:
+        flat = _build(cfg, data)
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file(flat, str(tmp))
+            tmp.replace(path)
+    suite = {"selection": {}, "test": {}, "test_sets": {}, "priors": {},
+             "family": {n: shifts.FAMILY[n] for n in cfg.selection + cfg.test}}
+    for k, v in flat.items():
+        part, name, leaf = k.split("/")
+        if part == "sets":
+            if leaf == "prior":
+                suite["priors"][name] = v
+            elif leaf == "x":
+                suite["test_sets"][name] = (v, flat[f"sets/{name}/y"].long())
+        else:
+            suite[part].setdefault(name, {})[int(leaf)] = v
+    suite["family"].update({n: "label" for n in suite["test_sets"]})
+    return suite, {"key": key, "seconds": time.perf_counter() - t0, "cached": cached,
+                   "n_sets": sum(len(v) for v in suite["selection"].values()) + sum(len(v) for v in suite["test"].values())}
+
+
+def to_device(suite: dict, device: torch.device) -> dict:
+    mv = lambda d: {n: {s: x.to(device) for s, x in sev.items()} for n, sev in d.items()}
+    return {**suite, "selection": mv(suite["selection"]), "test": mv(suite["test"]),
+            "test_sets": {n: (x.to(device), y.to(device)) for n, (x, y) in suite["test_sets"].items()}}

@@ -1,0 +1,185 @@
+"""The only MLflow writer: experiment per study, parent run per study, child run per trial, by explicit run ids."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from harness.config import ROOT
+
+# MlflowClient with explicit run ids, never the fluent active-run stack: that stack is per thread and per
+# process, the root of the "Run already active" and lost-parent bugs peers hit (optuna#4088, mlflow#3592).
+
+
+def default_uri(root: Path) -> str:
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast (seconds, not MLflow's minutes of retries) when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            r.read(1)
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            raise ConnectionError(f"tracking server {uri} answered HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConnectionError(f"tracking server {uri} is unreachable ({reason}); start it or pass another "
+                              f"--tracking-uri") from None
+
+
+def connect(uri: str) -> MlflowClient:
+    if uri.startswith(("http://", "https://")):
+        # a dead server should cost seconds, not the default 7 retries with backoff (minutes)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    check_reachable(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """The study's experiment, created once (by the launcher, before workers start); tolerates a creation race."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = (artifact_root / "artifacts" / name).resolve().as_uri() if artifact_root else None
+        try:
+            return client.create_experiment(name, artifact_location=location, tags={"harness.study_name": name})
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)  # another process won the race
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore it in the UI or choose another "
+                           f"--study-name")
+    return exp.experiment_id
+
+
+def parent_run(client: MlflowClient, exp_id: str, study_name: str) -> tuple[str, bool]:
+    """(run id, created): the study's parent run, reused on resume."""
+    runs = client.search_runs([exp_id], "tags.`harness.role` = 'study'", max_results=1,
+                              order_by=["attributes.start_time ASC"])
+    if runs:
+        client.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id, False
+    run = client.create_run(exp_id, run_name=study_name,
+                            tags={"harness.role": "study", "optuna.study_name": study_name})
+    return run.info.run_id, True
+
+
+def child_run(client, exp_id, parent_id, study_name, number, params: dict, tags: dict = None) -> str:
+    """A trial's run, created when the trial starts, so its curves are visible while it trains."""
+    run = client.create_run(exp_id, run_name=f"trial-{number:04d}", tags={
+        "mlflow.parentRunId": parent_id, "harness.role": "trial", "optuna.study_name": study_name,
+        "optuna.trial_number": str(number), **(tags or {})})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
+    """One request for many metrics (MLflow caps a batch at 1000)."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+def log_steps(client, run_id: str, key: str, values: dict) -> None:
+    """One metric at many steps, e.g. shift/<name>/acc with step = severity."""
+    now = int(time.time() * 1000)
+    items = [Metric(key, float(v), now, int(s)) for s, v in values.items()]
+    client.log_batch(run_id, metrics=items)
+
+
+def set_tags(client, run_id: str, tags: dict) -> None:
+    # tag values are capped at 5000 characters by MLflow
+    client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+
+def log_params(client, run_id: str, params: dict) -> None:
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def end_run(client, run_id: str, status: str, tags: dict = None) -> None:
+    """FINISHED (completed), KILLED (pruned), FAILED (error); tags say why."""
+    if tags:
+        set_tags(client, run_id, tags)
+    client.set_terminated(run_id, status=status)
+
+
+def log_text(client, run_id: str, text: str, path: str) -> None:
+    client.log_text(run_id, text, path)
+
+
+def log_file(client, run_id: str, local: Path, folder: str | None = None) -> None:
+    client.log_artifact(run_id, str(local), folder)
+
+
+def log_bytes(client, run_id: str, data: bytes, path: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / Path(path).name
+        file.write_bytes(data)
+        client.log_artifact(run_id, str(file), str(Path(path).parent) if "/" in path else None)
+
+
+def log_figure(client, run_id: str, figure, path: str) -> None:
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    log_bytes(client, run_id, buf.getvalue(), path)
+
+
+def fail_running(client, exp_id: str, run_ids: list[str], reason: str) -> None:
+    """Mark runs that are still RUNNING as FAILED (their process died)."""
+    for run_id in run_ids:
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                end_run(client, run_id, "FAILED", {"harness.fail_reason": reason})
+        except MlflowException:
+            pass  # the run never got created: nothing to clean
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def versions() -> dict:
+    import mlflow
+    import numpy
+    import optuna
+    import torch
+    import torchvision
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+           "optuna": optuna.__version__, "mlflow": mlflow.__version__, "numpy": numpy.__version__,
+           "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.version.cuda
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def log_json(client, run_id: str, obj, path: str) -> None:
+    client.log_text(run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), path)

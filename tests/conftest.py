@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny study config (seconds on CPU) run in a temporary working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+
+# Small enough that a trial takes well under a second on 2 cores, big enough that learning shows:
+# 12 labels per class, 16x16 images, 1 pretraining epoch, 3 fine-tuning epochs, 2 test shifts at 2 severities.
+TINY = """
+[study]
+name = "tiny"
+n_trials = 4
+seed = 0
+prune_warmup = 1
+
+[data]
+source = "digits"
+image_size = 16
+labels_per_class = 12
+
+[model]
+name = "resnet8"
+weights = "pretrain"
+
+[pretrain]
+epochs = 2
+
+[train]
+epochs = 3
+batch_size = 32
+
+[search]
+lr = [1e-3, 0.1]
+freeze_layers = [0, 4]
+unfreeze_epoch = [1, 3]
+
+[shifts]
+selection = ["gaussian_blur"]
+test = ["gaussian_noise", "contrast"]
+severities = [1, 3]
+label_alpha = 1.0
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A temporary working directory: mlruns/ and reports/ are created under it."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_config(workdir) -> Path:
+    path = workdir / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def created_files(root: Path, ignore=("tiny.toml",)) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name not in ignore)

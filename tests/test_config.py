@@ -1,0 +1,95 @@
+"""Config: TOML into frozen dataclasses, --set overrides with type checks, and malformed input exits 2."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from harness import config, study
+from harness.config import ConfigError
+
+from conftest import created_files
+
+
+def test_default_config_loads_and_round_trips():
+    """studies/default.toml loads; the resolved TOML logged with a study loads back to the same Config."""
+    cfg = config.load()
+    assert cfg.study.name == "default" and cfg.model.name == "resnet8" and cfg.data.source == "digits"
+    import tomllib
+
+    assert config.from_dict(tomllib.loads(config.to_toml(cfg))) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3
+
+
+def test_set_overrides_are_type_checked():
+    """--set takes TOML values (bare strings allowed) and ints where floats are expected; wrong types name the key."""
+    cfg = config.load(None, ["train.epochs=3", "model.name=resnet20", "search.lr=[1e-4, 1]", "train.momentum=0"])
+    assert cfg.train.epochs == 3 and cfg.model.name == "resnet20"
+    assert cfg.search.lr == [1e-4, 1.0] and isinstance(cfg.search.lr[1], float) and cfg.train.momentum == 0.0
+    with pytest.raises(ConfigError) as e:
+        config.load(None, ["train.epochs=three"])
+    assert e.value.key == "train.epochs"
+
+
+# (overrides or CLI args, the key the message must name). Each is a distinct malformed input.
+BAD = [
+    (["--set", "train.epochz=3"], "train.epochz"),                       # unknown key
+    (["--set", "trian.epochs=3"], "trian"),                              # unknown section
+    (["--set", "train.epochs=-1"], "train.epochs"),                      # negative epochs
+    (["--set", "train.epochs=2.5"], "train.epochs"),                     # wrong type
+    (["--set", "search.lr=[0.1, 0.001]"], "search.lr"),                  # reversed bounds
+    (["--set", "search.lr=[0, 0.1]"], "search.lr"),                      # zero on a log scale
+    (["--set", "search.freeze_layers=[0, 9]"], "search.freeze_layers"),  # more groups than the model has
+    (["--set", "search.unfreeze_epoch=[3, 1]"], "search.unfreeze_epoch"),
+    (["--set", "model.name=resnet9000"], "model.name"),                  # unknown model
+    (["--set", "model.name=nosuchpkg.mod:fn"], "model.name"),            # unimportable custom model
+    (["--set", "model.weights=/no/such/ckpt.pt"], "model.weights"),      # missing checkpoint path
+    (["--set", "data.source=imagenette"], "data.source"),                # unknown dataset
+    (["--set", "data.source=imagefolder", "--set", "data.path=/no/such/dir", "--set", "model.weights=none"], "data.path"),
+    (["--set", "data.val_fraction=1.5"], "data.val_fraction"),
+    (["--set", "study.sampler=grid"], "study.sampler"),
+    (["--set", "study.pruner=asha"], "study.pruner"),
+    (["--set", "study.objective=loss"], "study.objective"),
+    (["--set", "train.optimizer=lion"], "train.optimizer"),
+    (["--set", "shifts.test=[\"snowstorm\"]"], "shifts.test"),           # unknown shift
+    (["--set", "shifts.test=[\"gaussian_blur\"]"], "shifts.test"),       # overlaps the selection shifts
+    (["--set", "shifts.severities=[0, 6]"], "shifts.severities"),
+    (["--set", "train.epochs"], "--set"),                                # not KEY=VALUE
+    (["--n-trials", "0"], "study.n_trials"),
+    (["--storage", "redis://localhost"], "--storage"),
+    (["--tracking-uri", "file:///tmp/mlruns"], "--tracking-uri"),        # MLflow 3 refuses the file store
+    (["--config", "does_not_exist.toml"], "--config"),
+]
+
+
+@pytest.mark.parametrize("args,key", BAD, ids=[k + ":" + " ".join(a)[-30:] for a, k in BAD])
+def test_malformed_input_exits_2_names_key_creates_nothing(workdir, capsys, args, key):
+    """Each malformed config or argument: exit code 2, stderr names the key, and no file (study, MLflow
+    store, cache) is created."""
+    code = study.main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert key in err, err
+    assert created_files(workdir) == []
+
+
+def test_bad_toml_file_exits_2(workdir, capsys):
+    """A config file that is not TOML, or has an unknown section, exits 2 naming --config / the section."""
+    (workdir / "bad.toml").write_text("[train\nepochs = 3")
+    assert study.main(["--config", "bad.toml"]) == 2
+    assert "--config" in capsys.readouterr().err
+    (workdir / "bad.toml").write_text("[nonsense]\nx = 1\n")
+    assert study.main(["--config", "bad.toml"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    assert created_files(workdir, ignore=("bad.toml",)) == []
+
+
+def test_argparse_errors_exit_2(workdir):
+    """Flags argparse rejects (a non-integer --n-trials, an unknown --device) also exit 2."""
+    for args in (["--n-trials", "many"], ["--device", "tpu"]):
+        with pytest.raises(SystemExit) as e:
+            study.main(args)
+        assert e.value.code == 2
+    assert created_files(workdir) == []

@@ -1,0 +1,103 @@
+"""Model registry: groups cover every parameter once, models train a step, checkpoints and custom models load."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from harness import models, train
+
+from conftest import SHARED
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_every_registered_model_has_groups_and_trains(name):
+    """Random weights: ordered groups ending in 'head', each parameter in exactly one group, one SGD step on a
+    tiny input changes the head and gives a finite loss."""
+    model, groups = models.build(name, 3)
+    assert list(groups)[-1] == "head" and len(groups) >= 3
+    ids = [id(p) for g in groups.values() for p in g.parameters()]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    size = 32 if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) < 18 else 64
+    x, y = torch.rand(2, 3, size, size), torch.tensor([0, 2])
+    opt = train.make_optimizer(model, "sgd", 0.1, 0.0, 0.0)
+    before = groups["head"].weight.detach().clone()
+    loss, _ = train.train_one_epoch(model, groups, 0, opt, x, y, 2, torch.Generator().manual_seed(0), 0, 1, 0.1,
+                                    "constant", torch.device("cpu"))
+    assert torch.isfinite(torch.tensor(loss))
+    assert not torch.equal(before, groups["head"].weight)
+
+
+def test_build_is_seeded():
+    a, _ = models.build("resnet8", 5, seed=1)
+    b, _ = models.build("resnet8", 5, seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_checkpoint_with_module_prefix_loads_and_head_is_replaced(tmp_path):
+    """A DataParallel-style checkpoint ('module.' prefix, 10-class head) loads into a 5-class model: the body
+    matches exactly, the head keeps its fresh init. Both torch (weights_only) and safetensors files work."""
+    src, _ = models.build("resnet8", 10, seed=1)
+    state = {f"module.{k}": v for k, v in src.body.state_dict().items()}
+    torch.save({"state_dict": state, "best_prec1": 90.0}, tmp_path / "ckpt.th")
+    save_file({k: v.contiguous() for k, v in src.body.state_dict().items()}, str(tmp_path / "ckpt.safetensors"))
+    for file in ("ckpt.th", "ckpt.safetensors"):
+        model, groups = models.build("resnet8", 5, seed=2)
+        desc = models.initial_weights("resnet8", str(tmp_path / file), model, groups)
+        assert "head re-initialized" in desc
+        assert torch.equal(model.body.conv1.weight, src.body.conv1.weight)
+        assert groups["head"].weight.shape == (5, 64)
+
+
+def test_checkpoint_that_does_not_fit_names_keys(tmp_path):
+    src, _ = models.build("resnet20", 5)
+    torch.save(src.body.state_dict(), tmp_path / "r20.pt")
+    model, groups = models.build("resnet8", 5)
+    with pytest.raises(ValueError, match="model.weights"):
+        models.initial_weights("resnet8", str(tmp_path / "r20.pt"), model, groups)
+
+
+def test_custom_model_function(tmp_path, monkeypatch):
+    """model.name = 'package.module:function' returning (model, groups) builds and validates its groups."""
+    (tmp_path / "mymodels.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny(num_classes):\n"
+        "    stem = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+        "    head = nn.Linear(4, num_classes)\n"
+        "    return nn.Sequential(stem, head), {'stem': stem, 'head': head}\n"
+        "def bad(num_classes):\n"
+        "    stem, head = nn.Linear(2, 2), nn.Linear(2, num_classes)\n"
+        "    return nn.Sequential(stem, head), {'head': head}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model, groups = models.build("mymodels:tiny", 3)
+    assert list(groups) == ["stem", "head"] and model(torch.rand(2, 3, 8, 8)).shape == (2, 3)
+    with pytest.raises(ValueError, match="miss parameters"):
+        models.build("mymodels:bad", 3)
+    sys.modules.pop("mymodels", None)
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ValueError, match="resnet8"):
+        models.resolve("vgg11")
+
+
+def test_torchvision_weights_missing_offline_names_file(tmp_path, monkeypatch):
+    """Offline with the weights file absent: a clear error naming the file and the folder to put it in."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    model, groups = models.build("resnet18", 5)
+    with pytest.raises(FileNotFoundError, match=r"resnet18-.*\.pth.*checkpoints"):
+        models.initial_weights("resnet18", "IMAGENET1K_V1", model, groups)
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        models.initial_weights("resnet18", "IMAGENET9K", model, groups)
+
+
+@pytest.mark.skipif(not (SHARED / "weights").is_dir(), reason="../shared/data is absent (optional real weights)")
+def test_real_cifar_resnet20_weights_load():
+    """The real akamaster ResNet-20 CIFAR-10 checkpoint (module. prefix, legacy BN keys) loads into resnet20."""
+    path = SHARED / "weights" / "cifar10_resnet_akamaster" / "resnet20-12fca82f.th"
+    model, groups = models.build("resnet20", 10)
+    assert models.load_weights(model, groups, models.read_checkpoint(path)) == []

@@ -1,0 +1,247 @@
+"""Every registered shift keeps the image contract, is seeded, and grows with severity; label-shift resampling."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import shifts
+
+# Shifts that draw nothing from the generator: the seed must not matter for them.
+DETERMINISTIC = {"gaussian_blur", "defocus_blur", "zoom_blur", "contrast", "brightness", "saturate", "pixelate",
+                 "jpeg_compression"}
+
+
+def smooth_images(n=16, c=3, size=32, seed=0):
+    """Colourful images with structure at ~4 px: bilinear upsampling of 8x8 uniform noise, so blurs change them."""
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(n, c, 8, 8, generator=g), size=size, mode="bilinear", align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return smooth_images()
+
+
+@pytest.fixture(scope="module")
+def distances(images):
+    """Mean |shifted - clean| per shift for severities 1..5, seed 0."""
+    return {name: [(shifts.apply(name, images, s, 0) - images).abs().mean().item() for s in range(1, 6)]
+            for name in shifts.SHIFTS}
+
+
+def test_registry_names_and_families():
+    """All 17 required shifts are registered, and FAMILY gives each one of the five families."""
+    required = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur", "defocus_blur",
+                "motion_blur", "zoom_blur", "contrast", "brightness", "saturate", "pixelate", "jpeg_compression",
+                "elastic_transform", "fog", "rotate", "translate"}
+    assert required <= set(shifts.SHIFTS)
+    assert set(shifts.FAMILY) == set(shifts.SHIFTS)
+    assert set(shifts.FAMILY.values()) == {"noise", "blur", "weather", "digital", "geometric"}
+    assert shifts.FAMILY["fog"] == shifts.FAMILY["brightness"] == "weather"
+    assert shifts.FAMILY["saturate"] == "digital" and shifts.FAMILY["rotate"] == "geometric"
+
+
+@pytest.mark.parametrize("name", shifts.SHIFTS)
+@pytest.mark.parametrize("severity", [1, 5])
+def test_contract(name, severity, images):
+    """Shape, float32, device and [0, 1] are kept; the input tensor is not modified."""
+    before = images.clone()
+    out = shifts.apply(name, images, severity, seed=3)
+    assert out.shape == images.shape and out.dtype == torch.float32 and out.device == images.device
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(images, before), "input was modified in place"
+
+
+@pytest.mark.parametrize("name", shifts.SHIFTS)
+def test_seeded(name, images):
+    """Same seed -> identical output; a different seed -> a different output for the random shifts, the same for
+    the deterministic ones."""
+    a, b, c = (shifts.apply(name, images, 3, seed) for seed in (7, 7, 8))
+    assert torch.equal(a, b)
+    assert torch.equal(a, c) == (name in DETERMINISTIC)
+
+
+@pytest.mark.parametrize("name", shifts.SHIFTS)
+def test_distance_grows_with_severity(name, distances):
+    """Mean |shifted - clean| over 16 smooth colourful images is strictly increasing in severity 1..5, except
+    where the CIFAR-10-C constants themselves are not monotone; those assert what does hold, and why."""
+    d = distances[name]
+    assert d[0] > 0
+    if name == "motion_blur":
+        # (radius, sigma) = (6, 2) and (8, 2): past 3 sigma = 6 taps the weights are < 1e-8, so the longer line adds
+        # nothing and severities 3 and 4 are the same blur (as in ImageMagick, which CIFAR-10-C used)
+        assert d[0] < d[1] < d[2] < d[4] and d[3] == pytest.approx(d[2], rel=1e-5)
+    elif name == "saturate":
+        # (mult, add) = (.3,0), (.1,0), (1.5,0), (2,.1), (2.5,.2): severities 1-2 desaturate, 3-5 oversaturate, so the
+        # distance restarts at 3; within each direction it grows
+        assert d[0] < d[1] and d[2] < d[3] < d[4] and d[2] < d[0]
+    elif name == "pixelate":
+        # sizes 30, 28, 27, 24, 20 px: on smooth images the down/up round trip error depends on how the 32:28,
+        # 32:27, 32:24 sampling phases line up more than on the size; the smallest size is still the worst
+        assert d[0] < d[1] and d[4] > max(d[:4])
+    elif name == "elastic_transform":
+        # affine jitter .08, .07, .06, .05, .03 x 32 px shrinks while the elastic field (alpha .05-.1 x 32, sigma
+        # .2-.03 x 32) stays below ~0.5 px rms, so pixel change falls with severity (difficulty need not)
+        assert all(a > b for a, b in zip(d, d[1:]))
+    else:
+        assert all(a < b for a, b in zip(d, d[1:])), f"{name}: {d}"
+
+
+def test_pixelate_monotone_on_detailed_images():
+    """On per-pixel noise, where the detail lost dominates, pixelate's distance is strictly increasing."""
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    d = [(shifts.pixelate(x, s, torch.Generator()) - x).abs().mean().item() for s in range(1, 6)]
+    assert all(a < b for a, b in zip(d, d[1:])), d
+
+
+@pytest.mark.parametrize("name", shifts.SHIFTS)
+def test_grey_and_other_sizes(name):
+    """Single-channel images and non-32 sizes (constants in pixels scale with H/32) keep the contract."""
+    for shape in [(4, 1, 32, 32), (2, 3, 20, 28)]:
+        x = smooth_images(shape[0], shape[1], 32)
+        x = F.interpolate(x, size=shape[2:], mode="bilinear") if shape[2:] != (32, 32) else x
+        out = shifts.apply(name, x, 4, seed=0)
+        assert out.shape == x.shape and out.dtype == torch.float32
+        assert out.min() >= 0 and out.max() <= 1
+        assert torch.equal(out, shifts.apply(name, x, 4, seed=0))
+
+
+@pytest.mark.parametrize("name", shifts.SHIFTS)
+def test_bad_severity(name, images):
+    """Severity 0 and 6 raise a ValueError that names the allowed range."""
+    for severity in (0, 6):
+        with pytest.raises(ValueError, match="1..5"):
+            shifts.SHIFTS[name](images, severity, torch.Generator())
+
+
+def test_apply_unknown_shift():
+    """An unknown name raises and lists the allowed shifts."""
+    with pytest.raises(ValueError, match="gaussian_noise"):
+        shifts.apply("snow", smooth_images(1), 1, 0)
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
+def test_gaussian_noise_std(severity):
+    """On a flat 0.5 image (no clipping within 5 sigma) the noise std is within 3% of sigma_s."""
+    x = torch.full((16, 3, 32, 32), 0.5)
+    out = shifts.gaussian_noise(x, severity, torch.Generator().manual_seed(severity))
+    sigma = (0.04, 0.06, 0.08, 0.09, 0.10)[severity - 1]
+    assert (out - x).std().item() == pytest.approx(sigma, rel=0.03)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", shifts.SHIFTS)
+def test_cuda_matches_cpu(name, images):
+    """With a CPU generator the shifted set on CUDA stays on CUDA and equals the CPU one up to float rounding."""
+    cpu = shifts.apply(name, images, 5, seed=0)
+    gpu = shifts.apply(name, images.cuda(), 5, seed=0)
+    assert gpu.device.type == "cuda"
+    # jpeg's uint8 rounding and motion's integer taps can flip on a 1e-7 difference: compare on average
+    assert (gpu.cpu() - cpu).abs().mean() < 1e-3
+
+
+# ------------------------------------------------------------------------------------ fidelity to the references
+
+
+def test_blurs_match_scipy(images):
+    """gaussian_blur is scipy gaussian_filter (mode 'nearest', truncate 4, as skimage); zoom_blur is make_cifar_c's
+    mean of clipped scipy zooms; defocus is the 3x3-smoothed disk correlated with reflect-101 borders."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = images[:2].double().numpy()
+    ref = ndimage.gaussian_filter(x, sigma=(0, 0, 0.7, 0.7), mode="nearest", truncate=4.0)
+    assert np.abs(shifts.gaussian_blur(images[:2], 3, torch.Generator()).numpy() - ref).max() < 1e-5
+
+    def clipped_zoom(img, z):  # make_cifar_c.clipped_zoom on (C, H, W)
+        h = img.shape[1]
+        ch = int(np.ceil(h / z))
+        top = (h - ch) // 2
+        out = ndimage.zoom(img[:, top:top + ch, top:top + ch], (1, z, z), order=1)
+        trim = (out.shape[1] - h) // 2
+        return out[:, trim:trim + h, trim:trim + h]
+
+    factors = np.arange(1, 1.16, 0.01)
+    ref = np.stack([(im + sum(clipped_zoom(im, z) for z in factors)) / (len(factors) + 1) for im in x])
+    assert np.abs(shifts.zoom_blur(images[:2], 3, torch.Generator()).numpy() - ref).max() < 1e-5
+
+    radius, alias = 1.5, 0.1  # severity 5
+    t = np.arange(-8, 9)
+    disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= radius**2).astype(np.float64)
+    g = np.exp(-0.5 * (np.arange(3) - 1) ** 2 / alias**2)
+    disk = ndimage.correlate(disk / disk.sum(), np.outer(g, g) / g.sum() ** 2, mode="mirror")  # mirror = reflect-101
+    ref = ndimage.correlate(x, disk[None, None], mode="mirror")
+    assert np.abs(shifts.defocus_blur(images[:2], 5, torch.Generator()).numpy() - ref).max() < 1e-5
+
+
+def test_pixelate_matches_pil(images):
+    """pixelate equals PIL's BOX resize down to int(32 * .75) = 24 px and back, per channel."""
+    image = pytest.importorskip("PIL.Image")
+    x = images[0].numpy()
+    ref = np.stack([np.asarray(image.fromarray(ch, mode="F").resize((24, 24), image.BOX).resize((32, 32), image.BOX))
+                    for ch in x])
+    assert np.abs(shifts.pixelate(images[:1], 4, torch.Generator())[0].numpy() - ref).max() < 1e-5
+
+
+def test_hsv_shifts_match_matplotlib(images):
+    """brightness and saturate act on HSV exactly like skimage (here matplotlib's identical rgb<->hsv)."""
+    colors = pytest.importorskip("matplotlib.colors")
+    hsv = colors.rgb_to_hsv(images[:2].double().permute(0, 2, 3, 1).numpy())
+    bright, sat = hsv.copy(), hsv.copy()
+    bright[..., 2] = np.clip(hsv[..., 2] + 0.3, 0, 1)
+    sat[..., 1] = np.clip(hsv[..., 1] * 2.5 + 0.2, 0, 1)
+    for fn, ref in [(shifts.brightness, bright), (shifts.saturate, sat)]:
+        out = fn(images[:2], 5, torch.Generator()).permute(0, 2, 3, 1).numpy()
+        assert np.abs(out - np.clip(colors.hsv_to_rgb(ref), 0, 1)).max() < 1e-5
+
+
+def test_contrast_and_jpeg(images):
+    """contrast scales the deviation from each channel's mean by c; jpeg is lossy but close at quality 80."""
+    x = images[:2]
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(shifts.contrast(x, 5, torch.Generator()), ((x - mean) * 0.15 + mean).clamp(0, 1), atol=1e-6)
+    out = shifts.jpeg_compression(x, 1, torch.Generator())
+    assert 0 < (out - x).abs().mean() < 0.05
+
+
+# ------------------------------------------------------------------------------------------------- label shift
+
+
+def test_dirichlet_prior():
+    """A Dirichlet prior is non-negative, sums to 1, and is reproducible from the seed."""
+    for alpha in (0.1, 1.0, 10.0):
+        p = shifts.dirichlet_prior(10, alpha, torch.Generator().manual_seed(0))
+        assert p.shape == (10,) and (p >= 0).all() and p.sum().item() == pytest.approx(1, abs=1e-12)
+        assert torch.equal(p, shifts.dirichlet_prior(10, alpha, torch.Generator().manual_seed(0)))
+
+
+def test_tweak_one_prior():
+    """Tweak-one gives class cls exactly rho and splits 1 - rho evenly over the rest."""
+    p = shifts.tweak_one_prior(10, 3, 0.55)
+    assert p[3].item() == pytest.approx(0.55)
+    assert torch.allclose(p[torch.arange(10) != 3], torch.full((9,), 0.45 / 9, dtype=p.dtype))
+    assert p.sum().item() == pytest.approx(1)
+
+
+def test_resample_to_prior():
+    """n = 5000 resampled indices hit the requested prior within 0.01 per class (largest-remainder counts sum to
+    n), are drawn from the right classes, and repeat for a fixed seed."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(10, (1000,), generator=g)
+    prior = shifts.dirichlet_prior(10, 1.0, g)
+    idx = shifts.resample_to_prior(labels, prior, 5000, torch.Generator().manual_seed(1))
+    assert idx.shape == (5000,) and idx.dtype == torch.long and 0 <= idx.min() and idx.max() < 1000
+    freq = torch.bincount(labels[idx], minlength=10).double() / 5000
+    assert (freq - prior).abs().max() < 0.01
+    assert torch.equal(idx, shifts.resample_to_prior(labels, prior, 5000, torch.Generator().manual_seed(1)))
+
+
+def test_resample_missing_class():
+    """A class with positive prior but no examples is a clear ValueError naming the class."""
+    labels = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"\[2\]"):
+        shifts.resample_to_prior(labels, torch.tensor([0.3, 0.3, 0.4]), 10, torch.Generator())
+    # zero prior on the missing class is fine
+    idx = shifts.resample_to_prior(labels, torch.tensor([0.5, 0.5, 0.0]), 10, torch.Generator())
+    assert math.isclose(torch.bincount(labels[idx], minlength=3)[0].item(), 5)

@@ -1,0 +1,127 @@
+"""End to end: a tiny real study on CPU with MLflow on sqlite and Optuna on sqlite, both in a temp dir."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from harness import study
+
+pytestmark = pytest.mark.slow
+
+
+def _client(workdir):
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+
+
+def _children(client, exp_id, parent_id):
+    runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000)
+    return sorted(runs, key=lambda r: int(r.data.tags["optuna.trial_number"]))
+
+
+def _study(workdir, name="tiny"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
+
+
+def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workdir, capsys):
+    """One real study, then a resume that adds trials:
+    - exit 0; the first three trials are the baselines full_ft, linear_probe, lp_ft, in that order;
+    - MLflow: one experiment named after the study, one parent run (run name = study name) holding the resolved
+      config, versions, search space, git SHA and shift grid; one child run per trial named trial-NNNN with
+      mlflow.parentRunId, optuna tags, params lr/freeze_layers/unfreeze_epoch, per-epoch train_loss/val_acc/
+      val_loss (step = epoch), final id_acc and shift curves; the child run id in the trial's user attrs;
+    - a second invocation with a larger --n-trials resumes the same study and the same parent run;
+    - an enqueued hopeless trial (lr 1e-7) is pruned: KILLED in MLflow, tagged with its epoch, curves present."""
+    assert study.main(["--config", str(tiny_config), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "harness.ui" in out and "harness.report" in out  # the end tells how to look at the results
+
+    s = _study(workdir)
+    trials = s.get_trials()
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4
+    assert [t.user_attrs.get("baseline") for t in trials[:3]] == ["full_ft", "linear_probe", "lp_ft"]
+    assert trials[0].params["freeze_layers"] == 0
+    assert trials[1].params["freeze_layers"] == 4 and trials[1].params["unfreeze_epoch"] >= 3  # never
+    assert trials[2].params["freeze_layers"] == 4 and trials[2].params["unfreeze_epoch"] == 1  # half of 3 epochs
+
+    client = _client(workdir)
+    exp = client.get_experiment_by_name("tiny")
+    parents = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == "tiny" and parent.info.status == "FINISHED"
+    assert len(parent.data.tags["harness.git_sha"]) >= 7
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config", "versions.json", "search_space.json", "shift_examples.png"} <= arts
+    assert "train.epochs" in parent.data.params
+
+    children = _children(client, exp.experiment_id, parent.info.run_id)
+    assert len(children) == len(trials)
+    for t, run in zip(trials, children):
+        assert run.info.run_name == f"trial-{t.number:04d}"
+        assert run.data.tags["optuna.study_name"] == "tiny"
+        assert t.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert {"lr", "freeze_layers", "unfreeze_epoch"} <= set(run.data.params)
+        hist = client.get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in hist] == list(range(len(hist))) and len(hist) >= 1
+        assert client.get_metric_history(run.info.run_id, "train_loss")
+        assert client.get_metric_history(run.info.run_id, "val_loss")
+        if t.state == TrialState.COMPLETE:
+            assert run.info.status == "FINISHED"
+            assert 0 <= run.data.metrics["id_acc"] <= 1
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "shift/gaussian_noise/acc")] == [1, 3]
+            assert "ood_acc_mean" in run.data.metrics and "ood_acc_worst" in run.data.metrics
+
+    # resume: one more trial, a hopeless one that the median pruner must stop
+    s.enqueue_trial({"lr": 1e-7, "freeze_layers": 0})
+    assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "5"]) == 0
+    s = _study(workdir)
+    trials = s.get_trials()
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 5
+    assert len(client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")) == 1
+    children = _children(client, exp.experiment_id, parent.info.run_id)
+    assert len(children) == len(trials)  # the new trial's run sits under the same parent
+    hopeless = trials[-1]
+    assert hopeless.params["lr"] == pytest.approx(1e-7)
+    assert hopeless.state == TrialState.PRUNED, [t.state for t in trials]
+    run = client.get_run(hopeless.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["harness.pruned_epoch"] == str(hopeless.user_attrs["pruned_epoch"])
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == hopeless.user_attrs["pruned_epoch"] + 1
+
+
+def test_same_seed_same_val_acc_sequence(tiny_config, workdir):
+    """Two studies with the same seed and config (different names): identical val_acc curves, trial by trial."""
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "2", "--set", "study.pruner=\"none\""]
+    assert study.main(args + ["--study-name", "a"]) == 0
+    assert study.main(args + ["--study-name", "b"]) == 0
+    client = _client(workdir)
+
+    def curves(name):
+        exp = client.get_experiment_by_name(name)
+        parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+        return [[m.value for m in client.get_metric_history(r.info.run_id, "val_acc")]
+                for r in _children(client, exp.experiment_id, parent.info.run_id)]
+
+    a, b = curves("a"), curves("b")
+    assert len(a) == 2 and all(len(c) == 3 for c in a)
+    assert a == b
+
+
+def test_nan_loss_fails_trial_with_reason_and_study_goes_on(tiny_config, workdir):
+    """A diverging trial (lr 1e6) fails with the reason in Optuna and MLflow (FAILED); the study still reaches
+    its target of finished trials."""
+    assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "3"]) == 0  # the 3 baselines
+    s = _study(workdir)
+    s.enqueue_trial({"lr": 1e6, "freeze_layers": 0})
+    assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "4"]) == 0
+    s = _study(workdir)
+    failed = [t for t in s.get_trials() if t.state == TrialState.FAIL]
+    assert len(failed) == 1
+    reason = failed[0].user_attrs["fail_reason"]
+    assert "non-finite" in reason
+    run = _client(workdir).get_run(failed[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["harness.fail_reason"]
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in s.get_trials()) == 4
