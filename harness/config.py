@@ -20,6 +20,8 @@ SCHEDULES = ("cosine", "constant", "step")
 DEVICES = ("auto", "cpu", "cuda")
 TV_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 SOURCES = ("digits", "imagefolder") + TV_DATASETS
+# registry models that accept one input size only: ViT-B/16's position embeddings are for 14x14 patches of 16 px
+FIXED_IMAGE_SIZE = {"vit_b_16": 224}
 
 
 class ConfigError(ValueError):
@@ -82,6 +84,7 @@ class Train:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     eval_batch_size: int = 256  # 0.55 ms/img for resnet8 on 2 cores; 1024 is slower (cache)
+    compile: bool = False  # torch.compile each trial's model: pays off on a GPU for trials of minutes, not seconds
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,9 @@ def validate(cfg: Config) -> None:
 
     if not m.name:
         raise ConfigError("model.name", "must not be empty")
+    if m.name in FIXED_IMAGE_SIZE and d.image_size != FIXED_IMAGE_SIZE[m.name]:
+        raise ConfigError("data.image_size", f"model {m.name} needs data.image_size = {FIXED_IMAGE_SIZE[m.name]}, "
+                          f"got {d.image_size}")
     if m.weights == "pretrain" and d.source != "digits":
         raise ConfigError("model.weights", "'pretrain' (source-task pretraining) needs data.source = 'digits'")
 

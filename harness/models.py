@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.config import FIXED_IMAGE_SIZE
+
 # Models see [0, 1] pixels and normalize inside, so shifts act on raw pixels. ImageNet statistics for all:
 # torchvision weights and the CIFAR ResNet-20..56 weights (akamaster) were both trained with them.
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -93,12 +95,74 @@ def _tv_resnet(arch):
     return build
 
 
+class _Params(nn.Module):
+    """Loose parameters (ViT's class token and position embedding) held by a module, so a group can own them."""
+
+    def __init__(self, **params):
+        super().__init__()
+        for name, p in params.items():
+            self.register_parameter(name, p)
+
+
+def _stages(features, bounds):
+    """features[a:b] for consecutive (a, b) bounds, one ModuleList per stage."""
+    return [nn.ModuleList(features[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+# Torchvision models other than ResNet, split like ResNet: stem, then stage1..4 at output strides 4, 8, 16, 32
+# (by where the resolution halves), the layers between the last stage and the logits folded into stage4, and
+# the final Linear as the head. So freeze_layers means the same depth for every architecture: 5 = linear probe.
+def _mobilenet_v3(net, bounds):
+    stages = _stages(net.features, bounds)
+    stages[-1].extend([net.features[bounds[-1]], net.classifier[0]])  # 1x1 conv to 960/576 and pre-logits Linear
+    return {"stem": stages[0], **{f"stage{i}": m for i, m in enumerate(stages[1:], 1)}, "head": net.classifier[3]}
+
+
+def _efficientnet(net):
+    stem, s1, s2, s3, s4 = _stages(net.features, [0, 2, 3, 4, 6, 8])
+    s4.append(net.features[8])  # 1x1 conv to 1280
+    return {"stem": stem, "stage1": s1, "stage2": s2, "stage3": s3, "stage4": s4, "head": net.classifier[1]}
+
+
+def _convnext(net):
+    # features: stem, stage, downsample, stage, ...; each downsample goes with the stage it feeds
+    stem, s1, s2, s3, s4 = _stages(net.features, [0, 1, 2, 4, 6, 8])
+    s4.append(net.classifier[0])  # final LayerNorm
+    return {"stem": stem, "stage1": s1, "stage2": s2, "stage3": s3, "stage4": s4, "head": net.classifier[2]}
+
+
+def _vit(net):
+    # 12 encoder blocks in 4 stages of 3; the stem is the patch embedding, class token and position embedding
+    stem = nn.ModuleList([net.conv_proj, _Params(class_token=net.class_token, pos_embedding=net.encoder.pos_embedding)])
+    s1, s2, s3, s4 = _stages(net.encoder.layers, [0, 3, 6, 9, 12])
+    s4.append(net.encoder.ln)
+    return {"stem": stem, "stage1": s1, "stage2": s2, "stage3": s3, "stage4": s4, "head": net.heads.head}
+
+
+def _tv(arch, split, image_size=None):
+    def build(num_classes):
+        import torchvision.models as tvm
+
+        net = getattr(tvm, arch)(num_classes=num_classes)
+        return Normalized(net), split(net)
+    build.torchvision = arch
+    if image_size:
+        build.image_size = image_size  # the only input size it accepts; config.validate names data.image_size
+    return build
+
+
 # name -> builder(num_classes) -> (model, groups). resnet8 (n=1, 78k params) is the CPU default: one trial of
 # 6 epochs on 540 digits takes seconds on 2 cores; resnet20..56 match the CIFAR-10 weights of akamaster.
 MODELS = {
     "resnet8": _cifar_resnet(1), "resnet20": _cifar_resnet(3), "resnet32": _cifar_resnet(5),
     "resnet44": _cifar_resnet(7), "resnet56": _cifar_resnet(9),
     "resnet18": _tv_resnet("resnet18"), "resnet34": _tv_resnet("resnet34"), "resnet50": _tv_resnet("resnet50"),
+    "mobilenet_v3_large": _tv("mobilenet_v3_large", lambda net: _mobilenet_v3(net, [0, 2, 4, 7, 13, 16])),
+    "mobilenet_v3_small": _tv("mobilenet_v3_small", lambda net: _mobilenet_v3(net, [0, 1, 2, 4, 9, 12])),
+    "efficientnet_b0": _tv("efficientnet_b0", _efficientnet),
+    "convnext_tiny": _tv("convnext_tiny", _convnext),
+    # ViT-B/16: 224x224 only (its position embeddings are for 14x14 patches of 16 px), so data.image_size = 224
+    "vit_b_16": _tv("vit_b_16", _vit, image_size=FIXED_IMAGE_SIZE["vit_b_16"]),
 }
 
 
@@ -211,5 +275,26 @@ def initial_weights(name: str, weights: str, model: nn.Module, groups: dict) -> 
     if arch is None:
         raise ValueError(f"model.weights: {weights!r} is neither 'pretrain', 'none', a checkpoint path, "
                          f"nor a torchvision weights name for a torchvision model")
-    skipped = load_weights(model, groups, torchvision_state(arch, weights))
+    state = torchvision_state(arch, weights)
+    need, crop = getattr(builder, "image_size", None), _weights_transforms(arch, weights).crop_size[0]
+    if need and crop != need:
+        raise ValueError(f"model.weights: {weights} of {arch} is for {crop} px inputs; this model is built for "
+                         f"{need} px (use IMAGENET1K_V1)")
+    skipped = load_weights(model, groups, state)
+    match_preprocessing(model, arch, weights)
     return f"torchvision {arch} {weights}" + (" (head re-initialized)" if skipped else "")
+
+
+def _weights_transforms(arch: str, weights: str):
+    import torchvision.models as tvm
+
+    return tvm.get_model_weights(arch)[weights].transforms()
+
+
+def match_preprocessing(model: nn.Module, arch: str, weights: str) -> None:
+    """Normalize with the weights' own mean and std (ImageNet's for every torchvision classification weight today).
+    Their resize-then-crop is not replayed: data.image_size sets the resolution once, when images are cached."""
+    tf = _weights_transforms(arch, weights)
+    if isinstance(model, Normalized):
+        model.mean.copy_(torch.tensor(tf.mean).view(1, -1, 1, 1))
+        model.std.copy_(torch.tensor(tf.std).view(1, -1, 1, 1))

@@ -20,13 +20,16 @@ SPECKLE_NOISE = (0.06, 0.10, 0.12, 0.16, 0.20)  # sigma of the multiplicative no
 GAUSSIAN_BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)  # sigma, pixels
 DEFOCUS_BLUR = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1))  # (disk radius, alias_blur), pixels
 MOTION_BLUR = ((6, 1.0), (6, 1.5), (6, 2.0), (8, 2.0), (9, 2.5))  # (radius, sigma), pixels
-ZOOM_BLUR = (7, 12, 16, 21, 26)  # zoom factors 1.00, 1.01, ...: np.arange(1, 1.06|1.11|1.16|1.21|1.26, 0.01) has these lengths
+# number of zoom factors 1.00, 1.01, ...: np.arange(1, 1.06|1.11|1.16|1.21|1.26, 0.01) has these lengths (the float
+# steps keep the end point 1.06 and 1.11 but not 1.16, 1.21, 1.26)
+ZOOM_BLUR = (7, 12, 16, 21, 26)
 CONTRAST = (0.75, 0.5, 0.4, 0.3, 0.15)  # factor on the deviation from the channel mean
 BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)  # added to HSV value
 SATURATE = ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2))  # (mult, add) on HSV saturation
 PIXELATE = (0.95, 0.9, 0.85, 0.75, 0.65)  # side of the low-resolution copy, fraction of H
 JPEG_QUALITY = (80, 65, 58, 50, 40)
-ELASTIC = ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))  # (alpha, sigma, affine) x H
+# (alpha, sigma, affine) as fractions of the image side (make_cifar_c's IMSIZE = 32 times these)
+ELASTIC = ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))
 FOG = ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75))  # (strength, wibbledecay)
 ROTATE = (10, 20, 30, 40, 50)  # degrees, sign random per image
 TRANSLATE = (2, 4, 6, 8, 10)  # pixels for 32x32, direction random per image
@@ -37,7 +40,7 @@ def _level(images: torch.Tensor, severity: int) -> int:
     if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an int in 1..5, got {severity!r}")
     if images.dim() != 4 or images.shape[1] not in (1, 3) or not images.is_floating_point():
-        raise ValueError(f"images must be float (N, C, H, W) with C in (1, 3), got {tuple(images.shape)} {images.dtype}")
+        raise ValueError(f"images must be float (N, C, H, W), C in (1, 3); got {tuple(images.shape)} {images.dtype}")
     return severity - 1
 
 
@@ -119,7 +122,8 @@ def _remap(images: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, padding: st
         grid = torch.stack((2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1), dim=-1)
     else:
         grid = torch.stack(((2 * xs + 1) / w - 1, (2 * ys + 1) / h - 1), dim=-1)
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode=padding, align_corners=align_corners)
+    grid = grid.to(images.dtype)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=align_corners)
 
 
 def _pixel_grid(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,50 +250,33 @@ def zoom_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -
 # -------------------------------------------------------------------------------------------- weather and digital
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """skimage.color.rgb2hsv on (N, 3, H, W), hue in [0, 1); ties go to blue, then green, then red, as there."""
-    r, g, b = x.unbind(1)
-    v = x.amax(1)
-    delta = v - x.amin(1)
-    grey = delta == 0
-    safe = torch.where(grey, torch.ones_like(delta), delta)
-    s = torch.where(grey, torch.zeros_like(delta), delta / torch.where(grey, torch.ones_like(v), v))
-    h = torch.where(r == v, (g - b) / safe, torch.zeros_like(v))
-    h = torch.where(g == v, 2 + (b - r) / safe, h)
-    h = torch.where(b == v, 4 + (r - g) / safe, h)
-    h = torch.where(grey, torch.zeros_like(h), (h / 6) % 1)
-    return h, s, v
-
-
-# skimage.color.hsv2rgb: sector floor(6h) picks (r, g, b) from (v, t, p, q) = indices 0..3
-_HSV_SECTORS = ((0, 1, 2), (3, 0, 2), (2, 0, 1), (2, 3, 0), (1, 2, 0), (0, 2, 3))
-
-
-def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    sector = torch.floor(h * 6)
-    f = h * 6 - sector
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = torch.tensor(_HSV_SECTORS, device=h.device)[sector.long() % 6]  # (N, H, W, 3)
-    return torch.stack((v, t, p, q), dim=-1).gather(-1, table).permute(0, 3, 1, 2)
+# brightness and saturate are defined on HSV (skimage rgb2hsv/hsv2rgb). hsv2rgb makes every channel
+# v * (1 - s * g_c(h)) with g_c in [0, 1] a function of hue alone, so with h kept the round trip has a closed form:
+# a new v scales the pixel, a new s moves each channel's distance below v by s_new / s. Exact, no hue needed.
 
 
 def brightness(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
-    """HSV value += .05, .1, .15, .2, .3 (clipped), hue and saturation kept. Grey images: the grey level is V."""
+    """HSV value += .05, .1, .15, .2, .3 (clipped), hue and saturation kept: each pixel scales by v_new / v, and a
+    black pixel (s = 0) becomes grey v_new. For grey images v is the grey level."""
     delta = BRIGHTNESS[_level(images, severity)]
-    if images.shape[1] == 1:
-        return (images + delta).clamp(0, 1)
-    h, s, v = _rgb_to_hsv(images)
-    return _hsv_to_rgb(h, s, (v + delta).clamp(0, 1)).clamp(0, 1)
+    v = images.amax(1, keepdim=True)
+    v_new = (v + delta).clamp(0, 1)
+    return torch.where(v > 0, images * (v_new / torch.where(v > 0, v, 1)), v_new).clamp(0, 1)
 
 
 def saturate(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
-    """HSV saturation * mult + add, (mult, add) = (.3,0), (.1,0), (1.5,0), (2,.1), (2.5,.2): severities 1-2
-    desaturate, 3-5 oversaturate. Grey images have no saturation: identity (skimage would tint them red for add > 0)."""
+    """HSV saturation * mult + add (clipped), (mult, add) = (.3,0), (.1,0), (1.5,0), (2,.1), (2.5,.2): severities 1-2
+    desaturate, 3-5 oversaturate. A grey pixel has hue 0 in skimage, so add > 0 tints it red, as in CIFAR-10-C;
+    grey images (C = 1) cannot hold a hue and are returned unchanged."""
     mult, add = SATURATE[_level(images, severity)]
     if images.shape[1] == 1:
         return images.clone()
-    h, s, v = _rgb_to_hsv(images)
-    return _hsv_to_rgb(h, (s * mult + add).clamp(0, 1), v).clamp(0, 1)
+    v = images.amax(1, keepdim=True)
+    s = (v - images.amin(1, keepdim=True)) / torch.where(v > 0, v, 1)  # 0 where all channels are equal
+    s_new = (s * mult + add).clamp(0, 1)
+    coloured = v - (v - images) * (s_new / torch.where(s > 0, s, 1))
+    red = v * (1 - s_new * torch.tensor([0.0, 1.0, 1.0], device=images.device).view(1, 3, 1, 1))  # hue 0: (v, p, p)
+    return torch.where(s > 0, coloured, red).clamp(0, 1)
 
 
 def contrast(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
@@ -414,7 +401,7 @@ def rotate(images: torch.Tensor, severity: int, generator: torch.Generator) -> t
 
 def translate(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Shift by 2, 4, 6, 8, 10 px (x H/32) towards a direction U(0, 2 pi) per image, rounded to whole pixels so no
-    interpolation blur mixes in (the length is exact to 0.71 px); the uncovered band fills with 0, as rotate."""
+    interpolation blur mixes in (the length is d to within 0.71 px); the uncovered band fills with 0, as rotate."""
     d = TRANSLATE[_level(images, severity)] * images.shape[2] / 32
     phi = _rand((images.shape[0],), generator, images.device).double() * 2 * math.pi
     dy, dx = torch.round(d * torch.sin(phi)).long(), torch.round(d * torch.cos(phi)).long()
@@ -477,7 +464,7 @@ def dirichlet_prior(num_classes: int, alpha: float, generator: torch.Generator) 
 def tweak_one_prior(num_classes: int, cls: int, rho: float) -> torch.Tensor:
     """Lipton et al.'s tweak-one shift: class cls gets rho, the other K - 1 share 1 - rho equally (float64)."""
     if not 0 <= cls < num_classes or not 0 <= rho <= 1 or num_classes < 2:
-        raise ValueError(f"need 0 <= cls < num_classes (>= 2) and 0 <= rho <= 1, got cls={cls}, K={num_classes}, rho={rho}")
+        raise ValueError(f"need 0 <= cls < num_classes (>= 2), 0 <= rho <= 1; got {cls=}, {num_classes=}, {rho=}")
     prior = torch.full((num_classes,), (1 - rho) / (num_classes - 1), dtype=torch.float64)
     prior[cls] = rho
     return prior

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import fcntl
 import math
 import os
@@ -113,8 +114,11 @@ def storage_of(cfg: config.Config, client=None) -> optuna.storages.RDBStorage:
         engine = {"connect_args": {"timeout": 60}}
     else:
         engine = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                      grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry_callback(client))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                          grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry_callback(client))
+    except Exception as e:  # sqlalchemy OperationalError & co: say where, without the password
+        raise ConnectionError(f"Optuna storage {_redact(url)} is unreachable: {str(e).splitlines()[0][:300]}") from None
 
 
 def _retry_callback(client):
@@ -124,8 +128,12 @@ def _retry_callback(client):
     def callback(study, frozen):
         run_id = frozen.user_attrs.get("mlflow_run_id")
         if client is not None and run_id:
-            tracking.fail_running(client, "", [run_id], "worker died (stale heartbeat or dead process)")
-        retry(study, frozen)
+            tracking.fail_runs(client, [run_id], "worker died (stale heartbeat or dead process)")
+        # the retry copies system attrs: drop the dead worker's identity and its fail reason
+        clone = copy.deepcopy(frozen)
+        clone.system_attrs = {k: v for k, v in frozen.system_attrs.items()
+                              if not k.startswith("harness.") and k != "fail_reason"}
+        retry(study, clone)
 
     return callback
 
@@ -301,11 +309,29 @@ def recover_dead(study: optuna.Study, client) -> int:
             continue
         pid, started = t.system_attrs.get("harness.pid"), t.system_attrs.get("harness.pid_start")
         alive = False
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, TypeError):
             alive = psutil.Process(pid).create_time() == started
-        if not alive and study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            study._storage.set_trial_system_attr(t._trial_id, "fail_reason", f"worker pid {pid} died")
+        if alive:
+            continue
+        # the reason first: a finished trial can no longer be updated
+        study._storage.set_trial_system_attr(t._trial_id, "fail_reason", f"worker pid {pid} on {host} died")
+        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
             callback(study, study._storage.get_trial(t._trial_id))
+            n += 1
+    return n
+
+
+def sweep_orphans(ctx: dict) -> int:
+    """Child runs left RUNNING whose trial is not running any more (the process died between two writes): end
+    each with the status its trial has in Optuna, so no run stays RUNNING after a resume."""
+    state = {t.number: t.state for t in ctx["study"].get_trials(deepcopy=False)}
+    status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
+    n = 0
+    for number, run_id in tracking.running_children(ctx["client"], ctx["exp_id"], ctx["parent_id"]).items():
+        if state.get(number) != TrialState.RUNNING:
+            tracking.end_run(ctx["client"], run_id, status.get(state.get(number), "FAILED"),
+                             {"harness.fail_reason": "worker died before the trial finished"}
+                             if state.get(number) not in status else None)
             n += 1
     return n
 
@@ -372,7 +398,7 @@ def work(ctx: dict, worker: int = 0, log=print) -> dict:
 
 def _progress(ctx, prefix, log):
     cfg, study = ctx["cfg"], ctx["study"]
-    tty = sys.stdout.isatty()
+    tty = sys.stdout.isatty() and cfg.study.workers == 1  # workers share the terminal: plain lines
 
     def show(number, epoch, loss, val_acc):
         finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)) if epoch == 0 else None
@@ -448,7 +474,11 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ctx = setup(cfg, n_groups, launcher=True, log=log)
     _save_if_best.ctx = ctx
-    recover_dead(ctx["study"], ctx["client"])
+    n_dead = recover_dead(ctx["study"], ctx["client"])
+    n_orphans = sweep_orphans(ctx)
+    if n_dead or n_orphans:
+        log(f"resume: {n_dead} trial(s) of dead workers failed and re-queued with the same params; "
+            f"{n_orphans} orphan MLflow run(s) ended FAILED")
     if cfg.study.workers > 1:
         import multiprocessing as mp
 
@@ -459,6 +489,7 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
         for p in procs:
             p.join()
         recover_dead(ctx["study"], ctx["client"])
+        sweep_orphans(ctx)
     else:
         work(ctx, 0, log)
     tracking.end_run(ctx["client"], ctx["parent_id"], "FINISHED")

@@ -145,12 +145,19 @@ def log_figure(client, run_id: str, figure, path: str) -> None:
     log_bytes(client, run_id, buf.getvalue(), path)
 
 
-def fail_running(client, exp_id: str, run_ids: list[str], reason: str) -> None:
-    """Mark runs that are still RUNNING as FAILED (their process died)."""
+def running_children(client, exp_id: str, parent_id: str) -> dict[int, str]:
+    """Trial number -> run id of the parent's child runs still RUNNING (bookkeeping for crash recovery)."""
+    runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
+                              max_results=10000)
+    return {int(r.data.tags.get("optuna.trial_number", -1)): r.info.run_id for r in runs}
+
+
+def fail_runs(client, run_ids: list[str], reason: str) -> None:
+    """End runs FAILED whatever their status: their trial failed in Optuna (its worker died), and a kill between
+    the run's end and Optuna's tell may have left the run FINISHED. Optuna's state is the truth."""
     for run_id in run_ids:
         try:
-            if client.get_run(run_id).info.status == "RUNNING":
-                end_run(client, run_id, "FAILED", {"harness.fail_reason": reason})
+            end_run(client, run_id, "FAILED", {"harness.fail_reason": reason})
         except MlflowException:
             pass  # the run never got created: nothing to clean
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import math
+import resource
 import time
 import warnings
 
 import optuna
+import psutil
 import torch
 
 from harness import metrics, models, tracking, train
@@ -186,7 +188,11 @@ def objective(trial: optuna.Trial, ctx: dict):
         shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
         final.update(corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in ctx["suite"]["test"]},
                                        _linear_probe_reference(trial, {"id_acc": final["id_acc"], "shift_acc": shift_acc})))
-        final.update(val_acc_final=val["acc"], train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1)
+        final.update(val_acc_final=val["acc"], train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
+                     rss_mb=psutil.Process().memory_info().rss / 2**20,  # memory must not grow across trials
+                     peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        if device.type == "cuda":
+            final["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         if sel["per_shift"]:
             final["ood_val_acc"] = sel["ood_val_acc"]
         tracking.log_metrics(client, run_id, final)

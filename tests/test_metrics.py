@@ -9,6 +9,16 @@ from harness import metrics
 K = 10
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny (16 images): a second OpenMP thread gains nothing, and when the other core is busy its
+    barriers cost ~100x (a zoom_blur call measured 600 ms on 2 threads vs 7 ms on 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def synthetic(n, shift_correct=0.0, seed=0):
     """Logits whose top-1 softmax confidence is conf ~ U(1/K + .05, 1) and whose top-1 is right with probability
     conf - shift_correct: shift 0 is perfectly calibrated, shift > 0 overconfident by that much."""

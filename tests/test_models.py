@@ -23,6 +23,7 @@ def test_every_registered_model_has_groups_and_trains(name):
     ids = [id(p) for g in groups.values() for p in g.parameters()]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     size = 32 if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) < 18 else 64
+    size = getattr(models.MODELS[name], "image_size", size)  # ViT-B/16 takes 224 only
     x, y = torch.rand(2, 3, size, size), torch.tensor([0, 2])
     opt = train.make_optimizer(model, "sgd", 0.1, 0.0, 0.0)
     before = groups["head"].weight.detach().clone()

@@ -1,5 +1,6 @@
 """Every registered shift keeps the image contract, is seeded, and grows with severity; label-shift resampling."""
 
+import io
 import math
 
 import numpy as np
@@ -12,6 +13,16 @@ from harness import shifts
 # Shifts that draw nothing from the generator: the seed must not matter for them.
 DETERMINISTIC = {"gaussian_blur", "defocus_blur", "zoom_blur", "contrast", "brightness", "saturate", "pixelate",
                  "jpeg_compression"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny (16 images): a second OpenMP thread gains nothing, and when the other core is busy its
+    barriers cost ~100x (a zoom_blur call measured 600 ms on 2 threads vs 7 ms on 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def smooth_images(n=16, c=3, size=32, seed=0):
@@ -175,34 +186,41 @@ def test_blurs_match_scipy(images):
     assert np.abs(shifts.defocus_blur(images[:2], 5, torch.Generator()).numpy() - ref).max() < 1e-5
 
 
-def test_pixelate_matches_pil(images):
-    """pixelate equals PIL's BOX resize down to int(32 * .75) = 24 px and back, per channel."""
+def test_pixelate_and_jpeg_match_pil(images):
+    """pixelate equals PIL's BOX resize down to int(32 * .75) = 24 px and back; jpeg_compression equals a PIL JPEG
+    round trip (what make_cifar_c.py does) of the uint8 image bit for bit."""
     image = pytest.importorskip("PIL.Image")
     x = images[0].numpy()
     ref = np.stack([np.asarray(image.fromarray(ch, mode="F").resize((24, 24), image.BOX).resize((32, 32), image.BOX))
                     for ch in x])
     assert np.abs(shifts.pixelate(images[:1], 4, torch.Generator())[0].numpy() - ref).max() < 1e-5
 
+    buffer = io.BytesIO()
+    image.fromarray((x.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(buffer, "JPEG", quality=40)
+    ref = np.asarray(image.open(buffer)).transpose(2, 0, 1) / 255
+    assert np.abs(shifts.jpeg_compression(images[:1], 5, torch.Generator())[0].numpy() - ref).max() < 1e-6
+
 
 def test_hsv_shifts_match_matplotlib(images):
-    """brightness and saturate act on HSV exactly like skimage (here matplotlib's identical rgb<->hsv)."""
+    """brightness and saturate act on HSV exactly like skimage (here matplotlib's identical rgb<->hsv), grey and
+    black pixels included (hue 0, so saturate tints grey red)."""
     colors = pytest.importorskip("matplotlib.colors")
-    hsv = colors.rgb_to_hsv(images[:2].double().permute(0, 2, 3, 1).numpy())
+    x = images[:2].clone()
+    x[:, :, 0, :4], x[:, :, 1, :4] = 0.5, 0.0
+    hsv = colors.rgb_to_hsv(x.double().permute(0, 2, 3, 1).numpy())
     bright, sat = hsv.copy(), hsv.copy()
     bright[..., 2] = np.clip(hsv[..., 2] + 0.3, 0, 1)
     sat[..., 1] = np.clip(hsv[..., 1] * 2.5 + 0.2, 0, 1)
     for fn, ref in [(shifts.brightness, bright), (shifts.saturate, sat)]:
-        out = fn(images[:2], 5, torch.Generator()).permute(0, 2, 3, 1).numpy()
+        out = fn(x, 5, torch.Generator()).permute(0, 2, 3, 1).numpy()
         assert np.abs(out - np.clip(colors.hsv_to_rgb(ref), 0, 1)).max() < 1e-5
 
 
-def test_contrast_and_jpeg(images):
-    """contrast scales the deviation from each channel's mean by c; jpeg is lossy but close at quality 80."""
+def test_contrast_matches_definition(images):
+    """contrast scales each channel's deviation from its per-image mean by c = .15 at severity 5."""
     x = images[:2]
     mean = x.mean(dim=(2, 3), keepdim=True)
     assert torch.allclose(shifts.contrast(x, 5, torch.Generator()), ((x - mean) * 0.15 + mean).clamp(0, 1), atol=1e-6)
-    out = shifts.jpeg_compression(x, 1, torch.Generator())
-    assert 0 < (out - x).abs().mean() < 0.05
 
 
 # ------------------------------------------------------------------------------------------------- label shift

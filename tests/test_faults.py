@@ -1,0 +1,133 @@
+"""Scale-out and faults: parallel workers, SIGKILL then resume, unreachable tracking server or database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from harness import study
+
+pytestmark = pytest.mark.slow
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_end_state(workdir, name, n, storage=None):
+    """n finished trials, no RUNNING trial, one parent run, one child run per trial, no RUNNING MLflow run."""
+    s = optuna.load_study(study_name=name, storage=storage or f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
+    trials = s.get_trials()
+    assert sum(t.state in FINISHED for t in trials) == n, [t.state for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("harness.role") == "study"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    per_trial = Counter(int(r.data.tags["optuna.trial_number"]) for r in children)
+    assert sorted(per_trial) == [t.number for t in trials] and set(per_trial.values()) == {1}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for t in trials:
+        run = next(r for r in children if int(r.data.tags["optuna.trial_number"]) == t.number)
+        assert run.info.status == {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED",
+                                   TrialState.FAIL: "FAILED"}[t.state]
+    return trials
+
+
+def test_three_workers_share_one_study(tiny_config, workdir):
+    """--workers 3 on one sqlite study: exactly n_trials finished trials, one MLflow child run each, no errors."""
+    assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "6", "--workers", "3"]) == 0
+    trials = _check_end_state(workdir, "tiny", 6)
+    assert not [t for t in trials if t.state == TrialState.FAIL]
+    assert len({t.system_attrs.get("harness.pid") for t in trials}) >= 2  # the work really was shared
+
+
+def test_sigkill_mid_trial_then_resume(tiny_config, workdir):
+    """kill -9 while a trial runs; re-running the same command finishes the study: the killed trial is FAILED
+    (Optuna and MLflow), retried with the same params, the parent run is reused, and the target is reached."""
+    cmd = [sys.executable, "-m", "harness.study", "--config", str(tiny_config), "--no-report", "--n-trials", "4",
+           "--set", "train.epochs=6", "--set", "search.unfreeze_epoch=[1,6]"]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
+    victim, deadline = None, time.time() + 240
+    try:
+        while victim is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                s = optuna.load_study(study_name="tiny", storage=storage)
+            except Exception:  # the study does not exist yet
+                continue
+            for t in s.get_trials(states=(TrialState.RUNNING,)):
+                # kill once the trial has its MLflow run and is between epochs 1 and 5 of 6
+                if t.number >= 1 and "mlflow_run_id" in t.user_attrs and t.intermediate_values:
+                    victim = t
+        assert victim is not None, "no running trial to kill"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    t0 = time.time()
+    assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "4",
+                       "--set", "train.epochs=6", "--set", "search.unfreeze_epoch=[1,6]"]) == 0
+    trials = _check_end_state(workdir, "tiny", 4)
+    assert time.time() - t0 < 200  # resumed at once: no wait for the 60 s heartbeat grace period per trial
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL and "died" in killed.system_attrs.get("fail_reason", "")
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params and retries[0].state in FINISHED
+    assert retries[0].user_attrs.get("baseline") == killed.user_attrs.get("baseline")
+    assert "fail_reason" not in retries[0].system_attrs
+
+
+def test_unreachable_tracking_server_fails_fast(tiny_config, workdir, capsys):
+    """A tracking URI where nothing listens: exit 1 within 30 s, a message naming the server, no trial run."""
+    uri = f"http://127.0.0.1:{_free_port()}"
+    t0 = time.time()
+    assert study.main(["--config", str(tiny_config), "--no-report", "--tracking-uri", uri]) == 1
+    assert time.time() - t0 < 30
+    err = capsys.readouterr().err
+    assert "unreachable" in err and uri in err
+    assert not (workdir / "mlruns" / "optuna.db").exists() and not (workdir / "mlruns" / "cache").exists()
+
+
+def test_unreachable_database_fails_fast(tiny_config, workdir, capsys):
+    """A PostgreSQL URL where nothing listens: exit 1 within 30 s, the message names the storage but not the
+    password, and nothing is trained."""
+    url = f"postgresql://harness:secret@127.0.0.1:{_free_port()}/harness"
+    t0 = time.time()
+    assert study.main(["--config", str(tiny_config), "--no-report", "--storage", url]) == 1
+    assert time.time() - t0 < 30
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "127.0.0.1" in err and "secret" not in err
+    assert not (workdir / "mlruns" / "cache").exists()
+
+
+POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES")  # set by .ci/run, which starts Debian's PostgreSQL
+
+
+@pytest.mark.skipif(not POSTGRES, reason="HARNESS_TEST_POSTGRES not set (.ci/run starts PostgreSQL and sets it)")
+def test_three_workers_on_postgresql(tiny_config, workdir):
+    """The many-machines storage: 3 worker processes on one PostgreSQL study end with exactly the requested
+    number of trials, one MLflow child run each, no failures."""
+    name = f"pg{int(time.time())}"
+    assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "6", "--workers", "3",
+                       "--storage", POSTGRES, "--study-name", name]) == 0
+    trials = _check_end_state(workdir, name, 6, storage=POSTGRES)
+    assert not [t for t in trials if t.state == TrialState.FAIL]
