@@ -20,6 +20,9 @@ SCHEDULES = ("cosine", "constant", "step")
 DEVICES = ("auto", "cpu", "cuda")
 TV_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 SOURCES = ("digits", "imagefolder") + TV_DATASETS
+STREAM_KINDS = ("severity", "rotation", "prior", "recurring")  # harness.sustain.STREAMS
+STREAM_POLICIES = ("never", "every", "accuracy", "embedding", "mmd")  # harness.sustain.POLICIES
+STREAM_OBJECTIVES = ("penalized", "multi")
 # registry models that accept one input size only: ViT-B/16's position embeddings are for 14x14 patches of 16 px
 FIXED_IMAGE_SIZE = {"vit_b_16": 224}
 
@@ -105,6 +108,42 @@ class Shifts:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """`python -m harness.sustain`: a drifting stream of T periods and the re-fine-tuning policies replayed on it."""
+    kind: str = "severity"  # severity | rotation | prior | recurring (see harness.sustain.STREAMS)
+    shift: str = "contrast"  # corruption of the severity ramp; shift A of the recurring stream ("none" = clean)
+    shift_b: str = "rotate"  # shift B of the recurring stream ("none" = clean)
+    severity: int = 5  # top of the ramps (0 at period 0 up to this at the last); level of the recurring shifts
+    phase: int = 2  # recurring: periods per phase, A A B B A A ...
+    alpha: float = 0.3  # prior drift: Dirichlet concentration of the final class prior (priors start uniform)
+    periods: int = 10  # T
+    labelled: int = 50  # labelled images per period, from the target train split
+    eval_size: int = 150  # evaluation images per period, from the target test split
+    seeds: list[int] = field(default_factory=list)  # replicate seeds (stream, head init, batch order); [] = study.seed
+    policies: list[str] = field(default_factory=lambda: ["never", "every", "accuracy", "embedding"])
+    k: int = 3  # every: update at periods k-1, 2k-1, ... (0-based), floor(T / k) updates
+    drop: float = 10.0  # accuracy trigger: labelled-accuracy drop since the last update, points
+    window: int = 1  # accuracy trigger: most recent labelled periods averaged
+    auc: float = 0.55  # embedding trigger: domain-classifier ROC AUC above this fires (Evidently's default)
+    mmd: float = 0.02  # mmd trigger: unbiased MMD^2 (RBF, median heuristic) above this fires
+    lr: float = 0.01  # update fine-tune
+    freeze_layers: int = 0  # update fine-tune: first k layer groups frozen
+    epochs: int = 5  # update fine-tune: epochs over the period's batch plus replay
+    replay: int = 2  # previous periods' labelled batches added to each update
+    init_lr: float = 0.03  # the deployed model: pretrained, fully fine-tuned on the clean train split, train.epochs
+    search: bool = False  # true: an Optuna study searches the policy instead of replaying `policies`
+    objective: str = "penalized"  # penalized: mean acc - cost * n_updates / T; multi: (mean acc, n_updates / T)
+    cost: float = 0.1  # lambda of the penalized objective
+    search_policies: list[str] = field(default_factory=lambda: ["every", "accuracy", "embedding"])
+    search_k: list[int] = field(default_factory=lambda: [1, 5])
+    search_drop: list[float] = field(default_factory=lambda: [2.0, 20.0])
+    search_auc: list[float] = field(default_factory=lambda: [0.52, 0.8])
+    search_mmd: list[float] = field(default_factory=lambda: [0.005, 0.1])  # log scale
+    search_lr: list[float] = field(default_factory=lambda: [1e-3, 0.1])  # log scale
+    search_freeze_layers: list[int] = field(default_factory=lambda: [0, 4])
+
+
+@dataclass(frozen=True)
 class Config:
     study: Study = field(default_factory=Study)
     data: Data = field(default_factory=Data)
@@ -113,6 +152,7 @@ class Config:
     train: Train = field(default_factory=Train)
     search: Search = field(default_factory=Search)
     shifts: Shifts = field(default_factory=Shifts)
+    stream: Stream = field(default_factory=Stream)
 
 
 # section name -> its dataclass, in file order
@@ -314,3 +354,33 @@ def validate(cfg: Config) -> None:
     _positive("shifts.label_alpha", sh.label_alpha, allow_zero=True)
     if s.objective == "ood_val_acc" and not sh.selection:
         raise ConfigError("study.objective", "'ood_val_acc' needs at least one shift in shifts.selection")
+
+    st = cfg.stream
+    _choice("stream.kind", st.kind, STREAM_KINDS)
+    _choice("stream.objective", st.objective, STREAM_OBJECTIVES)
+    for key in ("policies", "search_policies"):
+        names = getattr(st, key)
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"stream.{key}", f"needs distinct policy names, got {names}")
+        for name in names:
+            _choice(f"stream.{key}", name, STREAM_POLICIES)
+    if not 1 <= st.severity <= 5:
+        raise ConfigError("stream.severity", f"must be in 1..5, got {st.severity}")
+    if st.periods < 2:
+        raise ConfigError("stream.periods", f"must be >= 2 (backward transfer needs T - 1 > 0), got {st.periods}")
+    for key in ("phase", "labelled", "eval_size", "k", "window", "epochs", "lr", "init_lr", "alpha"):
+        _positive(f"stream.{key}", getattr(st, key))
+    for key in ("replay", "freeze_layers", "drop", "mmd", "cost"):
+        _positive(f"stream.{key}", getattr(st, key), allow_zero=True)
+    if not 0.5 <= st.auc < 1:
+        raise ConfigError("stream.auc", f"must be in [0.5, 1), got {st.auc}")
+    if len(set(st.seeds)) != len(st.seeds) or any(v < 0 for v in st.seeds):
+        raise ConfigError("stream.seeds", f"must be distinct integers >= 0, got {st.seeds}")
+    _bounds("stream.search_k", st.search_k, low_min=1)
+    _bounds("stream.search_drop", st.search_drop, low_min=0)
+    _bounds("stream.search_auc", st.search_auc, low_min=0.5)
+    _bounds("stream.search_freeze_layers", st.search_freeze_layers, low_min=0)
+    for key in ("search_mmd", "search_lr"):  # log scale
+        _bounds(f"stream.{key}", getattr(st, key))
+        if getattr(st, key)[0] <= 0:
+            raise ConfigError(f"stream.{key}", f"bounds must be > 0 (log scale), got {getattr(st, key)}")

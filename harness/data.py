@@ -16,7 +16,7 @@ from harness.config import Data
 # Every split is a pair (images float32 [N, 3, H, W] in [0, 1], labels int64 [N]); models normalize inside,
 # so shifts act on plain [0, 1] pixels exactly as CIFAR-10-C defines them.
 SPLITS = ("source_train", "source_val", "train", "val", "test")
-CACHE_VERSION = 2  # bump when the construction below changes, so stale caches are not reused
+CACHE_VERSION = 3  # bump when the construction below changes, so stale caches are not reused
 
 
 def cache_key(cfg: Data, seed: int) -> str:
@@ -52,9 +52,16 @@ def load(cfg: Data, seed: int, cache_dir: Path | None = None) -> dict:
     return out
 
 
-def to_device(data: dict, device: torch.device) -> dict:
-    """Small data lives on the training device as tensors: no loader, no host-to-device copy per batch."""
-    return {k: (v[0].to(device), v[1].to(device)) if k in SPLITS else v for k, v in data.items()}
+def to_device(data: dict, device: torch.device, budget: float = 0.5) -> dict:
+    """Data that fits lives on the training device as tensors: no loader, no host-to-device copy per batch.
+    On CUDA, images that would take more than `budget` of the free GPU memory (the model, activations and the
+    shift suite need the rest) stay on the CPU, pinned, and train/predict copy each batch with non_blocking=True;
+    labels always move (4 bytes an image)."""
+    splits = [v for k, v in data.items() if k in SPLITS]
+    nbytes = sum(x.nelement() * x.element_size() for x, _ in splits)
+    resident = device.type != "cuda" or nbytes <= budget * torch.cuda.mem_get_info(device)[0]
+    images = (lambda x: x.to(device)) if resident else (lambda x: x.pin_memory())
+    return {k: (images(v[0]), v[1].to(device)) if k in SPLITS else v for k, v in data.items()}
 
 
 def stratified_split(labels: torch.Tensor, fractions: list[float], gen: torch.Generator) -> list[torch.Tensor]:
@@ -121,13 +128,17 @@ def _few_shot(tensors: dict, cfg: Data, gen: torch.Generator) -> None:
         tensors["train_x"], tensors["train_y"] = tensors["train_x"][keep].contiguous(), tensors["train_y"][keep].contiguous()
 
 
-def _resize_uint8(images: list, size: int) -> torch.Tensor:
-    """PIL images -> uint8 [N, 3, size, size]: resize the short side, centre crop (decoded once, then cached)."""
+def _resize_uint8(paths: list, size: int) -> torch.Tensor:
+    """Image files -> uint8 [N, 3, size, size]: resize the short side, centre crop (decoded once, then cached).
+    One image is decoded at a time, so memory holds the small result, never the full-size photos."""
+    from PIL import Image
     from torchvision.transforms.v2 import functional as TF
 
-    out = torch.empty(len(images), 3, size, size, dtype=torch.uint8)
-    for i, img in enumerate(images):
-        t = TF.pil_to_tensor(img.convert("RGB"))
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 2-8x (never below size): ~3x faster
+            t = TF.pil_to_tensor(img.convert("RGB"))
         t = TF.resize(t, size, antialias=True)
         out[i] = TF.center_crop(t, [size, size])
     return out
@@ -144,15 +155,15 @@ def _imagefolder(cfg: Data, seed: int):
         train, test = ImageFolder(str(root / "train")), ImageFolder(str(held))
         if train.classes != test.classes:
             raise ValueError(f"data.path: class folders differ between {root / 'train'} and {held}")
-        x, y = _resize_uint8([train.loader(p) for p, _ in train.samples], cfg.image_size), torch.tensor(train.targets)
+        x, y = _resize_uint8([p for p, _ in train.samples], cfg.image_size), torch.tensor(train.targets)
         tr, va = stratified_split(y, [1 - cfg.val_fraction, cfg.val_fraction], gen)
         tensors.update(train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va])
-        tensors["test_x"] = _resize_uint8([test.loader(p) for p, _ in test.samples], cfg.image_size)
+        tensors["test_x"] = _resize_uint8([p for p, _ in test.samples], cfg.image_size)
         tensors["test_y"] = torch.tensor(test.targets)
         classes = train.classes
     else:
         ds = ImageFolder(str(root))
-        x, y = _resize_uint8([ds.loader(p) for p, _ in ds.samples], cfg.image_size), torch.tensor(ds.targets)
+        x, y = _resize_uint8([p for p, _ in ds.samples], cfg.image_size), torch.tensor(ds.targets)
         fr = [1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction]
         for split, idx in zip(("train", "val", "test"), stratified_split(y, fr, gen)):
             tensors[f"{split}_x"], tensors[f"{split}_y"] = x[idx], y[idx]
@@ -182,9 +193,11 @@ def _torchvision(cfg: Data, seed: int):
             x = x.unsqueeze(1).expand(-1, 3, -1, -1)
         elif x.shape[-1] == 3:  # N H W C
             x = x.permute(0, 3, 1, 2)
-        x = F.interpolate(x.float(), size=(cfg.image_size,) * 2, mode="bilinear", antialias=True) if x.shape[-1] != cfg.image_size else x.float()
+        if x.shape[-1] != cfg.image_size:  # resized once, in chunks: never the whole set as float32
+            x = torch.cat([F.interpolate(c.float(), size=(cfg.image_size,) * 2, mode="bilinear", antialias=True)
+                           .round().clamp(0, 255).to(torch.uint8) for c in x.split(1024)])
         y = torch.as_tensor(np.asarray(getattr(ds, "targets", getattr(ds, "labels", None))))
-        return x.round().clamp(0, 255).to(torch.uint8), y.long()
+        return x.contiguous(), y.long()
 
     x, y = tensors_of(train)
     tr, va = stratified_split(y, [1 - cfg.val_fraction, cfg.val_fraction], gen)

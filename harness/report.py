@@ -78,10 +78,15 @@ def lr_text(v) -> str:
     return f"{v:.3g}" if isinstance(v, (int, float)) else str(v)
 
 
-def trial_label(r: dict, best: int | None = None) -> str:
+def trial_label(r: dict, best: int | None = None, long: bool = False) -> str:
+    """'#5 best', '#0 full FT', '#4'; long adds how it fine-tunes ('#4 freeze 2, unfreeze@1')."""
     role = results.BASELINES.get(r["baseline"], "")
     tag = "best" if r["number"] == best else role
-    return f"#{r['number']}" + (f" {tag}" if tag else "")
+    out = f"#{r['number']}" + (f" {tag}" if tag else "")
+    if long and not r["baseline"] and r["freeze_layers"] is not None:
+        k, u = r["freeze_layers"], r["unfreeze"]
+        out += " (full)" if not k else f" (freeze {k}" + (", never)" if u == "never" else f", unfreeze@{u.split()[-1]})")
+    return out
 
 
 def chips(r: dict, s: dict) -> Raw:
@@ -110,26 +115,31 @@ def _figure(w: float, h: float):
     return Figure(figsize=(w, h))
 
 
-def _png(fig) -> Raw:
+def _png(fig, alt: str = "figure") -> Raw:
     """Figure -> inline <img> (base64 PNG). Raster keeps every label inert: nothing from the study becomes markup."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    return _img(buf.getvalue(), "")
+    return _img(buf.getvalue(), alt, 96 / DPI)
 
 
-def _img(data: bytes, alt: str) -> Raw:
+def _img(data: bytes, alt: str, scale: float = 1.0) -> Raw:
     width = ""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         w = struct.unpack(">I", data[16:20])[0]
-        width = f' width="{int(w * 96 / DPI)}"'
+        width = f' width="{int(w * scale)}"'
     return Raw(f'<img{width} alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+
+
+def _t(text) -> str:
+    """A name drawn by matplotlib: a '$' must print as a dollar, not start mathtext (two of them would parse a
+    study called 'a$b$c' as math, and a lone one can raise)."""
+    return str(text).replace("$", r"\$")
 
 
 def _rc():
     import matplotlib
 
-    # parse_math off: a '$' in a study or shift name must print as a dollar, not start mathtext (and crash)
-    return matplotlib.rc_context({"text.parse_math": False, "font.size": 9, "axes.titlesize": 10,
+    return matplotlib.rc_context({"font.size": 9, "axes.titlesize": 10,
                                   "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
                                   "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False})
 
@@ -190,10 +200,12 @@ def fig_severity(summaries: list[dict], curves: dict, key: str) -> Raw | None:
                         continue
                     xs, ys = zip(*pts_)
                     ys = [100 * y for y in ys] if key == "acc" else ys
-                    label = trial_label(r, s["best"]) + (f" ({s['name']})" if len(summaries) > 1 else "")
+                    label = trial_label(r, s["best"], True) + (f" [{_t(s['name'])}]" if len(summaries) > 1 else "")
                     ax.plot(xs, ys, STUDY_STYLES[si % 4], marker=STUDY_MARKERS[si % 4], ms=3.5, lw=1.6,
                             color=_color(r, s, i), label=label)
-            ax.set_title(fam)
+            ax.set_title(_t(fam))
+            sevs = sorted({0, *(v for s in summaries for v in s["shifts"]["severities"])})
+            ax.set_xticks(sevs)
             ax.set_xlabel("severity (0 = clean)")
             ax.set_ylabel("accuracy (%)" if key == "acc" else "ECE")
         for ax in list(axes.flat)[len(fams):]:
@@ -223,10 +235,10 @@ def fig_heatmap(s: dict) -> Raw | None:
         im = ax.imshow(data, aspect="auto", cmap="RdYlGn", vmin=np.nanmin(data), vmax=np.nanmax(data))
         ax.grid(False)
         ax.set_xticks(range(len(cols)))
-        ax.set_xticklabels(["ID" if n == "ID" else f"{n} {st}" + (" (sel)" if n in sh["selection"] else "")
-                            for n, st in cols], rotation=60, ha="right", fontsize=7)
+        ax.set_xticklabels(["ID" if n == "ID" else _t(n if n in sh["sets"] else f"{n} {st}") +
+                            (" (sel)" if n in sh["selection"] else "") for n, st in cols], rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(done)))
-        ax.set_yticklabels([trial_label(r, s["best"]) for r in done], fontsize=7)
+        ax.set_yticklabels([trial_label(r, s["best"], True) for r in done], fontsize=7)
         if data.size <= 600:
             for (i, j), v in np.ndenumerate(data):
                 if not np.isnan(v):
@@ -276,7 +288,7 @@ def fig_line(summaries: list[dict], shift: str | None = None, size=(5.6, 4.2), a
                 lo, hi = min(px), max(px)
                 ax.plot([lo, hi], [fit["slope"] * lo + fit["intercept"], fit["slope"] * hi + fit["intercept"]],
                         STUDY_STYLES[si % 4], color="#333" if len(summaries) == 1 else OTHERS[si], lw=1.2,
-                        label=(f"{s['name']}: " if len(summaries) > 1 else "") +
+                        label=(f"{_t(s['name'])}: " if len(summaries) > 1 else "") +
                         f"fit slope {fit['slope']:.2f}, R\u00b2 {num(fit['r2'], '.2f')}")
         if not drawn:
             return None
@@ -287,9 +299,10 @@ def fig_line(summaries: list[dict], shift: str | None = None, size=(5.6, 4.2), a
         _probit_axis(ax, lo - pad, hi + pad, n, "x")
         _probit_axis(ax, lo - pad, hi + pad, n, "y")
         ax.set_xlabel("ID test accuracy (%, probit scale)")
-        ax.set_ylabel(("mean OOD accuracy" if shift is None else f"{shift} accuracy") + " (%, probit scale)")
+        ax.set_ylabel(("mean OOD accuracy" if shift is None else f"{_t(shift)} accuracy") + " (%, probit scale)")
+        ax.margins(0.08)
         if shift is not None:
-            ax.set_title(shift)
+            ax.set_title(_t(shift))
         ax.legend(loc="upper left")
         if own:
             fig.tight_layout()
@@ -316,7 +329,7 @@ def fig_line_grid(summaries: list[dict]) -> Raw | None:
                 ax.get_legend().remove()
             fit = summaries[0]["on_the_line"]["per_shift"].get(n)
             if fit and len(summaries) == 1:
-                ax.set_title(f"{n}  R\u00b2 {num(fit['r2'], '.2f')}")
+                ax.set_title(f"{_t(n)}  R\u00b2 {num(fit['r2'], '.2f')}")
         for ax in list(axes.flat)[len(names):]:
             ax.set_visible(False)
         fig.tight_layout()
@@ -418,7 +431,8 @@ def fig_training(s: dict) -> Raw | None:
             ax.set_xlabel("epoch")
             ax.set_ylabel(name)
             ax.xaxis.get_major_locator().set_params(integer=True)
-        axes[0].legend(loc="lower right")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6) or 1, bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout()
         return _png(fig)
 
@@ -432,8 +446,8 @@ def _cards(s: dict) -> Raw:
         return Raw(f'<div class="banner warn" id="no-completed">{esc(s["message"])}</div>')
     worst = b["worst_shift"]
     base = [rows[n] for n in s["baselines"].values() if n is not None and n != b["number"]]
-    vs = "; ".join(f"{pts(b['ood_acc_mean'] - r['ood_acc_mean'])} vs {results.BASELINES[r['baseline']]}"
-                   for r in base if r["ood_acc_mean"] is not None and b["ood_acc_mean"] is not None)
+    vs = Raw("<br>".join(f"{esc(pts(b['ood_acc_mean'] - r['ood_acc_mean']))} <small>vs {esc(results.BASELINES[r['baseline']])}</small>"
+                         for r in base if r["ood_acc_mean"] is not None and b["ood_acc_mean"] is not None))
     o = rows.get(s["oracle"])
     hindsight = ("the same trial is also the best under shift" if o is None or o["number"] == b["number"] else
                  f"in hindsight trial #{o['number']} is best under shift ({pct(o['ood_acc_mean'])}%, "
@@ -445,9 +459,10 @@ def _cards(s: dict) -> Raw:
         ("Mean OOD accuracy", f"{pct(b['ood_acc_mean'])}%",
          f"95% CI {ci(b['ood_acc_ci'])}; drop {pts((b['ood_acc_mean'] or 0) - (b['id_acc'] or 0))} points"),
         ("Worst shift", f"{worst or '-'}", f"{pct(b['ood_acc_worst'])}% accuracy"),
-        ("Against the baselines (OOD)", vs or "-", "points of mean OOD accuracy"),
+        ("Against the baselines", vs or "-", "points of mean OOD accuracy"),
     ]
-    html_ = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v" data-key="{esc(k)}">{esc(v)}</div>'
+    html_ = "".join(f'<div class="card"><div class="k">{esc(k)}</div>'
+                    f'<div class="v{" list" if isinstance(v, Raw) else ""}" data-key="{esc(k)}">{esc(v)}</div>'
                     f'<div class="d">{esc(d)}</div></div>' for k, v, d in cards)
     sel = f"Selected by {s['objective']} on validation data (held-out test shifts never steer selection); {hindsight}."
     return Raw(f'<div class="cards">{html_}</div><p class="note">{esc(sel)}</p>')
@@ -526,26 +541,33 @@ def provenance(summaries: list[dict]) -> Raw:
                    "the study. Trial counts come from MLflow run states and are checked against Optuna.", Raw("".join(body)))
 
 
+def _with_ci(r: dict, key: str) -> Raw:
+    cik = {"id_acc": "id_acc_ci", "ood_acc_mean": "ood_acc_ci"}[key]
+    return Raw(f'<td><span data-key="{esc(key)}">{esc(pct(r[key]))}</span> '
+               f'<small class="ci" data-key="{esc(cik)}">{esc(ci(r[cik]))}</small></td>')
+
+
 def leaderboard(summaries: list[dict]) -> Raw:
-    head = ["rank", "trial", "role", "strategy", "lr", "objective (%)", "ID acc (%)", "95% CI", "OOD mean (%)", "95% CI",
-            "OOD worst (%)", "worst shift", "eff. robustness (pts)", "ID ECE", "OOD ECE"]
     body = []
     for s in summaries:
+        head = ["rank", "trial", "strategy", "lr", f"{s['objective']} (%)", "ID acc (%) [95% CI]",
+                "OOD mean (%) [95% CI]", "OOD worst (%)", "eff. robustness (pts)", "ID ECE", "OOD ECE"]
         done = sorted((r for r in s["trials"] if r.get("rank")), key=lambda r: r["rank"])
         if len(summaries) > 1:
             body.append(Raw(f"<h3>{esc(s['name'])}</h3>"))
         if not done:
             body.append(Raw(f'<p class="empty">{esc(s["message"])}</p>'))
             continue
-        rows = [[td(r["rank"]), td(f"#{r['number']}", "number"), td(chips(r, s)), td(r["text"] or "-"),
-                 td(lr_text(r["lr"]), "lr"), td(pct(r["objective"]), "objective"), td(pct(r["id_acc"]), "id_acc"),
-                 td(ci(r["id_acc_ci"]), "id_acc_ci", "ci"), td(pct(r["ood_acc_mean"]), "ood_acc_mean"),
-                 td(ci(r["ood_acc_ci"]), "ood_acc_ci", "ci"), td(pct(r["ood_acc_worst"]), "ood_acc_worst"),
-                 td(r["worst_shift"] or "-"), td(pts(r["effective_robustness"]), "effective_robustness"),
+        rows = [[td(r["rank"]), Raw(f'<td><span data-key="number">#{esc(r["number"])}</span> {chips(r, s)}</td>'),
+                 td(r["text"] or "-", cls="wrap"), td(lr_text(r["lr"]), "lr"), td(pct(r["objective"]), "objective"),
+                 _with_ci(r, "id_acc"), _with_ci(r, "ood_acc_mean"),
+                 Raw(f'<td><span data-key="ood_acc_worst">{esc(pct(r["ood_acc_worst"]))}</span> '
+                     f'<small class="ci">{esc(r["worst_shift"] or "")}</small></td>'),
+                 td(pts(r["effective_robustness"]), "effective_robustness"),
                  td(num(r["id_ece"]), "id_ece"), td(num(r["ood_ece_mean"]), "ood_ece_mean")] for r in done]
         attrs = [{"data-run-id": r["run_id"], "data-trial": r["number"],
                   "class": "selected" if r["number"] == s["best"] else ("baseline" if r["baseline"] else "")} for r in done]
-        body.append(table(head, rows, "leaderboard", attrs))
+        body.append(Raw(f'<div class="scroll">{table(head, rows, "leaderboard", attrs)}</div>'))
     return section("leaderboard", "Leaderboard", "completed trials ranked by the study objective (validation data). "
                    "ID and OOD accuracies are on the held-out test images; the 95% Wilson interval uses n = the test-set "
                    "size, which is conservative for OOD means (the same images, corrupted). Effective robustness is the "
@@ -582,7 +604,9 @@ def line_section(summaries: list[dict]) -> Raw:
         body.append(grid)
     for s in summaries:
         fits = [("mean over held-out shifts", s["on_the_line"]["mean"])] + list(s["on_the_line"]["per_shift"].items())
-        rows = [[name, num(f["slope"], ".3f"), num(f["intercept"], ".3f"), num(f["r2"], ".3f"), f["n"]] for name, f in fits if f]
+        sel = set(s["shifts"]["selection"])
+        rows = [[name + (" (selection, validation images)" if name in sel else ""), num(f["slope"], ".3f"),
+                 num(f["intercept"], ".3f"), num(f["r2"], ".3f"), f["n"]] for name, f in fits if f]
         if len(summaries) > 1:
             body.append(Raw(f"<h3>{esc(s['name'])}</h3>"))
         if rows:
@@ -716,7 +740,7 @@ def examples_section(studies: list[dict]) -> Raw:
         png = st["parent"]["shift_examples"]
         if len(studies) > 1:
             body.append(Raw(f"<h3>{esc(st['name'])}</h3>"))
-        body.append(_img(png, f"shift examples of {st['name']}") if png else Raw('<p class="empty">No shift_examples.png logged.</p>'))
+        body.append(_img(png, f"shift examples of {st['name']}", 1.3) if png else Raw('<p class="empty">No shift_examples.png logged.</p>'))
     return section("examples", "Shift examples", "one image per shift (rows; selection shifts act on validation "
                    "images, test shifts on test images), clean and at each severity (columns).", Raw("".join(body)))
 
@@ -746,6 +770,10 @@ th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:left;vertic
 th{background:var(--soft);font-weight:600;white-space:nowrap}
 td{overflow-wrap:anywhere}
 table.leaderboard td,table.metrics td,table.calib td,table.er td,table.fits td{white-space:nowrap}
+table.leaderboard td.wrap{white-space:normal;min-width:140px}
+table.leaderboard th{white-space:normal;vertical-align:bottom}
+table.leaderboard th,table.leaderboard td{padding:4px 6px}
+.scroll{overflow-x:auto}
 table.kv td:first-child{color:var(--mut);white-space:nowrap}
 td.ci{color:var(--mut)}
 tr.selected{background:#fff3f2}
@@ -754,6 +782,9 @@ tr.selected{background:#fff3f2}
 .card .k{font-size:11.5px;text-transform:uppercase;letter-spacing:.04em;color:var(--mut)}
 .card .v{font-size:21px;font-weight:650;margin:2px 0;overflow-wrap:anywhere}
 .card .d{font-size:12px;color:var(--mut)}
+.card .v small{font-size:13px;font-weight:500;color:var(--mut)}
+.card .v.list{font-size:15px;line-height:1.45}
+small.ci{color:var(--mut);font-size:11px}
 .grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:20px}
 .badge{display:inline-block;min-width:44px;text-align:center;padding:1px 7px;border-radius:10px;font-size:11.5px;font-weight:600;color:#fff}
 .badge.pass{background:#1a7f37}.badge.warn{background:#bf8700}.badge.fail,.badge.failed{background:#cf222e}

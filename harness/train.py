@@ -33,11 +33,25 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def prepare(model: nn.Module, device: torch.device) -> nn.Module:
+def prepare(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # NHWC: tensor-core friendly convs
+    if compile:
+        # in place (nn.Module.compile): same module, same state_dict keys, the groups still point into it. Each
+        # freeze/unfreeze and each trial recompiles (tens of seconds), so it pays off for trials of minutes.
+        model.compile()
     return model
+
+
+def to_device_batch(xb: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of images kept on the CPU (data too large for the device) -> the device. Gathered batches land in
+    pageable memory; pinning them (torch's caching host allocator) lets the copy run async with non_blocking."""
+    if xb.device == device:
+        return xb
+    if device.type == "cuda" and not xb.is_pinned():
+        xb = xb.pin_memory()
+    return xb.to(device, non_blocking=True)
 
 
 def set_frozen(model: nn.Module, groups: dict, k: int) -> None:
@@ -84,10 +98,10 @@ def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, tot
     model.train()
     set_frozen(model, groups, frozen)
     order = torch.randperm(len(x), generator=gen).to(x.device)
-    total_loss, seen = torch.zeros((), device=x.device), 0
+    total_loss, seen = torch.zeros((), device=device), 0
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
-        xb, yb = x[idx], y[idx]
+        xb, yb = to_device_batch(x[idx], device), y[idx.to(y.device)]
         if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         for g in opt.param_groups:
@@ -109,7 +123,7 @@ def predict(model, x, batch_size, device) -> torch.Tensor:
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+        xb = to_device_batch(x[i:i + batch_size], device)
         if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(device):
@@ -120,4 +134,5 @@ def predict(model, x, batch_size, device) -> torch.Tensor:
 def evaluate(model, x, y, batch_size, device) -> dict:
     """Accuracy and mean cross-entropy on (x, y)."""
     logits = predict(model, x, batch_size, device)
+    y = y.to(logits.device)
     return {"acc": (logits.argmax(1) == y).float().mean().item(), "loss": F.cross_entropy(logits, y).item()}

@@ -1,0 +1,72 @@
+"""`python -m harness.ui`: the MLflow UI on the project's store, bound to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+from harness import results
+
+HOST = "127.0.0.1"  # loopback only: the UI has no authentication and can delete runs
+
+
+def mlflow_executable() -> str:
+    """The mlflow CLI of this interpreter's environment (the venv), not whatever is first on PATH."""
+    exe = Path(sys.executable).with_name("mlflow")
+    return str(exe) if exe.exists() else "mlflow"
+
+
+def command(tracking_uri: str, port: int, artifact_root: Path | None = None) -> list[str]:
+    """The `mlflow ui` command line for a store. New experiments get their artifacts under artifact_root
+    (the harness creates its own experiments with an explicit location, so this only matters for others)."""
+    cmd = [mlflow_executable(), "ui", "--backend-store-uri", tracking_uri, "--host", HOST, "--port", str(port),
+           "--workers", "1"]  # one worker: ~150 MB instead of 4 x 150 MB for a single local user
+    if artifact_root is not None:
+        cmd += ["--default-artifact-root", artifact_root.resolve().as_uri()]
+    return cmd
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def main(argv=None, execv=os.execvp) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.ui", description="Start the MLflow UI on the study store, "
+                                 "on 127.0.0.1 only; Ctrl-C stops it.",
+                                 epilog="Exit codes: 0 success, 2 bad input (unknown store, port in use).")
+    ap.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///mlruns/mlflow.db in the current directory)")
+    ap.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+    args = ap.parse_args(argv)
+    uri = args.tracking_uri or results.default_tracking_uri()
+    if not 1 <= args.port <= 65535:
+        print(f"error: --port: must be in 1..65535, got {args.port}", file=sys.stderr)
+        return 2
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri} is already a tracking server: open it in a browser")
+        return 0
+    db = results.sqlite_path(uri)
+    if db is None:
+        print(f"error: --tracking-uri: expected sqlite:///PATH (or an http:// server), got {uri!r}", file=sys.stderr)
+        return 2
+    if not db.is_file():
+        print(f"error: --tracking-uri: no MLflow store at {db}; run `python -m harness.study` first", file=sys.stderr)
+        return 2
+    if not port_free(args.port):
+        print(f"error: --port: {HOST}:{args.port} is in use; pass another --port", file=sys.stderr)
+        return 2
+    cmd = command(uri, args.port, db.parent / "artifacts")
+    print(f"MLflow UI on http://{HOST}:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
+    execv(cmd[0], cmd)  # replaces this process: Ctrl-C and the exit code are mlflow's own
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
