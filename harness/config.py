@@ -63,6 +63,10 @@ class Data:
     test_fraction: float = 0.2
     source_classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # digits: pretraining task
     target_classes: list[int] = field(default_factory=lambda: [5, 6, 7, 8, 9])  # digits: fine-tuning task
+    # digits: "classes" = one label per target digit; "parity" = odd/even (BREEDS-style superclasses), where
+    # holdout_classes never appear in fine-tuning and form the subpopulation-shift test set
+    task: str = "classes"
+    holdout_classes: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,6 @@ class Shifts:
     test: list[str] = field(default_factory=lambda: ["gaussian_noise", "defocus_blur", "contrast", "rotate"])
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     label_alpha: float = 1.0  # Dirichlet concentration of the label-shifted test set; 0 = no label shift
-    subpopulation: bool = True  # parity task on digits absent from fine-tuning (digits source only)
     seed: int = 1234  # fixed: shifted sets are materialized once per study
 
 
@@ -317,6 +320,17 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"data.{key}", f"needs >= 2 distinct digits in 0..9, got {classes}")
         if set(d.source_classes) & set(d.target_classes):
             raise ConfigError("data.target_classes", "must not overlap data.source_classes")
+    _choice("data.task", d.task, ("classes", "parity"))
+    if d.task == "classes" and d.holdout_classes:
+        raise ConfigError("data.holdout_classes", "only used with data.task = 'parity' (subpopulation shift)")
+    if d.task == "parity":
+        if d.source != "digits":
+            raise ConfigError("data.task", "'parity' is defined on digits (data.source = 'digits')")
+        if not set(d.holdout_classes) <= set(d.target_classes):
+            raise ConfigError("data.holdout_classes", f"must be among data.target_classes {d.target_classes}")
+        seen = set(d.target_classes) - set(d.holdout_classes)
+        if {c % 2 for c in seen} != {0, 1}:
+            raise ConfigError("data.holdout_classes", f"fine-tuning digits {sorted(seen)} must include odd and even ones")
 
     if not m.name:
         raise ConfigError("model.name", "must not be empty")

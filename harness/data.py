@@ -15,7 +15,7 @@ from harness.config import Data
 
 # Every split is a pair (images float32 [N, 3, H, W] in [0, 1], labels int64 [N]); models normalize inside,
 # so shifts act on plain [0, 1] pixels exactly as CIFAR-10-C defines them.
-SPLITS = ("source_train", "source_val", "train", "val", "test")
+SPLITS = ("source_train", "source_val", "train", "val", "test", "subpop")
 CACHE_VERSION = 3  # bump when the construction below changes, so stale caches are not reused
 
 
@@ -107,19 +107,31 @@ def _digits(cfg: Data, seed: int):
     x = bg + (fg - bg) * x
 
     tensors = {}
+    seen = [c for c in cfg.target_classes if c not in cfg.holdout_classes]
     for name, classes, fractions in (
         ("source", cfg.source_classes, [0.8, 0.2]),
-        ("target", cfg.target_classes, [1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction]),
+        ("target", seen, [1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction]),
     ):
         mask = torch.isin(y, torch.tensor(classes))
-        xs, ys = x[mask], torch.tensor([classes.index(int(v)) for v in y[mask]])
-        parts = stratified_split(ys, fractions, gen)
+        xs, ys = x[mask], _labels(y[mask], classes if name == "source" else cfg.target_classes, cfg, name)
+        parts = stratified_split(y[mask], fractions, gen)  # stratified by digit, also for parity labels
         names = ["source_train", "source_val"] if name == "source" else ["train", "val", "test"]
         for split, idx in zip(names, parts):
             tensors[f"{split}_x"], tensors[f"{split}_y"] = xs[idx].contiguous(), ys[idx].contiguous()
+    if cfg.holdout_classes:
+        # subpopulation shift: digits never seen in fine-tuning, labelled by the same superclass (parity)
+        mask = torch.isin(y, torch.tensor(cfg.holdout_classes))
+        tensors["subpop_x"], tensors["subpop_y"] = x[mask].contiguous(), _labels(y[mask], cfg.target_classes, cfg, "target")
     _few_shot(tensors, cfg, gen)
-    meta = {"classes": [str(c) for c in cfg.target_classes], "source_classes": [str(c) for c in cfg.source_classes]}
+    classes = ["even", "odd"] if cfg.task == "parity" else [str(c) for c in cfg.target_classes]
+    meta = {"classes": classes, "source_classes": [str(c) for c in cfg.source_classes]}
     return tensors, meta
+
+
+def _labels(digits: torch.Tensor, classes: list[int], cfg: Data, part: str) -> torch.Tensor:
+    if part == "target" and cfg.task == "parity":
+        return digits % 2
+    return torch.tensor([classes.index(int(v)) for v in digits], dtype=torch.long)
 
 
 def _few_shot(tensors: dict, cfg: Data, gen: torch.Generator) -> None:

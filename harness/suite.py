@@ -26,7 +26,8 @@ def cache_key(cfg: Shifts, data_key: str) -> str:
 
 def _build(cfg: Shifts, data: dict) -> dict[str, torch.Tensor]:
     """Flat name -> tensor: 'selection/<shift>/<sev>' on val images, 'test/<shift>/<sev>' on test images,
-    'sets/label_shift/x|y' (test resampled to Dirichlet(label_alpha) class priors)."""
+    'sets/label_shift/x|y' (test resampled to Dirichlet(label_alpha) class priors), 'sets/subpopulation/x|y'
+    (digits held out of fine-tuning, when data.holdout_classes is set)."""
     out = {}
     for part, split, names in (("selection", "val", cfg.selection), ("test", "test", cfg.test)):
         x = data[split][0]
@@ -41,6 +42,8 @@ def _build(cfg: Shifts, data: dict) -> dict[str, torch.Tensor]:
         idx = shifts.resample_to_prior(y, prior, len(y), gen)
         out["sets/label_shift/x"], out["sets/label_shift/y"] = x[idx].contiguous(), y[idx].contiguous()
         out["sets/label_shift/prior"] = prior.float()
+    if "subpop" in data:
+        out["sets/subpopulation/x"], out["sets/subpopulation/y"] = data["subpop"][0].contiguous(), data["subpop"][1].contiguous()
     return out
 
 
@@ -71,7 +74,7 @@ def build(cfg: Shifts, data: dict, cache_dir: Path | None) -> tuple[dict, dict]:
                 suite["test_sets"][name] = (v, flat[f"sets/{name}/y"].long())
         else:
             suite[part].setdefault(name, {})[int(leaf)] = v
-    suite["family"].update({n: "label" for n in suite["test_sets"]})
+    suite["family"].update({n: "label" if n == "label_shift" else "subpopulation" for n in suite["test_sets"]})
     return suite, {"key": key, "seconds": time.perf_counter() - t0, "cached": cached,
                    "n_sets": sum(len(v) for v in suite["selection"].values()) + sum(len(v) for v in suite["test"].values())}
 

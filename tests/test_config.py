@@ -93,3 +93,15 @@ def test_argparse_errors_exit_2(workdir):
             study.main(args)
         assert e.value.code == 2
     assert created_files(workdir) == []
+
+
+@pytest.mark.parametrize("sets,key", [
+    (["data.task=parity", "data.holdout_classes=[3]"], "data.holdout_classes"),     # not a target digit
+    (["data.task=parity", "data.holdout_classes=[5, 7, 9]"], "data.holdout_classes"),  # no odd digit left
+    (["data.holdout_classes=[8]"], "data.holdout_classes"),                          # needs task = parity
+    (["data.task=regression"], "data.task"),
+])
+def test_subpopulation_config_errors(sets, key):
+    with pytest.raises(ConfigError) as e:
+        config.load(None, sets)
+    assert e.value.key == key

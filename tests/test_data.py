@@ -16,10 +16,11 @@ def test_digits_source_and_target_splits():
     and stratified; images are 3xHxW in [0, 1]."""
     d = data.load(Data(), seed=0)
     assert d["classes"] == ["5", "6", "7", "8", "9"] and d["source_classes"] == ["0", "1", "2", "3", "4"]
-    n = {s: len(d[s][0]) for s in data.SPLITS}
+    assert "subpop" not in d  # only with data.holdout_classes
+    n = {s: len(d[s][0]) for s in data.SPLITS if s in d}
     assert n["train"] + n["val"] + n["test"] == 896  # digits 5-9 in sklearn's 1797 (182+181+179+174+180)
     assert n["source_train"] + n["source_val"] == 901
-    for s in data.SPLITS:
+    for s in n:
         x, y = d[s]
         assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32
         assert 0 <= x.min() and x.max() <= 1 and set(y.tolist()) == {0, 1, 2, 3, 4}
@@ -44,7 +45,7 @@ def test_cache_round_trip(tmp_path):
     files = list(tmp_path.glob("data-*.safetensors"))
     assert len(files) == 1
     b = data.load(Data(labels_per_class=3), 0, tmp_path)
-    assert all(torch.equal(a[s][0], b[s][0]) for s in data.SPLITS)
+    assert all(torch.equal(a[s][0], b[s][0]) for s in data.SPLITS if s in a)
 
 
 def _tree(root, splits, classes=("ants", "bees"), n=6, size=20):
@@ -68,3 +69,17 @@ def test_imagefolder_reads_a_tree(tmp_path, layout):
     total = sum(len(d[s][0]) for s in ("train", "val", "test"))
     assert total == (24 if layout == "train_val" else 12)
     assert d["train"][0].shape[1:] == (3, 16, 16) and 0 <= d["train"][0].min() and d["train"][0].max() <= 1
+
+
+def test_parity_task_holds_out_a_subpopulation():
+    """task = parity with holdout digits 8, 9: fine-tuning sees only 5, 6, 7 (labels odd/even); the held-out
+    digits form the subpopulation split with the same superclass labels."""
+    cfg = Data(task="parity", holdout_classes=[8, 9])
+    d = data.load(cfg, 0)
+    digits, labels = data.digits()
+    assert d["classes"] == ["even", "odd"]
+    n_seen = int(sum((labels == c).sum() for c in (5, 6, 7)))
+    assert sum(len(d[s][0]) for s in ("train", "val", "test")) == n_seen
+    x, y = d["subpop"]
+    assert len(x) == int((labels == 8).sum() + (labels == 9).sum())
+    assert y.bincount().tolist() == [int((labels == 8).sum()), int((labels == 9).sum())]  # 8 even, 9 odd

@@ -102,3 +102,61 @@ def test_real_cifar_resnet20_weights_load():
     path = SHARED / "weights" / "cifar10_resnet_akamaster" / "resnet20-12fca82f.th"
     model, groups = models.build("resnet20", 10)
     assert models.load_weights(model, groups, models.read_checkpoint(path)) == []
+
+
+TORCHVISION = [name for name, b in models.MODELS.items() if getattr(b, "torchvision", None)]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_every_torchvision_model_names_its_missing_weights_file(tmp_path, monkeypatch, name):
+    """Every torchvision-backed model reads its weights enum from the local torch hub cache only; offline with the
+    file missing, the error names the file, the folder to put it in and the URL to fetch it from."""
+    import torchvision.models as tvm
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    url = tvm.get_model_weights(models.MODELS[name].torchvision)["IMAGENET1K_V1"].url
+    with pytest.raises(FileNotFoundError) as err:
+        models.torchvision_state(models.MODELS[name].torchvision, "IMAGENET1K_V1")
+    assert url.rsplit("/", 1)[1] in str(err.value) and str(tmp_path / "checkpoints") in str(err.value)
+    assert url in str(err.value)
+
+
+def test_torchvision_weights_load_from_the_local_cache(tmp_path, monkeypatch):
+    """A weights file in the hub cache (here a stand-in with ImageNet's 1000-class head) loads into a 3-class
+    mobilenet_v3_small: every body tensor is copied, the head keeps its fresh init, normalization matches."""
+    import torchvision.models as tvm
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    enum = tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1
+    torch.manual_seed(5)
+    src = tvm.mobilenet_v3_small().state_dict()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(src, tmp_path / "checkpoints" / enum.url.rsplit("/", 1)[1])
+    model, groups = models.build("mobilenet_v3_small", 3)
+    desc = models.initial_weights("mobilenet_v3_small", "IMAGENET1K_V1", model, groups)
+    assert "head re-initialized" in desc
+    own = model.body.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in src.items() if not k.startswith("classifier.3."))
+    assert groups["head"].weight.shape == (3, 1024)
+    assert model.mean.flatten().tolist() == pytest.approx(enum.transforms().mean)
+
+
+def test_vit_needs_image_size_224():
+    """ViT-B/16 takes 224x224 inputs only: any other data.image_size is a config error naming that key, and
+    weights trained at another resolution are refused by name."""
+    from harness import config
+
+    with pytest.raises(config.ConfigError, match=r"data.image_size.*vit_b_16.*224"):
+        config.load(None, ["model.name=vit_b_16", "model.weights=none", "data.image_size=32"])
+    assert config.load(None, ["model.name=vit_b_16", "model.weights=none", "data.image_size=224"]).data.image_size == 224
+
+
+def test_vit_refuses_weights_for_another_resolution(tmp_path, monkeypatch):
+    import torchvision.models as tvm
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    enum = tvm.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({}, tmp_path / "checkpoints" / enum.url.rsplit("/", 1)[1])  # never read: the size check comes first
+    with pytest.raises(ValueError, match=r"model.weights: IMAGENET1K_SWAG_E2E_V1 .* 384 px"):
+        models.initial_weights("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", None, None)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -192,3 +195,21 @@ def test_importances_note_instead_of_crash():
     imp = results._importances(rows, {})
     vals = imp["id_acc"]["values"]
     assert set(vals) == {"lr", "freeze_layers", "unfreeze_epoch"} and sum(vals.values()) == pytest.approx(1.0)
+
+
+def shared_report(tmp_path_factory) -> dict:
+    """The shared study's report, built once by the CLI in a fresh interpreter from the study's folder with the
+    default store paths: `python -m harness.report --study-name tiny`. Records its exit code, stdout, and whether
+    torch got imported (the report must not need it)."""
+    info = shared_study(tmp_path_factory)
+    done = tmp_path_factory.getbasetemp() / "shared-study" / "report.json.done"
+    if done.exists():
+        return json.loads(done.read_text())
+    code = ("import json, sys; from harness import report; rc = report.main(['--study-name', 'tiny']); "
+            "print('RESULT', json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=info["root"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    out = {**info, **result, "stdout": proc.stdout, "html": str(Path(info["root"]) / "reports" / "tiny" / "index.html")}
+    done.write_text(json.dumps(out))
+    return out
