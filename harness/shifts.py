@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
+
+import numpy as np
+from PIL import Image
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import decode_jpeg, encode_jpeg
 
 # Every covariate shift is fn(images, severity, generator) -> images: float32 (N, C, H, W) in [0, 1], C = 1 or 3,
 # any device. Random numbers are drawn on the generator's device and moved to the images, so a CPU generator
@@ -349,12 +352,20 @@ def pixelate(images: torch.Tensor, severity: int, generator: torch.Generator) ->
 
 
 def jpeg_compression(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
-    """A real JPEG round trip at quality 80, 65, 58, 50, 40 (libjpeg via torchvision.io, 4:2:0 chroma like PIL),
-    of the uint8 image as CIFAR-10-C encodes it; per image on the CPU, the codec has no batched form."""
+    """A real JPEG round trip at quality 80, 65, 58, 50, 40 through PIL, exactly as make_cifar_c.py does, of the
+    uint8 image; per image on the CPU, the codec has no batched form. (torchvision.io's codec gives identical bytes
+    but is deprecated in torchvision 0.29.)"""
     quality = JPEG_QUALITY[_level(images, severity)]
     u8 = (images.detach() * 255).round().clamp(0, 255).to(device="cpu", dtype=torch.uint8)
-    decoded = decode_jpeg(encode_jpeg(list(u8.contiguous()), quality=quality))
-    return (torch.stack(decoded).to(images.device, torch.float32) / 255).to(images.dtype)
+    u8 = u8.permute(0, 2, 3, 1).contiguous().numpy()
+    out = []
+    for img in u8:
+        buf = io.BytesIO()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, "JPEG", quality=quality)
+        arr = torch.from_numpy(np.asarray(Image.open(buf)).copy())
+        out.append(arr.unsqueeze(-1) if arr.dim() == 2 else arr)
+    decoded = torch.stack(out).permute(0, 3, 1, 2)
+    return (decoded.to(images.device, torch.float32) / 255).to(images.dtype)
 
 
 def elastic_transform(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:

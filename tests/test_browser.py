@@ -107,7 +107,7 @@ class Browser:
                 "log": [(x["entry"]["level"], x["entry"]["text"]) for x in p("Log.entryAdded")
                         if x["entry"]["level"] in ("error", "warning")],
                 "failed": [x.get("errorText") for x in p("Network.loadingFailed")],
-                "requests": [x["request"]["url"] for x in p("Network.requestWillBeSent")]}
+                "requests": [x["request"]["url"][:120] for x in p("Network.requestWillBeSent")]}
 
     def evaluate(self, session: str, expression: str):
         return self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)["result"].get("value")

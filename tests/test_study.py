@@ -57,6 +57,17 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     assert {"config", "versions.json", "search_space.json", "shift_examples.png"} <= arts
     assert "train.epochs" in parent.data.params
 
+    # the best trial's weights: a safetensors artifact on its run that loads into the model
+    best_run = parent.data.tags["harness.best_run_id"]
+    local = client.download_artifacts(best_run, "model/weights.safetensors", str(workdir))
+    from safetensors.torch import load_file
+
+    from harness import models
+    model, _ = models.build("resnet8", 5)
+    model.load_state_dict(load_file(local))
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert parent.data.tags["harness.best_trial"] == str(best.number)
+
     children = _children(client, exp.experiment_id, parent.info.run_id)
     assert len(children) == len(trials)
     for t, run in zip(trials, children):
