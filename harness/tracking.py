@@ -79,6 +79,12 @@ def parent_run(client: MlflowClient, exp_id: str, study_name: str) -> tuple[str,
         return runs[0].info.run_id, False
     run = client.create_run(exp_id, run_name=study_name,
                             tags={"harness.role": "study", "optuna.study_name": study_name})
+    # two machines starting the same study at once may both create one: the earliest wins, the other is deleted
+    first = client.search_runs([exp_id], "tags.`harness.role` = 'study'", max_results=1,
+                               order_by=["attributes.start_time ASC", "attributes.run_id ASC"])[0].info.run_id
+    if first != run.info.run_id:
+        client.delete_run(run.info.run_id)
+        return first, False
     return run.info.run_id, True
 
 
