@@ -257,7 +257,7 @@ def _shift_grid(ctx):
         return None
     sev = cfg.shifts.severities
     fig, axes = plt.subplots(len(rows), len(sev) + 1, figsize=(1.3 * (len(sev) + 1), 1.3 * len(rows)), squeeze=False)
-    clean = {"selection": ctx["data"]["val"][0][0], "test": ctx["data"]["test"][0][0]}
+    clean = {part: suite["clean"][part][0] for part in ("selection", "test") if part in suite["clean"]}
     for r, (part, name) in enumerate(rows):
         imgs = [clean[part]] + [suite[part][name][s][0] for s in sev]
         for c, img in enumerate(imgs):

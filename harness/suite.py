@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness import shifts
+from harness import data as datamod, shifts
 from harness.config import Shifts
 
-VERSION = 1
+VERSION = 2
 
 
 def cache_key(cfg: Shifts, data_key: str) -> str:
@@ -25,12 +25,18 @@ def cache_key(cfg: Shifts, data_key: str) -> str:
 
 
 def _build(cfg: Shifts, data: dict) -> dict[str, torch.Tensor]:
-    """Flat name -> tensor: 'selection/<shift>/<sev>' on val images, 'test/<shift>/<sev>' on test images,
+    """Flat name -> tensor: 'selection/<shift>/<sev>' on val images, 'test/<shift>/<sev>' on test images (both
+    on a fixed stratified subset of eval_images, whose labels are 'labels/<part>/y'),
     'sets/label_shift/x|y' (test resampled to Dirichlet(label_alpha) class priors), 'sets/subpopulation/x|y'
     (digits held out of fine-tuning, when data.holdout_classes is set)."""
     out = {}
     for part, split, names in (("selection", "val", cfg.selection), ("test", "test", cfg.test)):
-        x = data[split][0]
+        x, y = data[split]
+        if cfg.eval_images and cfg.eval_images < len(y):
+            keep = datamod.stratified_split(y, [cfg.eval_images / len(y), 1 - cfg.eval_images / len(y)],
+                                            torch.Generator().manual_seed(cfg.seed))[0]
+            x, y = x[keep], y[keep]
+        out[f"labels/{part}/y"], out[f"clean/{part}/x"] = y.contiguous(), x.contiguous()
         for i, name in enumerate(names):
             for s in cfg.severities:
                 # one fixed seed per (shift, severity): the same set for every trial, every worker, every resume
@@ -63,11 +69,15 @@ def build(cfg: Shifts, data: dict, cache_dir: Path | None) -> tuple[dict, dict]:
             tmp = path.with_suffix(".tmp")
             save_file(flat, str(tmp))
             tmp.replace(path)
-    suite = {"selection": {}, "test": {}, "test_sets": {}, "priors": {},
+    suite = {"selection": {}, "test": {}, "test_sets": {}, "priors": {}, "labels": {}, "clean": {},
              "family": {n: shifts.FAMILY[n] for n in cfg.selection + cfg.test}}
     for k, v in flat.items():
         part, name, leaf = k.split("/")
-        if part == "sets":
+        if part == "labels":
+            suite["labels"][name] = v.long()
+        elif part == "clean":
+            suite["clean"][name] = v
+        elif part == "sets":
             if leaf == "prior":
                 suite["priors"][name] = v
             elif leaf == "x":
@@ -82,4 +92,6 @@ def build(cfg: Shifts, data: dict, cache_dir: Path | None) -> tuple[dict, dict]:
 def to_device(suite: dict, device: torch.device) -> dict:
     mv = lambda d: {n: {s: x.to(device) for s, x in sev.items()} for n, sev in d.items()}
     return {**suite, "selection": mv(suite["selection"]), "test": mv(suite["test"]),
+            "labels": {k: y.to(device) for k, y in suite["labels"].items()},
+            "clean": {k: x.to(device) for k, x in suite["clean"].items()},
             "test_sets": {n: (x.to(device), y.to(device)) for n, (x, y) in suite["test_sets"].items()}}

@@ -62,6 +62,7 @@ def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[di
     """Held-out evaluation: clean test set and every test shift. Returns (final metrics, per-shift curves)."""
     x, y = data["test"]
     final = {f"id_{k}": v for k, v in metrics.summarize(train.predict(model, x, batch_size, device), y).items()}
+    y = suite.get("labels", {}).get("test", y)  # shifted sets hold a fixed subset of the test split
     curves = {}  # name -> {severity: {acc, ece, nll}}
     for name, sev in suite.get("test", {}).items():
         curves[name] = {s: metrics.summarize(train.predict(model, xs, batch_size, device), y) for s, xs in sev.items()}
@@ -181,8 +182,8 @@ def objective(trial: optuna.Trial, ctx: dict):
         train_seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        vy = data["val"][1]
-        sel = selection_metrics(model, ctx["suite"].get("selection", {}), vy, t.eval_batch_size, device)
+        vy = ctx["suite"]["labels"].get("selection", data["val"][1])
+        sel = selection_metrics(model, ctx["suite"]["selection"], vy, t.eval_batch_size, device)
         final, curves = test_metrics(model, ctx["suite"], data, t.eval_batch_size, device)
         final.update(label_shift_metrics(model, ctx["suite"], data, t.eval_batch_size, device))
         shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
