@@ -279,7 +279,7 @@ def initial_weights(name: str, weights: str, model: nn.Module, groups: dict) -> 
     need, crop = getattr(builder, "image_size", None), _weights_transforms(arch, weights).crop_size[0]
     if need and crop != need:
         raise ValueError(f"model.weights: {weights} of {arch} is for {crop} px inputs; this model is built for "
-                         f"{need} px (use IMAGENET1K_V1)")
+                         f"{need} px (choose weights for {need} px, e.g. IMAGENET1K_V1)")
     skipped = load_weights(model, groups, state)
     match_preprocessing(model, arch, weights)
     return f"torchvision {arch} {weights}" + (" (head re-initialized)" if skipped else "")

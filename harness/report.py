@@ -25,6 +25,7 @@ STUDY_STYLES = ["-", "--", ":", "-."]  # line style per study when several share
 STUDY_MARKERS = ["o", "s", "^", "D"]
 MAX_HEATMAP_ROWS = 40  # beyond that the cells are unreadable; the leaderboard lists everyone
 MAX_CURVES = 3  # non-baseline configurations drawn in the severity and calibration curves
+OBJECTIVE_LABEL = {"multi": "val_acc (1st objective)"}  # multi-objective studies rank by their first value
 
 
 # ------------------------------------------------------------------------------------------- escaping
@@ -81,7 +82,7 @@ def lr_text(v) -> str:
 def trial_label(r: dict, best: int | None = None, long: bool = False) -> str:
     """'#5 best', '#0 full FT', '#4'; long adds how it fine-tunes ('#4 freeze 2, unfreeze@1')."""
     role = results.BASELINES.get(r["baseline"], "")
-    tag = "best" if r["number"] == best else role
+    tag = (f"best ({role})" if role else "best") if r["number"] == best else role
     out = f"#{r['number']}" + (f" {tag}" if tag else "")
     if long and not r["baseline"] and r["freeze_layers"] is not None:
         k, u = r["freeze_layers"], r["unfreeze"]
@@ -115,7 +116,7 @@ def _figure(w: float, h: float):
     return Figure(figsize=(w, h))
 
 
-def _png(fig, alt: str = "figure") -> Raw:
+def _png(fig, alt: str) -> Raw:
     """Figure -> inline <img> (base64 PNG). Raster keeps every label inert: nothing from the study becomes markup."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
@@ -213,7 +214,7 @@ def fig_severity(summaries: list[dict], curves: dict, key: str) -> Raw | None:
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout()
-        return _png(fig)
+        return _png(fig, f"{'accuracy' if key == 'acc' else 'ECE'} versus severity per shift family")
 
 
 def fig_heatmap(s: dict) -> Raw | None:
@@ -245,7 +246,7 @@ def fig_heatmap(s: dict) -> Raw | None:
                     ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6.5, color="black")
         fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="accuracy (%)")
         fig.tight_layout()
-        return _png(fig)
+        return _png(fig, "heatmap of accuracy per trial and shift")
 
 
 def _probit_axis(ax, lo: float, hi: float, n, axis: str) -> None:
@@ -281,8 +282,9 @@ def fig_line(summaries: list[dict], shift: str | None = None, size=(5.6, 4.2), a
                 c = _color(r, s, 5) if (r["baseline"] or r["number"] == s["best"]) else ("#555" if len(summaries) == 1 else OTHERS[si])
                 ax.scatter([x], [y], s=46 if r["number"] == s["best"] else 26, color=c, zorder=3,
                            marker="*" if r["number"] == s["best"] else STUDY_MARKERS[si % 4], edgecolor="white", lw=0.5)
-                if own:
-                    ax.annotate(trial_label(r, s["best"]), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7)
+                if own and (len(summaries) == 1 or r["number"] == s["best"]):  # several studies: label the selected only
+                    label = trial_label(r, s["best"]) + (f" [{_t(s['name'])}]" if len(summaries) > 1 else "")
+                    ax.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7)
             fit = s["on_the_line"]["mean"] if shift is None else s["on_the_line"]["per_shift"].get(shift)
             if fit:
                 lo, hi = min(px), max(px)
@@ -306,7 +308,7 @@ def fig_line(summaries: list[dict], shift: str | None = None, size=(5.6, 4.2), a
         ax.legend(loc="upper left")
         if own:
             fig.tight_layout()
-            return _png(fig)
+            return _png(fig, "OOD versus ID accuracy on probit axes")
         return Raw("")
 
 
@@ -333,7 +335,7 @@ def fig_line_grid(summaries: list[dict]) -> Raw | None:
         for ax in list(axes.flat)[len(names):]:
             ax.set_visible(False)
         fig.tight_layout()
-        return _png(fig)
+        return _png(fig, "accuracy on the line per held-out shift")
 
 
 def fig_hparams(s: dict) -> Raw | None:
@@ -369,7 +371,7 @@ def fig_hparams(s: dict) -> Raw | None:
                 if col == 0:
                     ax.set_ylabel(name)
         fig.tight_layout()
-        return _png(fig)
+        return _png(fig, "ID and OOD accuracy against each hyperparameter")
 
 
 def fig_pareto_history(s: dict) -> Raw | None:
@@ -400,10 +402,11 @@ def fig_pareto_history(s: dict) -> Raw | None:
                   label="trial")
         b.step([r["number"] for r in hist], best, where="post", color="#d62728", lw=1.2, label="best so far")
         b.set_xlabel("trial number")
+        b.xaxis.get_major_locator().set_params(integer=True)
         b.set_ylabel(f"objective: {s['objective']} (%)")
         b.legend(loc="lower right")
         fig.tight_layout()
-        return _png(fig)
+        return _png(fig, "Pareto front and optimization history")
 
 
 def fig_training(s: dict) -> Raw | None:
@@ -434,7 +437,7 @@ def fig_training(s: dict) -> Raw | None:
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6) or 1, bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout()
-        return _png(fig)
+        return _png(fig, "per-epoch training curves")
 
 
 # ------------------------------------------------------------------------------------------- sections
@@ -457,7 +460,7 @@ def _cards(s: dict) -> Raw:
          f"{b['text'] or '-'}, lr {lr_text(b['lr'])}" + (f" ({results.BASELINES[b['baseline']]} baseline)" if b['baseline'] else "")),
         ("ID test accuracy", f"{pct(b['id_acc'])}%", f"95% CI {ci(b['id_acc_ci'])} (n = {s['n_test'] or '?'})"),
         ("Mean OOD accuracy", f"{pct(b['ood_acc_mean'])}%",
-         f"95% CI {ci(b['ood_acc_ci'])}; drop {pts((b['ood_acc_mean'] or 0) - (b['id_acc'] or 0))} points"),
+         f"95% CI {ci(b['ood_acc_ci'])}; OOD \u2212 ID {pts((b['ood_acc_mean'] or 0) - (b['id_acc'] or 0))} points"),
         ("Worst shift", f"{worst or '-'}", f"{pct(b['ood_acc_worst'])}% accuracy"),
         ("Against the baselines", vs or "-", "points of mean OOD accuracy"),
     ]
@@ -513,7 +516,8 @@ def provenance(summaries: list[dict]) -> Raw:
             ("device", p["device"]), ("git SHA", p["git_sha"]),
             ("versions", ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "torchvision", "optuna", "mlflow", "numpy") if k in v)),
             ("platform", v.get("platform", "-")),
-            ("test-set size", f"{s['n_test'] or '?'} images ({s['n_test_source']})"),
+            ("test-set size", f"{s['n_test'] or '?'} images ({s['n_test_source']}); each shifted test set "
+                              f"{s['n_shift_eval'] or '?'} images (a fixed stratified subset)"),
             ("held-out test shifts", ", ".join(s["shifts"]["test"] + s["shifts"]["sets"]) or "-"),
             ("selection shifts (validation)", ", ".join(s["shifts"]["selection"]) or "-"),
             ("severities", ", ".join(map(str, s["shifts"]["severities"]))),
@@ -550,7 +554,7 @@ def _with_ci(r: dict, key: str) -> Raw:
 def leaderboard(summaries: list[dict]) -> Raw:
     body = []
     for s in summaries:
-        head = ["rank", "trial", "strategy", "lr", f"{s['objective']} (%)", "ID acc (%) [95% CI]",
+        head = ["rank", "trial", "strategy", "lr", f"{OBJECTIVE_LABEL.get(s['objective'], s['objective'])} (%)", "ID acc (%) [95% CI]",
                 "OOD mean (%) [95% CI]", "OOD worst (%)", "eff. robustness (pts)", "ID ECE", "OOD ECE"]
         done = sorted((r for r in s["trials"] if r.get("rank")), key=lambda r: r["rank"])
         if len(summaries) > 1:
@@ -740,7 +744,7 @@ def examples_section(studies: list[dict]) -> Raw:
         png = st["parent"]["shift_examples"]
         if len(studies) > 1:
             body.append(Raw(f"<h3>{esc(st['name'])}</h3>"))
-        body.append(_img(png, f"shift examples of {st['name']}", 1.3) if png else Raw('<p class="empty">No shift_examples.png logged.</p>'))
+        body.append(_img(png, f"shift examples of {st['name']}") if png else Raw('<p class="empty">No shift_examples.png logged.</p>'))
     return section("examples", "Shift examples", "one image per shift (rows; selection shifts act on validation "
                    "images, test shifts on test images), clean and at each severity (columns).", Raw("".join(body)))
 
@@ -769,7 +773,8 @@ table{border-collapse:collapse;margin:6px 0 10px;font-size:12.5px;font-variant-n
 th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 th{background:var(--soft);font-weight:600;white-space:nowrap}
 td{overflow-wrap:anywhere}
-table.leaderboard td,table.metrics td,table.calib td,table.er td,table.fits td{white-space:nowrap}
+table.leaderboard td,table.metrics td,table.calib td,table.er td,table.fits td,table.failures td{white-space:nowrap}
+table.failures td[data-key=reason]{white-space:normal}
 table.leaderboard td.wrap{white-space:normal;min-width:140px}
 table.leaderboard th{white-space:normal;vertical-align:bottom}
 table.leaderboard th,table.leaderboard td{padding:4px 6px}
@@ -786,7 +791,7 @@ tr.selected{background:#fff3f2}
 .card .v.list{font-size:15px;line-height:1.45}
 small.ci{color:var(--mut);font-size:11px}
 .grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:20px}
-.badge{display:inline-block;min-width:44px;text-align:center;padding:1px 7px;border-radius:10px;font-size:11.5px;font-weight:600;color:#fff}
+.badge{display:inline-block;white-space:nowrap;min-width:44px;text-align:center;padding:1px 7px;border-radius:10px;font-size:11.5px;font-weight:600;color:#fff}
 .badge.pass{background:#1a7f37}.badge.warn{background:#bf8700}.badge.fail,.badge.failed{background:#cf222e}
 .badge.n\\/a,.badge.running{background:#8c959f}.badge.pruned{background:#6e7781}
 .chip{display:inline-block;padding:0 6px;margin-right:3px;border-radius:4px;font-size:11px;font-weight:600;border:1px solid}
@@ -811,8 +816,12 @@ SECTIONS = [("headline", "Headline"), ("provenance", "Provenance"), ("leaderboar
 
 
 def render(studies: list[dict], summaries: list[dict], generated: str) -> str:
+    """The page. Adds the plotted severity curves to each summary, so the JSON holds them too."""
     names = " + ".join(s["name"] for s in summaries)
     acc, ece = severity_curves(summaries, "acc"), severity_curves(summaries, "ece")
+    for i, s in enumerate(summaries):
+        s["severity_curves"] = {"note": "mean over each family's held-out shifts; severity 0 = clean test set",
+                                "acc": acc[i], "ece": ece[i]}
     parts = [headline(summaries), provenance(summaries), leaderboard(summaries), shifts_section(summaries, acc),
              line_section(summaries), hyper_section(summaries), calibration_section(summaries, ece),
              training_section(summaries), failures_section(summaries), examples_section(studies), metrics_section(summaries)]

@@ -289,6 +289,15 @@ def infer_test_size(values: list[float], limit: int = 20000) -> int | None:
     return None
 
 
+def _sample_size(logged, accs: list) -> tuple[int | None, str]:
+    """(n, where it came from): the logged tag, else inferred from accuracies measured on n images."""
+    if logged and str(logged).isdigit():
+        return int(logged), "logged"
+    n = infer_test_size(accs)
+    return n, (f"not logged; inferred: every accuracy is a multiple of 1/{n}" if n else
+               "not logged and not inferable (too few distinct accuracies): no confidence intervals")
+
+
 def shift_families(study: dict) -> dict:
     """Shift name -> family (noise, blur, weather, digital, geometric, label). A logged tag wins; else the
     FAMILY dict of harness/shifts.py is read from its source (importing it would import torch)."""
@@ -382,10 +391,22 @@ def _importances(rows: list[dict], search: dict) -> dict:
     unfreeze_epoch is conditional (sampled only when freeze_layers > 0); trials without frozen groups take 0, the
     value MLflow logs for them, so every trial enters one search space. Tiny studies get a note, not an error."""
     import optuna
-    from optuna.distributions import FloatDistribution, IntDistribution
 
     done = [r for r in rows if r["id_acc"] is not None and isinstance(r["lr"], (int, float)) and r["lr"] > 0]
     out = {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line per target
+    try:
+        _fanova(done, search, out)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return out
+
+
+def _fanova(done: list[dict], search: dict, out: dict) -> None:
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
     for target in ("id_acc", "ood_acc_mean"):
         use = [r for r in done if r[target] is not None]
         if len(use) < 3:
@@ -413,11 +434,10 @@ def _importances(rows: list[dict], search: dict) -> dict:
             out[target] = {"values": {k: float(v) for k, v in imp.items()}, "n": len(use)}
         except Exception as e:  # fANOVA on a handful of points can fail in many ways; the page says which
             out[target] = {"note": f"importance could not be computed ({type(e).__name__}: {e})"}
-    return out
 
 
 def _conditions(best: dict | None, oracle: dict | None, baselines: dict, line: dict | None, failed: int,
-                sev_max, n_test) -> list[dict]:
+                sev_max, n_shift) -> list[dict]:
     """Pass / warn / fail checks on the selected configuration, deepchecks style; thresholds in points of
     accuracy (notes/science.md 7.3: OOD drop < 10 pp, ECE at severity 5 < 0.1, BBSE prior error < 0.05)."""
     if best is None:
@@ -442,8 +462,8 @@ def _conditions(best: dict | None, oracle: dict | None, baselines: dict, line: d
         "mean expected calibration error (15 bins) over held-out shifts at the highest severity; warn up to 0.20")
     if oracle is not None and best["ood_acc_mean"] is not None:
         gap = oracle["ood_acc_mean"] - best["ood_acc_mean"]
-        half = (wilson(best["ood_acc_mean"], n_test) or [0, 0])
-        tol = (half[1] - half[0]) / 2 if n_test else 0.01
+        half = (wilson(best["ood_acc_mean"], n_shift) or [0, 0])
+        tol = (half[1] - half[0]) / 2 if n_shift else 0.01
         add("Validation picks the OOD-best configuration", gap, "pass" if gap <= tol else "warn",
             f"trial {oracle['number']} has the highest held-out OOD accuracy; pass when the selected trial is within "
             f"the 95% CI half-width ({tol * 100:.1f} points)")
@@ -483,18 +503,15 @@ def summarize(study: dict) -> dict:
     done = [r for r in rows if r["state"] == "complete" and r["id_acc"] is not None]
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "failed", "running")}
 
-    # test-set size: logged (tag or param) when someone adds it, else inferred from the accuracies
-    logged = tags.get("harness.n_test") or params.get("data.n_test")
-    if logged and str(logged).isdigit():
-        n_test, n_source = int(logged), "logged"
-    else:
-        accs = [r["id_acc"] for r in done] + [v for r in done for n in shifts["test"] for v in r["shift_acc"].get(n, {}).values()]
-        n_test = infer_test_size(accs)
-        n_source = (f"not logged; inferred: every held-out accuracy is a multiple of 1/{n_test}" if n_test else
-                    "not logged and not inferable (too few distinct accuracies): no confidence intervals")
+    # sample sizes: the clean test split (ID accuracy) and each shifted test set (a fixed subset of it, OOD
+    # accuracy); logged as tags by the study, inferred from the accuracies for studies that predate the tags
+    n_test, n_source = _sample_size(tags.get("harness.n_test"), [r["id_acc"] for r in done])
+    n_shift, _ = _sample_size(tags.get("harness.n_shift_eval"),
+                              [v for r in done for n in shifts["test"] for v in r["shift_acc"].get(n, {}).values()])
+    n_shift = n_shift or n_test
     for r in rows:
         r["id_acc_ci"] = wilson(r["id_acc"], n_test)
-        r["ood_acc_ci"] = wilson(r["ood_acc_mean"], n_test)
+        r["ood_acc_ci"] = wilson(r["ood_acc_mean"], n_shift)
 
     done.sort(key=lambda r: (-(r["objective"] if r["objective"] is not None else -1), r["number"] or 0))
     for i, r in enumerate(done, 1):
@@ -522,7 +539,7 @@ def summarize(study: dict) -> dict:
     opt = study["optuna"]
     message = None
     if not done:
-        message = (f"Study {study['name']!r} has no completed trial yet ({counts['pruned']} pruned, "
+        message = (f"Study \"{study['name']}\" has no completed trial yet ({counts['pruned']} pruned, "
                    f"{counts['failed']} failed, {counts['running']} running): there is nothing to rank. "
                    f"Failures and provenance are shown below.")
     return {
@@ -546,10 +563,10 @@ def summarize(study: dict) -> dict:
             "optuna_error": opt.get("error"), "best_trial_tag": tags.get("harness.best_trial"),
             "config": p["texts"].get("config/resolved.toml"), "params": dict(p["params"]), "search_space": search,
         },
-        "n_test": n_test, "n_test_source": n_source, "shifts": shifts,
+        "n_test": n_test, "n_test_source": n_source, "n_shift_eval": n_shift, "shifts": shifts,
         "trials": rows, "best": best["number"] if best else None, "oracle": oracle["number"] if oracle else None,
         "baselines": {b: (r["number"] if r else None) for b, r in baselines.items()},
-        "conditions": _conditions(best, oracle, baselines, line, counts["failed"], sev_max, n_test),
+        "conditions": _conditions(best, oracle, baselines, line, counts["failed"], sev_max, n_shift),
         "on_the_line": {"mean": line, "per_shift": per_shift},
         "pareto": pareto({r["number"]: (r["id_acc"], r["ood_acc_mean"]) for r in with_ood}),
         "importances": _importances(done, search) if done else {},

@@ -225,6 +225,9 @@ def _log_study(ctx, created, pre_info, suite_info, data) -> None:
             "harness.n_trials_target": cfg.study.n_trials, "harness.optuna_storage": _redact(cfg.study.storage or "sqlite:///mlruns/optuna.db"),
             "harness.shifts.selection": ",".join(cfg.shifts.selection), "harness.shifts.test": ",".join(cfg.shifts.test),
             "harness.shift_suite": suite_info["key"], "harness.data": data["key"],
+            # sample sizes behind every accuracy: the report's confidence intervals need them
+            "harness.n_test": len(data["test"][1]),
+            "harness.n_shift_eval": len(ctx["suite"]["labels"].get("test", data["test"][1])),
             **{f"harness.version.{k}": v for k, v in versions.items() if k in ("torch", "optuna", "mlflow", "python")}}
     tracking.set_tags(ctx["client"], run, tags)
     if created:

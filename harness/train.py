@@ -101,7 +101,7 @@ def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, tot
     total_loss, seen = torch.zeros((), device=device), 0
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
-        xb, yb = to_device_batch(x[idx], device), y[idx.to(y.device)]
+        xb, yb = to_device_batch(x[idx], device), y[idx.to(y.device)].to(device, non_blocking=True)
         if device.type == "cuda":
             xb = xb.contiguous(memory_format=torch.channels_last)
         for g in opt.param_groups:

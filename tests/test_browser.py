@@ -103,7 +103,8 @@ class Browser:
         p = lambda m: [e["params"] for e in mine if e["method"] == m]
         return {"console": [(c["type"], [a.get("value", a.get("description")) for a in c["args"]])
                             for c in p("Runtime.consoleAPICalled") if c["type"] in ("error", "assert", "warning")],
-                "exceptions": [x["exceptionDetails"].get("text") for x in p("Runtime.exceptionThrown")],
+                "exceptions": [(x["exceptionDetails"].get("text"), x["exceptionDetails"].get("exception", {}).get("description"))
+                               for x in p("Runtime.exceptionThrown")],
                 "log": [(x["entry"]["level"], x["entry"]["text"]) for x in p("Log.entryAdded")
                         if x["entry"]["level"] in ("error", "warning")],
                 "failed": [x.get("errorText") for x in p("Network.loadingFailed")],

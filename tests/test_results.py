@@ -141,7 +141,8 @@ def test_summary_numbers_match_mlflow_and_the_test_split(shared, loaded):
     s = results.summarize(loaded)
     cfg = config.load(f"{shared['root']}/tiny.toml")
     n_test = len(data.load(cfg.data, cfg.study.seed)["test"][1])
-    assert s["n_test"] == n_test, s["n_test_source"]
+    assert (s["n_test"], s["n_test_source"]) == (n_test, "logged")
+    assert s["n_shift_eval"] == min(cfg.shifts.eval_images or n_test, n_test) < n_test  # the tiny study subsets
 
     client = MlflowClient(shared["uri"])
     done = sorted((r for r in s["trials"] if r.get("rank")), key=lambda r: r["rank"])

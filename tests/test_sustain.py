@@ -1,0 +1,245 @@
+"""Sustainability mode: deterministic drift streams, update policies, drift monitors, the MLflow layout end to end."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from harness import config, data as datamod, models, sustain
+from harness.config import Data, Stream, Train
+from conftest import TINY
+
+DATA = Data(image_size=8)  # all digits 5-9 of the target task at their native 8x8: 537 train / 179 val / 180 test
+CPU = torch.device("cpu")
+TRAIN = Train(batch_size=32, eval_batch_size=256)
+
+# A tiny sustain study: the conftest's tiny study at 8x8 plus a 4-period stream (seconds on 2 cores).
+SUSTAIN_TINY = TINY.replace('name = "tiny"', 'name = "sustain-tiny"').replace("image_size = 16", "image_size = 8") + """
+[stream]
+kind = "severity"
+shift = "contrast"
+periods = 4
+labelled = 20
+eval_size = 40
+seeds = [0]
+policies = ["never", "every", "accuracy", "embedding"]
+k = 2
+epochs = 1
+replay = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def data():
+    return datamod.load(DATA, seed=0)  # no cache dir: nothing written
+
+
+@pytest.fixture(scope="module")
+def deployed(data):
+    """A small 'pretrained-ish' model: resnet8 trained on the clean target train split for 3 epochs (~1 s)."""
+    model, groups = models.build("resnet8", 5, seed=0)
+    sustain.fine_tune(model, groups, *data["train"], 0.05, 0, 3, TRAIN, CPU, seed=0)
+    return model, groups, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _restore(deployed):
+    model, groups, state = deployed
+    model.load_state_dict(state)
+    return model, groups
+
+
+@pytest.mark.parametrize("kind", sustain.STREAMS)
+def test_stream_is_deterministic_per_seed(data, kind):
+    """For every stream kind: the same seed gives identical recipes and identical tensors (labelled batch and eval
+    set of every period); another seed gives different tensors. Shapes follow `labelled` and `eval_size`."""
+    s = Stream(kind=kind, periods=5, labelled=20, eval_size=30, alpha=0.5)
+
+    def build(seed):
+        return sustain.make_stream(data, sustain.schedule(s, 5, seed), s.labelled, s.eval_size, seed)
+
+    a, b, c = build(0), build(0), build(1)
+    assert len(a) == 5
+    for pa, pb, pc in zip(a, b, c):
+        assert pa["x"].shape == (20, 3, 8, 8) and pa["eval_x"].shape == (30, 3, 8, 8)
+        assert {k: v for k, v in pa.items() if not torch.is_tensor(v)} == {k: v for k, v in pb.items()
+                                                                          if not torch.is_tensor(v)}
+        for key in ("x", "y", "eval_x", "eval_y"):
+            assert torch.equal(pa[key], pb[key])
+    assert any(not torch.equal(pa["eval_x"], pc["eval_x"]) for pa, pc in zip(a, c))
+
+
+def test_stream_recipes_ramp_alternate_and_drift():
+    """Severity and rotation ramps go from 0 (clean) at the first period to `severity` at the last, never down;
+    the recurring stream alternates A and B every `phase` periods; the prior drifts from uniform (first period)
+    to a Dirichlet draw (last), each a distribution."""
+    ramp = sustain.schedule(Stream(kind="severity", periods=10, severity=5), 5, 0)
+    sev = [r["severity"] for r in ramp]
+    assert sev == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5] and {r["shift"] for r in ramp} == {"contrast"}
+    assert {r["shift"] for r in sustain.schedule(Stream(kind="rotation"), 5, 0)} == {"rotate"}
+    rec = sustain.schedule(Stream(kind="recurring", periods=6, phase=2, shift="none", shift_b="fog"), 5, 0)
+    assert [r["shift"] for r in rec] == ["none", "none", "fog", "fog", "none", "none"]
+    prior = sustain.schedule(Stream(kind="prior", periods=4, alpha=0.3), 5, 0)
+    assert prior[0]["prior"] == pytest.approx([0.2] * 5)
+    assert all(sum(r["prior"]) == pytest.approx(1) for r in prior) and prior[-1]["prior"] != prior[0]["prior"]
+
+
+def test_never_does_not_update_every_k_updates_floor_t_over_k(data, deployed):
+    """On a 7-period stream: 'never' updates at no period and its accuracy matrix rows all equal the deployed
+    model's row (so bwt = fwt = 0); 'every' with k updates exactly at the 0-based periods t with (t + 1) % k == 0,
+    i.e. k-1, 2k-1, ..., which is floor(T / k) updates, and its update seconds and examples are counted."""
+    s = Stream(periods=7, labelled=20, eval_size=30, epochs=1, replay=1, k=1)
+    stream = sustain.make_stream(data, sustain.schedule(s, 5, 0), s.labelled, s.eval_size, 0)
+    ref = data["val"][0]
+
+    res = sustain.replay(*_restore(deployed), stream, sustain.policy_spec(s, "never"), ref, TRAIN, CPU, 0)
+    assert res["updated"] == [0] * 7 and res["update_seconds"] == 0 and res["update_examples"] == 0
+    assert all(row == res["initial"] for row in res["R"])
+    m = sustain.stream_metrics(res["R"], res["initial"])
+    assert m["bwt"] == 0 and m["fwt"] == 0 and m["stream_acc"] == res["initial"]
+
+    for k in (1, 2, 3, 4):
+        spec = sustain.policy_spec(s, "every", k=k)
+        assert sustain.label(spec) == f"every{k}"
+        res = sustain.replay(*_restore(deployed), stream, spec, ref, TRAIN, CPU, 0)
+        when = [t for t, u in enumerate(res["updated"]) if u]
+        assert when == [t for t in range(7) if (t + 1) % k == 0] and len(when) == 7 // k
+        assert res["update_seconds"] > 0 and res["update_examples"] > 0
+        m = sustain.stream_metrics(res["R"], res["initial"])
+        # near-future protocol: the accuracy at period t is the model's before it updates on t
+        assert m["stream_acc"][1:] == [res["R"][t - 1][t] for t in range(1, 7)]
+
+
+def test_metrics_follow_gem_definitions():
+    """stream_acc[t] = R[t-1][t] (initial[0] at t = 0); bwt = mean over i < T-1 of R[T-1][i] - R[i][i];
+    fwt = mean over i >= 1 of R[i-1][i] - initial[i] (hand-computed 3x3 example)."""
+    R = [[0.9, 0.5, 0.4], [0.8, 0.9, 0.6], [0.7, 0.8, 0.9]]
+    initial = [0.9, 0.5, 0.3]
+    m = sustain.stream_metrics(R, initial)
+    assert m["stream_acc"] == [0.9, 0.5, 0.6]
+    assert m["stream_acc_mean"] == pytest.approx(2.0 / 3) and m["stream_acc_worst"] == 0.5
+    assert m["bwt"] == pytest.approx(((0.7 - 0.9) + (0.8 - 0.9)) / 2)
+    assert m["fwt"] == pytest.approx(((0.5 - 0.5) + (0.6 - 0.3)) / 2)
+
+
+@pytest.mark.parametrize("policy", ["embedding", "mmd", "accuracy"])
+def test_trigger_fires_on_abrupt_shift_and_stays_quiet_without(data, deployed, policy):
+    """A 6-period stream without shift: the monitor never fires (no update). The same stream with an abrupt shift
+    (contrast at severity 5 from period 3 on): no update before period 3 and an update at period 3, the first
+    shifted period. The unlabelled monitors (domain-classifier AUC > 0.55, MMD^2 > 0.015) read penultimate
+    features of the period's inputs vs the reference inputs (clean validation images for the deployed model);
+    the labelled one compares labelled accuracy with the first period after deployment (drop > 10 points)."""
+    s = Stream(periods=6, labelled=60, eval_size=150, epochs=1, replay=0)
+    clean = [{"period": t, "shift": "none", "severity": 0, "prior": None} for t in range(6)]
+    abrupt = [dict(r, shift="contrast", severity=5) if r["period"] >= 3 else r for r in clean]
+    spec = sustain.policy_spec(s, policy)
+    for recipes, expect in ((clean, [0] * 6), (abrupt, [0, 0, 0, 1])):
+        stream = sustain.make_stream(data, recipes, s.labelled, s.eval_size, seed=0)
+        res = sustain.replay(*_restore(deployed), stream, spec, data["val"][0], TRAIN, CPU, 0)
+        assert res["updated"][:len(expect)] == expect, (policy, res["monitor"])
+        if policy != "accuracy":
+            stats = res["monitor"][:len(expect)]
+            assert all(v <= spec["threshold"] for v in stats[:3]) and stats[3] > spec["threshold"] if expect[-1] else \
+                all(v <= spec["threshold"] for v in stats)
+
+
+def test_drift_statistics_are_calibrated_on_known_samples():
+    """20 pairs of iid Gaussian samples (200 vs 200, 8-d): cross-fitted AUCs average ~0.5 and at most 1 of 20 passes
+    the 1% noise floor (~0.595 here), MMD^2 stays below 0.015 in all; shifted by 1 sd per dimension, AUC > 0.9 and
+    MMD^2 > 0.015 every time."""
+    null_auc, null_mmd, drift = [], [], []
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        a, b, far = (torch.randn(200, 8, generator=gen) for _ in range(3))
+        far += 1
+        null_auc.append(sustain.domain_auc(a, b, seed))
+        null_mmd.append(sustain.mmd2(a, b))
+        drift.append((sustain.domain_auc(a, far, seed), sustain.mmd2(a, far)))
+    floor = sustain.auc_noise_floor(200, 200)
+    assert 0.58 < floor < 0.61
+    assert abs(sum(null_auc) / 20 - 0.5) < 0.03 and sum(v > floor for v in null_auc) <= 1
+    assert max(abs(v) for v in null_mmd) < 0.015
+    assert all(auc > 0.9 and mmd > 0.015 for auc, mmd in drift)
+
+
+def test_default_sustain_config_and_bad_input_exit_2_naming_the_key(workdir, capsys):
+    """studies/sustain.toml loads and passes preflight; bad stream values exit 2 with a message naming the key and
+    create nothing (no mlruns/)."""
+    cfg = config.load(sustain.DEFAULT_CONFIG)
+    assert cfg.study.name == "sustain-default" and sustain.preflight(cfg) == 4
+    cases = [(["--set", "stream.kind=drift"], "stream.kind"), (["--set", "stream.shift=blurry"], "stream.shift"),
+             (["--set", "stream.policies=['never','sometimes']"], "stream.policies"),
+             (["--set", "stream.search_k=[4,2]"], "stream.search_k"), (["--set", "stream.periods=1"], "stream.periods"),
+             (["--set", "stream.freeze_layers=9"], "stream.freeze_layers"), (["--seeds", "0,x"], "--seeds"),
+             (["--set", "stream.auc=0.3"], "stream.auc"), (["--set", "stream.lr=0"], "stream.lr")]
+    for args, key in cases:
+        assert sustain.main(args) == 2, args
+        assert key in capsys.readouterr().err
+    assert not (workdir / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
+    """A tiny sustain study (4 periods, 4 policies, seeds 0 and 1) in a temp dir:
+    - exit 0; MLflow: one experiment 'sustain-tiny', one FINISHED parent run named after it with tag
+      harness.role=sustain, resolved config, versions.json, stream.json, summary.json;
+    - one FINISHED child run per (policy, seed) named policy-<label>-seed<s> (never, every2, accuracy, embedding)
+      with mlflow.parentRunId, params policy/k/threshold/lr/freeze_layers/epochs/stream/seed, stream_acc and
+      updated at steps 0..3, final stream_acc_mean/worst, bwt, fwt, n_updates, update_seconds, and
+      accuracy_matrix.json holding a 4x4 R; never has 0 updates and bwt 0, every2 has floor(4/2) = 2 at periods
+      1 and 3;
+    - running it again replays nothing (finished runs are reused) and adds no run;
+    - stream.search = true runs an Optuna study of 2 trials (the first enqueued: never) whose child runs are named
+      trial-NNNN-<label>-seed0 and tagged with the trial number."""
+    path = workdir / "sustain.toml"
+    path.write_text(SUSTAIN_TINY)
+    assert sustain.main(["--config", str(path), "--seeds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "every2" in out and "stream_acc_mean" in out
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sustain-tiny")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("harness.role") == "sustain"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == "sustain-tiny" and parent.info.status == "FINISHED"
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config", "versions.json", "stream.json", "summary.json"} <= arts
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    names = {f"policy-{p}-seed{s}" for p in ("never", "every2", "accuracy", "embedding") for s in (0, 1)}
+    assert set(children) == names and len(runs) == 1 + len(names)
+    for name, run in children.items():
+        assert run.info.status == "FINISHED" and run.data.tags["harness.role"] == "sustain_policy"
+        assert {"policy", "k", "threshold", "lr", "freeze_layers", "epochs", "stream", "seed"} <= set(run.data.params)
+        assert run.data.params["stream"] == "severity" and run.data.params["seed"] == name[-1]
+        for key in ("stream_acc", "updated"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2, 3]
+        assert {"stream_acc_mean", "stream_acc_worst", "bwt", "fwt", "n_updates", "update_seconds"} <= set(run.data.metrics)
+        local = client.download_artifacts(run.info.run_id, "accuracy_matrix.json", str(workdir))
+        matrix = json.loads(open(local).read())
+        assert len(matrix["R"]) == 4 and all(len(row) == 4 for row in matrix["R"]) and len(matrix["initial"]) == 4
+        assert matrix["stream_acc"][0] == matrix["initial"][0]
+    never, every = children["policy-never-seed0"], children["policy-every2-seed0"]
+    assert never.data.metrics["n_updates"] == 0 and never.data.metrics["bwt"] == 0
+    assert every.data.metrics["n_updates"] == 2 and every.data.tags["harness.update_periods"] == "1,3"
+    assert every.data.params["k"] == "2" and never.data.params["k"] == "none"
+    assert [m.value for m in sorted(client.get_metric_history(every.info.run_id, "updated"), key=lambda m: m.step)] \
+        == [0, 1, 0, 1]
+
+    assert sustain.main(["--config", str(path), "--seeds", "0,1"]) == 0
+    assert "reused finished run" in capsys.readouterr().out
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == 1 + len(names)
+
+    assert sustain.main(["--config", str(path), "--study-name", "sustain-search", "--n-trials", "2",
+                         "--set", "stream.search=true", "--set", "stream.search_policies=['never','every']"]) == 0
+    study = optuna.load_study(study_name="sustain-search", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and done[0].params == {"policy": "never"}
+    exp2 = client.get_experiment_by_name("sustain-search")
+    kids = [r for r in client.search_runs([exp2.experiment_id]) if r.data.tags.get("harness.role") == "sustain_policy"]
+    assert sorted(r.data.tags["optuna.trial_number"] for r in kids) == ["0", "1"]
+    assert any(r.info.run_name == "trial-0000-never-seed0" for r in kids)
