@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -184,6 +185,8 @@ def _coerce(key: str, value, tp):
         return float(value)
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(key, f"expected a {_type_name(tp)}, got {value!r}")
+    if tp is float and not math.isfinite(value):  # TOML has nan and inf; no key of ours means anything with them
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
     return value
 
 
@@ -229,18 +232,24 @@ def load(path: str | Path | None = None, overrides: list[str] = (), **flags) -> 
     if not path.is_file():
         raise ConfigError("--config", f"file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("--config", f"{path} is not valid TOML: {e}") from None
-    for text in overrides:
-        section, key, value = parse_override(text)
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("--config", f"{path} is not valid UTF-8 TOML: {e}") from None
+
+    def table(section):
         if section not in SECTIONS:
             raise ConfigError(section, f"unknown section; allowed sections: {', '.join(SECTIONS)}")
-        raw.setdefault(section, {})[key] = value
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise ConfigError(section, "expected a table of keys")
+        return raw[section]
+
+    for text in overrides:
+        section, key, value = parse_override(text)
+        table(section)[key] = value
     for dotted, value in flags.items():
         if value is not None:
             section, key = dotted.split(".")
-            raw.setdefault(section, {})[key] = value
+            table(section)[key] = value
     return from_dict(raw)
 
 
@@ -370,8 +379,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("shifts.severities", f"must be distinct integers in 1..5, got {sh.severities}")
     _positive("shifts.label_alpha", sh.label_alpha, allow_zero=True)
     _positive("shifts.eval_images", sh.eval_images, allow_zero=True)
-    if s.objective == "ood_val_acc" and not sh.selection:
-        raise ConfigError("study.objective", "'ood_val_acc' needs at least one shift in shifts.selection")
+    if s.objective in ("ood_val_acc", "multi") and not sh.selection:
+        raise ConfigError("study.objective", f"{s.objective!r} needs at least one shift in shifts.selection")
 
     st = cfg.stream
     _choice("stream.kind", st.kind, STREAM_KINDS)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime
 import fcntl
+import hashlib
 import math
 import os
 import socket
@@ -18,6 +20,7 @@ from pathlib import Path
 import optuna
 import psutil
 import torch
+from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from harness import config, data as datamod, models, pretrain, shifts, suite as suitemod, tracking, train, trial as trialmod
@@ -97,6 +100,11 @@ def preflight(cfg: config.Config) -> int:
     if uri and not uri.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql", "databricks")):
         raise ConfigError("--tracking-uri", f"unsupported URI {uri!r}; use sqlite:///PATH or http://HOST:PORT "
                           f"(MLflow 3 refuses the file store)")
+    same = lambda a, b: a.startswith("sqlite:///") and b.startswith("sqlite:///") and \
+        Path(a[len("sqlite:///"):]).resolve() == Path(b[len("sqlite:///"):]).resolve()
+    if cfg.study.storage and (cfg.study.storage == uri or same(cfg.study.storage, uri or tracking.default_uri(home()))):
+        raise ConfigError("--storage", "the Optuna storage must not be the MLflow database (their Alembic schema "
+                          "checks clash, optuna#2866); give it its own file or database")
     return n_groups
 
 
@@ -118,7 +126,7 @@ def storage_of(cfg: config.Config, client=None) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
                                           grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry_callback(client))
     except Exception as e:  # sqlalchemy OperationalError & co: say where, without the password
-        raise ConnectionError(f"Optuna storage {_redact(url)} is unreachable: {str(e).splitlines()[0][:300]}") from None
+        raise ConnectionError(f"Optuna storage {tracking.redact(url)} is unreachable: {str(e).splitlines()[0][:300]}") from None
 
 
 def _retry_callback(client):
@@ -138,17 +146,32 @@ def _retry_callback(client):
     return callback
 
 
-def _sampler(cfg: config.Config):
-    s = cfg.study
+def parallel(cfg: config.Config) -> bool:
+    """Several processes may sample this study: --workers, or a server storage that other machines share."""
+    return cfg.study.workers > 1 or not (cfg.study.storage or "sqlite").startswith("sqlite")
+
+
+def sampler_seed(cfg: config.Config, worker: int = 0) -> int:
+    """The study seed for one process on a local store, so a study is reproducible. Parallel processes must not
+    share it: seeded alike, their samplers draw the same parameters (3 workers sampled 3 identical trials)."""
+    if not parallel(cfg):
+        return cfg.study.seed
+    mix = f"{cfg.study.seed}:{socket.gethostname()}:{os.getpid()}:{worker}".encode()
+    return int.from_bytes(hashlib.sha256(mix).digest()[:4], "little")
+
+
+def _sampler(cfg: config.Config, worker: int = 0):
+    s, seed = cfg.study, sampler_seed(cfg, worker)
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    if s.sampler == "qmc":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler == "qmc":  # one scrambled sequence for the study: each process takes the next point of it
         return optuna.samplers.QMCSampler(seed=s.seed, scramble=True, warn_independent_sampling=False)
-    # group=True splits the conditional space (unfreeze_epoch exists only when freeze_layers > 0)
+    # group=True splits the conditional space (unfreeze_epoch exists only when freeze_layers > 0); constant_liar
+    # makes parallel workers see each other's running trials as bad results, so they spread out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=min(10, max(3, s.n_trials // 3)),
-                                          multivariate=True, group=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, s.n_trials // 3)),
+                                          multivariate=True, group=True, constant_liar=parallel(cfg))
 
 
 def _pruner(cfg: config.Config):
@@ -161,15 +184,16 @@ def _pruner(cfg: config.Config):
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
-def open_study(cfg: config.Config, storage, create: bool) -> optuna.Study:
+def open_study(cfg: config.Config, storage, create: bool, worker: int = 0) -> optuna.Study:
     directions = ["maximize", "maximize"] if cfg.study.objective == "multi" else ["maximize"]
     if create:
-        return optuna.create_study(storage=storage, study_name=cfg.study.name, sampler=_sampler(cfg),
+        return optuna.create_study(storage=storage, study_name=cfg.study.name, sampler=_sampler(cfg, worker),
                                    pruner=_pruner(cfg), directions=directions, load_if_exists=True)
-    return optuna.load_study(study_name=cfg.study.name, storage=storage, sampler=_sampler(cfg), pruner=_pruner(cfg))
+    return optuna.load_study(study_name=cfg.study.name, storage=storage, sampler=_sampler(cfg, worker),
+                             pruner=_pruner(cfg))
 
 
-def setup(cfg: config.Config, n_groups: int, launcher: bool, log=print) -> dict:
+def setup(cfg: config.Config, n_groups: int, launcher: bool, log=print, worker: int = 0) -> dict:
     """Everything a worker needs: device-resident data, pretrained weights, shift suite, MLflow ids, study.
     The launcher creates and logs; workers find the same things in the caches and stores."""
     root, device = home(), train.pick_device(cfg.study.device)
@@ -195,7 +219,7 @@ def setup(cfg: config.Config, n_groups: int, launcher: bool, log=print) -> dict:
     exp_id = tracking.experiment(client, cfg.study.name, root if uri.startswith("sqlite") else None)
     parent_id, created = tracking.parent_run(client, exp_id, cfg.study.name)
     ctx.update(exp_id=exp_id, parent_id=parent_id)
-    study = open_study(cfg, storage, create=launcher)
+    study = open_study(cfg, storage, create=launcher, worker=worker)
     ctx["study"] = study
     if launcher:
         _log_study(ctx, created, pre_info, suite_info, data)
@@ -220,22 +244,25 @@ def _log_study(ctx, created, pre_info, suite_info, data) -> None:
     versions = tracking.versions()
     tracking.log_json(client, run, versions, "versions.json")
     tags = {"harness.git_sha": tracking.git_sha(), "harness.device": str(ctx["device"]),
-            "harness.sampler": cfg.study.sampler, "harness.pruner": cfg.study.pruner,
+            "harness.sampler": cfg.study.sampler,
+            "harness.pruner": "none" if cfg.study.objective == "multi" else cfg.study.pruner,  # Optuna cannot prune multi
+            "harness.shifts.family": ",".join(f"{n}:{f}" for n, f in ctx["suite"]["family"].items()),
             "harness.objective": cfg.study.objective, "harness.seed": cfg.study.seed,
-            "harness.n_trials_target": cfg.study.n_trials, "harness.optuna_storage": _redact(cfg.study.storage or "sqlite:///mlruns/optuna.db"),
+            "harness.n_trials_target": cfg.study.n_trials, "harness.optuna_storage": tracking.redact(cfg.study.storage or "sqlite:///mlruns/optuna.db"),
             "harness.shifts.selection": ",".join(cfg.shifts.selection), "harness.shifts.test": ",".join(cfg.shifts.test),
             "harness.shift_suite": suite_info["key"], "harness.data": data["key"],
             # sample sizes behind every accuracy: the report's confidence intervals need them
             "harness.n_test": len(data["test"][1]),
             "harness.n_shift_eval": len(ctx["suite"]["labels"].get("test", data["test"][1])),
             **{f"harness.version.{k}": v for k, v in versions.items() if k in ("torch", "optuna", "mlflow", "python")}}
+    logged_pretrain = None if created else client.get_run(run).data.tags.get("harness.pretrain")
     tracking.set_tags(ctx["client"], run, tags)
     if created:
         # params are immutable in MLflow: log the config once; later invocations log config/invocations/*.toml
         flat = {f"{s}.{k}": v for s, vals in config.to_dict(cfg).items() for k, v in vals.items()
                 if s != "study" or k in ("sampler", "pruner", "objective", "seed")}
         tracking.log_params(client, run, flat)
-    if pre_info and not pre_info.get("cached_logged"):
+    if pre_info and pre_info["key"] != logged_pretrain:  # once per parent run, not again on every resume
         tracking.set_tags(client, run, {"harness.pretrain": pre_info["key"]})
         tracking.log_json(client, run, pre_info, f"pretrain/{pre_info['key']}.json")
         for h in pre_info.get("history", []):
@@ -245,6 +272,9 @@ def _log_study(ctx, created, pre_info, suite_info, data) -> None:
         grid = _shift_grid(ctx)
         if grid is not None:
             tracking.log_figure(client, run, grid, "shift_examples.png")
+            import matplotlib.pyplot as plt
+
+            plt.close(grid)
 
 
 def _shift_grid(ctx):
@@ -275,12 +305,18 @@ def _shift_grid(ctx):
     return fig
 
 
-def _redact(url: str) -> str:
-    """Never log a database password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+def _report(cfg: config.Config, uri: str, log) -> None:
+    """The report at the end of a study. Its failure must not turn a finished study into an error: the trials are
+    safe in MLflow and `python -m harness.report` rebuilds it."""
+    from harness import report
+
+    try:
+        log(f"report: {report.build([cfg.study.name], tracking_uri=uri, storage=cfg.study.storage or None)}")
+    except Exception as e:
+        log(f"warning: the report could not be written ({type(e).__name__}: {e}); rebuild it with "
+            f"python -m harness.report --study-name {cfg.study.name}")
+
+
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -307,31 +343,43 @@ def recover_dead(study: optuna.Study, client) -> int:
     """RUNNING trials whose worker process on this host is gone (kill -9, OOM, reboot): FAIL them now (not after
     the heartbeat grace period), end their MLflow runs FAILED, and enqueue the same params again."""
     host, n, callback = socket.gethostname(), 0, _retry_callback(client)
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.system_attrs.get("harness.host") != host:
-            continue
-        pid, started = t.system_attrs.get("harness.pid"), t.system_attrs.get("harness.pid_start")
-        alive = False
-        with contextlib.suppress(psutil.Error, TypeError):
-            alive = psutil.Process(pid).create_time() == started
-        if alive:
-            continue
-        # the reason first: a finished trial can no longer be updated
-        study._storage.set_trial_system_attr(t._trial_id, "fail_reason", f"worker pid {pid} on {host} died")
-        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            callback(study, study._storage.get_trial(t._trial_id))
-            n += 1
+        owner = t.system_attrs.get("harness.host")
+        if owner is None:  # asked, then its process died before it said who it was: give it the grace period
+            if t.datetime_start is None or (now - t.datetime_start).total_seconds() < GRACE_S:
+                continue
+            reason = "worker died before it started the trial"
+        elif owner != host:
+            continue  # another machine's: failed by heartbeat (fail_stale_trials)
+        else:
+            pid, started = t.system_attrs.get("harness.pid"), t.system_attrs.get("harness.pid_start")
+            alive = False
+            with contextlib.suppress(psutil.Error, TypeError):
+                alive = psutil.Process(pid).create_time() == started
+            if alive:
+                continue
+            reason = f"worker pid {pid} on {host} died"
+        try:  # the reason first: a finished trial can no longer be updated
+            study._storage.set_trial_system_attr(t._trial_id, "fail_reason", reason)
+            if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                callback(study, study._storage.get_trial(t._trial_id))
+                n += 1
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process finished or failed it in between
     return n
 
 
 def sweep_orphans(ctx: dict) -> int:
     """Child runs left RUNNING whose trial is not running any more (the process died between two writes): end
     each with the status its trial has in Optuna, so no run stays RUNNING after a resume."""
+    # runs first, then states: a trial that starts in between has a state (RUNNING) and is left alone
+    running = tracking.running_children(ctx["client"], ctx["exp_id"], ctx["parent_id"])
     state = {t.number: t.state for t in ctx["study"].get_trials(deepcopy=False)}
     status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
     n = 0
-    for number, run_id in tracking.running_children(ctx["client"], ctx["exp_id"], ctx["parent_id"]).items():
-        if state.get(number) != TrialState.RUNNING:
+    for number, run_id in running.items():
+        if number in state and state[number] != TrialState.RUNNING:
             tracking.end_run(ctx["client"], run_id, status.get(state.get(number), "FAILED"),
                              {"harness.fail_reason": "worker died before the trial finished"}
                              if state.get(number) not in status else None)
@@ -345,7 +393,7 @@ def work(ctx: dict, worker: int = 0, log=print) -> dict:
     cfg, study, client = ctx["cfg"], ctx["study"], ctx["client"]
     storage, target, t0 = study._storage, cfg.study.n_trials, time.perf_counter()
     me = psutil.Process()
-    done = {"complete": 0, "pruned": 0, "failed": 0}
+    done = {"complete": 0, "pruned": 0, "failed": 0, "stopped": "target"}
     fails_in_row = 0
     prefix = f"[w{worker}] " if cfg.study.workers > 1 else ""
     ctx["progress"] = _progress(ctx, prefix, log)
@@ -353,9 +401,11 @@ def work(ctx: dict, worker: int = 0, log=print) -> dict:
     while True:
         if cfg.study.timeout and time.perf_counter() - t0 > cfg.study.timeout:
             log(f"{prefix}timeout of {cfg.study.timeout:.0f} s reached; not starting more trials")
+            done["stopped"] = "timeout"
             break
         if fails_in_row >= max(3, target):
             log(f"{prefix}{fails_in_row} trials failed in a row; stopping (see the fail reasons above)")
+            done["stopped"] = "failures"
             break
         with _host_lock(cfg.study.name):
             recover_dead(study, client)
@@ -369,6 +419,9 @@ def work(ctx: dict, worker: int = 0, log=print) -> dict:
                 trial = None  # others are finishing the last trials; wait in case one fails
             else:
                 trial = study.ask()
+                # a first beat at once: Optuna never calls a trial stale before its first heartbeat, so a worker
+                # dying in its first HEARTBEAT_S seconds would leave a RUNNING trial forever
+                storage.record_heartbeat(trial._trial_id)
                 for k, v in (("harness.host", socket.gethostname()), ("harness.pid", me.pid),
                              ("harness.pid_start", me.create_time()), ("harness.worker", worker)):
                     storage.set_trial_system_attr(trial._trial_id, k, v)
@@ -396,7 +449,16 @@ def work(ctx: dict, worker: int = 0, log=print) -> dict:
         finally:
             stop.set()
             beat.join()
+        if trial.user_attrs.get("baseline") == "linear_probe" and done["complete"]:  # the CE reference exists now
+            _backfill(ctx, log)
     return done
+
+
+def _backfill(ctx: dict, log=print) -> None:
+    try:
+        trialmod.backfill_corruption_errors(ctx["study"], ctx["client"], ctx["cfg"].shifts.test)
+    except Exception as e:  # a missing CE is worth a line, never a finished study
+        log(f"warning: corruption errors not backfilled ({type(e).__name__}: {e})")
 
 
 def _progress(ctx, prefix, log):
@@ -442,7 +504,7 @@ def _save_if_best(trial, value, model, run_id):
 
 def _worker_main(cfg, n_groups, worker):
     """Entry point of a spawned worker process: rebuild the context from caches, run trials."""
-    ctx = setup(cfg, n_groups, launcher=False)
+    ctx = setup(cfg, n_groups, launcher=False, worker=worker)
     _save_if_best.ctx = ctx
     work(ctx, worker)
 
@@ -469,7 +531,7 @@ def summary(ctx: dict, wall: float, log=print) -> None:
     log("\nopen the MLflow UI on this store:\n"
         f"  python -m harness.ui --tracking-uri {uri}\n  (or: mlflow ui --backend-store-uri {uri})\n"
         f"rebuild the report:\n  python -m harness.report --study-name {cfg.study.name} --tracking-uri {uri}"
-        + (f" --storage {cfg.study.storage}" if cfg.study.storage else ""))
+        + (f" --storage {tracking.redact(cfg.study.storage)}" if cfg.study.storage else ""))
 
 
 def run(cfg: config.Config, n_groups: int, log=print) -> int:
@@ -482,30 +544,52 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     if n_dead or n_orphans:
         log(f"resume: {n_dead} trial(s) of dead workers failed and re-queued with the same params; "
             f"{n_orphans} orphan MLflow run(s) ended FAILED")
+    timed_out = False
     if cfg.study.workers > 1:
         import multiprocessing as mp
 
+        ctx.update(data=None, suite=None)  # the workers load their own: no idle copy on the GPU meanwhile
+        if ctx["device"].type == "cuda":
+            torch.cuda.empty_cache()
         spawn = mp.get_context("spawn")  # fresh interpreters: no forked torch threads or sqlite handles
         procs = [spawn.Process(target=_worker_main, args=(cfg, n_groups, i)) for i in range(cfg.study.workers)]
         for p in procs:
             p.start()
         for p in procs:
             p.join()
+        crashed = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(procs) if p.exitcode]
+        if crashed:
+            log(f"warning: {', '.join(crashed)} ended abnormally; their trials are failed and re-queued")
         recover_dead(ctx["study"], ctx["client"])
         sweep_orphans(ctx)
+        timed_out = bool(cfg.study.timeout) and time.perf_counter() - t0 > cfg.study.timeout
     else:
-        work(ctx, 0, log)
-    tracking.end_run(ctx["client"], ctx["parent_id"], "FINISHED")
+        timed_out = work(ctx, 0, log)["stopped"] == "timeout"
+    _backfill(ctx, log)  # trials that finished before the linear probe, e.g. in another worker or run
+    _tag_best(ctx)
+    finished = sum(t.state in FINISHED for t in ctx["study"].get_trials(deepcopy=False))
+    short = finished < cfg.study.n_trials and not timed_out
+    tracking.end_run(ctx["client"], ctx["parent_id"], "FAILED" if short else "FINISHED")
     summary(ctx, time.perf_counter() - t0, log)
     if cfg.study.report:
-        try:
-            from harness import report
-        except ImportError:
-            report = None
-        if report is not None:
-            out = report.build([cfg.study.name], tracking_uri=ctx["uri"], storage=cfg.study.storage or None)
-            log(f"report: {out}")
+        _report(cfg, ctx["uri"], log)
+    if short:
+        print(f"error: the study stopped at {finished} of {cfg.study.n_trials} finished trials (see the failures "
+              f"above); re-run the same command to continue it", file=sys.stderr)
+        return 1
     return 0
+
+
+def _tag_best(ctx: dict) -> None:
+    """The parent's best-trial tags, from the storage: with workers two trials may finish at once and the last to
+    write its tag need not be the better one. The best's weights are on its run: no finished trial beat it when it
+    completed. Ties go to the earliest completed (the one that uploaded)."""
+    done = [t for t in ctx["study"].get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and "mlflow_run_id" in t.user_attrs]
+    if done:
+        best = min(done, key=lambda t: (-t.values[0], t.datetime_complete))
+        tracking.set_tags(ctx["client"], ctx["parent_id"], {"harness.best_trial": best.number,
+                                                            "harness.best_run_id": best.user_attrs["mlflow_run_id"]})
 
 
 def main(argv=None) -> int:
@@ -521,7 +605,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: re-run the same command to resume the study", file=sys.stderr)
         return 130
-    except (ConnectionError, OSError, RuntimeError, ValueError) as e:
+    except (ConnectionError, OSError, RuntimeError, ValueError, optuna.exceptions.OptunaError, MlflowException) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 

@@ -27,8 +27,34 @@ def default_uri(root: Path) -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+def redact(url: str) -> str:
+    """A URL fit to print or log: never a database password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast (seconds, not MLflow's minutes of retries) when an HTTP tracking server does not answer."""
+    """Fail fast (seconds, not MLflow's minutes of retries) when an HTTP tracking server or a tracking database
+    does not answer."""
+    if uri.startswith(("postgresql", "mysql", "mssql")):
+        # MLflow's own connect retries with backoff for ~110 s before it gives up on a dead database
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout)})
+        try:
+            with engine.connect():
+                pass
+        except Exception as e:
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            if "@" in uri:
+                first = first.replace(uri.split("://", 1)[1].split("@", 1)[0], "***")
+            raise ConnectionError(f"tracking database {redact(uri)} is unreachable ({first}); start it or pass "
+                                  f"another --tracking-uri") from None
+        finally:
+            engine.dispose()
+        return
     if not uri.startswith(("http://", "https://")):
         return
     url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"

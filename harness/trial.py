@@ -38,6 +38,13 @@ def baselines(cfg: Config, n_groups: int) -> list[dict]:
     ]
 
 
+def prune_from(warmup: int, k: int, e: int, epochs: int) -> int:
+    """How many epochs a trial runs before it may be pruned: prune_warmup, and for a trial that unfreezes at epoch e,
+    e + 1 (one epoch with every group training): a frozen model looks worse early and must not be killed for it.
+    The linear probe (never unfrozen) only waits the warm-up."""
+    return max(warmup, e + 1 if 0 < k and e < epochs else 0)
+
+
 def fresh_model(ctx: dict):
     """The pretrained model with a fresh head for the target classes, on the device."""
     cfg = ctx["cfg"]
@@ -46,12 +53,13 @@ def fresh_model(ctx: dict):
         models.load_weights(model, groups, ctx["pretrained"])
     else:
         models.initial_weights(cfg.model.name, cfg.model.weights, model, groups)
-    return train.prepare(model, ctx["device"]), groups
+    return train.prepare(model, ctx["device"], compile=cfg.train.compile), groups
 
 
-def selection_metrics(model, sel: dict, y, batch_size, device) -> dict:
-    """Accuracy on the selection shifts of the validation split. It is handed only the selection suite, so
-    model selection cannot read a held-out test shift."""
+def selection_metrics(model, suite: dict, val_y, batch_size, device) -> dict:
+    """Accuracy on the selection shifts of the validation split: the only part of the suite model selection reads
+    (suite["selection"] and its labels), so no held-out test shift can steer it."""
+    sel, y = suite["selection"], suite["labels"].get("selection", val_y)
     accs = {name: {s: metrics.accuracy(train.predict(model, x, batch_size, device), y) for s, x in sev.items()}
             for name, sev in sel.items()}
     flat = [a for sev in accs.values() for a in sev.values()]
@@ -102,7 +110,8 @@ def label_shift_metrics(model, suite: dict, data: dict, batch_size, device) -> d
     return {"label_shift/balanced_acc": metrics.balanced_accuracy(logits, ys, k),
             "label_shift/acc_bbse_corrected": (corrected == ys).float().mean().item(),
             "label_shift/prior_l1_error": (est - true).abs().sum().item(),
-            "label_shift/w_sq_error": ((est - true) / source_prior.clamp_min(1e-12)).pow(2).sum().item()}
+            "label_shift/w_sq_error": ((est - true) / source_prior.clamp_min(1e-12)).pow(2).sum().item(),
+            "priors": {"true": true.tolist(), "bbse": est.tolist()}}  # logged per class (step = class index)
 
 
 def corruption_errors(id_acc: float, curves: dict, reference: dict | None) -> dict:
@@ -133,13 +142,34 @@ def corruption_errors(id_acc: float, curves: dict, reference: dict | None) -> di
     return out
 
 
-def _linear_probe_reference(trial: optuna.Trial, own: dict) -> dict | None:
-    if trial.user_attrs.get("baseline") == "linear_probe":
-        return own
-    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+def _linear_probe_reference(trials) -> dict | None:
+    for t in trials:
         if t.user_attrs.get("baseline") == "linear_probe" and "shift_acc" in t.user_attrs:
             return {"id_acc": t.user_attrs["id_acc"], "shift_acc": t.user_attrs["shift_acc"]}
     return None
+
+
+def backfill_corruption_errors(study: optuna.Study, client, corruptions: list[str]) -> int:
+    """CE needs the linear probe's errors, so trials that finished before it (full FT is trial 0; with --workers any
+    trial may) got none. Once the linear probe has completed, log CE/mCE on their runs too. Returns how many."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ref = _linear_probe_reference(done)
+    if ref is None:
+        return 0
+    n = 0
+    for t in done:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if t.user_attrs.get("ce_logged") or "shift_acc" not in t.user_attrs or not run_id:
+            continue
+        if "mce" in client.get_run(run_id).data.metrics:  # an earlier backfill did it
+            continue
+        curves = {name: {sev: {"acc": a} for sev, a in accs.items()}
+                  for name, accs in t.user_attrs["shift_acc"].items() if name in corruptions}
+        ce = corruption_errors(t.user_attrs["id_acc"], curves, ref)
+        if ce:
+            tracking.log_metrics(client, run_id, ce)
+            n += 1
+    return n
 
 
 def objective(trial: optuna.Trial, ctx: dict):
@@ -153,6 +183,9 @@ def objective(trial: optuna.Trial, ctx: dict):
     trial.set_user_attr("mlflow_run_id", run_id)
     progress = ctx.get("progress", lambda *a: None)
     epoch, t0 = -1, time.perf_counter()
+    model = groups = opt = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # gpu_peak_mb is this trial's peak, not the process's
     try:
         model, groups = fresh_model(ctx)
         opt = train.make_optimizer(model, t.optimizer, p["lr"], t.momentum, t.weight_decay)
@@ -161,9 +194,7 @@ def objective(trial: optuna.Trial, ctx: dict):
         gen = torch.Generator().manual_seed(cfg.study.seed)
         x, y = data["train"]
         total, step = t.epochs * -(-len(x) // t.batch_size), 0
-        # Pruning waits prune_warmup epochs and, for trials that unfreeze, one epoch after the unfreeze:
-        # a frozen model looks worse early and must not be killed for it.
-        prune_from = max(cfg.study.prune_warmup, e + 1 if 0 < k and e < t.epochs else 0)
+        first_prune = prune_from(cfg.study.prune_warmup, k, e, t.epochs)
         for epoch in range(t.epochs):
             frozen = k if epoch < e else 0
             loss, step = train.train_one_epoch(model, groups, frozen, opt, x, y, t.batch_size, gen, step, total,
@@ -177,18 +208,22 @@ def objective(trial: optuna.Trial, ctx: dict):
             progress(trial.number, epoch, loss, val["acc"])
             if cfg.study.objective != "multi":  # Optuna cannot prune multi-objective studies
                 trial.report(val["acc"], epoch)
-                if epoch + 1 >= prune_from and epoch + 1 < t.epochs and trial.should_prune():
+                if epoch + 1 >= first_prune and epoch + 1 < t.epochs and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_acc {val['acc']:.4f} below the median")
         train_seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        vy = ctx["suite"]["labels"].get("selection", data["val"][1])
-        sel = selection_metrics(model, ctx["suite"]["selection"], vy, t.eval_batch_size, device)
+        sel = selection_metrics(model, ctx["suite"], data["val"][1], t.eval_batch_size, device)
         final, curves = test_metrics(model, ctx["suite"], data, t.eval_batch_size, device)
-        final.update(label_shift_metrics(model, ctx["suite"], data, t.eval_batch_size, device))
+        label = label_shift_metrics(model, ctx["suite"], data, t.eval_batch_size, device)
+        priors = label.pop("priors", None)
+        final.update(label)
         shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
-        final.update(corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in ctx["suite"]["test"]},
-                                       _linear_probe_reference(trial, {"id_acc": final["id_acc"], "shift_acc": shift_acc})))
+        own = {"id_acc": final["id_acc"], "shift_acc": shift_acc}
+        ref = own if baseline == "linear_probe" else _linear_probe_reference(
+            trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        ce = corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in ctx["suite"]["test"]}, ref)
+        final.update(ce)
         final.update(val_acc_final=val["acc"], train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
                      rss_mb=psutil.Process().memory_info().rss / 2**20,  # memory must not grow across trials
                      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -202,7 +237,10 @@ def objective(trial: optuna.Trial, ctx: dict):
         for name, cv in curves.items():
             for key in ("acc", "ece", "nll"):
                 tracking.log_steps(client, run_id, f"shift/{name}/{key}", {s: c[key] for s, c in cv.items()})
+        for key, prior in (priors or {}).items():
+            tracking.log_steps(client, run_id, f"label_shift/prior_{key}", dict(enumerate(prior)))
         trial.set_user_attr("id_acc", final["id_acc"])
+        trial.set_user_attr("ce_logged", bool(ce))
         if "ood_acc_mean" in final:
             trial.set_user_attr("ood_acc_mean", final["ood_acc_mean"])
         trial.set_user_attr("shift_acc", shift_acc)
@@ -227,7 +265,7 @@ def objective(trial: optuna.Trial, ctx: dict):
         raise
     finally:
         # free this trial's model and optimizer now: memory must not grow across trials (optuna#1224)
-        model = opt = None
+        model = groups = opt = None  # groups holds the modules too
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

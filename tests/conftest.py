@@ -65,5 +65,15 @@ def tiny_config(workdir) -> Path:
     return path
 
 
+def need_service(present: bool, what: str) -> None:
+    """Skip a test whose system service (PostgreSQL, Chromium) is missing, except under .ci/run, which installs them
+    and sets HARNESS_REQUIRE_SERVICES=1: there a missing service is a failure, never a silent skip."""
+    if present:
+        return
+    if os.environ.get("HARNESS_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what} is required under .ci/run (HARNESS_REQUIRE_SERVICES=1) but missing")
+    pytest.skip(f"{what} is missing (.ci/run installs it)")
+
+
 def created_files(root: Path, ignore=("tiny.toml",)) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name not in ignore)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need_service
 from test_results import shared_report
 
 pytestmark = pytest.mark.slow
@@ -127,8 +128,7 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium); the browser check needs a real Chromium")
+    need_service(Path(CHROMIUM).exists(), f"Chromium ({CHROMIUM}, apt-get install chromium)")
     b = Browser(tmp_path_factory.mktemp("chromium-profile"))
     yield b
     b.close()
@@ -175,8 +175,7 @@ def test_report_loads_clean_and_screenshot(browser, tmp_path_factory, tmp_path):
 def test_chromium_cli_screenshot_flags(tmp_path_factory, tmp_path):
     """The plain command line (`--screenshot --window-size=1400,3000` with the same isolation flags) also renders
     the report without a crash and writes a PNG: what a CI log or a person would run by hand."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is absent")
+    need_service(Path(CHROMIUM).exists(), f"Chromium ({CHROMIUM}, apt-get install chromium)")
     info = shared_report(tmp_path_factory)
     out = tmp_path / "cli.png"
     flags = [f for f in FLAGS if f != "--remote-debugging-pipe"]

@@ -52,6 +52,7 @@ BAD = [
     (["--set", "study.sampler=grid"], "study.sampler"),
     (["--set", "study.pruner=asha"], "study.pruner"),
     (["--set", "study.objective=loss"], "study.objective"),
+    (["--set", "study.objective=multi", "--set", "shifts.selection=[]"], "study.objective"),  # no OOD value
     (["--set", "train.optimizer=lion"], "train.optimizer"),
     (["--set", "shifts.test=[\"snowstorm\"]"], "shifts.test"),           # unknown shift
     (["--set", "shifts.test=[\"gaussian_blur\"]"], "shifts.test"),       # overlaps the selection shifts
@@ -61,6 +62,10 @@ BAD = [
     (["--storage", "redis://localhost"], "--storage"),
     (["--tracking-uri", "file:///tmp/mlruns"], "--tracking-uri"),        # MLflow 3 refuses the file store
     (["--config", "does_not_exist.toml"], "--config"),
+    (["--set", "train.weight_decay=nan"], "train.weight_decay"),         # TOML nan: not a number we can use
+    (["--set", "search.lr=[1e-3, inf]"], "search.lr[1]"),                # TOML inf
+    (["--timeout", "nan"], "study.timeout"),
+    (["--storage", "sqlite:///mlruns/mlflow.db"], "--storage"),          # Optuna in the MLflow database
 ]
 
 
@@ -84,6 +89,17 @@ def test_bad_toml_file_exits_2(workdir, capsys):
     assert study.main(["--config", "bad.toml"]) == 2
     assert "nonsense" in capsys.readouterr().err
     assert created_files(workdir, ignore=("bad.toml",)) == []
+
+
+def test_non_table_section_and_non_utf8_file_exit_2(workdir, capsys):
+    """`train = 3` with a --set train.x override, and a file that is not UTF-8, exit 2 naming the section / --config."""
+    (workdir / "odd.toml").write_text("train = 3\n")
+    assert study.main(["--config", "odd.toml", "--set", "train.epochs=2"]) == 2
+    assert "train" in capsys.readouterr().err
+    (workdir / "odd.toml").write_bytes(b"[study]\nname = \"\xff\xfe\"\n")
+    assert study.main(["--config", "odd.toml"]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert created_files(workdir, ignore=("odd.toml",)) == []
 
 
 def test_argparse_errors_exit_2(workdir):

@@ -17,6 +17,8 @@ from optuna.trial import TrialState
 
 from harness import study
 
+from conftest import need_service
+
 pytestmark = pytest.mark.slow
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -49,12 +51,24 @@ def _check_end_state(workdir, name, n, storage=None):
     return trials
 
 
+def _sampled_params_differ(trials):
+    """Workers seeded alike would sample identical trials; each process has its own sampler seed."""
+    sampled = [tuple(sorted(t.params.items())) for t in trials if "baseline" not in t.user_attrs]
+    assert len(sampled) >= 3 and len(set(sampled)) == len(sampled), sampled
+
+
 def test_three_workers_share_one_study(tiny_config, workdir):
-    """--workers 3 on one sqlite study: exactly n_trials finished trials, one MLflow child run each, no errors."""
+    """--workers 3 on one sqlite study: exactly n_trials finished trials, one MLflow child run each, no errors,
+    distinct sampled parameters, and the parent's best-trial tag names the best completed trial."""
     assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "6", "--workers", "3"]) == 0
     trials = _check_end_state(workdir, "tiny", 6)
     assert not [t for t in trials if t.state == TrialState.FAIL]
     assert len({t.system_attrs.get("harness.pid") for t in trials}) >= 2  # the work really was shared
+    _sampled_params_differ(trials)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    parent = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`harness.role` = 'study'")[0]
+    best = max(t.value for t in trials if t.state == TrialState.COMPLETE)
+    assert trials[int(parent.data.tags["harness.best_trial"])].value == best
 
 
 def test_sigkill_mid_trial_then_resume(tiny_config, workdir):
@@ -119,15 +133,28 @@ def test_unreachable_database_fails_fast(tiny_config, workdir, capsys):
     assert not (workdir / "mlruns" / "cache").exists()
 
 
+def test_unreachable_tracking_database_fails_fast(tiny_config, workdir, capsys):
+    """A database-backed tracking URI where nothing listens (MLflow alone retries for ~110 s): exit 1 within 30 s,
+    a message naming the host but not the password, nothing trained."""
+    uri = f"postgresql://harness:secret@127.0.0.1:{_free_port()}/mlflow"
+    t0 = time.time()
+    assert study.main(["--config", str(tiny_config), "--no-report", "--tracking-uri", uri]) == 1
+    assert time.time() - t0 < 30
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "127.0.0.1" in err and "secret" not in err
+    assert not (workdir / "mlruns" / "cache").exists()
+
+
 POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES")  # set by .ci/run, which starts Debian's PostgreSQL
 
 
-@pytest.mark.skipif(not POSTGRES, reason="HARNESS_TEST_POSTGRES not set (.ci/run starts PostgreSQL and sets it)")
 def test_three_workers_on_postgresql(tiny_config, workdir):
     """The many-machines storage: 3 worker processes on one PostgreSQL study end with exactly the requested
-    number of trials, one MLflow child run each, no failures."""
+    number of trials, one MLflow child run each, no failures, no two workers sampling the same parameters."""
+    need_service(bool(POSTGRES), "PostgreSQL (HARNESS_TEST_POSTGRES, set by .ci/run)")
     name = f"pg{int(time.time())}"
     assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "6", "--workers", "3",
                        "--storage", POSTGRES, "--study-name", name]) == 0
     trials = _check_end_state(workdir, name, 6, storage=POSTGRES)
     assert not [t for t in trials if t.state == TrialState.FAIL]
+    _sampled_params_differ(trials)

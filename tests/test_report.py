@@ -158,9 +158,10 @@ def test_fail_reason_with_html_is_escaped(built):
 
 
 def test_study_without_completed_trial_and_with_html_in_its_name(evil):
-    """A study whose trials all fail ends with exit 0, a clear line on stdout and a report that says so on top
-    (no traceback); its name, full of HTML, is escaped everywhere on the page."""
-    assert evil["rc"] == 0, evil["stdout"][-2000:]
+    """A study whose trials all fail stops after 3 failures in a row with exit 1 (its target was not reached), a
+    clear line on stdout and a report that says so on top (no traceback); its name, full of HTML, is escaped
+    everywhere on the page."""
+    assert evil["rc"] == 1, evil["stdout"][-2000:]
     assert "has no completed trial" in evil["stdout"] and "3 failed" in evil["stdout"]
     page = evil["page"]
     assert 'id="no-completed"' in page and "has no completed trial" in page

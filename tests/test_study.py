@@ -84,6 +84,12 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
             assert 0 <= run.data.metrics["id_acc"] <= 1
             assert [m.step for m in client.get_metric_history(run.info.run_id, "shift/gaussian_noise/acc")] == [1, 3]
             assert "ood_acc_mean" in run.data.metrics and "ood_acc_worst" in run.data.metrics
+            # CE against the linear probe, trial 0 included (it finished before the probe: backfilled)
+            assert run.data.metrics["mce"] > 0 and "shift/contrast/ce" in run.data.metrics
+            true, est = (client.get_metric_history(run.info.run_id, f"label_shift/prior_{k}") for k in ("true", "bbse"))
+            assert sorted(m.step for m in true) == sorted(m.step for m in est) == list(range(5))
+            assert sum(m.value for m in true) == pytest.approx(1.0)
+    assert "gaussian_noise:noise" in parent.data.tags["harness.shifts.family"].split(",")
 
     # resume: one more trial, a hopeless one that the median pruner must stop
     s.enqueue_trial({"lr": 1e-7, "freeze_layers": 0})
@@ -136,3 +142,25 @@ def test_nan_loss_fails_trial_with_reason_and_study_goes_on(tiny_config, workdir
     run = _client(workdir).get_run(failed[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["harness.fail_reason"]
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in s.get_trials()) == 4
+
+
+def test_multi_objective_pareto_without_pruning(tiny_config, workdir):
+    """objective = multi: two maximized values per trial (val_acc, ood_val_acc), never pruned (Optuna cannot prune
+    multi-objective studies, and the pruner is recorded as none), a Pareto front, and a report that ranks by the
+    first value."""
+    assert study.main(["--config", str(tiny_config), "--n-trials", "5", "--set", 'study.objective="multi"']) == 0
+    s = _study(workdir)
+    assert [d.name for d in s.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    trials = s.get_trials()
+    assert len(trials) == 5 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    assert all(0 <= v <= 1 for t in trials for v in t.values)
+    assert s.best_trials  # the Pareto front
+    client = _client(workdir)
+    exp = client.get_experiment_by_name("tiny")
+    parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+    assert parent.data.tags["harness.pruner"] == "none" and parent.data.tags["harness.objective"] == "multi"
+    for t in trials:
+        m = client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
+        assert (m["val_acc_final"], m["ood_val_acc"]) == pytest.approx(tuple(t.values))
+    page = (workdir / "reports" / "tiny" / "index.html").read_text()
+    assert "val_acc (1st objective)" in page

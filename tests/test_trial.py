@@ -29,15 +29,84 @@ def test_baselines_are_full_ft_linear_probe_lp_ft():
     assert b["lp_ft"]["unfreeze_epoch"] == cfg.train.epochs // 2
 
 
-def test_selection_metrics_only_receive_selection_sets():
-    """selection_metrics is computed from the selection suite alone: poisoning every test set (NaN images)
-    leaves it unchanged."""
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+def test_pruning_waits_for_one_epoch_after_the_unfreeze():
+    """A trial unfreezing at epoch 4 of 6 cannot be pruned before it trained 5 epochs (epoch 4 all unfrozen); full
+    fine-tuning and the linear probe only wait the warm-up."""
+    assert trial.prune_from(warmup=1, k=2, e=4, epochs=6) == 5
+    assert trial.prune_from(warmup=3, k=2, e=1, epochs=6) == 3
+    assert trial.prune_from(warmup=1, k=0, e=0, epochs=6) == 1
+    assert trial.prune_from(warmup=1, k=4, e=6, epochs=6) == 1  # never unfrozen
+
+
+def _tiny_suite(g):
+    """A suite in the layout suite.build returns: 10 validation and 12 test images of 3x4x4, 3 classes."""
+    img = lambda n: torch.rand(n, 3, 4, 4, generator=g)
+    return {"selection": {"gaussian_blur": {1: img(10), 3: img(10)}},
+            "test": {"gaussian_noise": {1: img(12), 3: img(12)}, "contrast": {1: img(12), 3: img(12)}},
+            "test_sets": {"label_shift": (img(12), torch.randint(0, 3, (12,), generator=g))},
+            "labels": {"selection": torch.randint(0, 3, (10,), generator=g), "test": torch.randint(0, 3, (12,), generator=g)},
+            "family": {"gaussian_blur": "blur", "gaussian_noise": "noise", "contrast": "digital", "label_shift": "label"},
+            "priors": {"label_shift": torch.tensor([0.2, 0.3, 0.5])}}
+
+
+def _linear(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+
+
+def test_selection_metrics_cannot_read_test_shifts():
+    """selection_metrics gets the whole suite but reads only its selection part: replacing every held-out test set
+    with NaN images leaves it bit-identical, while changing a selection set does change it (so the check can fail)."""
     g = torch.Generator().manual_seed(0)
-    sel = {"gaussian_blur": {1: torch.rand(10, 3, 4, 4, generator=g)}}
-    y = torch.randint(0, 3, (10,), generator=g)
-    clean = trial.selection_metrics(model, sel, y, 8, torch.device("cpu"))
+    suite, model, cpu = _tiny_suite(g), _linear(), torch.device("cpu")
+    val_y = torch.zeros(10, dtype=torch.long)
+    clean = trial.selection_metrics(model, suite, val_y, 8, cpu)
     assert 0 <= clean["ood_val_acc"] <= 1 and set(clean["per_shift"]) == {"gaussian_blur"}
+    nan = lambda x: torch.full_like(x, float("nan"))
+    poisoned = {**suite, "test": {n: {s: nan(x) for s, x in sev.items()} for n, sev in suite["test"].items()},
+                "test_sets": {n: (nan(x), y) for n, (x, y) in suite["test_sets"].items()}}
+    assert trial.selection_metrics(model, poisoned, val_y, 8, cpu) == clean
+    moved = {**suite, "selection": {"gaussian_blur": {s: 1 - x for s, x in suite["selection"]["gaussian_blur"].items()}}}
+    assert trial.selection_metrics(model, moved, val_y, 8, cpu)["per_shift"] != clean["per_shift"]
+
+
+def test_test_metrics_means_worst_families_and_label_shift():
+    """test_metrics: id_* on the clean test split; per shift and severity acc/ece/nll on the shifted sets with their
+    own (subset) labels; ood_acc_mean = mean over shifts of each shift's mean over severities, worst = the lowest
+    such mean, one ood_acc/<family> per family. label_shift_metrics: balanced accuracy and BBSE priors that sum to 1."""
+    g = torch.Generator().manual_seed(1)
+    suite, model, cpu = _tiny_suite(g), _linear(1), torch.device("cpu")
+    data = {"test": (torch.rand(20, 3, 4, 4, generator=g), torch.randint(0, 3, (20,), generator=g)),
+            "val": (torch.rand(30, 3, 4, 4, generator=g), torch.arange(30) % 3), "classes": ["a", "b", "c"]}
+    final, curves = trial.test_metrics(model, suite, data, 8, cpu)
+    logits = model(data["test"][0])
+    assert final["id_acc"] == pytest.approx((logits.argmax(1) == data["test"][1]).double().mean().item())
+    assert set(curves) == {"gaussian_noise", "contrast", "label_shift"} and set(curves["contrast"]) == {1, 3}
+    acc = (model(suite["test"]["contrast"][3]).argmax(1) == suite["labels"]["test"]).double().mean().item()
+    assert curves["contrast"][3]["acc"] == pytest.approx(acc)
+    means = {n: sum(c["acc"] for c in cv.values()) / len(cv) for n, cv in curves.items()}
+    assert final["ood_acc_mean"] == pytest.approx(sum(means.values()) / 3)
+    assert final["ood_acc_worst"] == pytest.approx(min(means.values()))
+    assert final["ood_acc/digital"] == pytest.approx(means["contrast"]) and "ood_acc/label" in final
+    label = trial.label_shift_metrics(model, suite, data, 8, cpu)
+    assert 0 <= label["label_shift/balanced_acc"] <= 1
+    assert sum(label["priors"]["bbse"]) == pytest.approx(1) and label["priors"]["true"] == pytest.approx([0.2, 0.3, 0.5])
+    assert label["label_shift/prior_l1_error"] == pytest.approx(
+        sum(abs(a - b) for a, b in zip(label["priors"]["bbse"], label["priors"]["true"])))
+
+
+def test_corruption_errors_against_the_linear_probe():
+    """CE_c = sum_s E_s,c / sum_s E_lp_s,c and relative CE subtracts clean errors (Hendrycks & Dietterich 2019, with
+    the study's linear probe in AlexNet's place): the probe itself scores 1; nothing without a reference."""
+    ref = {"id_acc": 0.8, "shift_acc": {"fog": {"1": 0.6, "3": 0.4}}}
+    curves = {"fog": {1: {"acc": 0.7}, 3: {"acc": 0.5}}}
+    out = trial.corruption_errors(0.9, curves, ref)
+    assert out["shift/fog/ce"] == pytest.approx((0.3 + 0.5) / (0.4 + 0.6))
+    assert out["shift/fog/rce"] == pytest.approx((0.2 + 0.4) / (0.2 + 0.4))
+    assert out["mce"] == out["shift/fog/ce"] and out["relative_mce"] == out["shift/fog/rce"]
+    probe = {"fog": {int(s): {"acc": a} for s, a in ref["shift_acc"]["fog"].items()}}
+    assert trial.corruption_errors(0.8, probe, ref)["mce"] == pytest.approx(1.0)
+    assert trial.corruption_errors(0.9, curves, None) == {}
 
 
 @pytest.mark.slow
