@@ -37,6 +37,9 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     assert study.main(["--config", str(tiny_config), "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "harness.ui" in out and "harness.report" in out  # the end tells how to look at the results
+    # progress, as plain lines when stdout is not a terminal: trial i of N, epoch, best so far
+    assert "trial 0 (1 of 4)  epoch 1/3  train_loss" in out and "\r" not in out
+    assert "best so far" in out.split("trial 1 (2 of 4)", 1)[1]
 
     s = _study(workdir)
     trials = s.get_trials()
@@ -98,6 +101,7 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     trials = s.get_trials()
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 5
     assert len(client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")) == 1
+    assert len(client.get_metric_history(parent.info.run_id, "pretrain_loss")) == 2  # logged once, not per resume
     children = _children(client, exp.experiment_id, parent.info.run_id)
     assert len(children) == len(trials)  # the new trial's run sits under the same parent
     hopeless = trials[-1]
@@ -109,21 +113,26 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     assert len(client.get_metric_history(run.info.run_id, "val_acc")) == hopeless.user_attrs["pruned_epoch"] + 1
 
 
-def test_same_seed_same_val_acc_sequence(tiny_config, workdir):
-    """Two studies with the same seed and config (different names): identical val_acc curves, trial by trial."""
-    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "2", "--set", "study.pruner=\"none\""]
-    assert study.main(args + ["--study-name", "a"]) == 0
-    assert study.main(args + ["--study-name", "b"]) == 0
-    client = _client(workdir)
+def test_same_seed_same_val_acc_sequence(tiny_config, workdir, monkeypatch):
+    """Two studies with the same seed and config in two fresh folders (each pretrains anew, no cache shared):
+    identical pretraining curves and identical val_acc curves, trial by trial, sampled trials included."""
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "4", "--set", "study.pruner=\"none\""]
+    for name in ("a", "b"):
+        (workdir / name).mkdir()
+        monkeypatch.chdir(workdir / name)
+        assert study.main(args + ["--study-name", name]) == 0
 
     def curves(name):
+        client = _client(workdir / name)
         exp = client.get_experiment_by_name(name)
         parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
-        return [[m.value for m in client.get_metric_history(r.info.run_id, "val_acc")]
-                for r in _children(client, exp.experiment_id, parent.info.run_id)]
+        pre = [m.value for m in client.get_metric_history(parent.info.run_id, "pretrain_loss")]
+        return [pre] + [[m.value for m in client.get_metric_history(r.info.run_id, "val_acc")]
+                        for r in _children(client, exp.experiment_id, parent.info.run_id)]
 
     a, b = curves("a"), curves("b")
-    assert len(a) == 2 and all(len(c) == 3 for c in a)
+    assert len(a[0]) == 2  # the tiny config pretrains 2 epochs, logged once
+    assert len(a) == 5 and all(len(c) == 3 for c in a[1:])
     assert a == b
 
 
