@@ -1,10 +1,12 @@
 """`python -m harness.bench [--quick]`: the performance figures of DESIGN §10, measured in one run, written to
-reports/bench.md and printed.
+reports/bench.md and printed, each against its target (ok / MISSED):
 
-(a) harness trial training throughput / a bare PyTorch loop doing identical work (target >= 0.95),
-(b) MLflow per-epoch logging as a share of epoch time (target < 2%),
+(a) a real trial's training part (harness.trial.objective: model build, training, per-epoch validation, MLflow
+    logging and pruning checks; its train_seconds) against a bare PyTorch loop doing identical work (>= 0.95x),
+(b) every MLflow call of a trial as a share of the trial's wall time (< 2%),
 (c) trials per minute of the default study with and without pruning,
-(d) shift-suite build time and per-trial evaluation time, (e) peak memory; with device, versions, command line.
+(d) shift-suite build, the config's shifts and every registered one (< 30 s), and shift evaluation per trial,
+    eval_seconds / train_seconds (<= 25%), (e) peak memory; with device, versions, command line.
 """
 
 from __future__ import annotations
@@ -20,21 +22,24 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import torch
 import torch.nn.functional as F
 
-from harness import config, data as datamod, models, suite as suitemod, tracking, train
+from harness import config, data as datamod, models, suite as suitemod, tracking
 
 # --quick shrinks every workload (seconds, for the test suite); the figures worth quoting come from the full run.
 QUICK = ["data.labels_per_class=12", "data.image_size=16", "pretrain.epochs=1", "train.epochs=2",
          "search.unfreeze_epoch=[1, 2]", 'shifts.selection=["gaussian_blur"]', 'shifts.test=["gaussian_noise"]',
          "shifts.severities=[1, 3]"]
-# The measured training schedule, as a trial with freeze_layers = 2, unfreeze_epoch = 1 runs it: the first epoch
-# with stem and layer1 frozen (no grads, BN in eval mode), then everything trains.
-FREEZE, UNFREEZE = 2, 1
+# The measured trial's hyperparameters: stem and layer1 frozen (no grads, BN in eval mode) for the first epoch,
+# then everything trains; lr inside the default search range [1e-3, 0.3].
+PARAMS = {"lr": 0.05, "freeze_layers": 2, "unfreeze_epoch": 1}
+# DESIGN §10 and the issue's targets
+TARGETS = {"ratio": 0.95, "mlflow_share": 0.02, "suite_seconds": 30.0, "eval_share": 0.25}
 
 
 def _sync(device):
@@ -42,50 +47,117 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def harness_run(cfg, data, device, epochs) -> tuple[float, torch.nn.Module]:
-    """(seconds, trained model) for `epochs` epochs through harness.train, freezing handled as harness.trial.objective does."""
-    t = cfg.train
-    model, groups = models.build(cfg.model.name, len(data["classes"]), seed=0)
-    model = train.prepare(model, device, compile=t.compile)
-    opt = train.make_optimizer(model, "sgd", 0.05, t.momentum, t.weight_decay)
+def trial_context(cfg) -> dict:
+    """The context a study worker runs its trials in, built by harness.study.setup under ./mlruns (the caller's
+    working directory): device-resident data, pretrained weights, shift suite, MLflow sqlite store, parent run."""
+    from harness import study as studymod
+
+    n_groups = studymod.preflight(cfg)
+    (Path.cwd() / "mlruns").mkdir(exist_ok=True)
+    studymod.open_study(cfg, studymod.storage_of(cfg), create=True)
+    return studymod.setup(cfg, n_groups, launcher=False, log=lambda *a: None)
+
+
+def time_client(client) -> dict:
+    """Instrument this MlflowClient instance: every public method still calls the real store, and adds its calls and
+    seconds to the returned dict (method -> [calls, seconds]). Nested calls count once, in the outer method."""
+    spent, depth = {}, [0]
+
+    def timed(name, method):
+        def call(*args, **kwargs):
+            if depth[0]:
+                return method(*args, **kwargs)
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                entry = spent.setdefault(name, [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - t0
+        return call
+
+    for name in dir(type(client)):
+        if not name.startswith("_") and callable(getattr(type(client), name, None)):
+            setattr(client, name, timed(name, getattr(client, name)))
+    return spent
+
+
+def harness_trial(ctx: dict, spent: dict, n: int, keep_state: bool = False) -> dict:
+    """One trial through harness.trial.objective with PARAMS enqueued, in a study of its own (sqlite storage, the
+    config's sampler and median pruner: with one trial it never prunes, so every measured trial runs whole; and the
+    study's best-weights upload runs for every trial, the worst case). The study's progress callback and
+    best-weights upload are hooked in as harness.study.work does. Returns its wall time, the train_seconds and
+    eval_seconds it logged, its MLflow calls (method -> [calls, seconds]), its val_acc per epoch and, with
+    keep_state, its final state_dict."""
+    from harness import study as studymod, trial as trialmod
+
+    cfg = ctx["cfg"]
+    name = f"{cfg.study.name}-{n}"
+    run_ctx = {**ctx, "study": studymod.open_study(replace(cfg, study=replace(cfg.study, name=name)), ctx["storage"],
+                                                   create=True)}
+    out = {}
+
+    def on_complete(trial, value, model, run_id):
+        if keep_state:
+            out["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        studymod._save_if_best(trial, value, model, run_id)
+
+    studymod._save_if_best.ctx = run_ctx
+    run_ctx["on_complete"] = on_complete
+    run_ctx["study"].enqueue_trial(PARAMS)
+    trial = run_ctx["study"].ask()
+    with contextlib.redirect_stdout(io.StringIO()):  # progress lines, as a non-tty study would print them
+        run_ctx["progress"] = studymod._progress(run_ctx, "", lambda *a: None)
+        spent.clear()
+        t0 = time.perf_counter()
+        value = trialmod.objective(trial, run_ctx)
+        out["wall"] = time.perf_counter() - t0
+        out["mlflow"] = {k: list(v) for k, v in spent.items()}
+    run_ctx["study"].tell(trial, value)
+    client, run_id = ctx["client"], trial.user_attrs["mlflow_run_id"]
+    metrics = client.get_run(run_id).data.metrics
+    out.update(train_seconds=metrics["train_seconds"], eval_seconds=metrics["eval_seconds"],
+               val_acc=[m.value for m in sorted(client.get_metric_history(run_id, "val_acc"), key=lambda m: m.step)])
+    return out
+
+
+def bare_run(ctx: dict) -> tuple[float, torch.nn.Module, list[float]]:
+    """The training part of harness_trial's trial with no harness code in the loop: same model build and pretrained
+    weights, data tensors, batch order, freezing, SGD with a per-step cosine lr, and the same validation pass after
+    every epoch; a plain PyTorch loop written out. Timed over the span the trial's train_seconds covers, from the
+    model's construction to the last epoch's validation. Returns (seconds, model, val_acc per epoch)."""
+    cfg, device, data = ctx["cfg"], ctx["device"], ctx["data"]
+    t, cuda = cfg.train, device.type == "cuda"
+    if t.optimizer != "sgd" or t.schedule != "cosine":
+        raise ValueError("bench: the bare loop writes out SGD with a cosine schedule; run it on such a config")
     x, y = data["train"]
-    gen = torch.Generator().manual_seed(0)
-    total, step = epochs * -(-len(x) // t.batch_size), 0
-    _sync(device)
+    vx, vy = data["val"]
+    lr, k, e = PARAMS["lr"], PARAMS["freeze_layers"], PARAMS["unfreeze_epoch"]
     t0 = time.perf_counter()
-    for epoch in range(epochs):
-        frozen = FREEZE if epoch < UNFREEZE else 0
-        _, step = train.train_one_epoch(model, groups, frozen, opt, x, y, t.batch_size, gen, step, total, 0.05,
-                                        "cosine", device)
-    _sync(device)
-    return time.perf_counter() - t0, model
-
-
-def bare_run(cfg, data, device, epochs) -> tuple[float, torch.nn.Module]:
-    """The same work as harness_run with no harness code in the loop: same model and init, data tensors, batch
-    order, cosine lr per step, SGD settings, frozen modules; a plain PyTorch loop written out."""
-    t = cfg.train
-    model, groups = models.build(cfg.model.name, len(data["classes"]), seed=0)  # the model, not the loop
-    frozen_modules = [groups[name] for name in list(groups)[:FREEZE]]
+    model, groups = models.build(cfg.model.name, len(data["classes"]), seed=cfg.study.seed)  # the model, not the loop
+    if ctx.get("pretrained") is not None:
+        models.load_weights(model, groups, ctx["pretrained"])
+    else:
+        models.initial_weights(cfg.model.name, cfg.model.weights, model, groups)
+    frozen_modules = [groups[name] for name in list(groups)[:k]]
     frozen_params = [p for m in frozen_modules for p in m.parameters()]
     model = model.to(device)
-    cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     if t.compile:
         model.compile()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=t.momentum, weight_decay=t.weight_decay,
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay,
                           nesterov=t.momentum > 0)
-    x, y = data["train"]
-    gen = torch.Generator().manual_seed(0)
-    total, step, base_lr = epochs * -(-len(x) // t.batch_size), 0, 0.05
-    _sync(device)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
+    gen = torch.Generator().manual_seed(cfg.study.seed)
+    total, step, val_acc = t.epochs * -(-len(x) // t.batch_size), 0, []
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    for epoch in range(t.epochs):
         model.train()
         for p in frozen_params:
-            p.requires_grad_(epoch >= UNFREEZE)
-        if epoch < UNFREEZE:
+            p.requires_grad_(epoch >= e)
+        if epoch < e:
             for m in frozen_modules:
                 m.eval()
         perm = torch.randperm(len(x), generator=gen).to(x.device)
@@ -96,31 +168,46 @@ def bare_run(cfg, data, device, epochs) -> tuple[float, torch.nn.Module]:
             if cuda:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
-                g["lr"] = 0.5 * base_lr * (1 + math.cos(math.pi * step / total))
-            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+                g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+            with amp():
                 loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             running += loss.detach() * len(idx)
-        running.item()
-    _sync(device)
-    return time.perf_counter() - t0, model
+        running.item()  # the epoch's mean loss, as a loop that prints it would
+        model.eval()
+        with torch.inference_mode():
+            logits = []
+            for i in range(0, len(vx), t.eval_batch_size):
+                xb = vx[i:i + t.eval_batch_size]
+                with amp():
+                    logits.append(model(xb.contiguous(memory_format=torch.channels_last) if cuda else xb).float())
+            logits = torch.cat(logits)
+            val_acc.append((logits.argmax(1) == vy).float().mean().item())
+            F.cross_entropy(logits, vy).item()
+    return time.perf_counter() - t0, model, val_acc
 
 
-def throughput(cfg, data, device, repeats, epochs) -> dict:
-    """Both loops alternated (which one goes first alternates too) after one warm-up each. On a shared machine the
-    load changes from one minute to the next, so the headline ratio is the median over back-to-back pairs, each
-    pair run under about the same load; ratios of the medians and of the bests are reported too."""
-    harness_run(cfg, data, device, 1), bare_run(cfg, data, device, 1)
-    times = {"harness": [], "bare": []}
+def throughput(ctx: dict, repeats: int) -> dict:
+    """Real trials and bare loops alternated (which one goes first alternates too) after one warm-up each. On a
+    shared machine the load changes from one minute to the next, so the headline ratio is the median over
+    back-to-back pairs, each pair run under about the same load; ratios of the medians and of the bests too.
+    Also collects, per trial, its MLflow calls (b) and its eval_seconds / train_seconds (d)."""
+    spent = time_client(ctx["client"])
+    harness_trial(ctx, spent, 0), bare_run(ctx)
+    times, trials = {"harness": [], "bare": []}, []
     for r in range(repeats):
-        order = ("harness", "bare") if r % 2 == 0 else ("bare", "harness")
-        for name in order:
-            times[name].append((harness_run if name == "harness" else bare_run)(cfg, data, device, epochs)[0])
-    images = epochs * len(data["train"][0])
-    out = {"images": images, "epochs": epochs, "repeats": repeats, "times": times}
+        for name in (("harness", "bare") if r % 2 == 0 else ("bare", "harness")):
+            _sync(ctx["device"])  # each side starts on an idle device
+            if name == "harness":
+                trials.append(harness_trial(ctx, spent, r + 1))
+                times["harness"].append(trials[-1]["train_seconds"])
+            else:
+                times["bare"].append(bare_run(ctx)[0])
+    images = ctx["cfg"].train.epochs * len(ctx["data"]["train"][0])
+    out = {"images": images, "epochs": ctx["cfg"].train.epochs, "repeats": repeats, "times": times, "trials": trials}
     for name, ts in times.items():
         out[f"{name}_median"] = images / statistics.median(ts)
         out[f"{name}_best"] = images / min(ts)
@@ -128,39 +215,34 @@ def throughput(cfg, data, device, repeats, epochs) -> dict:
     out["ratio_best"] = out["harness_best"] / out["bare_best"]
     out["ratios"] = [b / h for h, b in zip(times["harness"], times["bare"])]
     out["ratio_paired"] = statistics.median(out["ratios"])
-    out["epoch_seconds"] = statistics.median(times["harness"]) / epochs
     return out
 
 
-def eval_seconds(cfg, data, device, repeats) -> float:
-    """Median time of the per-epoch validation pass of a trial."""
-    model, _ = models.build(cfg.model.name, len(data["classes"]), seed=0)
-    model = train.prepare(model, device)
-    ts = []
-    for _ in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        train.evaluate(model, *data["val"], cfg.train.eval_batch_size, device)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts[1:])
+def mlflow_share(trials: list[dict]) -> dict:
+    """Every MLflow call of a trial (child run creation, per-epoch log_batch, end-of-trial metrics and per-severity
+    steps, the best-weights upload, end_run) as a share of the trial's wall time; medians over the trials."""
+    shares = [sum(s for _, s in t["mlflow"].values()) / t["wall"] for t in trials]
+    methods = sorted({m for t in trials for m in t["mlflow"]})
+    per = {m: (statistics.median(t["mlflow"].get(m, [0, 0.0])[0] for t in trials),
+               statistics.median(t["mlflow"].get(m, [0, 0.0])[1] for t in trials)) for m in methods}
+    return {"share": statistics.median(shares), "shares": shares, "per_method": per,
+            "seconds": statistics.median(sum(s for _, s in t["mlflow"].values()) for t in trials),
+            "wall": statistics.median(t["wall"] for t in trials)}
 
 
-def logging_time(uri: str, n: int) -> list[float]:
-    """Seconds of each per-epoch tracking.log_metrics call (the 5 metrics a trial logs) on a fresh child run."""
-    client = tracking.connect(uri)
-    exp = tracking.experiment(client, "bench-logging", None)
-    parent, _ = tracking.parent_run(client, exp, "bench-logging")
-    run = tracking.child_run(client, exp, parent, "bench-logging", 0, {"lr": 0.05, "freeze_layers": 2,
-                                                                         "unfreeze_epoch": 1})
-    ts = []
-    for epoch in range(n):
+def suite_builds(cfg, data) -> dict:
+    """harness.suite.build with no cache: the config's shift lists, and every shift in harness.shifts.SHIFTS (the
+    config's selection shifts on val, all the others held out on test) at the config's severities and eval_images."""
+    from harness import shifts
+
+    out = {}
+    every = replace(cfg.shifts, test=[n for n in shifts.SHIFTS if n not in cfg.shifts.selection])
+    for name, sh in (("config", cfg.shifts), ("all", every)):
         t0 = time.perf_counter()
-        tracking.log_metrics(client, run, {"train_loss": 1.0 / (epoch + 1), "val_acc": 0.5, "val_loss": 0.7,
-                                           "frozen_layers": 2, "lr": 0.01}, step=epoch)
-        ts.append(time.perf_counter() - t0)
-    tracking.end_run(client, run, "FINISHED")
-    tracking.end_run(client, parent, "FINISHED")
-    return ts
+        _, info = suitemod.build(sh, data, None)
+        out[name] = {"seconds": time.perf_counter() - t0, "n_sets": info["n_sets"],
+                     "n_shifts": len(sh.selection) + len(sh.test)}
+    return out
 
 
 def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) -> dict:
@@ -219,8 +301,12 @@ def device_line(device: torch.device) -> str:
 
 
 def render(r: dict) -> str:
-    a, s, lg, st, tt = r["throughput"], r["suite"], r["logging"], r["study"], r["trial_times"]
+    a, b, s, st, tt = r["throughput"], r["mlflow"], r["suite"], r["study"], r["trial_times"]
     ok = lambda good: "ok" if good else "MISSED"
+    ev = statistics.median(t["eval_seconds"] / t["train_seconds"] for t in a["trials"])
+    ev_study = tt["eval"] / tt["train"]
+    tr = a["trials"]
+    ev_s, tr_s = [t["eval_seconds"] for t in tr], [t["train_seconds"] for t in tr]
     lines = [
         "# harness benchmark", "",
         f"- command: `{r['command']}`",
@@ -229,42 +315,71 @@ def render(r: dict) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if k != "platform"),
         f"- platform: {r['versions'].get('platform', '')}",
         f"- workload: the default study (`studies/default.toml`, model `{r['model']}`, "
-        f"{r['n_train']} training images of {r['image_size']} px, batch {r['batch_size']})"
+        f"{r['n_train']} training images of {r['image_size']} px, batch {r['batch_size']}, {a['epochs']} epochs)"
         + (" with the --quick overrides " + " ".join(f"`{o}`" for o in QUICK) if r["quick"] else ""),
+        f"- measured trial: {PARAMS} (its first epoch with {PARAMS['freeze_layers']} groups frozen, then all train)",
+        *(["- --quick shrinks a trial to a fraction of a second of compute, so fixed costs (per-epoch logging and "
+            "pruning checks, run creation, the evaluation of every shifted set) weigh far more than in a real study: "
+            "its ok / MISSED verdicts show that the benchmark runs, not where the harness stands."] if r["quick"] else []),
         "",
         "| measure | value | target | |",
         "|---|---|---|---|",
-        f"| harness / bare throughput (median of {a['repeats']} back-to-back pairs) | {a['ratio_paired']:.3f} | "
-        f">= 0.95 | {ok(a['ratio_paired'] >= 0.95)} |",
-        f"| harness / bare throughput (median of {a['repeats']} each) | {a['ratio_median']:.3f} | >= 0.95 | "
-        f"{ok(a['ratio_median'] >= 0.95)} |",
-        f"| harness / bare throughput (best of {a['repeats']}) | {a['ratio_best']:.3f} | >= 0.95 | "
-        f"{ok(a['ratio_best'] >= 0.95)} |",
-        f"| MLflow logging / epoch time | {100 * lg['share']:.2f}% | < 2% | {ok(lg['share'] < 0.02)} |",
-        f"| trials per minute, no pruning | {st['none']['per_minute']:.2f} | | |",
-        f"| trials per minute, median pruning | {st['median']['per_minute']:.2f} | | |",
-        f"| shift-suite build | {s['seconds']:.2f} s ({s['n_sets']} sets) | once per study | |",
-        f"| per-trial evaluation (median) | {tt['eval']:.2f} s of {tt['train'] + tt['eval']:.2f} s "
-        f"({100 * tt['eval'] / (tt['train'] + tt['eval']):.0f}%) | | |",
-        f"| peak RSS | {r['peak_rss_mb']:.0f} MB | no growth across trials | |",
+        f"| (a) trial training / bare loop, throughput (median of {a['repeats']} back-to-back pairs) | "
+        f"{a['ratio_paired']:.3f} | >= {TARGETS['ratio']} | {ok(a['ratio_paired'] >= TARGETS['ratio'])} |",
+        f"| (a) same, ratio of the medians of {a['repeats']} each | {a['ratio_median']:.3f} | >= {TARGETS['ratio']} | "
+        f"{ok(a['ratio_median'] >= TARGETS['ratio'])} |",
+        f"| (a) same, ratio of the bests of {a['repeats']} each | {a['ratio_best']:.3f} | >= {TARGETS['ratio']} | "
+        f"{ok(a['ratio_best'] >= TARGETS['ratio'])} |",
+        f"| (b) MLflow logging / trial wall time (every call of the trial) | {100 * b['share']:.2f}% | "
+        f"< {100 * TARGETS['mlflow_share']:.0f}% | {ok(b['share'] < TARGETS['mlflow_share'])} |",
+        f"| (c) trials per minute, no pruning | {st['none']['per_minute']:.2f} | | |",
+        f"| (c) trials per minute, median pruning | {st['median']['per_minute']:.2f} | | |",
+        f"| (d) shift-suite build, the config's {s['config']['n_shifts']} shifts ({s['config']['n_sets']} sets) | "
+        f"{s['config']['seconds']:.1f} s | < {TARGETS['suite_seconds']:.0f} s | "
+        f"{ok(s['config']['seconds'] < TARGETS['suite_seconds'])} |",
+        f"| (d) shift-suite build, all {s['all']['n_shifts']} registered shifts ({s['all']['n_sets']} sets) | "
+        f"{s['all']['seconds']:.1f} s | < {TARGETS['suite_seconds']:.0f} s | "
+        f"{ok(s['all']['seconds'] < TARGETS['suite_seconds'])} |",
+        f"| (d) shift evaluation: eval_seconds / train_seconds of a trial (median of {len(tr)}) | {100 * ev:.0f}% | "
+        f"<= {100 * TARGETS['eval_share']:.0f}% | {ok(ev <= TARGETS['eval_share'])} |",
+        f"| (d) same, completed trials of study bench-none (median of {tt['n']}) | {100 * ev_study:.0f}% | "
+        f"<= {100 * TARGETS['eval_share']:.0f}% | {ok(ev_study <= TARGETS['eval_share'])} |",
+        f"| (e) peak RSS | {r['peak_rss_mb']:.0f} MB | no growth across trials | |",
         "",
-        "## (a) training throughput",
-        f"{a['epochs']} epochs x {a['images'] // a['epochs']} images per measurement; schedule: {FREEZE} groups "
-        f"frozen for {UNFREEZE} epoch(s), then all train; SGD, cosine lr per step; both loops alternate, one "
-        f"warm-up each.",
+        "## (a) training throughput: a real trial against a bare PyTorch loop",
+        "Harness: `harness.trial.objective` on an Optuna trial of a study in sqlite storage "
+        "(`harness.study.open_study`, the config's sampler and pruner), in the context `harness.study.setup` builds "
+        "(device-resident data, pretrained weights, shift suite, an MLflow sqlite store in a temp dir), with the "
+        "study's progress callback and best-weights upload hooked in as `harness.study.work` does. Timed by the "
+        "trial's own `train_seconds`: from building the model to the end of the last epoch, i.e. model build and "
+        "pretrained weights, per-epoch training and validation, per-epoch MLflow logging, "
+        "`trial.report`/`should_prune`.",
+        "Bare: the same span of identical work as a plain PyTorch loop: same model build and weights, data tensors, "
+        "batch order, freezing, SGD with a per-step cosine lr, and the same validation pass after every epoch; no "
+        "MLflow, Optuna or harness code in the loop (tests/test_bench.py checks that on CPU both end with "
+        "bit-identical weights and the same val_acc every epoch).",
+        "Not compared: the trial's final held-out evaluation (the clean test set and every shifted set), which the "
+        "bare loop does not do; it is `eval_seconds`, in (d). Its MLflow writes are in (b). Both sides alternate, "
+        "one warm-up each.",
         "",
-        f"- harness (harness.train.train_one_epoch): {a['harness_median']:.0f} img/s median, "
-        f"{a['harness_best']:.0f} best; seconds {', '.join(f'{v:.3f}' for v in a['times']['harness'])}",
-        f"- bare PyTorch loop: {a['bare_median']:.0f} img/s median, {a['bare_best']:.0f} best; "
-        f"seconds {', '.join(f'{v:.3f}' for v in a['times']['bare'])}",
-        f"- ratio harness / bare: {a['ratio_paired']:.3f} (median of the pairs: "
+        f"- harness trial: {a['harness_median']:.0f} img/s median, {a['harness_best']:.0f} best; train_seconds "
+        f"{', '.join(f'{v:.3f}' for v in a['times']['harness'])}",
+        f"- bare PyTorch loop: {a['bare_median']:.0f} img/s median, {a['bare_best']:.0f} best; seconds "
+        f"{', '.join(f'{v:.3f}' for v in a['times']['bare'])}",
+        f"- ratio trial / bare: {a['ratio_paired']:.3f} (median of the pairs: "
         f"{', '.join(f'{v:.3f}' for v in a['ratios'])}), {a['ratio_median']:.3f} (of the medians), "
         f"{a['ratio_best']:.3f} (of the bests)",
         "",
         "## (b) MLflow logging",
-        f"tracking.log_metrics (5 metrics, one batch) on a sqlite store in a temp dir: median "
-        f"{1000 * lg['median']:.1f} ms over {lg['n']} calls (max {1000 * lg['max']:.1f} ms); epoch = training "
-        f"{a['epoch_seconds']:.3f} s + validation {lg['eval_seconds']:.3f} s; share {100 * lg['share']:.2f}%.",
+        "Every MlflowClient call a trial makes (an instrumented client: each call still goes to the sqlite store): "
+        "child run creation and its params, per-epoch metrics, the end-of-trial metrics and per-severity steps, the "
+        "best-weights upload (each measured trial is the best of its own study, so it uploads every time: the worst "
+        f"case), end_run. Median over {len(tr)} trials: {1000 * b['seconds']:.0f} ms of MLflow in a trial of "
+        f"{b['wall']:.2f} s = {100 * b['share']:.2f}% (per trial: {', '.join(f'{100 * v:.2f}%' for v in b['shares'])}).",
+        "",
+        "| MlflowClient method | calls a trial | ms a trial (median) |",
+        "|---|---|---|",
+        *[f"| {m} | {c:.0f} | {1000 * sec:.1f} |" for m, (c, sec) in b["per_method"].items()],
         "",
         "## (c) trials per minute (harness.study.main in a temp working dir)",
     ]
@@ -276,10 +391,16 @@ def render(r: dict) -> str:
     lines += [
         "",
         "## (d) shift evaluation",
-        f"- harness.suite.build on the default config's data (no cache): {s['seconds']:.2f} s for {s['n_sets']} "
-        f"shifted sets; materialized once per study and read from the cache afterwards.",
-        f"- per completed trial (median of {tt['n']}, study bench-none): train_seconds {tt['train']:.2f}, "
-        f"eval_seconds {tt['eval']:.2f}.",
+        f"- harness.suite.build with no cache, the config's lists ({', '.join(r['shift_lists']['config'])}): "
+        f"{s['config']['seconds']:.2f} s for {s['config']['n_sets']} sets; every registered shift (the config's "
+        f"selection shifts on val, the other {s['all']['n_shifts'] - len(r['shift_lists']['selection'])} on test): "
+        f"{s['all']['seconds']:.2f} s for {s['all']['n_sets']} sets; severities {r['shift_lists']['severities']}, "
+        f"eval_images {r['shift_lists']['eval_images']}. Built once per study, read from the cache afterwards.",
+        f"- per trial, the final held-out evaluation (clean test set, selection and test shifts, label shift) against "
+        f"training: eval_seconds / train_seconds, median {100 * ev:.0f}% over the (a) trials (eval_seconds "
+        f"{', '.join(f'{v:.2f}' for v in ev_s)}; train_seconds "
+        f"{', '.join(f'{v:.2f}' for v in tr_s)}); completed trials of study bench-none: median "
+        f"train_seconds {tt['train']:.2f}, eval_seconds {tt['eval']:.2f} ({100 * ev_study:.0f}%).",
         "",
         "## (e) memory",
         f"- peak RSS of the benchmark process (all of the above in-process): {r['peak_rss_mb']:.0f} MB; "
@@ -294,45 +415,34 @@ def render(r: dict) -> str:
 def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) -> dict:
     t_start = time.perf_counter()
     overrides = QUICK if quick else []
-    cfg = config.load(None, overrides)
-    device = train.pick_device(device_name)
-    train.setup_device(device)
-    data = datamod.load(cfg.data, cfg.study.seed)
-    data_dev = datamod.to_device(data, device)
-    repeats, epochs = (3, 2) if quick else (9, 2)  # 2 epochs: one with 2 groups frozen, one with all training
-
-    log(f"(a) throughput: {repeats} x {epochs} epochs, harness and bare loop alternating ...")
-    a = throughput(cfg, data_dev, device, repeats, epochs)
-    ev = eval_seconds(cfg, data_dev, device, repeats)
-
-    log("(d) shift suite build ...")
-    t0 = time.perf_counter()
-    _, info = suitemod.build(cfg.shifts, data, None)
-    suite = {"seconds": time.perf_counter() - t0, "n_sets": info["n_sets"]}
-
-    n_trials = 2 if quick else 6
-    log(f"(c) two studies of {n_trials} trials (pruner none, median) ...")
+    cfg = config.load(None, overrides, **{"study.name": "bench-trial", "study.device": device_name})
+    repeats, n_trials = (3, 2) if quick else (7, 6)
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
         tmp = Path(tmp)
         os.chdir(tmp)
         try:
+            log("setup: data, pretrained weights, shift suite, MLflow store (harness.study.setup) ...")
+            ctx = trial_context(cfg)
+            log(f"(a, b) throughput: {repeats} real trials and {repeats} bare loops alternating, "
+                f"{cfg.train.epochs} epochs each ...")
+            a = throughput(ctx, repeats)
+            log("(d) shift suite builds (no cache) ...")
+            suite = suite_builds(cfg, datamod.load(cfg.data, cfg.study.seed, tmp / "mlruns" / "cache"))
+            log(f"(c) two studies of {n_trials} trials (pruner none, median) ...")
             st = study_runs(overrides, n_trials, tmp, device_name)
-            uri = tracking.default_uri(tmp / "mlruns")
-            log("(b) MLflow logging ...")
-            ts = logging_time(uri, 6 if quick else 30)
-            tt = trial_times(uri, "bench-none")
+            tt = trial_times(tracking.default_uri(tmp / "mlruns"), "bench-none")
         finally:
             os.chdir(cwd)
-    lg = {"n": len(ts), "median": statistics.median(ts), "max": max(ts), "eval_seconds": ev}
-    lg["share"] = lg["median"] / (a["epoch_seconds"] + ev + lg["median"])
-
+    device = ctx["device"]
     r = {"command": " ".join(["python -m harness.bench"] + argv), "quick": quick,
          "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": device_line(device), "versions": tracking.versions(),
-         "model": cfg.model.name, "n_train": len(data["train"][0]), "image_size": cfg.data.image_size,
-         "batch_size": cfg.train.batch_size, "throughput": a, "logging": lg, "study": st, "suite": suite,
-         "trial_times": tt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-         "rss_mb": psutil.Process().memory_info().rss / 2**20}
+         "model": cfg.model.name, "n_train": len(ctx["data"]["train"][0]), "image_size": cfg.data.image_size,
+         "batch_size": cfg.train.batch_size, "throughput": a, "mlflow": mlflow_share(a["trials"]), "study": st,
+         "suite": suite, "trial_times": tt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+         "rss_mb": psutil.Process().memory_info().rss / 2**20,
+         "shift_lists": {"config": cfg.shifts.selection + cfg.shifts.test, "selection": cfg.shifts.selection,
+                         "severities": cfg.shifts.severities, "eval_images": cfg.shifts.eval_images}}
     if device.type == "cuda":
         r["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     r["wall"] = time.perf_counter() - t_start

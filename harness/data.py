@@ -16,14 +16,14 @@ from harness.config import Data
 # Every split is a pair (images float32 [N, 3, H, W] in [0, 1], labels int64 [N]); models normalize inside,
 # so shifts act on plain [0, 1] pixels exactly as CIFAR-10-C defines them.
 SPLITS = ("source_train", "source_val", "train", "val", "test", "subpop")
-CACHE_VERSION = 3  # bump when the construction below changes, so stale caches are not reused
+CACHE_VERSION = 4  # bump when the construction below changes, so stale caches are not reused
 
 
 def cache_key(cfg: Data, seed: int) -> str:
     blob = json.dumps({"cfg": cfg.__dict__, "seed": seed, "v": CACHE_VERSION}, sort_keys=True, default=str)
     if cfg.source == "imagefolder" and cfg.path:
         # the folder's listing (paths, sizes, mtimes) is part of its content address
-        files = sorted(p for p in Path(cfg.path).rglob("*") if p.is_file())
+        files = sorted(p for p in Path(cfg.path).expanduser().rglob("*") if p.is_file())
         blob += "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -156,31 +156,51 @@ def _resize_uint8(paths: list, size: int) -> torch.Tensor:
     return out
 
 
+def folder_splits(root: Path) -> dict[str, Path]:
+    """Which folder holds which split: train/ + val/ + test/ as they are; train/ with val/ or test/ alone: that one
+    is the test split (val then comes out of train/); train/ alone or no split folders: {"all": folder}, split by
+    fractions. Anything else (val/ or test/ without train/) is an error: a split folder must never become a class."""
+    present = [n for n in ("train", "val", "test") if (root / n).is_dir()]
+    if not present:
+        return {"all": root}
+    if "train" not in present:
+        raise ValueError(f"data.path: {root} has {' and '.join(n + '/' for n in present)} but no train/; give "
+                         f"train/ (with val/ and/or test/ beside it, the same class folders in each) or one folder "
+                         f"per class")
+    if present == ["train"]:
+        return {"all": root / "train"}
+    if len(present) == 3:
+        return {"train": root / "train", "val": root / "val", "test": root / "test"}
+    return {"train": root / "train", "test": root / present[1]}
+
+
 def _imagefolder(cfg: Data, seed: int):
     from torchvision.datasets import ImageFolder
 
-    root = Path(cfg.path)
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.path: {root} is not a folder")
     gen = torch.Generator().manual_seed(seed)
-    held = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
-    tensors = {}
-    if (root / "train").is_dir() and held is not None:
-        train, test = ImageFolder(str(root / "train")), ImageFolder(str(held))
-        if train.classes != test.classes:
-            raise ValueError(f"data.path: class folders differ between {root / 'train'} and {held}")
-        x, y = _resize_uint8([p for p, _ in train.samples], cfg.image_size), torch.tensor(train.targets)
-        tr, va = stratified_split(y, [1 - cfg.val_fraction, cfg.val_fraction], gen)
-        tensors.update(train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va])
-        tensors["test_x"] = _resize_uint8([p for p, _ in test.samples], cfg.image_size)
-        tensors["test_y"] = torch.tensor(test.targets)
-        classes = train.classes
-    else:
-        ds = ImageFolder(str(root))
-        x, y = _resize_uint8([p for p, _ in ds.samples], cfg.image_size), torch.tensor(ds.targets)
+    try:
+        folders = {split: ImageFolder(str(path)) for split, path in folder_splits(root).items()}
+    except FileNotFoundError as e:  # torchvision: no class folder, or no image in one
+        raise FileNotFoundError(f"data.path: {e}") from None
+    classes = next(iter(folders.values())).classes
+    for split, ds in folders.items():
+        if ds.classes != classes:
+            raise ValueError(f"data.path: class folders differ between {ds.root} ({', '.join(ds.classes)}) and "
+                             f"{folders['train'].root} ({', '.join(classes)})")
+    read = {split: (_resize_uint8([p for p, _ in ds.samples], cfg.image_size), torch.tensor(ds.targets))
+            for split, ds in folders.items()}
+    if "all" in read:
+        x, y = read.pop("all")
         fr = [1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction]
-        for split, idx in zip(("train", "val", "test"), stratified_split(y, fr, gen)):
-            tensors[f"{split}_x"], tensors[f"{split}_y"] = x[idx], y[idx]
-        classes = ds.classes
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
+        read = {split: (x[idx], y[idx]) for split, idx in zip(("train", "val", "test"), stratified_split(y, fr, gen))}
+    elif "val" not in read:
+        x, y = read["train"]
+        tr, va = stratified_split(y, [1 - cfg.val_fraction, cfg.val_fraction], gen)
+        read.update(train=(x[tr], y[tr]), val=(x[va], y[va]))
+    tensors = {f"{split}_{k}": v.contiguous() for split, (x, y) in read.items() for k, v in (("x", x), ("y", y))}
     _few_shot(tensors, cfg, gen)
     return tensors, {"classes": classes, "source_classes": []}
 

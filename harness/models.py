@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import torch
@@ -208,23 +209,74 @@ def head_prefix(model: nn.Module, groups: dict) -> str:
     raise ValueError("the head is not a submodule of the model")
 
 
+# what model.weights may be, for every error about it
+WEIGHTS_ALLOWED = ("model.weights is 'pretrain', 'none', a torchvision weights name (e.g. IMAGENET1K_V1) or a "
+                   "checkpoint path (.pt, .pth, .th, .bin, .safetensors)")
+SAVE_HINT = "save model.state_dict() with torch.save or safetensors"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".bin", ".safetensors")
+# where training scripts put the state_dict inside a checkpoint dict (akamaster: state_dict; torchvision reference
+# and many repos: model; the PyTorch tutorial: model_state_dict)
+STATE_KEYS = ("state_dict", "model_state_dict", "model")
+# wrappers whose name prefixes every key: DataParallel/DDP (module.), torch.compile (_orig_mod.), ours (body.)
+PREFIXES = ("module.", "_orig_mod.", "body.")
+
+
+def is_checkpoint_path(weights: str) -> bool:
+    """Torchvision weights names are identifiers (IMAGENET1K_V1, DEFAULT). A separator, a leading ~ or ., a
+    lower-case file extension (.ckpt, .pkl, ...) or an existing file make it a path instead, so a typo'd file name
+    is reported as a missing file, never looked up as a weights name."""
+    p = Path(weights).expanduser()
+    return ("/" in weights or "\\" in weights or weights.startswith(("~", ".")) or p.suffix.lower() in CHECKPOINT_SUFFIXES
+            or re.fullmatch(r"\.[a-z0-9_]+", p.suffix) is not None or p.is_file())
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its header length (8 bytes, little-endian) and a JSON header ('{')."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{"
+
+
+def _reason(err: Exception) -> str:
+    """One line of why a checkpoint could not be read. torch's weights_only refusal is ten lines; keep its cause."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        rest = text.split("WeightsUnpickler error:", 1)[1]
+        line = next((ln.strip() for ln in rest.splitlines() if ln.strip()), "")
+        return "torch.load(weights_only=True) refused it: " + line.split(". ")[0]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(err).__name__}: {line}"[:300] if line else type(err).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """A state_dict from safetensors or a torch file (weights_only=True); 'module.'/'body.' prefixes stripped."""
-    path = Path(path)
+    """A state_dict from safetensors or a torch file (weights_only=True, so no pickled code runs); the dict itself or
+    one under 'state_dict' / 'model_state_dict' / 'model'; 'module.' / '_orig_mod.' / 'body.' prefixes stripped.
+    Every way a file can fail to be one (corrupt, truncated, a pickled object) is a ValueError naming model.weights."""
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights: checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"model.weights: {path} holds no state_dict")
-    for prefix in ("module.", "body."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+        raise FileNotFoundError(f"model.weights: checkpoint not found: {path} ({WEIGHTS_ALLOWED})")
+    try:
+        if path.suffix == ".safetensors" or _is_safetensors(path):
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, SafetensorError, EOFError, a torn zip's RuntimeError, ...
+        raise ValueError(f"model.weights: {path}: not a readable checkpoint ({_reason(e)}); {SAVE_HINT}") from None
+    if isinstance(state, dict):
+        state = next((state[k] for k in STATE_KEYS if isinstance(state.get(k), dict)), state)
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"model.weights: {path} holds a {type(state).__name__}, not a state_dict; {SAVE_HINT}")
+    other = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if other:
+        raise ValueError(f"model.weights: {path} is not a state_dict: entries {other[:3]} are not tensors (a "
+                         f"state_dict maps names to tensors, optionally under one of {', '.join(STATE_KEYS)}); {SAVE_HINT}")
+    stripped = True
+    while stripped:  # e.g. a compiled model saved from DataParallel: module._orig_mod.conv1.weight
+        stripped = False
+        for prefix in PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state, stripped = {k[len(prefix):]: v for k, v in state.items()}, True
     return state
 
 
@@ -236,7 +288,8 @@ def torchvision_state(arch: str, weights: str) -> dict:
         enum = tvm.get_model_weights(arch)[weights]
     except KeyError:
         options = ", ".join(w.name for w in tvm.get_model_weights(arch))
-        raise ValueError(f"model.weights: {weights!r} is not a weights name of {arch}; choose one of {options}") from None
+        raise ValueError(f"model.weights: {weights!r} is not a weights name of {arch}; choose one of {options}, "
+                         f"or give a checkpoint path") from None
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
     if not file.is_file():
         raise FileNotFoundError(f"model.weights: {enum} needs {file.name}, which is not in {file.parent}; "
@@ -268,13 +321,13 @@ def initial_weights(name: str, weights: str, model: nn.Module, groups: dict) -> 
     if weights in ("none", ""):
         return "random init"
     builder = resolve(name)
-    if weights.endswith((".pt", ".pth", ".th", ".safetensors", ".bin")) or "/" in weights:
+    if is_checkpoint_path(weights):
         skipped = load_weights(model, groups, read_checkpoint(weights))
         return f"checkpoint {weights}" + (" (head re-initialized)" if skipped else "")
     arch = getattr(builder, "torchvision", None)
     if arch is None:
-        raise ValueError(f"model.weights: {weights!r} is neither 'pretrain', 'none', a checkpoint path, "
-                         f"nor a torchvision weights name for a torchvision model")
+        raise ValueError(f"model.weights: {weights!r} is no file, and {name} is not a torchvision model, so it cannot "
+                         f"be a torchvision weights name; {WEIGHTS_ALLOWED}")
     state = torchvision_state(arch, weights)
     need, crop = getattr(builder, "image_size", None), _weights_transforms(arch, weights).crop_size[0]
     if need and crop != need:

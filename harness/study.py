@@ -466,10 +466,10 @@ def _progress(ctx, prefix, log):
     tty = sys.stdout.isatty() and cfg.study.workers == 1  # workers share the terminal: plain lines
 
     def show(number, epoch, loss, val_acc):
-        finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)) if epoch == 0 else None
-        if finished is not None:
-            show.finished = finished
-        best = _best_value(study)
+        if epoch == 0:  # read the storage once a trial, not every epoch (each read is a query, ~10 ms on sqlite)
+            show.finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+            show.best = _best_value(study)
+        best = getattr(show, "best", None)
         best_txt = f"  best so far {best:.4f}" if best is not None else ""
         line = (f"{prefix}trial {number} ({getattr(show, 'finished', 0) + 1} of {cfg.study.n_trials})  epoch "
                 f"{epoch + 1}/{cfg.train.epochs}  train_loss {loss:.4f}  val_acc {val_acc:.4f}{best_txt}")

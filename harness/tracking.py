@@ -123,10 +123,13 @@ def child_run(client, exp_id, parent_id, study_name, number, params: dict, tags:
     return run.info.run_id
 
 
-def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
-    """One request for many metrics (MLflow caps a batch at 1000)."""
+def log_metrics(client, run_id: str, metrics: dict, step: int = 0, series: dict | None = None) -> None:
+    """Many metrics in one request (MLflow caps a batch at 1000): `metrics` at `step`, and `series`
+    {key: {step: value}} such as shift/<name>/acc by severity. Each request is a commit (~11 ms on sqlite here):
+    a trial's ~30 final keys one by one cost ~5% of a default trial, in one batch well under 1%."""
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    items += [Metric(k, float(v), now, int(s)) for k, vals in (series or {}).items() for s, v in vals.items()]
     for i in range(0, len(items), 1000):
         client.log_batch(run_id, metrics=items[i:i + 1000])
 

@@ -231,14 +231,11 @@ def objective(trial: optuna.Trial, ctx: dict):
             final["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         if sel["per_shift"]:
             final["ood_val_acc"] = sel["ood_val_acc"]
-        tracking.log_metrics(client, run_id, final)
-        for name, sev in list(sel["per_shift"].items()):
-            tracking.log_steps(client, run_id, f"shift/{name}/acc", sev)
-        for name, cv in curves.items():
-            for key in ("acc", "ece", "nll"):
-                tracking.log_steps(client, run_id, f"shift/{name}/{key}", {s: c[key] for s, c in cv.items()})
-        for key, prior in (priors or {}).items():
-            tracking.log_steps(client, run_id, f"label_shift/prior_{key}", dict(enumerate(prior)))
+        series = {f"shift/{name}/acc": sev for name, sev in sel["per_shift"].items()}  # step = severity
+        series.update({f"shift/{name}/{key}": {s: c[key] for s, c in cv.items()}
+                       for name, cv in curves.items() for key in ("acc", "ece", "nll")})
+        series.update({f"label_shift/prior_{key}": dict(enumerate(prior)) for key, prior in (priors or {}).items()})
+        tracking.log_metrics(client, run_id, final, series=series)
         trial.set_user_attr("id_acc", final["id_acc"])
         trial.set_user_attr("ce_logged", bool(ce))
         if "ood_acc_mean" in final:

@@ -71,6 +71,48 @@ def test_imagefolder_reads_a_tree(tmp_path, layout):
     assert d["train"][0].shape[1:] == (3, 16, 16) and 0 <= d["train"][0].min() and d["train"][0].max() <= 1
 
 
+def _tree_counts(root, counts, classes=("ants", "bees")):
+    """Like _tree, with a different number of images per split folder, so a count says which folder a split is."""
+    for split, n in counts.items():
+        _tree(root, [split], classes, n=n)
+
+
+def test_imagefolder_with_train_val_and_test_uses_each_folder(tmp_path):
+    """train/ (7 a class), val/ (3) and test/ (4): the val split is val/ and the test split is test/, none of them
+    re-split, and val/ is not left unread."""
+    root = tmp_path / "imgs"
+    _tree_counts(root, {"train": 7, "val": 3, "test": 4})
+    d = data.load(Data(source="imagefolder", path=str(root), image_size=16), 0)
+    assert d["classes"] == ["ants", "bees"]
+    assert {s: d[s][1].bincount().tolist() for s in ("train", "val", "test")} == {
+        "train": [7, 7], "val": [3, 3], "test": [4, 4]}
+
+
+def test_imagefolder_with_train_alone_splits_it_by_fractions(tmp_path):
+    """train/ and nothing beside it: 'train' is not a class; its class folders are split into train/val/test
+    (8 images a class, val_fraction = test_fraction = 0.25: 4/2/2 a class)."""
+    _tree_counts(tmp_path, {"train": 8})
+    d = data.load(Data(source="imagefolder", path=str(tmp_path), image_size=16, val_fraction=0.25,
+                       test_fraction=0.25), 0)
+    assert d["classes"] == ["ants", "bees"]
+    assert [d[s][1].bincount().tolist() for s in ("train", "val", "test")] == [[4, 4], [2, 2], [2, 2]]
+
+
+@pytest.mark.parametrize("present", [["val"], ["val", "test"], ["test"]])
+def test_imagefolder_split_folders_without_train_name_data_path(tmp_path, present):
+    """val/ or test/ without train/: an error naming data.path and the folders it found, never classes 'val'/'test'."""
+    _tree_counts(tmp_path, {n: 2 for n in present})
+    with pytest.raises(ValueError, match=r"^data.path: .* has val/.*but no train/|^data.path: .* has test/ but no train/"):
+        data.load(Data(source="imagefolder", path=str(tmp_path), image_size=16), 0)
+
+
+def test_imagefolder_class_folders_must_match_across_splits(tmp_path):
+    _tree(tmp_path, ["train"], ("ants", "bees"), n=2)
+    _tree(tmp_path, ["test"], ("ants", "wasps"), n=2)
+    with pytest.raises(ValueError, match=r"data.path: class folders differ .*wasps"):
+        data.load(Data(source="imagefolder", path=str(tmp_path), image_size=16), 0)
+
+
 def test_parity_task_holds_out_a_subpopulation():
     """task = parity with holdout digits 8, 9: fine-tuning sees only 5, 6, 7 (labels odd/even); the held-out
     digits form the subpopulation split with the same superclass labels."""

@@ -81,6 +81,91 @@ def test_custom_model_function(tmp_path, monkeypatch):
     sys.modules.pop("mymodels", None)
 
 
+CUSTOM = (
+    "import torch.nn as nn\n"
+    "def tiny(num_classes):\n"
+    "    stem = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+    "    head = nn.Linear(4, num_classes)\n"
+    "    return nn.Sequential(stem, head), {'stem': stem, 'head': head}\n")
+
+
+@pytest.mark.parametrize("wrap", ["model", "model_state_dict", "state_dict", "none"])
+def test_checkpoint_loads_into_a_custom_model(tmp_path, monkeypatch, wrap):
+    """A checkpoint of a 'module:function' model, saved as the state_dict itself or under 'model',
+    'model_state_dict' or 'state_dict' next to other entries, with a '~/' path and an extension the harness does not
+    list (.ckpt): every tensor lands in a freshly built model, the 3-class head included (same shape)."""
+    (tmp_path / "ckpt_models.py").write_text(CUSTOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    src, _ = models.build("ckpt_models:tiny", 3, seed=1)
+    sd = src.state_dict()
+    torch.save(sd if wrap == "none" else {wrap: sd, "epoch": 7, "optimizer": {"lr": 0.1}}, tmp_path / "tiny.ckpt")
+    model, groups = models.build("ckpt_models:tiny", 3, seed=2)
+    assert not torch.equal(model[1].weight, src[1].weight)
+    assert models.initial_weights("ckpt_models:tiny", "~/tiny.ckpt", model, groups) == "checkpoint ~/tiny.ckpt"
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+    sys.modules.pop("ckpt_models", None)
+
+
+def _corrupt(path):
+    path.write_bytes(bytes(range(256)) * 4)
+
+
+def _truncated(path):
+    src, _ = models.build("resnet8", 5)
+    torch.save(src.body.state_dict(), path)
+    path.write_bytes(path.read_bytes()[:5000])  # a download or copy cut short
+
+
+def _pickled_object(path):
+    import argparse
+
+    torch.save(argparse.Namespace(lr=0.1), path)  # weights_only=True refuses any class outside its allowlist
+
+
+@pytest.mark.parametrize("name,write", [
+    ("random.pt", _corrupt), ("random.safetensors", _corrupt), ("cut.pth", _truncated),
+    ("object.pt", _pickled_object), ("empty.pt", lambda p: p.write_bytes(b"")),
+    ("floats.pt", lambda p: torch.save({"lr": 0.1, "epoch": 3}, p)),
+    ("list.pt", lambda p: torch.save([torch.zeros(2)], p)),
+])
+def test_unreadable_checkpoints_are_value_errors_naming_model_weights(tmp_path, name, write):
+    """Corrupt bytes, a torn file, a pickled object, an empty file, a dict of numbers, a list: each is a ValueError
+    (what study.preflight turns into exit 2) that starts with model.weights, names the file and says what to save."""
+    write(tmp_path / name)
+    model, groups = models.build("resnet8", 5)
+    with pytest.raises(ValueError) as err:
+        models.initial_weights("resnet8", str(tmp_path / name), model, groups)
+    msg = str(err.value)
+    assert msg.startswith("model.weights: ") and name in msg and "model.state_dict()" in msg, msg
+    assert "\n" not in msg  # one line, not torch's ten
+
+
+def test_weights_that_look_like_a_file_are_never_looked_up_as_torchvision_names(tmp_path, monkeypatch):
+    """'best.ckpt' (no '/', an extension the harness does not list) is a missing file, not an unknown torchvision
+    weights name; an identifier on a model that is not torchvision's says what model.weights may be."""
+    monkeypatch.chdir(tmp_path)
+    model, groups = models.build("resnet18", 5)
+    with pytest.raises(FileNotFoundError, match=r"^model.weights: checkpoint not found: best.ckpt"):
+        models.initial_weights("resnet18", "best.ckpt", model, groups)
+    model, groups = models.build("resnet8", 5)
+    with pytest.raises(ValueError, match=r"^model.weights: 'IMAGENET1K_V1' is no file.*checkpoint path"):
+        models.initial_weights("resnet8", "IMAGENET1K_V1", model, groups)
+    assert not models.is_checkpoint_path("IMAGENET1K_SWAG_E2E_V1") and not models.is_checkpoint_path("DEFAULT")
+
+
+def test_study_exits_2_naming_model_weights_on_a_corrupt_checkpoint(workdir, capsys):
+    """Through the CLI: a corrupt checkpoint is bad input (exit 2, one line naming model.weights, no traceback),
+    found before anything is created."""
+    from harness import study
+
+    _corrupt(workdir / "bad.pt")
+    assert study.main(["--set", "model.weights=bad.pt", "--n-trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.weights: bad.pt: not a readable checkpoint") and "Traceback" not in err, err
+    assert sorted(p.name for p in workdir.iterdir()) == ["bad.pt"]
+
+
 def test_unknown_model_lists_choices():
     with pytest.raises(ValueError, match="resnet8"):
         models.resolve("vgg11")

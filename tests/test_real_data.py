@@ -1,11 +1,13 @@
 """Datasets in their real on-disk formats: torchvision's own files (fake trees the tests write, read offline) and,
-when ../shared/data is present, a study on real CIFAR-10 JPEGs with the real ResNet-20 CIFAR-10 weights."""
+when ../shared/data is present, a study on real CIFAR-10 JPEGs with the real ResNet-20 CIFAR-10 weights loaded into
+a custom model function (skipped cleanly without ../shared, which a fresh clone does not have)."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,27 +97,57 @@ def _cifar_subset(dest: Path, n_train: int, n_test: int) -> Path:
     return dest
 
 
+# A user's own model package, written by the test: model.name = "byo_cifar.nets:resnet20" builds the CIFAR ResNet-20
+# by hand from harness.models' pieces (docs/bring_your_own.md section 5), so the real checkpoint goes through the
+# custom-model path, not the registry.
+BYO_NETS = '''"""A custom model factory: CIFAR ResNet-20 (3 blocks a stage), grouped stem, layer1..3, head."""
+import torch.nn as nn
+
+from harness.models import CifarResNet, Normalized
+
+
+def resnet20(num_classes):
+    net = CifarResNet(3, num_classes)
+    groups = {"stem": nn.ModuleList([net.conv1, net.bn1]), "layer1": net.layer1, "layer2": net.layer2,
+              "layer3": net.layer3, "head": net.linear}
+    return Normalized(net), groups
+'''
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (CIFAR_JPG.is_dir() and RESNET20.is_file()), reason="../shared/data is absent (optional real data)")
-def test_study_on_real_cifar10_jpegs_with_real_resnet20_weights(workdir):
-    """studies/imagefolder.toml end to end through harness.study.main: real CIFAR-10 JPEGs (40 train images per
-    class, 20 labelled after the val split; 30 test images per class), model.name = resnet20 with the real
-    akamaster CIFAR-10 checkpoint ('module.' prefix, 10-class head that fits, so it is kept), 2 trials (the full
-    fine-tuning and linear-probe baselines) of 2 epochs. A linear probe on a 91.8% model stays far above chance."""
+def test_study_on_real_cifar10_jpegs_with_real_resnet20_weights_as_a_custom_model(workdir, monkeypatch):
+    """studies/imagefolder.toml end to end through harness.study.main on real CIFAR-10 JPEGs as an ImageFolder
+    (train/ and test/; 40 train images a class, 20 labelled after the val split; 30 test images a class), with
+    model.name = a custom 'package.module:function' and model.weights = the real akamaster ResNet-20 checkpoint
+    ('module.' prefix, under 'state_dict'; its 10-class head fits, so it is kept). 2 trials (the full fine-tuning and
+    linear-probe baselines) of 2 epochs. A linear probe on a 91.8% model stays far above chance (10%)."""
+    (workdir / "byo_cifar").mkdir()
+    (workdir / "byo_cifar" / "__init__.py").write_text("")
+    (workdir / "byo_cifar" / "nets.py").write_text(BYO_NETS)
+    monkeypatch.syspath_prepend(str(workdir))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")]))  # for workers
     root = _cifar_subset(workdir / "cifar10_small", 40, 30)
     argv = ["--config", str(ROOT / "studies" / "imagefolder.toml"), "--study-name", "real", "--n-trials", "2",
             "--device", "cpu", "--no-report",
             "--set", f"data.path={root}", "--set", "data.image_size=32", "--set", "data.labels_per_class=20",
-            "--set", "model.name=resnet20", "--set", f"model.weights={RESNET20}",
+            "--set", "model.name=byo_cifar.nets:resnet20", "--set", f"model.weights={RESNET20}",
             "--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", "search.freeze_layers=[0, 4]",
             "--set", "search.unfreeze_epoch=[1, 2]", "--set", "search.lr=[1e-3, 1e-2]",
             "--set", 'shifts.selection=["gaussian_blur"]', "--set", 'shifts.test=["gaussian_noise"]',
-            "--set", "shifts.severities=[3]", "--set", "shifts.label_alpha=0"]
-    assert study.main(argv) == 0
+            "--set", "shifts.severities=[3]", "--set", "shifts.label_alpha=0", "--set", "shifts.eval_images=0"]
+    try:
+        assert study.main(argv) == 0
+    finally:
+        for name in ("byo_cifar.nets", "byo_cifar"):
+            sys.modules.pop(name, None)
     trials = optuna.load_study(study_name="real", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}").trials
     done = {t.user_attrs["baseline"]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert set(done) == {"full_ft", "linear_probe"}
-    accs = {name: t.user_attrs["id_acc"] for name, t in done.items()}
-    print("id_acc on 300 real CIFAR-10 test JPEGs:", accs,
-          "ood_acc_mean:", {n: t.user_attrs["ood_acc_mean"] for n, t in done.items()})
-    assert accs["linear_probe"] > 0.7, accs
+    best = max(done, key=lambda n: done[n].value)
+    figures = {n: {"val_acc": t.value, "id_acc": t.user_attrs["id_acc"], "ood_acc_mean": t.user_attrs["ood_acc_mean"]}
+               for n, t in done.items()}
+    print(f"300 real CIFAR-10 test JPEGs; best trial by val_acc: {best}; {figures}")
+    assert figures["linear_probe"]["id_acc"] > 0.7, figures
+    # gaussian_noise at severity 3 (sigma .08) is hard on a CIFAR ResNet (28% here), yet above chance (10%)
+    assert figures[best]["ood_acc_mean"] > 0.15, figures
