@@ -73,6 +73,9 @@ def find_parent(client: MlflowClient, study_name: str):
     if exp is not None and exp.lifecycle_stage == "active":
         runs = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'", max_results=1,
                                   order_by=["attributes.start_time ASC"])
+        if not runs:  # a harness.sustain study (see the sustainability block at the end)
+            runs = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'sustain'", max_results=1,
+                                      order_by=["attributes.start_time ASC"])
     if not runs:
         known = study_names(client)
         hint = f"; studies in this store: {', '.join(repr(n) for n in known)}" if known else "; the store has no study"
@@ -182,9 +185,12 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
     """A study read back into plain Python: {"name", "tracking_uri", "experiment_id", "parent": {run_id, status,
     start_time, end_time, tags, params, metrics, curves, artifacts: [paths], texts: {path: str}, shift_examples:
     PNG bytes or None}, "trials": [...] (see _trial), "optuna": {...} (see optuna_study)}.
-    Raises StudyNotFound for an unknown study or a missing sqlite store."""
+    Raises StudyNotFound for an unknown study or a missing sqlite store. A harness.sustain study comes back from
+    load_sustain instead (its "kind" is "sustain")."""
     client = connect(tracking_uri)
     exp, parent = find_parent(client, study_name)
+    if parent.data.tags.get("harness.role") == "sustain":
+        return load_sustain(client, exp, parent, study_name, tracking_uri)
     pid = parent.info.run_id
     arts = _list_artifacts(client, pid)
     texts = {}
@@ -489,6 +495,8 @@ def _conditions(best: dict | None, oracle: dict | None, baselines: dict, line: d
 
 def summarize(study: dict) -> dict:
     """Every number the report shows for one study, JSON-able (floats, strings, lists, dicts)."""
+    if study.get("kind") == "sustain":
+        return summarize_sustain(study)
     tags, params = study["parent"]["tags"], study["parent"]["params"]
     objective = tags.get("harness.objective", params.get("study.objective", "val_acc"))
     try:
@@ -570,4 +578,217 @@ def summarize(study: dict) -> dict:
         "on_the_line": {"mean": line, "per_shift": per_shift},
         "pareto": pareto({r["number"]: (r["id_acc"], r["ood_acc_mean"]) for r in with_ood}),
         "importances": _importances(done, search) if done else {},
+    }
+
+
+# ===================================================================================================== sustainability
+# harness.sustain studies (DESIGN §8): a parent run tagged harness.role=sustain and one child run per (policy, seed),
+# tagged harness.role=sustain_policy, with per-period curves (step = period) and an accuracy_matrix.json artifact.
+# load_sustain reads them back (load() hands sustain parents to it); summarize_sustain makes the report's numbers.
+
+SUSTAIN_CURVES = ("stream_acc", "labelled_acc", "updated", "monitor", "monitor_threshold")  # step = period
+# final metrics of a policy run, in the report's column order; forgetting is absent on runs older than it
+SUSTAIN_FINAL = ("stream_acc_mean", "stream_acc_worst", "bwt", "forgetting", "fwt", "n_updates", "update_seconds",
+                 "update_examples")
+SUSTAIN_TEXTS = ("config/resolved.toml", "versions.json", "stream.json", "summary.json", "search_space.json")
+
+
+def _children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000,
+                                  page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _json_or_none(raw: bytes | None):
+    try:
+        return json.loads(raw) if raw is not None else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _policy_run(run, curves: dict, matrix) -> dict:
+    tags = dict(run.data.tags)
+    seed, number = tags.get("harness.seed", ""), tags.get("optuna.trial_number", "")
+    return {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+            "state": STATES.get(run.info.status, run.info.status.lower()),
+            "label": tags.get("harness.policy", run.data.params.get("policy", "?")),
+            "seed": int(seed) if seed.isdigit() else None,
+            "trial": int(number) if number.isdigit() else None,  # -1 (not a search trial) is not a digit string
+            "params": {k: _typed(v) for k, v in run.data.params.items()}, "metrics": dict(run.data.metrics),
+            "curves": curves, "matrix": matrix, "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")},
+            "start_time": run.info.start_time, "end_time": run.info.end_time}
+
+
+def load_sustain(client: MlflowClient, exp, parent, study_name: str, tracking_uri: str) -> dict:
+    """A sustain study read back: {"kind": "sustain", "name", "tracking_uri", "experiment_id", "parent": {run_id,
+    status, start_time, end_time, tags, params, artifacts, texts}, "runs": [see _policy_run]}; the accuracy matrix
+    is read for FINISHED runs only (a failed run has none)."""
+    pid = parent.info.run_id
+    arts = _list_artifacts(client, pid)
+    texts = {}
+    for path in SUSTAIN_TEXTS:
+        if path in arts:
+            raw = artifact(client, pid, path)
+            texts[path] = raw.decode("utf-8", "replace") if raw is not None else None
+    runs = _children(client, exp.experiment_id, pid)
+    jobs = [(r.info.run_id, k) for r in runs for k in SUSTAIN_CURVES if k in r.data.metrics]
+    finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
+    with ThreadPoolExecutor(THREADS) as pool:
+        hists = dict(zip(jobs, pool.map(lambda j: _history(client, *j), jobs)))
+        matrices = dict(zip(finished, pool.map(
+            lambda rid: _json_or_none(artifact(client, rid, "accuracy_matrix.json")), finished)))
+    out = [_policy_run(r, {k: hists[(r.info.run_id, k)] for k in SUSTAIN_CURVES if (r.info.run_id, k) in hists},
+                       matrices.get(r.info.run_id)) for r in runs]
+    return {"kind": "sustain", "name": study_name, "tracking_uri": tracking_uri, "experiment_id": exp.experiment_id,
+            "parent": {"run_id": pid, "status": parent.info.status, "start_time": parent.info.start_time,
+                       "end_time": parent.info.end_time, "tags": dict(parent.data.tags),
+                       "params": dict(parent.data.params), "artifacts": arts, "texts": texts},
+            "runs": sorted(out, key=lambda r: r["start_time"] or 0)}
+
+
+def mean_sd(values: list) -> dict:
+    """Mean and sample sd (n - 1; None below 2 values) of the non-missing values, which are kept as they are."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return {"mean": None, "sd": None, "n": 0, "values": []}
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return {"mean": mean, "sd": sd, "n": len(vals), "values": vals}
+
+
+def _settings(label: str, p: dict, thresholds: list) -> str:
+    """A policy in words: when it updates and how, e.g. 'every 3 periods; lr 0.01, freeze 0, 5 epochs, replay 2'."""
+    policy = p.get("policy", label)
+    if policy == "never":
+        return "never updates"
+    g = {k: f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in p.items()}  # searched floats: 3 digits
+    when = {"every": f"every {g.get('k')} periods",
+            "accuracy": f"labelled accuracy drops > {g.get('threshold')} points (window {g.get('window')})",
+            "embedding": f"domain-classifier AUC > {g.get('threshold')}",
+            "mmd": f"MMD\u00b2 > {g.get('threshold')}"}.get(policy, str(policy))
+    if thresholds and policy == "embedding":
+        when += f" (used: {', '.join(thresholds)}, raised to the noise floor)"
+    return (f"{when}; lr {g.get('lr')}, freeze {g.get('freeze_layers')}, epochs {g.get('epochs')}, "
+            f"replay {g.get('replay')}")
+
+
+def _per_period(rows: list[dict], key: str, periods: int) -> list[dict]:
+    """mean_sd over seeds of one curve at each period (from the MLflow metric histories)."""
+    by = [dict(r["curves"].get(key, [])) for r in rows]
+    return [mean_sd([h.get(t) for h in by]) for t in range(periods)]
+
+
+def _mean_matrix(rows: list[dict], periods: int) -> dict:
+    """Element-wise mean over seeds of R and initial (accuracy_matrix.json), seeds with a T x T matrix only."""
+    ms = [r["matrix"] for r in rows if r["matrix"] and len(r["matrix"].get("R", [])) == periods
+          and all(len(row) == periods for row in r["matrix"]["R"]) and len(r["matrix"].get("initial", [])) == periods]
+    if not ms:
+        return {"R": None, "initial": None, "n": 0}
+    return {"R": [[sum(m["R"][i][j] for m in ms) / len(ms) for j in range(periods)] for i in range(periods)],
+            "initial": [sum(m["initial"][j] for m in ms) / len(ms) for j in range(periods)], "n": len(ms)}
+
+
+def _policy_group(name: str, rows: list[dict]) -> dict:
+    """One policy (one trial in search mode) over its seeds: the final metrics' mean and sd exactly as MLflow holds
+    them per run, per-period stream accuracy, update markers and the mean accuracy matrix."""
+    rows = sorted(rows, key=lambda r: (r["seed"] is None, r["seed"] or 0))
+    first = rows[0]
+    params = {k: v for k, v in first["params"].items() if k != "seed"}
+    periods = int(params["periods"]) if isinstance(params.get("periods"), int) else \
+        max((len(r["curves"].get("stream_acc", [])) for r in rows), default=0)
+    thresholds = sorted({v for r in rows for v in r["tags"].get("harness.threshold_used", "").split(",") if v})
+    updated = [dict(r["curves"].get("updated", [])) for r in rows]
+    return {"key": name, "label": first["label"], "policy": params.get("policy"), "trial": first["trial"],
+            "settings": _settings(first["label"], params, thresholds), "params": params,
+            "threshold_used": thresholds, "seeds": [r["seed"] for r in rows], "n_seeds": len(rows),
+            "run_ids": [r["run_id"] for r in rows], "run_names": [r["run_name"] for r in rows],
+            "metrics": {k: mean_sd([r["metrics"].get(k) for r in rows]) for k in SUSTAIN_FINAL},
+            "periods": periods, "stream_acc": _per_period(rows, "stream_acc", periods),
+            "labelled_acc": _per_period(rows, "labelled_acc", periods),
+            # share of seeds that updated at the end of period t (after it was evaluated)
+            "update_share": [sum(u.get(t, 0) > 0.5 for u in updated) / len(rows) for t in range(periods)],
+            "update_periods": {str(r["seed"]): [t for t, v in sorted(u.items()) if v > 0.5] for r, u in zip(rows, updated)},
+            "matrix": _mean_matrix(rows, periods)}
+
+
+def _group_runs(runs: list[dict]) -> dict:
+    """display name -> the FINISHED runs of one policy configuration (all params but the seed equal; one trial in
+    search mode), the latest run per seed. Two configurations under one label get their differing params added."""
+    groups = {}
+    for r in runs:
+        if r["status"] != "FINISHED":
+            continue
+        key = (r["trial"], r["label"], tuple(sorted((k, str(v)) for k, v in r["params"].items() if k != "seed")))
+        groups.setdefault(key, {})[r["seed"]] = r  # runs come by start time: a later run of a seed replaces it
+    names = {}
+    for (trial, lab, params), by_seed in groups.items():
+        base = f"trial {trial}: {lab}" if trial is not None else lab
+        names.setdefault(base, []).append((params, list(by_seed.values())))
+    out = {}
+    for base, variants in names.items():
+        for params, rows in variants:
+            if len(variants) == 1:
+                out[base] = rows
+                continue
+            common = set.intersection(*(set(p) for p, _ in variants))
+            diff = ", ".join(f"{k} {v}" for k, v in params if (k, v) not in common)
+            out[f"{base} [{diff}]"] = rows
+    return out
+
+
+def summarize_sustain(study: dict) -> dict:
+    """Every number the sustainability section shows for one sustain study, JSON-able. Policy metrics are means
+    and sample sds over seeds of the child runs' MLflow metrics (FINISHED runs only)."""
+    p, tags = study["parent"], study["parent"]["tags"]
+    groups = [_policy_group(name, rows) for name, rows in _group_runs(study["runs"]).items()]
+    groups.sort(key=lambda g: (g["trial"] is not None, g["trial"] or 0, g["policy"] != "never"))
+    acc_cost = {g["key"]: (g["metrics"]["stream_acc_mean"]["mean"], g["metrics"]["update_examples"]["mean"])
+                for g in groups}
+    front = pareto({k: (a, -c) for k, (a, c) in acc_cost.items() if a is not None and c is not None})
+    done_ids = {(r["trial"], r["label"], r["seed"], r["tags"].get("harness.sustain_key")) for r in study["runs"]
+                if r["status"] == "FINISHED"}
+    failed = [{"run_id": r["run_id"], "run_name": r["run_name"], "label": r["label"], "seed": r["seed"],
+               "trial": r["trial"], "state": r["state"],
+               "reason": r["tags"].get("harness.fail_reason", ""),
+               # a later run of the same policy, seed and settings finished: the failure is history
+               "retried": (r["trial"], r["label"], r["seed"], r["tags"].get("harness.sustain_key")) in done_ids}
+              for r in study["runs"] if r["status"] != "FINISHED"]
+    counts = {s: sum(r["state"] == s for r in study["runs"]) for s in ("complete", "failed", "running", "pruned")}
+    # the most accurate policy; among equally accurate ones the cheapest (no update work buys nothing)
+    best = max((g for g in groups if g["metrics"]["stream_acc_mean"]["mean"] is not None),
+               key=lambda g: (g["metrics"]["stream_acc_mean"]["mean"], -(g["metrics"]["update_examples"]["mean"] or 0)),
+               default=None)
+    message = None
+    if not groups:
+        message = (f"Sustain study \"{study['name']}\" has no finished policy run yet ({counts['failed']} failed, "
+                   f"{counts['running']} running): there is nothing to compare. Failures and provenance are shown "
+                   f"below.")
+    versions = json_artifact(study, "versions.json")
+    return {
+        "kind": "sustain", "name": study["name"], "experiment_id": study["experiment_id"], "parent_run_id": p["run_id"],
+        "tracking_uri": study["tracking_uri"], "message": message,
+        "provenance": {
+            "status": p["status"], "git_sha": tags.get("harness.git_sha"), "device": tags.get("harness.device"),
+            "stream": tags.get("harness.stream"), "stream_shift": tags.get("harness.stream_shift"),
+            "pool_fraction": tags.get("harness.pool_fraction"), "policies": tags.get("harness.policies"),
+            "seeds": tags.get("harness.seeds"), "search": tags.get("harness.search"), "versions": versions,
+            "started_ms": p["start_time"], "ended_ms": p["end_time"],
+            "span_seconds": (p["end_time"] - p["start_time"]) / 1000 if p["end_time"] and p["start_time"] else None,
+            "counts": counts, "config": p["texts"].get("config/resolved.toml"), "params": dict(p["params"]),
+            "search_space": json_artifact(study, "search_space.json"),
+        },
+        "stream": json_artifact(study, "stream.json"),  # seed -> period recipes (shift, severity, prior)
+        "policies": groups, "pareto": front, "best": best["key"] if best else None, "failed": failed,
+        "metric_definitions": {
+            "stream_acc": "accuracy on period t of the model in service when t arrives (before any update on t)",
+            "bwt": "GEM backward transfer: mean over i < T-1 of R[T-1][i] - R[i][i] (negative = forgetting)",
+            "forgetting": "Chaudhry et al. 2018: mean over i < T-1 of max_{i<=l<T-1} R[l][i] - R[T-1][i] "
+                          "(positive = forgetting)",
+            "fwt": "GEM forward transfer: mean over i >= 1 of R[i-1][i] - initial[i] (initial = the deployed model)",
+            "update_examples": "images x epochs trained by the updates"},
     }

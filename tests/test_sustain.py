@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import config, data as datamod, models, sustain
 from harness.config import Data, Stream, Train
-from conftest import TINY
+from conftest import TINY, created_files
 
 DATA = Data(image_size=8)  # all digits 5-9 of the target task at their native 8x8: 537 train / 179 val / 180 test
 CPU = torch.device("cpu")
@@ -113,16 +113,48 @@ def test_never_does_not_update_every_k_updates_floor_t_over_k(data, deployed):
         assert m["stream_acc"][1:] == [res["R"][t - 1][t] for t in range(1, 7)]
 
 
-def test_metrics_follow_gem_definitions():
-    """stream_acc[t] = R[t-1][t] (initial[0] at t = 0); bwt = mean over i < T-1 of R[T-1][i] - R[i][i];
-    fwt = mean over i >= 1 of R[i-1][i] - initial[i] (hand-computed 3x3 example)."""
-    R = [[0.9, 0.5, 0.4], [0.8, 0.9, 0.6], [0.7, 0.8, 0.9]]
+def test_metrics_follow_gem_and_chaudhry_definitions():
+    """stream_acc[t] = R[t-1][t] (initial[0] at t = 0); bwt = mean over i < T-1 of R[T-1][i] - R[i][i] (GEM);
+    forgetting = mean over i < T-1 of max_{i<=l<T-1} R[l][i] - R[T-1][i] (Chaudhry et al. 2018); fwt = mean over
+    i >= 1 of R[i-1][i] - initial[i] (hand-computed 3x3 examples). Forgetting equals -bwt when every period's accuracy
+    peaked right after it, and exceeds it when it peaked later (0.95 after period 1 on period 0); accuracy on a
+    period before it arrived (R[0][1] = 0.99) never counts as a peak."""
+    R = [[0.9, 0.99, 0.4], [0.8, 0.9, 0.6], [0.7, 0.8, 0.9]]
     initial = [0.9, 0.5, 0.3]
     m = sustain.stream_metrics(R, initial)
-    assert m["stream_acc"] == [0.9, 0.5, 0.6]
-    assert m["stream_acc_mean"] == pytest.approx(2.0 / 3) and m["stream_acc_worst"] == 0.5
+    assert m["stream_acc"] == [0.9, 0.99, 0.6]
+    assert m["stream_acc_mean"] == pytest.approx(2.49 / 3) and m["stream_acc_worst"] == 0.6
     assert m["bwt"] == pytest.approx(((0.7 - 0.9) + (0.8 - 0.9)) / 2)
-    assert m["fwt"] == pytest.approx(((0.5 - 0.5) + (0.6 - 0.3)) / 2)
+    assert m["forgetting"] == pytest.approx(-m["bwt"])
+    assert m["fwt"] == pytest.approx(((0.99 - 0.5) + (0.6 - 0.3)) / 2)
+    R[1][0] = 0.95  # the accuracy on period 0 kept rising after it: the max, not R[0][0], is what was lost
+    m = sustain.stream_metrics(R, initial)
+    assert m["forgetting"] == pytest.approx(((0.95 - 0.7) + (0.9 - 0.8)) / 2) and m["forgetting"] > -m["bwt"]
+
+
+def test_stream_pool_is_disjoint_from_the_deployed_models_images(data):
+    """split_pool cuts the train split into the deployed model's images and the stream pool: disjoint, together the
+    whole split, half each per class (stratified), the same for the same seed and different for another. A clean
+    stream built from the pool draws every labelled image from the pool and none from the deployed model's half;
+    evaluation images come from the test split."""
+    x, y = data["train"]
+    deploy, pool = sustain.split_pool(y, seed=0)
+    assert set(deploy.tolist()).isdisjoint(pool.tolist())
+    assert sorted(deploy.tolist() + pool.tolist()) == list(range(len(y)))
+    for c in y.unique().tolist():
+        n_dep, n_pool = (y[deploy] == c).sum().item(), (y[pool] == c).sum().item()
+        assert abs(n_dep - n_pool) <= 1 and n_dep > 0
+    again, other = sustain.split_pool(y, seed=0), sustain.split_pool(y, seed=1)
+    assert torch.equal(again[1], pool) and not torch.equal(other[1], pool)
+
+    recipes = [{"period": t, "shift": "none", "severity": 0, "prior": None} for t in range(4)]
+    stream = sustain.make_stream({"train": (x[pool], y[pool]), "test": data["test"]}, recipes, 60, 30, seed=0)
+    rows = lambda imgs: {tuple(v.flatten().tolist()) for v in imgs}  # noqa: E731
+    pool_rows, deploy_rows, test_rows = rows(x[pool]), rows(x[deploy]), rows(data["test"][0])
+    for p in stream:
+        drawn = rows(p["x"])
+        assert drawn <= pool_rows and drawn.isdisjoint(deploy_rows)
+        assert rows(p["eval_x"]) <= test_rows
 
 
 @pytest.mark.parametrize("policy", ["embedding", "mmd", "accuracy"])
@@ -181,6 +213,39 @@ def test_default_sustain_config_and_bad_input_exit_2_naming_the_key(workdir, cap
     assert not (workdir / "mlruns").exists()
 
 
+def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_other(tmp_path, monkeypatch):
+    """_seed_context (what every policy run starts from) on the tiny study's 60 train images and a clean-pixel prior
+    stream: the deployed model's fine-tune sees exactly its 30 images, every labelled stream image comes from the
+    other 30 (the pool), and a second call for the seed reads the cached deployed model without training again."""
+    path = tmp_path / "s.toml"
+    path.write_text(SUSTAIN_TINY.replace('kind = "severity"', 'kind = "prior"'))
+    cfg = config.load(path)
+    data = datamod.load(cfg.data, seed=0)
+    body, groups = models.build("resnet8", 5, seed=0)
+    head = models.head_prefix(body, groups)
+    pre = {k: v for k, v in body.body.state_dict().items() if not k.startswith(head)}  # stands in for pretraining
+    seen = []
+    real = sustain.fine_tune
+
+    def recording(model, groups, x, y, *args, **kw):  # the real fine-tune, its training images recorded
+        seen.append(x.clone())
+        return real(model, groups, x, y, *args, **kw)
+
+    monkeypatch.setattr(sustain, "fine_tune", recording)
+    ctx = {"cfg": cfg, "device": CPU, "data": data, "data_dev": data, "pretrained": pre, "weights_key": "test",
+           "cache": tmp_path / "cache", "log": lambda *_: None, "seeds": {}}
+    sc = sustain._seed_context(ctx, 0)
+    rows = lambda imgs: {tuple(v.flatten().tolist()) for v in imgs}  # noqa: E731
+    x = data["train"][0]
+    deploy, pool = rows(x[sc["deploy_idx"]]), rows(x[sc["pool_idx"]])
+    assert len(seen) == 1 and rows(seen[0]) == deploy and deploy.isdisjoint(pool) and len(seen[0]) == 30
+    for p in sc["stream"]:
+        assert rows(p["x"]) <= pool
+    ctx["seeds"] = {}
+    sustain._seed_context(ctx, 0)
+    assert len(seen) == 1  # cached: the key holds the pool split (VERSION, POOL_FRACTION) and the resolved device
+
+
 @pytest.mark.slow
 def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     """A tiny sustain study (4 periods, 4 policies, seeds 0 and 1) in a temp dir:
@@ -195,7 +260,7 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     - stream.search = true runs an Optuna study of 2 trials (the first enqueued: never) whose child runs are named
       trial-NNNN-<label>-seed0 and tagged with the trial number."""
     path = workdir / "sustain.toml"
-    path.write_text(SUSTAIN_TINY)
+    path.write_text(SUSTAIN_TINY.replace('name = "sustain-tiny"', 'name = "sustain-tiny"\nreport = false'))
     assert sustain.main(["--config", str(path), "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
     assert "every2" in out and "stream_acc_mean" in out
@@ -218,7 +283,14 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
         assert run.data.params["stream"] == "severity" and run.data.params["seed"] == name[-1]
         for key in ("stream_acc", "updated"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2, 3]
-        assert {"stream_acc_mean", "stream_acc_worst", "bwt", "fwt", "n_updates", "update_seconds"} <= set(run.data.metrics)
+        assert {"stream_acc_mean", "stream_acc_worst", "bwt", "forgetting", "fwt", "n_updates", "update_seconds",
+                "update_examples"} <= set(run.data.metrics)
+        if name.startswith(("policy-accuracy", "policy-embedding")):  # the threshold each period was compared with
+            used = client.get_metric_history(run.info.run_id, "monitor_threshold")
+            assert [m.step for m in used] == [0, 1, 2, 3] and run.data.tags["harness.threshold_used"]
+            if "embedding" in name:  # raised from 0.55 to the noise floor: 0.667 at 179 clean validation vs 40
+                # period inputs, 0.715 at 40 vs 40 after an update (auc_noise_floor)
+                assert all(m.value > 0.66 for m in used)
         local = client.download_artifacts(run.info.run_id, "accuracy_matrix.json", str(workdir))
         matrix = json.loads(open(local).read())
         assert len(matrix["R"]) == 4 and all(len(row) == 4 for row in matrix["R"]) and len(matrix["initial"]) == 4
@@ -243,3 +315,74 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     kids = [r for r in client.search_runs([exp2.experiment_id]) if r.data.tags.get("harness.role") == "sustain_policy"]
     assert sorted(r.data.tags["optuna.trial_number"] for r in kids) == ["0", "1"]
     assert any(r.info.run_name == "trial-0000-never-seed0" for r in kids)
+
+
+@pytest.mark.slow
+def test_faults_diverging_policy_fails_alone_and_stale_search_trials_fail(workdir, capsys):
+    """Faults, on the tiny 4-period stream (seed 0, no report):
+    - stream.lr = 1e30 makes every update diverge (non-finite loss): 'every2' ends FAILED with harness.fail_reason
+      naming FloatingPointError, 'never' (no update) still FINISHES, the parent run ends FINISHED; exit 1 with a
+      message on stderr naming every2, and no traceback;
+    - search mode: an Optuna trial left RUNNING by a killed run is FAILED at start with a fail_reason, and the
+      search still completes its one trial (the enqueued 'never'); exit 0;
+    - search mode whose lr range diverges: both attempts fail (Optuna FAIL with fail_reason, child run FAILED with
+      harness.fail_reason), the search does not stop at the first, and exits 1."""
+    path = workdir / "sustain.toml"
+    path.write_text(SUSTAIN_TINY.replace('name = "sustain-tiny"', 'name = "sustain-tiny"\nreport = false'))
+    args = ["--config", str(path), "--set", "stream.policies=['never','every']"]
+    assert sustain.main(args + ["--set", "stream.lr=1e30"]) == 1
+    err = capsys.readouterr().err
+    assert "every2" in err and "FloatingPointError" in err and "Traceback" not in err
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sustain-tiny")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert runs["policy-never-seed0"].info.status == "FINISHED"
+    failed = runs["policy-every2-seed0"]
+    assert failed.info.status == "FAILED" and "FloatingPointError" in failed.data.tags["harness.fail_reason"]
+    assert runs["sustain-tiny"].info.status == "FINISHED"
+
+    storage = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
+    stale = optuna.create_study(storage=storage, study_name="sustain-stale", direction="maximize")
+    stale.ask()  # a trial whose process was killed: RUNNING forever
+    search = args + ["--set", "stream.search=true", "--n-trials", "1"]
+    assert sustain.main(search + ["--study-name", "sustain-stale", "--set", "stream.search_policies=['never']"]) == 0
+    trials = optuna.load_study(study_name="sustain-stale", storage=storage).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL and "died" in trials[0].system_attrs["fail_reason"]
+    assert [t.state for t in trials[1:]] == [optuna.trial.TrialState.COMPLETE]
+    assert trials[1].params == {"policy": "never"}
+
+    diverge = search + ["--study-name", "sustain-diverge", "--n-trials", "2", "--set",
+                        "stream.search_policies=['every']", "--set", "stream.search_lr=[1e30,1e31]",
+                        "--set", "stream.search_k=[1,2]"]  # k <= 2 updates within 4 periods
+    assert sustain.main(diverge) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    trials = optuna.load_study(study_name="sustain-diverge", storage=storage).trials
+    assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    assert all("FloatingPointError" in t.system_attrs["fail_reason"] for t in trials)
+    kids = client.search_runs([client.get_experiment_by_name("sustain-diverge").experiment_id],
+                              "tags.`harness.role` = 'sustain_policy'")
+    assert len(kids) == 2 and all(r.info.status == "FAILED" and r.data.tags["harness.fail_reason"] for r in kids)
+
+
+@pytest.mark.slow
+def test_refuses_the_experiment_of_a_regular_study(workdir, tiny_config, capsys):
+    """A regular study 'tiny' (harness.study, 1 trial of 1 epoch) owns the MLflow experiment 'tiny': a sustain run
+    with --study-name tiny exits 2 with a message naming study.name, and creates nothing: no file, no experiment,
+    no run."""
+    from harness import study
+
+    assert study.main(["--config", str(tiny_config), "--n-trials", "1", "--set", "train.epochs=1", "--set",
+                       "data.image_size=8", "--set", "shifts.severities=[1]", "--no-report"]) == 0
+    capsys.readouterr()
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    before_runs = {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+    before_exps = {e.name for e in client.search_experiments()}
+    path = workdir / "sustain.toml"
+    path.write_text(SUSTAIN_TINY)
+    before_files = created_files(workdir, ignore=())
+    assert sustain.main(["--config", str(path), "--study-name", "tiny"]) == 2
+    assert "study.name" in capsys.readouterr().err
+    assert created_files(workdir, ignore=()) == before_files
+    assert {e.name for e in client.search_experiments()} == before_exps
+    assert {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])} \
+        == before_runs
