@@ -124,8 +124,10 @@ class Stream:
     phase: int = 2  # recurring: periods per phase, A A B B A A ...
     alpha: float = 0.3  # prior drift: Dirichlet concentration of the final class prior (priors start uniform)
     periods: int = 10  # T
-    labelled: int = 50  # labelled images per period, from the target train split
+    labelled: int = 50  # labelled images per period, drawn from the stream pool (a held-out part of the train split)
     eval_size: int = 150  # evaluation images per period, from the target test split
+    pool_fraction: float = 0.5  # share of the train split held out (per class) as the stream pool; the rest trains
+    # the deployed model, so no update or accuracy-monitor reference ever sees an image it was fine-tuned on
     seeds: list[int] = field(default_factory=list)  # replicate seeds (stream, head init, batch order); [] = study.seed
     policies: list[str] = field(default_factory=lambda: ["never", "every", "accuracy", "embedding"])
     k: int = 3  # every: update at periods k-1, 2k-1, ... (0-based), floor(T / k) updates
@@ -137,9 +139,11 @@ class Stream:
     freeze_layers: int = 0  # update fine-tune: first k layer groups frozen
     epochs: int = 5  # update fine-tune: epochs over the period's batch plus replay
     replay: int = 2  # previous periods' labelled batches added to each update
-    init_lr: float = 0.03  # the deployed model: pretrained, fully fine-tuned on the clean train split, train.epochs
+    init_lr: float = 0.03  # the deployed model: pretrained, fully fine-tuned for train.epochs on the clean train split
+    # minus the stream pool
     search: bool = False  # true: an Optuna study searches the policy instead of replaying `policies`
-    objective: str = "penalized"  # penalized: mean acc - cost * n_updates / T; multi: (mean acc, n_updates / T)
+    objective: str = "penalized"  # penalized: mean acc - cost * update share; multi: (mean acc, update share), the
+    # update share = update_examples / (T * labelled * (1 + replay) * epochs), 1 when every period updates
     cost: float = 0.1  # lambda of the penalized objective
     search_policies: list[str] = field(default_factory=lambda: ["every", "accuracy", "embedding"])
     search_k: list[int] = field(default_factory=lambda: [1, 5])
@@ -399,6 +403,8 @@ def validate(cfg: Config) -> None:
         _positive(f"stream.{key}", getattr(st, key))
     for key in ("replay", "freeze_layers", "drop", "mmd", "cost"):
         _positive(f"stream.{key}", getattr(st, key), allow_zero=True)
+    if not 0 < st.pool_fraction < 1:
+        raise ConfigError("stream.pool_fraction", f"must be in (0, 1), got {st.pool_fraction}")
     if not 0.5 <= st.auc < 1:
         raise ConfigError("stream.auc", f"must be in [0.5, 1), got {st.auc}")
     if len(set(st.seeds)) != len(st.seeds) or any(v < 0 for v in st.seeds):

@@ -601,6 +601,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        if tracking.existing_role(cfg.study.tracking_uri or tracking.default_uri(home()), cfg.study.name) == "sustain":
+            print(f"error: study.name: {cfg.study.name!r} is the MLflow experiment of a sustain study (python -m "
+                  f"harness.sustain); choose another --study-name", file=sys.stderr)
+            return 2
         return run(cfg, n_groups)
     except KeyboardInterrupt:
         print("\ninterrupted: re-run the same command to resume the study", file=sys.stderr)

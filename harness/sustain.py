@@ -3,7 +3,7 @@ monitor-triggered) and measure accuracy kept against update cost, tracked in MLf
 
 Protocol (Wild-Time Eval-Stream, CLEAR "test on the near future"; notes/science.md section 5). A stream is T periods
 (0-based t = 0..T-1) drawn from the target split of the data. The train split is cut per replicate seed, stratified
-by class, into two disjoint halves (POOL_FRACTION): the deployed model's training images and the stream pool. Period
+by class, into two disjoint parts (stream.pool_fraction): the deployed model's training images and the stream pool. Period
 t brings a labelled batch (`stream.labelled` images of the stream pool, never seen by the deployed model) and an
 evaluation set (`stream.eval_size` images of the test split), both put through the period's shift (a severity ramp
 of a corruption, a rotation ramp, a drifting class prior, or a recurring A/B shift). So the accuracy monitor's
@@ -92,7 +92,6 @@ VERSION = 2  # part of harness.sustain_key and of the deployed model's cache key
 # Share of the target train split held out as the stream pool. Half: the default's 537 train images give the
 # deployed model 268 and the pool 269, from which 10 periods draw 50 labelled images each (every pool image comes
 # back ~1.9 times over the stream, under a different shift each time), and the tiny test study's 60 give 30 / 30.
-POOL_FRACTION = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------- streams
@@ -147,7 +146,7 @@ def _draw(x, y, n, prior, gen):
     return x[idx], y[idx]
 
 
-def split_pool(labels: torch.Tensor, seed: int, fraction: float = POOL_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
+def split_pool(labels: torch.Tensor, seed: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(deployed-model indices, stream-pool indices) into the train split: disjoint, together all of it, stratified by
     class and seeded by the replicate seed. The pool feeds the stream's labelled batches, so neither the accuracy
     monitor's reference nor an update ever sees an image the deployed model was fine-tuned on."""
@@ -424,7 +423,7 @@ def sustain_key(cfg: config.Config, spec: dict, seed: int, device: str) -> str:
                    "init_lr")}
     blob = json.dumps({"data": cfg.data.__dict__, "model": cfg.model.__dict__, "pretrain": cfg.pretrain.__dict__,
                        "train": cfg.train.__dict__, "study_seed": cfg.study.seed, "stream": st, "spec": spec,
-                       "seed": seed, "device": device, "pool": POOL_FRACTION, "v": VERSION}, sort_keys=True,
+                       "seed": seed, "device": device, "pool": cfg.stream.pool_fraction, "v": VERSION}, sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -449,7 +448,7 @@ def _build_seed_context(ctx: dict, seed: int) -> dict:
     cfg, device, data = ctx["cfg"], ctx["device"], ctx["data"]
     st = cfg.stream
     recipes = schedule(st, len(data["classes"]), seed)
-    deploy_idx, pool_idx = split_pool(data["train"][1], seed)
+    deploy_idx, pool_idx = split_pool(data["train"][1], seed, st.pool_fraction)
     x, y = data["train"]
     cpu = {"train": (x[pool_idx], y[pool_idx]), "test": data["test"]}  # labelled batches only from the pool
     stream = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in p.items()}
@@ -462,7 +461,7 @@ def _build_seed_context(ctx: dict, seed: int) -> dict:
     # a CPU-only machine, where they would differ from what a CPU run computes
     blob = json.dumps({"data": data["key"], "weights": ctx["weights_key"], "model": cfg.model.name,
                        "train": cfg.train.__dict__, "init_lr": st.init_lr, "seed": seed, "device": device.type,
-                       "pool": POOL_FRACTION, "v": VERSION}, sort_keys=True)
+                       "pool": st.pool_fraction, "v": VERSION}, sort_keys=True)
     path = ctx["cache"] / f"sustain-init-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.safetensors"
     t0 = time.perf_counter()
     if path.exists():
@@ -710,15 +709,8 @@ def _finished_children(ctx) -> dict:
 
 
 def _parent(client, exp_id: str, name: str) -> tuple[str, bool]:
-    """The sustain study's parent run (tag harness.role = sustain), reused when the study runs again. tracking.
-    parent_run creates parents tagged harness.role = study, so a new one is re-tagged right away."""
-    runs = client.search_runs([exp_id], "tags.`harness.role` = 'sustain'", max_results=1,
-                              order_by=["attributes.start_time ASC"])
-    if runs:
-        return runs[0].info.run_id, False
-    run_id, created = tracking.parent_run(client, exp_id, name)
-    tracking.set_tags(client, run_id, {"harness.role": "sustain"})
-    return run_id, created
+    """The sustain study's parent run (tag harness.role = sustain), reused (RUNNING again) when the study reruns."""
+    return tracking.parent_run(client, exp_id, name, role="sustain")
 
 
 def run(cfg: config.Config, n_groups: int, log=print) -> int:
@@ -808,20 +800,10 @@ def _report(cfg: config.Config, uri: str, log) -> None:
 
 
 def check_store(cfg: config.Config) -> None:
-    """Bad input found in the tracking store, before anything is created (exit 2): an MLflow experiment of this
-    name that holds a regular study (harness.study: a harness.role=study parent run with trial children or its
-    study tags). A sustain parent there would be mixed with its trials, and results.find_parent would show one of
-    the two. A store that does not exist yet holds nothing: it is not created here."""
+    """Bad input found in the tracking store, before anything is created (exit 2): an MLflow experiment of this name
+    that holds a regular study (python -m harness.study). A sustain parent there would be mixed with its trials."""
     uri = cfg.study.tracking_uri or tracking.default_uri(studymod.home())
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        return
-    client = tracking.connect(uri)
-    exp = client.get_experiment_by_name(cfg.study.name)
-    if exp is None:
-        return
-    trials = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'trial'", max_results=1)
-    parents = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'", max_results=10)
-    if trials or any("harness.sampler" in r.data.tags for r in parents):
+    if tracking.existing_role(uri, cfg.study.name) == "study":
         raise ConfigError("study.name", f"{cfg.study.name!r} is the MLflow experiment of a regular study "
                           f"(python -m harness.study); a sustain study needs a name of its own, e.g. --study-name "
                           f"sustain-{cfg.study.name}")
@@ -837,7 +819,7 @@ def _log_parent(ctx: dict, created: bool) -> None:
         tracking.log_json(client, run, _search_space(cfg.stream), "search_space.json")
     tracking.set_tags(client, run, {"harness.git_sha": tracking.git_sha(), "harness.device": str(ctx["device"]),
                                     "harness.stream": cfg.stream.kind, "harness.stream_shift": _stream_shift(cfg.stream),
-                                    "harness.pool_fraction": POOL_FRACTION,
+                                    "harness.pool_fraction": cfg.stream.pool_fraction,
                                     "harness.policies": ",".join(cfg.stream.policies),
                                     "harness.seeds": ",".join(map(str, seeds_of(cfg))),
                                     "harness.search": str(cfg.stream.search).lower()})

@@ -96,22 +96,40 @@ def experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> s
     return exp.experiment_id
 
 
-def parent_run(client: MlflowClient, exp_id: str, study_name: str) -> tuple[str, bool]:
-    """(run id, created): the study's parent run, reused on resume."""
-    runs = client.search_runs([exp_id], "tags.`harness.role` = 'study'", max_results=1,
+def parent_run(client: MlflowClient, exp_id: str, study_name: str, role: str = "study") -> tuple[str, bool]:
+    """(run id, created): the study's parent run (tag harness.role = study, or sustain for harness.sustain), reused
+    and set RUNNING again on resume."""
+    runs = client.search_runs([exp_id], f"tags.`harness.role` = '{role}'", max_results=1,
                               order_by=["attributes.start_time ASC"])
     if runs:
         client.update_run(runs[0].info.run_id, status="RUNNING")
         return runs[0].info.run_id, False
     run = client.create_run(exp_id, run_name=study_name,
-                            tags={"harness.role": "study", "optuna.study_name": study_name})
+                            tags={"harness.role": role, "optuna.study_name": study_name})
     # two machines starting the same study at once may both create one: the earliest wins, the other is deleted
-    first = client.search_runs([exp_id], "tags.`harness.role` = 'study'", max_results=1,
+    first = client.search_runs([exp_id], f"tags.`harness.role` = '{role}'", max_results=1,
                                order_by=["attributes.start_time ASC", "attributes.run_id ASC"])[0].info.run_id
     if first != run.info.run_id:
         client.delete_run(run.info.run_id)
         return first, False
     return run.info.run_id, True
+
+
+def existing_role(uri: str, name: str) -> str | None:
+    """'study' or 'sustain': what the MLflow experiment `name` already holds (None if nothing), read without
+    creating a store. A study and a sustain study must not share an experiment."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None
+    client = connect(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return None
+    for role in ("study", "sustain"):
+        if client.search_runs([exp.experiment_id], f"tags.`harness.role` = '{role}'", max_results=1):
+            return role
+    if client.search_runs([exp.experiment_id], "tags.`harness.role` = 'trial'", max_results=1):
+        return "study"
+    return None
 
 
 def child_run(client, exp_id, parent_id, study_name, number, params: dict, tags: dict = None) -> str:

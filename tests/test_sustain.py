@@ -138,13 +138,13 @@ def test_stream_pool_is_disjoint_from_the_deployed_models_images(data):
     stream built from the pool draws every labelled image from the pool and none from the deployed model's half;
     evaluation images come from the test split."""
     x, y = data["train"]
-    deploy, pool = sustain.split_pool(y, seed=0)
+    deploy, pool = sustain.split_pool(y, seed=0, fraction=0.5)
     assert set(deploy.tolist()).isdisjoint(pool.tolist())
     assert sorted(deploy.tolist() + pool.tolist()) == list(range(len(y)))
     for c in y.unique().tolist():
         n_dep, n_pool = (y[deploy] == c).sum().item(), (y[pool] == c).sum().item()
         assert abs(n_dep - n_pool) <= 1 and n_dep > 0
-    again, other = sustain.split_pool(y, seed=0), sustain.split_pool(y, seed=1)
+    again, other = sustain.split_pool(y, seed=0, fraction=0.5), sustain.split_pool(y, seed=1, fraction=0.5)
     assert torch.equal(again[1], pool) and not torch.equal(other[1], pool)
 
     recipes = [{"period": t, "shift": "none", "severity": 0, "prior": None} for t in range(4)]
@@ -243,7 +243,7 @@ def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_ot
         assert rows(p["x"]) <= pool
     ctx["seeds"] = {}
     sustain._seed_context(ctx, 0)
-    assert len(seen) == 1  # cached: the key holds the pool split (VERSION, POOL_FRACTION) and the resolved device
+    assert len(seen) == 1  # cached: the key holds the pool split (VERSION, stream.pool_fraction) and the resolved device
 
 
 @pytest.mark.slow
@@ -386,3 +386,10 @@ def test_refuses_the_experiment_of_a_regular_study(workdir, tiny_config, capsys)
     assert {e.name for e in client.search_experiments()} == before_exps
     assert {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])} \
         == before_runs
+    # and the other way round: a regular study refuses the experiment of a sustain study, exit 2, nothing run
+    assert sustain.main(["--config", str(path), "--study-name", "drift", "--no-report"]) in (0, 1)
+    capsys.readouterr()
+    n_runs = len(client.search_runs([client.get_experiment_by_name("drift").experiment_id]))
+    assert study.main(["--config", str(tiny_config), "--study-name", "drift", "--no-report"]) == 2
+    assert "study.name" in capsys.readouterr().err
+    assert len(client.search_runs([client.get_experiment_by_name("drift").experiment_id])) == n_runs
