@@ -52,6 +52,33 @@ def load(cfg: Data, seed: int, cache_dir: Path | None = None) -> dict:
     return out
 
 
+def check(cfg: Data, seed: int, cache_dir: Path | None = None) -> None:
+    """Raise now what load() would raise about data.path, decoding no image, so a bad path is bad input (exit 2)
+    before a store or cache is created. A cached dataset needs no check."""
+    if cfg.source == "digits" or (cache_dir and (cache_dir / f"data-{cache_key(cfg, seed)}.safetensors").exists()):
+        return
+    if cfg.source == "imagefolder":
+        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+        root = Path(cfg.path).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.path: {root} is not a folder")
+        classes = None
+        for path in folder_splits(root).values():
+            try:
+                found, index = find_classes(str(path))
+                make_dataset(str(path), index, extensions=IMG_EXTENSIONS)  # lists files: a class without images fails
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"data.path: {e}") from None
+            if classes is not None and found != classes:
+                raise ValueError(f"data.path: class folders differ between the split folders of {root}: "
+                                 f"{', '.join(classes)} versus {', '.join(found)}")
+            classes = found
+        return
+    if not cfg.download:
+        _torchvision_sets(cfg)  # reads the files it finds (torchvision has no cheaper public check)
+
+
 def to_device(data: dict, device: torch.device, budget: float = 0.5) -> dict:
     """Data that fits lives on the training device as tensors: no loader, no host-to-device copy per batch.
     On CUDA, images that would take more than `budget` of the free GPU memory (the model, activations and the
@@ -205,17 +232,22 @@ def _imagefolder(cfg: Data, seed: int):
     return tensors, {"classes": classes, "source_classes": []}
 
 
-def _torchvision(cfg: Data, seed: int):
+def _torchvision_sets(cfg: Data):
+    """(train, test) torchvision datasets from data.path, downloaded there only when data.download is true."""
     import torchvision.datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
            "cifar100": tvd.CIFAR100, "svhn": tvd.SVHN}[cfg.source]
     kw = (lambda train: {"split": "train" if train else "test"}) if cfg.source == "svhn" else (lambda train: {"train": train})
     try:
-        train, test = (cls(cfg.path, download=cfg.download, **kw(t)) for t in (True, False))
+        return tuple(cls(str(Path(cfg.path).expanduser()), download=cfg.download, **kw(t)) for t in (True, False))
     except RuntimeError as e:  # torchvision says "Dataset not found or corrupted"
         raise FileNotFoundError(f"data.path: {cfg.source} not found under {cfg.path} ({e}); put the files there "
                                 f"or set data.download = true") from None
+
+
+def _torchvision(cfg: Data, seed: int):
+    train, test = _torchvision_sets(cfg)
     gen = torch.Generator().manual_seed(seed)
 
     def tensors_of(ds):

@@ -90,6 +90,11 @@ def preflight(cfg: config.Config) -> int:
         raise ConfigError("search.freeze_layers", f"high bound {cfg.search.freeze_layers[1]} exceeds the "
                           f"{n_groups} layer groups of {cfg.model.name} ({', '.join(list(groups)[:-1])})")
     try:
+        datamod.check(cfg.data, cfg.study.seed, home() / "cache")
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e)
+        raise ConfigError("data.path", msg.split(": ", 1)[1] if msg.startswith("data.path: ") else msg) from None
+    try:
         train.pick_device(cfg.study.device)
     except ValueError as e:
         raise ConfigError("study.device", str(e).split(": ", 1)[-1]) from None

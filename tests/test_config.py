@@ -121,3 +121,20 @@ def test_subpopulation_config_errors(sets, key):
     with pytest.raises(ConfigError) as e:
         config.load(None, sets)
     assert e.value.key == key
+
+
+@pytest.mark.parametrize("sets", [
+    ["data.source=imagefolder", "data.path=empty", "model.weights=none"],              # no class folder
+    ["data.source=imagefolder", "data.path=noimages", "model.weights=none"],           # a class folder, no image
+    ["data.source=mnist", "data.path=empty", "model.weights=none", "data.image_size=28"],  # no MNIST files, no download
+])
+def test_dataset_problems_exit_2_before_anything_is_created(workdir, capsys, sets):
+    """A data.path that exists but holds no usable dataset is bad input too: exit 2 naming data.path, found before
+    the MLflow store, the Optuna storage or a cache is created."""
+    (workdir / "empty").mkdir()
+    (workdir / "noimages" / "cats").mkdir(parents=True)
+    (workdir / "noimages" / "cats" / "notes.txt").write_text("not an image")
+    code = study.main([a for s in sets for a in ("--set", s)])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.path" in err, err
+    assert created_files(workdir, ignore=("empty", "noimages", "cats", "notes.txt")) == []
