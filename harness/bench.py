@@ -143,9 +143,7 @@ def bare_run(ctx: dict) -> tuple[float, torch.nn.Module, list[float]]:
         models.initial_weights(cfg.model.name, cfg.model.weights, model, groups)
     frozen_modules = [groups[name] for name in list(groups)[:k]]
     frozen_params = [p for m in frozen_modules for p in m.parameters()]
-    model = model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
     if t.compile:
         model.compile()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay,
@@ -164,9 +162,7 @@ def bare_run(ctx: dict) -> tuple[float, torch.nn.Module, list[float]]:
         running = torch.zeros((), device=device)
         for i in range(0, len(x), t.batch_size):
             idx = perm[i:i + t.batch_size]
-            xb, yb = x[idx], y[idx]
-            if cuda:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb, yb = x[idx].contiguous(memory_format=torch.channels_last), y[idx]
             for g in opt.param_groups:
                 g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
             with amp():
@@ -183,7 +179,7 @@ def bare_run(ctx: dict) -> tuple[float, torch.nn.Module, list[float]]:
             for i in range(0, len(vx), t.eval_batch_size):
                 xb = vx[i:i + t.eval_batch_size]
                 with amp():
-                    logits.append(model(xb.contiguous(memory_format=torch.channels_last) if cuda else xb).float())
+                    logits.append(model(xb.contiguous(memory_format=torch.channels_last)).float())
             logits = torch.cat(logits)
             val_acc.append((logits.argmax(1) == vy).float().mean().item())
             F.cross_entropy(logits, vy).item()

@@ -34,9 +34,9 @@ def autocast(device: torch.device):
 
 
 def prepare(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # NHWC: tensor-core friendly convs
+    # NHWC (channels_last) everywhere: tensor-core friendly convs on CUDA, and on CPU oneDNN's NHWC kernels ran
+    # resnet8 inference 1.5x faster here (4400 vs 3000 img/s at batch 64, 2 cores), training at the same speed
+    model = model.to(device).to(memory_format=torch.channels_last)
     if compile:
         # in place (nn.Module.compile): same module, same state_dict keys, the groups still point into it. Each
         # freeze/unfreeze and each trial recompiles (tens of seconds), so it pays off for trials of minutes.
@@ -45,13 +45,14 @@ def prepare(model: nn.Module, device: torch.device, compile: bool = False) -> nn
 
 
 def to_device_batch(xb: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch of images kept on the CPU (data too large for the device) -> the device. Gathered batches land in
-    pageable memory; pinning them (torch's caching host allocator) lets the copy run async with non_blocking."""
-    if xb.device == device:
-        return xb
-    if device.type == "cuda" and not xb.is_pinned():
-        xb = xb.pin_memory()
-    return xb.to(device, non_blocking=True)
+    """A batch of images -> the device, channels_last (as the model, see prepare). Batches of data kept on the CPU
+    (too large for the device) land in pageable memory; pinning them (torch's caching host allocator) lets the copy
+    run async with non_blocking."""
+    if xb.device != device:
+        if device.type == "cuda" and not xb.is_pinned():
+            xb = xb.pin_memory()
+        xb = xb.to(device, non_blocking=True)
+    return xb.contiguous(memory_format=torch.channels_last) if xb.dim() == 4 else xb
 
 
 def set_frozen(model: nn.Module, groups: dict, k: int) -> None:
@@ -102,8 +103,6 @@ def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, tot
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
         xb, yb = to_device_batch(x[idx], device), y[idx.to(y.device)].to(device, non_blocking=True)
-        if device.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, base_lr, schedule)
         with autocast(device):
@@ -124,15 +123,14 @@ def predict(model, x, batch_size, device) -> torch.Tensor:
     out = []
     for i in range(0, len(x), batch_size):
         xb = to_device_batch(x[i:i + batch_size], device)
-        if device.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(device):
             out.append(model(xb).float())
     return torch.cat(out)
 
 
 def evaluate(model, x, y, batch_size, device) -> dict:
-    """Accuracy and mean cross-entropy on (x, y)."""
+    """Accuracy and mean cross-entropy on (x, y), and the logits (reused, e.g. for BBSE's confusion matrix)."""
     logits = predict(model, x, batch_size, device)
     y = y.to(logits.device)
-    return {"acc": (logits.argmax(1) == y).float().mean().item(), "loss": F.cross_entropy(logits, y).item()}
+    return {"acc": (logits.argmax(1) == y).float().mean().item(), "loss": F.cross_entropy(logits, y).item(),
+            "logits": logits}

@@ -91,7 +91,7 @@ def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[di
     return final, curves
 
 
-def label_shift_metrics(model, suite: dict, data: dict, batch_size, device) -> dict:
+def label_shift_metrics(model, suite: dict, data: dict, batch_size, device, val_logits=None) -> dict:
     """Label shift (Lipton et al. 2018): balanced accuracy on the prior-shifted test set, and how well black-box
     shift estimation recovers its class priors from the clean validation confusion matrix."""
     if "label_shift" not in suite.get("test_sets", {}):
@@ -99,7 +99,9 @@ def label_shift_metrics(model, suite: dict, data: dict, batch_size, device) -> d
     xs, ys = suite["test_sets"]["label_shift"]
     k = len(data["classes"])
     vx, vy = data["val"]
-    conf = metrics.confusion(train.predict(model, vx, batch_size, device).argmax(1), vy, k)
+    if val_logits is None:  # the trial passes its last epoch's validation logits: same model, same images
+        val_logits = train.predict(model, vx, batch_size, device)
+    conf = metrics.confusion(val_logits.argmax(1), vy, k)
     logits = train.predict(model, xs, batch_size, device)
     source_prior = torch.bincount(vy.cpu(), minlength=k).double() / len(vy)
     est = metrics.bbse_prior(conf, logits.argmax(1), source_prior)
@@ -215,7 +217,7 @@ def objective(trial: optuna.Trial, ctx: dict):
         t1 = time.perf_counter()
         sel = selection_metrics(model, ctx["suite"], data["val"][1], t.eval_batch_size, device)
         final, curves = test_metrics(model, ctx["suite"], data, t.eval_batch_size, device)
-        label = label_shift_metrics(model, ctx["suite"], data, t.eval_batch_size, device)
+        label = label_shift_metrics(model, ctx["suite"], data, t.eval_batch_size, device, val["logits"])
         priors = label.pop("priors", None)
         final.update(label)
         shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
