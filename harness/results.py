@@ -376,7 +376,8 @@ def _row(t: dict, shifts: dict, epochs, objective: str) -> dict:
     # the objective's value as Optuna saw it: validation accuracy, or the mean over selection shifts
     obj_key = {"val_acc": "val_acc_final", "ood_val_acc": "ood_val_acc"}.get(objective, "val_acc_final")
     finals = {k: _float(v) for k, v in m.items()
-              if k not in EPOCH_KEYS and not (k.startswith("shift/") and k.rsplit("/", 1)[-1] in ("acc", "ece", "nll"))}
+              if k not in EPOCH_KEYS and not (k.startswith("shift/") and k.rsplit("/", 1)[-1] in ("acc", "ece", "nll"))
+              and len(c.get(k, ())) <= 1}  # a series (label_shift/prior_*: step = class index) is not one final value
     row = {"number": t["number"], "run_id": t["run_id"], "run_name": t["run_name"], "state": t["state"],
            "baseline": t["baseline"], "lr": p.get("lr"), "freeze_layers": p.get("freeze_layers"),
            "unfreeze_epoch": p.get("unfreeze_epoch"), **_strategy(p.get("freeze_layers"), p.get("unfreeze_epoch"), epochs),
@@ -419,8 +420,10 @@ def _fanova(done: list[dict], search: dict, out: dict) -> None:
             out[target] = {"note": f"needs at least 3 completed trials, has {len(use)}"}
             continue
         try:
-            lrs = [r["lr"] for r in use] + list(search.get("lr", {}).values())[:2]
-            lrs = [v for v in lrs if isinstance(v, (int, float)) and v > 0]
+            space = search.get("lr") or {}  # {"low", "high", "log"} (search_space.json), or an older [low, high]
+            bounds = [space.get("low"), space.get("high")] if isinstance(space, dict) else list(space)[:2]
+            lrs = [r["lr"] for r in use] + bounds
+            lrs = [v for v in lrs if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
             ks = [int(r["freeze_layers"] or 0) for r in use]
             es = [int(r["unfreeze_epoch"] or 0) if r["freeze_layers"] else 0 for r in use]
             dists = {"lr": FloatDistribution(min(lrs), max(lrs), log=True),
