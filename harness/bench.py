@@ -277,10 +277,11 @@ def trial_times(uri: str, study_name: str) -> dict:
 
     client = results.connect(uri)
     exp, parent = results.find_parent(client, study_name)
-    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
-                              "and attributes.status = 'FINISHED'")
-    tr = [r.data.metrics["train_seconds"] for r in runs if "train_seconds" in r.data.metrics]
-    ev = [r.data.metrics["eval_seconds"] for r in runs if "eval_seconds" in r.data.metrics]
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    done = [r for r in runs if r.info.status == "FINISHED"]
+    tr = [r.data.metrics["train_seconds"] for r in done if "train_seconds" in r.data.metrics]
+    ev = [r.data.metrics["eval_seconds"] for r in done if "eval_seconds" in r.data.metrics]
+    # rss_mb is logged every epoch (the latest value: the trial's last epoch), pruned trials included
     rss = sorted((int(r.data.tags["optuna.trial_number"]), r.data.metrics["rss_mb"]) for r in runs
                  if "rss_mb" in r.data.metrics)
     return {"n": len(tr), "train": statistics.median(tr), "eval": statistics.median(ev), "rss": [v for _, v in rss]}
@@ -401,8 +402,8 @@ def render(r: dict) -> str:
         "## (e) memory",
         f"- peak RSS of the benchmark process (all of the above in-process): {r['peak_rss_mb']:.0f} MB; "
         f"RSS at the end {r['rss_mb']:.0f} MB" + (f"; GPU peak {r['gpu_peak_mb']:.0f} MB" if r.get("gpu_peak_mb") else ""),
-        f"- RSS at the end of each completed trial of study bench-none (MB, trial order): "
-        f"{', '.join(f'{v:.0f}' for v in tt['rss'])}",
+        f"- RSS after each trial of study bench-none (MB, trial order, the last epoch's rss_mb; the process also "
+        f"holds everything above): {', '.join(f'{v:.0f}' for v in tt['rss'])}",
         "",
     ]
     return "\n".join(lines)
@@ -412,7 +413,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
     t_start = time.perf_counter()
     overrides = QUICK if quick else []
     cfg = config.load(None, overrides, **{"study.name": "bench-trial", "study.device": device_name})
-    repeats, n_trials = (3, 2) if quick else (7, 6)
+    repeats, n_trials = (3, 2) if quick else (7, cfg.study.n_trials)  # (c): the default study's 12 trials
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
         tmp = Path(tmp)

@@ -206,6 +206,9 @@ def objective(trial: optuna.Trial, ctx: dict):
             val = train.evaluate(model, *data["val"], t.eval_batch_size, device)
             tracking.log_metrics(client, run_id, {"train_loss": loss, "val_acc": val["acc"], "val_loss": val["loss"],
                                                   "frozen_layers": frozen,
+                                                  # process memory after each epoch, pruned trials too: it must
+                                                  # not grow across trials (optuna#1224)
+                                                  "rss_mb": psutil.Process().memory_info().rss / 2**20,
                                                   "lr": train.lr_at(step, total, p["lr"], t.schedule)}, step=epoch)
             progress(trial.number, epoch, loss, val["acc"])
             if cfg.study.objective != "multi":  # Optuna cannot prune multi-objective studies
@@ -227,7 +230,6 @@ def objective(trial: optuna.Trial, ctx: dict):
         ce = corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in ctx["suite"]["test"]}, ref)
         final.update(ce)
         final.update(val_acc_final=val["acc"], train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
-                     rss_mb=psutil.Process().memory_info().rss / 2**20,  # memory must not grow across trials
                      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         if device.type == "cuda":
             final["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
