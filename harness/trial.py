@@ -209,7 +209,8 @@ def objective(trial: optuna.Trial, ctx: dict):
                                                   # process memory after each epoch, pruned trials too: it must
                                                   # not grow across trials (optuna#1224)
                                                   "rss_mb": psutil.Process().memory_info().rss / 2**20,
-                                                  "lr": train.lr_at(step, total, p["lr"], t.schedule)}, step=epoch)
+                                                  "lr": train.lr_at(step, total, p["lr"], t.schedule)}, step=epoch,
+                                 wait=False)  # async: off the training loop (bench (b))
             progress(trial.number, epoch, loss, val["acc"])
             if cfg.study.objective != "multi":  # Optuna cannot prune multi-objective studies
                 trial.report(val["acc"], epoch)
