@@ -21,6 +21,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -61,19 +62,21 @@ def trial_context(cfg) -> dict:
 def time_client(client) -> dict:
     """Instrument this MlflowClient instance: every public method still calls the real store, and adds its calls and
     seconds to the returned dict (method -> [calls, seconds]). Nested calls count once, in the outer method."""
-    spent, depth = {}, [0]
+    spent, local, main = {}, threading.local(), threading.get_ident()
 
     def timed(name, method):
         def call(*args, **kwargs):
-            if depth[0]:
+            if getattr(local, "depth", 0):
                 return method(*args, **kwargs)
-            depth[0] += 1
+            local.depth = 1
             t0 = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
-                depth[0] -= 1
-                entry = spent.setdefault(name, [0, 0.0])
+                local.depth = 0
+                # calls on the logging thread (per-epoch batches) overlap training: kept apart from the trial's own
+                key = name if threading.get_ident() == main else f"{name} (logging thread)"
+                entry = spent.setdefault(key, [0, 0.0])
                 entry[0] += 1
                 entry[1] += time.perf_counter() - t0
         return call
@@ -222,12 +225,15 @@ def throughput(ctx: dict, repeats: int) -> dict:
 def mlflow_share(trials: list[dict]) -> dict:
     """Every MLflow call of a trial (child run creation, per-epoch log_batch, end-of-trial metrics and per-severity
     steps, the best-weights upload, end_run) as a share of the trial's wall time; medians over the trials."""
-    shares = [sum(s for _, s in t["mlflow"].values()) / t["wall"] for t in trials]
+    blocking = lambda t: sum(s for m, (_, s) in t["mlflow"].items() if not m.endswith("(logging thread)"))
+    background = lambda t: sum(s for m, (_, s) in t["mlflow"].items() if m.endswith("(logging thread)"))
+    shares = [blocking(t) / t["wall"] for t in trials]
     methods = sorted({m for t in trials for m in t["mlflow"]})
     per = {m: (statistics.median(t["mlflow"].get(m, [0, 0.0])[0] for t in trials),
                statistics.median(t["mlflow"].get(m, [0, 0.0])[1] for t in trials)) for m in methods}
     return {"share": statistics.median(shares), "shares": shares, "per_method": per,
-            "seconds": statistics.median(sum(s for _, s in t["mlflow"].values()) for t in trials),
+            "seconds": statistics.median(blocking(t) for t in trials),
+            "background_share": statistics.median(background(t) / t["wall"] for t in trials),
             "wall": statistics.median(t["wall"] for t in trials)}
 
 
@@ -332,8 +338,10 @@ def render(r: dict) -> str:
         f"{ok(a['ratio_median'] >= TARGETS['ratio'])} |",
         f"| (a) same, ratio of the bests of {a['repeats']} each | {a['ratio_best']:.3f} | >= {TARGETS['ratio']} | "
         f"{ok(a['ratio_best'] >= TARGETS['ratio'])} |",
-        f"| (b) MLflow logging / trial wall time (every call of the trial) | {100 * b['share']:.2f}% | "
+        f"| (b) MLflow logging the trial waits for / trial wall time | {100 * b['share']:.2f}% | "
         f"< {100 * TARGETS['mlflow_share']:.0f}% | {ok(b['share'] < TARGETS['mlflow_share'])} |",
+        f"| (b) same, on the logging thread (overlaps training; its CPU share is inside (a)) | "
+        f"{100 * b['background_share']:.2f}% | | |",
         f"| (c) trials per minute, no pruning | {st['none']['per_minute']:.2f} | | |",
         f"| (c) trials per minute, median pruning | {st['median']['per_minute']:.2f} | | |",
         f"| (d) shift-suite build, the config's {s['config']['n_shifts']} shifts ({s['config']['n_sets']} sets) | "
@@ -376,9 +384,10 @@ def render(r: dict) -> str:
         "Every MlflowClient call a trial makes (an instrumented client: each call still goes to the sqlite store): "
         "child run creation and its params, per-epoch metrics, the end-of-trial metrics and per-severity steps, the "
         "best-weights upload (each measured trial is the best of its own study, so it uploads every time: the worst "
-        "case), end_run. Per-epoch metrics go through MLflow's async logging: the trial waits for the hand-off and, "
-        "before its final metrics, in tracking.flush (counted); the background writes share the CPU with training "
-        f"and so show in (a). Median over {len(tr)} trials: {1000 * b['seconds']:.0f} ms of MLflow in a trial of "
+        "case), end_run. Per-epoch metrics are handed to one logging thread (tracking.log_metrics(wait=False)): the "
+        "trial waits only for the hand-off and, before its final metrics, in tracking.flush (counted); the thread's "
+        "writes share the 2 cores with training, so their cost shows in (a), and their time is listed apart. "
+        f"Median over {len(tr)} trials: {1000 * b['seconds']:.0f} ms the trial waited on MLflow in a trial of "
         f"{b['wall']:.2f} s = {100 * b['share']:.2f}% (per trial: {', '.join(f'{100 * v:.2f}%' for v in b['shares'])}).",
         "",
         "| MlflowClient method | calls a trial | ms a trial (median) |",
