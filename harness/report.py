@@ -218,40 +218,50 @@ def fig_severity(summaries: list[dict], curves: dict, key: str) -> Raw | None:
 
 
 def fig_heatmap(s: dict) -> Raw | None:
+    """Trials (rows, best first) x shifts (columns: ID, held-out shifts, then selection shifts), each cell the
+    shift's accuracy averaged over its severities: one readable column per shift (11 shifts x 5 severities would be
+    56 columns too narrow for their numbers); per severity, see the curves and the JSON."""
     done = sorted((r for r in s["trials"] if r.get("rank")), key=lambda r: r["rank"])[:MAX_HEATMAP_ROWS]
     sh = s["shifts"]
-    cols = [("ID", None)]
-    for n in sh["test"] + sh["sets"] + sh["selection"]:
-        steps = sorted({int(k) for r in done for k in r["shift_acc"].get(n, {})})
-        cols += [(n, st) for st in steps]
+    cols = ["ID"] + [n for n in sh["test"] + sh["sets"] + sh["selection"] if any(n in r["shift_mean"] for r in done)]
     if not done or len(cols) == 1:
         return None
-    grid = [[(r["id_acc"] if n == "ID" else r["shift_acc"].get(n, {}).get(str(st))) for n, st in cols] for r in done]
+    grid = [[(r["id_acc"] if n == "ID" else r["shift_mean"].get(n)) for n in cols] for r in done]
     with _rc():
         import numpy as np
 
         data = np.array([[np.nan if v is None else 100 * v for v in row] for row in grid])
-        fig = _figure(max(5.0, 0.42 * len(cols) + 2.2), max(1.8, 0.3 * len(done) + 1.6))
+        fig = _figure(max(5.0, 0.55 * len(cols) + 3.0), max(1.8, 0.3 * len(done) + 1.6))
         ax = fig.subplots()
         im = ax.imshow(data, aspect="auto", cmap="RdYlGn", vmin=np.nanmin(data), vmax=np.nanmax(data))
         ax.grid(False)
         ax.set_xticks(range(len(cols)))
-        ax.set_xticklabels(["ID" if n == "ID" else _t(n if n in sh["sets"] else f"{n} {st}") +
-                            (" (sel)" if n in sh["selection"] else "") for n, st in cols], rotation=60, ha="right", fontsize=7)
+        ax.set_xticklabels([_t(n) + (" (sel)" if n in sh["selection"] else "") for n in cols], rotation=40,
+                           ha="right", fontsize=7.5)
         ax.set_yticks(range(len(done)))
-        ax.set_yticklabels([trial_label(r, s["best"], True) for r in done], fontsize=7)
+        ax.set_yticklabels([trial_label(r, s["best"], True) for r in done], fontsize=7.5)
         if data.size <= 600:
             for (i, j), v in np.ndenumerate(data):
                 if not np.isnan(v):
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6.5, color="black")
-        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="accuracy (%)")
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="black")
+        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="accuracy (%), mean over severities")
         fig.tight_layout()
         return _png(fig, "heatmap of accuracy per trial and shift")
 
 
-def _probit_axis(ax, lo: float, hi: float, n, axis: str) -> None:
-    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
-             if lo - 0.25 <= results.probit(t, n) <= hi + 0.25]
+PROBIT_TICKS = (0.5, 0.9, 0.1, 0.99, 0.01, 0.8, 0.2, 0.95, 0.05, 0.98, 0.02, 0.7, 0.3, 0.6, 0.4)  # by preference
+
+
+def _probit_axis(ax, lo: float, hi: float, n, axis: str, max_ticks: int = 10) -> None:
+    """Percent ticks on a probit axis, at most max_ticks of them, the round ones first: probit crowds 20-80% into a
+    third of the axis, so every candidate tick would overprint in a small panel."""
+    gap = (hi - lo + 0.5) / max_ticks
+    ticks = []
+    for t in PROBIT_TICKS:
+        z = results.probit(t, n)
+        if lo - 0.25 <= z <= hi + 0.25 and all(abs(z - results.probit(k, n)) >= gap for k in ticks):
+            ticks.append(t)
+    ticks.sort()
     setter = ax.set_xticks if axis == "x" else ax.set_yticks
     labeler = ax.set_xticklabels if axis == "x" else ax.set_yticklabels
     setter([results.probit(t, n) for t in ticks])
@@ -298,8 +308,9 @@ def fig_line(summaries: list[dict], shift: str | None = None, size=(5.6, 4.2), a
         pad = 0.1 * (hi - lo or 1)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ":", color="#999", lw=1, label="y = x (no drop)")
         n = summaries[0]["n_test"]
-        _probit_axis(ax, lo - pad, hi + pad, n, "x")
-        _probit_axis(ax, lo - pad, hi + pad, n, "y")
+        most = 10 if own else 6  # a panel of the per-shift grid is ~3 inches wide
+        _probit_axis(ax, lo - pad, hi + pad, n, "x", most)
+        _probit_axis(ax, lo - pad, hi + pad, n, "y", most)
         ax.set_xlabel("ID test accuracy (%, probit scale)")
         ax.set_ylabel(("mean OOD accuracy" if shift is None else f"{_t(shift)} accuracy") + " (%, probit scale)")
         ax.margins(0.08)
@@ -363,6 +374,11 @@ def fig_hparams(s: dict) -> Raw | None:
                                marker="*" if r["number"] == s["best"] else "o")
                 if param == "lr":
                     ax.set_xscale("log")
+                    # an lr range inside one decade gets only minor ticks, whose labels overprint: label a few
+                    from matplotlib.ticker import LogLocator, NullFormatter
+
+                    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))
+                    ax.xaxis.set_minor_formatter(NullFormatter())
                 if param == "unfreeze_epoch" and epochs:
                     ticks = list(range(0, epochs + 1))
                     ax.set_xticks(ticks)
@@ -594,8 +610,8 @@ def shifts_section(summaries: list[dict], acc_curves: dict) -> Raw:
         body.append(Raw('<p class="empty">No completed trial with shift metrics.</p>'))
     return section("shifts", "Shifts", "top: mean accuracy over each family's held-out shifts at each severity "
                    "(0 = clean test set) for the baselines and the best configurations; bottom: every completed trial "
-                   "(rows, best first) on every shift and severity (columns; '(sel)' marks selection shifts on "
-                   "validation images). Red is low accuracy.", Raw("".join(body)))
+                   "(rows, best first) on every shift (columns, accuracy averaged over the severities; '(sel)' marks "
+                   "selection shifts, on validation images). Red is low accuracy.", Raw("".join(body)))
 
 
 def line_section(summaries: list[dict]) -> Raw:
