@@ -141,8 +141,7 @@ def _trial(run, curves: dict) -> dict:
             "start_time": run.info.start_time, "end_time": run.info.end_time}
 
 
-def trials(client: MlflowClient, exp_id: str, parent_id: str) -> list[dict]:
-    """Every child run of the parent, with its full metric histories, ordered by trial number."""
+def _children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
     runs, token = [], None
     while True:
         page = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000,
@@ -150,7 +149,12 @@ def trials(client: MlflowClient, exp_id: str, parent_id: str) -> list[dict]:
         runs += list(page)
         token = page.token
         if not token:
-            break
+            return runs
+
+
+def trials(client: MlflowClient, exp_id: str, parent_id: str) -> list[dict]:
+    """Every child run of the parent, with its full metric histories, ordered by trial number."""
+    runs = _children(client, exp_id, parent_id)
     jobs = [(r.info.run_id, k) for r in runs for k in r.data.metrics]
     with ThreadPoolExecutor(THREADS) as pool:
         hists = dict(zip(jobs, pool.map(lambda j: _history(client, *j), jobs)))
@@ -594,17 +598,6 @@ SUSTAIN_CURVES = ("stream_acc", "labelled_acc", "updated", "monitor", "monitor_t
 SUSTAIN_FINAL = ("stream_acc_mean", "stream_acc_worst", "bwt", "forgetting", "fwt", "n_updates", "update_seconds",
                  "update_examples")
 SUSTAIN_TEXTS = ("config/resolved.toml", "versions.json", "stream.json", "summary.json", "search_space.json")
-
-
-def _children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000,
-                                  page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _json_or_none(raw: bytes | None):
