@@ -94,6 +94,16 @@ def artifact(client: MlflowClient, run_id: str, path: str) -> bytes | None:
         return p.read_bytes() if p.is_file() else None
 
 
+def _texts(client, run_id: str, arts, paths) -> dict:
+    """{path: text (None when unreadable)} for those of `paths` the run holds."""
+    out = {}
+    for path in paths:
+        if path in arts:
+            raw = artifact(client, run_id, path)
+            out[path] = raw.decode("utf-8", "replace") if raw is not None else None
+    return out
+
+
 def _list_artifacts(client: MlflowClient, run_id: str, folder: str | None = None, depth: int = 3) -> list[str]:
     out = []
     try:
@@ -197,11 +207,7 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
         return load_sustain(client, exp, parent, study_name, tracking_uri)
     pid = parent.info.run_id
     arts = _list_artifacts(client, pid)
-    texts = {}
-    for path in TEXT_ARTIFACTS:
-        if path in arts:
-            raw = artifact(client, pid, path)
-            texts[path] = raw.decode("utf-8", "replace") if raw is not None else None
+    texts = _texts(client, pid, arts, TEXT_ARTIFACTS)
     pretrain = [p for p in arts if p.startswith("pretrain/") and p.endswith(".json")]
     if pretrain:
         raw = artifact(client, pid, pretrain[-1])
@@ -626,11 +632,7 @@ def load_sustain(client: MlflowClient, exp, parent, study_name: str, tracking_ur
     is read for FINISHED runs only (a failed run has none)."""
     pid = parent.info.run_id
     arts = _list_artifacts(client, pid)
-    texts = {}
-    for path in SUSTAIN_TEXTS:
-        if path in arts:
-            raw = artifact(client, pid, path)
-            texts[path] = raw.decode("utf-8", "replace") if raw is not None else None
+    texts = _texts(client, pid, arts, SUSTAIN_TEXTS)
     runs = _children(client, exp.experiment_id, pid)
     jobs = [(r.info.run_id, k) for r in runs for k in SUSTAIN_CURVES if k in r.data.metrics]
     finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
