@@ -1,0 +1,187 @@
+"""What harness writes to MLflow: every metric, param and tag name, when it is logged, and what it means.
+
+The writer (tracking, trial, study, sustain), the reader (results) and the report import their names from here;
+tests/test_schema.py runs a study and a sustain study and checks that every name in the store is declared below.
+A name with `{...}` is a template: `shift/{shift}/acc` stands for shift/gaussian_noise/acc and so on.
+
+When (the `step` of a metric):
+  epoch     one value per training epoch, step = epoch (0-based)
+  final     once at the end of the run, step 0
+  severity  one value per shift severity, step = severity (1-5; label and subpopulation shifts: step 1)
+  class     one value per class, step = class index
+  period    one value per stream period, step = period (0-based), harness.sustain only
+"""
+
+from __future__ import annotations
+
+import re
+
+# ------------------------------------------------------------------------------------------- trial runs
+EPOCH = {
+    "train_loss": "mean cross-entropy over the epoch's training batches",
+    "val_acc": "accuracy on the clean validation split after the epoch",
+    "val_loss": "mean cross-entropy on the clean validation split after the epoch",
+    "frozen_layers": "number of leading layer groups frozen during the epoch",
+    "lr": "learning rate at the end of the epoch (after the schedule)",
+    "rss_mb": "resident memory of the process after the epoch, MiB (must not grow across trials)",
+}
+
+ID_ACC, OOD_ACC_MEAN, OOD_ACC_WORST, OOD_VAL_ACC = "id_acc", "ood_acc_mean", "ood_acc_worst", "ood_val_acc"
+VAL_ACC_FINAL = "val_acc_final"
+FINAL = {
+    ID_ACC: "accuracy on the clean test split",
+    "id_nll": "mean negative log-likelihood on the clean test split",
+    "id_ece": "expected calibration error (15 bins) on the clean test split",
+    "id_brier": "Brier score on the clean test split",
+    OOD_ACC_MEAN: "mean over held-out test shifts of each shift's accuracy averaged over its severities",
+    OOD_ACC_WORST: "the worst held-out test shift's accuracy (averaged over its severities)",
+    "ood_ece_mean": "ECE averaged over every test shift and severity",
+    "ood_nll_mean": "NLL averaged over every test shift and severity",
+    OOD_VAL_ACC: "mean accuracy on the selection shifts of the validation split (the only shifts selection reads)",
+    VAL_ACC_FINAL: "val_acc after the last epoch",
+    "mce": "mean corruption error over the test corruptions (Hendrycks & Dietterich 2019; reference: see ce)",
+    "relative_mce": "mean relative corruption error over the test corruptions",
+    "train_seconds": "wall seconds of the training epochs",
+    "eval_seconds": "wall seconds of the evaluation on the clean test split and every shift",
+    "peak_rss_mb": "peak resident memory of the process, MiB",
+    "gpu_peak_mb": "peak CUDA memory allocated during the trial, MiB (CUDA only)",
+    "label_shift/balanced_acc": "balanced accuracy on the prior-shifted test set",
+    "label_shift/acc_bbse_corrected": "accuracy after BBSE reweighting (Lipton et al. 2018)",
+    "label_shift/prior_l1_error": "L1 error of the BBSE class-prior estimate",
+    "label_shift/w_sq_error": "squared error of the BBSE importance weights",
+    "ood_acc/{family}": "mean test-shift accuracy of one shift family (noise, blur, weather, digital, geometric, ...)",
+    "shift/{shift}/ce": "corruption error of one test corruption: sum of errors over severities / the reference's",
+    "shift/{shift}/rce": "relative corruption error of one test corruption (clean error subtracted)",
+}
+
+SEVERITY = {
+    "shift/{shift}/acc": "accuracy on one shift at each severity (selection shifts on validation, test shifts on test)",
+    "shift/{shift}/ece": "ECE on one test shift at each severity",
+    "shift/{shift}/nll": "NLL on one test shift at each severity",
+}
+
+CLASS = {
+    "label_shift/prior_true": "the label-shifted test set's class prior",
+    "label_shift/prior_bbse": "BBSE's estimate of that prior",
+}
+
+# ----------------------------------------------------------------------------------------- parent runs
+PRETRAIN_EPOCH = {
+    "pretrain_loss": "source-task pretraining loss per epoch (parent run)",
+    "pretrain_source_val_acc": "source-task validation accuracy per epoch (parent run)",
+}
+
+# ------------------------------------------------------------------------- harness.sustain policy runs
+STREAM_FINAL = {
+    "stream_acc_mean": "mean over periods of stream_acc",
+    "stream_acc_worst": "minimum over periods of stream_acc",
+    "bwt": "GEM backward transfer: 1/(T-1) sum_{i<T-1} (R[T-1][i] - R[i][i]); negative = forgetting",
+    "forgetting": "Chaudhry et al. 2018: 1/(T-1) sum_{i<T-1} (max_{i<=l<T-1} R[l][i] - R[T-1][i])",
+    "fwt": "GEM forward transfer: 1/(T-1) sum_{i>=1} (R[i-1][i] - initial[i])",
+    "n_updates": "number of update fine-tunes",
+    "update_seconds": "wall seconds of the update fine-tunes",
+    "update_examples": "images x epochs trained by the updates",
+}
+PERIOD = {
+    "stream_acc": "R[t-1][t] (initial[0] at t = 0): the model in service meets period t, before any update on it",
+    "labelled_acc": "accuracy on period t's labelled batch before any update on it",
+    "updated": "1 when the policy updated the model at period t",
+    "monitor": "the monitor's statistic at period t (drop in points, ROC AUC or MMD^2; triggered policies)",
+    "monitor_threshold": "what the monitor was compared with at period t (triggered policies)",
+}
+
+METRICS = {**EPOCH, **FINAL, **SEVERITY, **CLASS, **PRETRAIN_EPOCH, **STREAM_FINAL, **PERIOD}
+
+# --------------------------------------------------------------------------------------------- params
+TRIAL_PARAMS = {
+    "lr": "peak learning rate",
+    "freeze_layers": "leading layer groups frozen until unfreeze_epoch (number of groups = linear probe)",
+    "unfreeze_epoch": "epoch from which every group trains (>= train.epochs: never; 0 when nothing is frozen)",
+}
+POLICY_PARAMS = {
+    "policy": "update policy (never, every, accuracy, embedding, mmd)",
+    "k": "every: update every k periods", "threshold": "triggered policies: the monitor's threshold",
+    "window": "accuracy policy: labelled periods averaged", "lr": "update learning rate",
+    "freeze_layers": "groups frozen during updates", "epochs": "epochs per update",
+    "replay": "previous labelled batches replayed in an update", "stream": "stream kind",
+    "shift": "the stream's shift", "periods": "T", "seed": "replicate seed",
+}
+# the parent run's params are the resolved config, flat: "<section>.<key>" (config.to_dict)
+PARENT_PARAM = re.compile(r"^[a-z_]+\.[a-z_0-9]+$")
+
+# ----------------------------------------------------------------------------------------------- tags
+TAGS = {
+    # every run
+    "harness.role": "study | sustain (parent runs), trial | sustain_policy (child runs)",
+    "optuna.study_name": "the Optuna study (= MLflow experiment name)",
+    "optuna.trial_number": "the Optuna trial number of a child run (-1 for sustain policy runs outside search)",
+    "mlflow.parentRunId": "the parent run of a child run",
+    "mlflow.runName": "run name: trial-NNNN, policy-<label>-seed<s>, or the study name",
+    # trial runs
+    "harness.baseline": "full_ft | linear_probe | lp_ft on the enqueued baselines",
+    "harness.fail_reason": "why a run FAILED",
+    "harness.failed_epoch": "epoch at which a trial failed (-1: before training)",
+    "harness.pruned_epoch": "epoch at which a trial was pruned",
+    "harness.pruned_reason": "the pruner's reason",
+    "harness.logging_error": "an async metric batch that failed (the run still ended)",
+    # study parent
+    "harness.git_sha": "git commit of the harness (-dirty with local changes)",
+    "harness.device": "the resolved device",
+    "harness.sampler": "Optuna sampler", "harness.pruner": "Optuna pruner (none in multi-objective studies)",
+    "harness.objective": "study objective", "harness.seed": "study seed (policy runs: replicate seed)",
+    "harness.n_trials_target": "the requested number of finished trials",
+    "harness.optuna_storage": "Optuna storage URL, password redacted",
+    "harness.shifts.selection": "selection shifts", "harness.shifts.test": "held-out test shifts",
+    "harness.shifts.family": "shift -> family, comma-separated name:family",
+    "harness.shift_suite": "cache key of the shifted sets", "harness.data": "cache key of the data",
+    "harness.n_test": "clean test images (sample size of id_acc)",
+    "harness.n_shift_eval": "images per shifted test set (sample size of shift accuracies)",
+    "harness.pretrain": "cache key of the source-task pretraining",
+    "harness.best_trial": "number of the best completed trial", "harness.best_run_id": "its run id",
+    "harness.version.{package}": "package versions (torch, optuna, mlflow, python)",
+    "harness.study_name": "experiment tag: the experiment holds a harness study",
+    # sustain parent and policy runs
+    "harness.stream": "stream kind", "harness.stream_shift": "the stream's shift",
+    "harness.pool_fraction": "share of the train split held out as the stream pool",
+    "harness.policies": "policies replayed", "harness.seeds": "replicate seeds",
+    "harness.search": "true when Optuna searches the policy", "harness.failed_runs": "policy runs that failed",
+    "harness.policy": "policy label (never, every3, accuracy, ...)",
+    "harness.sustain_key": "hash of everything that determines a policy run's result (reused when equal)",
+    "harness.update_periods": "periods at which the policy updated, comma-separated",
+    "harness.threshold_used": "the distinct monitor thresholds used",
+}
+
+# Optuna trial system attrs written by the bookkeeping (not MLflow, listed so every name lives here)
+TRIAL_SYSTEM_ATTRS = ("harness.host", "harness.pid", "harness.pid_start", "harness.worker", "fail_reason")
+
+# The enqueued baselines and how the report names them
+BASELINES = {"full_ft": "full FT", "linear_probe": "linear probe", "lp_ft": "LP-FT"}
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"\\\{[a-z]+\\\}", "[^/]+", re.escape(template)) + "$")
+
+
+_METRIC_PATTERNS = [_pattern(k) for k in METRICS]
+_TAG_PATTERNS = [_pattern(k) for k in TAGS]
+
+
+def shift_key(shift: str, what: str) -> str:
+    """shift/<name>/<what>: acc, ece, nll (step = severity), ce, rce (final)."""
+    return f"shift/{shift}/{what}"
+
+
+def family_key(family: str) -> str:
+    return f"ood_acc/{family}"
+
+
+def is_metric(key: str) -> bool:
+    return any(p.match(key) for p in _METRIC_PATTERNS)
+
+
+def is_tag(key: str) -> bool:
+    return any(p.match(key) for p in _TAG_PATTERNS)
+
+
+def is_param(key: str) -> bool:
+    return key in TRIAL_PARAMS or key in POLICY_PARAMS or bool(PARENT_PARAM.match(key))
