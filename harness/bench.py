@@ -30,7 +30,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from harness import config, data as datamod, models, suite as suitemod, tracking
+from harness import config, context, data as datamod, models, store, suite as suitemod, tracking
 
 # --quick shrinks every workload (seconds, for the test suite); the figures worth quoting come from the full run.
 QUICK = ["data.labels_per_class=12", "data.image_size=16", "pretrain.epochs=1", "train.epochs=2",
@@ -48,15 +48,12 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def trial_context(cfg) -> dict:
-    """The context a study worker runs its trials in, built by harness.study.setup under ./mlruns (the caller's
+def trial_context(cfg) -> context.Context:
+    """The context a study worker runs its trials in (harness.context.open_context under ./mlruns, the caller's
     working directory): device-resident data, pretrained weights, shift suite, MLflow sqlite store, parent run."""
     from harness import study as studymod
 
-    n_groups = studymod.preflight(cfg)
-    (Path.cwd() / "mlruns").mkdir(exist_ok=True)
-    studymod.open_study(cfg, studymod.storage_of(cfg), create=True)
-    return studymod.setup(cfg, n_groups, launcher=False, log=lambda *a: None)
+    return context.open_context(cfg, studymod.preflight(cfg), log=lambda *a: None)
 
 
 def time_client(client) -> dict:
@@ -81,62 +78,55 @@ def time_client(client) -> dict:
                 entry[1] += time.perf_counter() - t0
         return call
 
+    # every public method, flush (the trial waiting for its async per-epoch batches) included
     for name in dir(type(client)):
         if not name.startswith("_") and callable(getattr(type(client), name, None)):
-            setattr(client, name, timed(name, getattr(client, name)))
-    # per-epoch batches are async: the trial also waits for them, in tracking.flush (module-global, looked up at
-    # call time, so patching the module attribute counts every wait)
-    flush = getattr(tracking.flush, "__wrapped__", tracking.flush)
-    tracking.flush = timed("tracking.flush (waits for async batches)", flush)
-    tracking.flush.__wrapped__ = flush
+            setattr(client, name, timed(name, getattr(type(client), name).__get__(client)))
     return spent
 
 
-def harness_trial(ctx: dict, spent: dict, n: int, keep_state: bool = False) -> dict:
+def harness_trial(ctx: context.Context, spent: dict, n: int, keep_state: bool = False) -> dict:
     """One trial through harness.trial.objective with PARAMS enqueued, in a study of its own (sqlite storage, the
     config's sampler and median pruner: with one trial it never prunes, so every measured trial runs whole; and the
-    study's best-weights upload runs for every trial, the worst case). The study's progress callback and
-    best-weights upload are hooked in as harness.study.work does. Returns its wall time, the train_seconds and
-    eval_seconds it logged, its MLflow calls (method -> [calls, seconds]), its val_acc per epoch and, with
-    keep_state, its final state_dict."""
-    from harness import study as studymod, trial as trialmod
+    study's best-weights upload runs for every trial, the worst case). The progress line and best-weights upload
+    are hooked in as harness.workers.work does. Returns its wall time, the train_seconds and eval_seconds it
+    logged, its MLflow calls (method -> [calls, seconds]), its val_acc per epoch and, with keep_state, its final
+    state_dict."""
+    from harness import study as studymod, trial as trialmod, workers
 
-    cfg = ctx["cfg"]
-    name = f"{cfg.study.name}-{n}"
-    run_ctx = {**ctx, "study": studymod.open_study(replace(cfg, study=replace(cfg.study, name=name)), ctx["storage"],
-                                                   create=True)}
-    out = {}
+    cfg = ctx.cfg
+    study = studymod.open_study(replace(cfg, study=replace(cfg.study, name=f"{cfg.study.name}-{n}")), ctx.storage,
+                                create=True)
+    out, save = {}, workers.save_if_best(ctx, study)
 
     def on_complete(trial, value, model, run_id):
         if keep_state:
             out["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        studymod._save_if_best(trial, value, model, run_id)
+        save(trial, value, model, run_id)
 
-    studymod._save_if_best.ctx = run_ctx
-    run_ctx["on_complete"] = on_complete
-    run_ctx["study"].enqueue_trial(PARAMS)
-    trial = run_ctx["study"].ask()
+    study.enqueue_trial(PARAMS)
+    trial = study.ask()
     with contextlib.redirect_stdout(io.StringIO()):  # progress lines, as a non-tty study would print them
-        run_ctx["progress"] = studymod._progress(run_ctx, "", lambda *a: None)
+        progress = workers.Progress(study, cfg.study.n_trials, cfg.train.epochs, log=lambda *a: None)
         spent.clear()
         t0 = time.perf_counter()
-        value = trialmod.objective(trial, run_ctx)
+        value = trialmod.objective(trial, ctx, progress, on_complete)
         out["wall"] = time.perf_counter() - t0
         out["mlflow"] = {k: list(v) for k, v in spent.items()}
-    run_ctx["study"].tell(trial, value)
-    client, run_id = ctx["client"], trial.user_attrs["mlflow_run_id"]
+    study.tell(trial, value)
+    client, run_id = ctx.client, trial.user_attrs["mlflow_run_id"]
     metrics = client.get_run(run_id).data.metrics
     out.update(train_seconds=metrics["train_seconds"], eval_seconds=metrics["eval_seconds"],
                val_acc=[m.value for m in sorted(client.get_metric_history(run_id, "val_acc"), key=lambda m: m.step)])
     return out
 
 
-def bare_run(ctx: dict) -> tuple[float, torch.nn.Module, list[float]]:
+def bare_run(ctx: context.Context) -> tuple[float, torch.nn.Module, list[float]]:
     """The training part of harness_trial's trial with no harness code in the loop: same model build and pretrained
     weights, data tensors, batch order, freezing, SGD with a per-step cosine lr, and the same validation pass after
     every epoch; a plain PyTorch loop written out. Timed over the span the trial's train_seconds covers, from the
     model's construction to the last epoch's validation. Returns (seconds, model, val_acc per epoch)."""
-    cfg, device, data = ctx["cfg"], ctx["device"], ctx["data"]
+    cfg, device, data = ctx.cfg, ctx.device, ctx.data
     t, cuda = cfg.train, device.type == "cuda"
     if t.optimizer != "sgd" or t.schedule != "cosine":
         raise ValueError("bench: the bare loop writes out SGD with a cosine schedule; run it on such a config")
@@ -145,8 +135,8 @@ def bare_run(ctx: dict) -> tuple[float, torch.nn.Module, list[float]]:
     lr, k, e = PARAMS["lr"], PARAMS["freeze_layers"], PARAMS["unfreeze_epoch"]
     t0 = time.perf_counter()
     model, groups = models.build(cfg.model.name, len(data["classes"]), seed=cfg.study.seed)  # the model, not the loop
-    if ctx.get("pretrained") is not None:
-        models.load_weights(model, groups, ctx["pretrained"])
+    if ctx.pretrained is not None:
+        models.load_weights(model, groups, ctx.pretrained)
     else:
         models.initial_weights(cfg.model.name, cfg.model.weights, model, groups)
     frozen_modules = [groups[name] for name in list(groups)[:k]]
@@ -194,24 +184,24 @@ def bare_run(ctx: dict) -> tuple[float, torch.nn.Module, list[float]]:
     return time.perf_counter() - t0, model, val_acc
 
 
-def throughput(ctx: dict, repeats: int) -> dict:
+def throughput(ctx: context.Context, repeats: int) -> dict:
     """Real trials and bare loops alternated (which one goes first alternates too) after one warm-up each. On a
     shared machine the load changes from one minute to the next, so the headline ratio is the median over
     back-to-back pairs, each pair run under about the same load; ratios of the medians and of the bests too.
     Also collects, per trial, its MLflow calls (b) and its eval_seconds / train_seconds (d)."""
-    spent = time_client(ctx["client"])
+    spent = time_client(ctx.client)
     harness_trial(ctx, spent, 0), bare_run(ctx)
     times, trials = {"harness": [], "bare": []}, []
     for r in range(repeats):
         for name in (("harness", "bare") if r % 2 == 0 else ("bare", "harness")):
-            _sync(ctx["device"])  # each side starts on an idle device
+            _sync(ctx.device)  # each side starts on an idle device
             if name == "harness":
                 trials.append(harness_trial(ctx, spent, r + 1))
                 times["harness"].append(trials[-1]["train_seconds"])
             else:
                 times["bare"].append(bare_run(ctx)[0])
-    images = ctx["cfg"].train.epochs * len(ctx["data"]["train"][0])
-    out = {"images": images, "epochs": ctx["cfg"].train.epochs, "repeats": repeats, "times": times, "trials": trials}
+    images = ctx.cfg.train.epochs * len(ctx.data["train"][0])
+    out = {"images": images, "epochs": ctx.cfg.train.epochs, "repeats": repeats, "times": times, "trials": trials}
     for name, ts in times.items():
         out[f"{name}_median"] = images / statistics.median(ts)
         out[f"{name}_best"] = images / min(ts)
@@ -286,7 +276,7 @@ def trial_times(uri: str, study_name: str) -> dict:
     logged at its end, in trial order (memory must not grow across trials)."""
     from harness import results
 
-    client = results.connect(uri)
+    client = store.connect(uri, existing=True)
     exp, parent = results.find_parent(client, study_name)
     runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     done = [r for r in runs if r.info.status == "FINISHED"]
@@ -385,7 +375,7 @@ def render(r: dict) -> str:
         "child run creation and its params, per-epoch metrics, the end-of-trial metrics and per-severity steps, the "
         "best-weights upload (each measured trial is the best of its own study, so it uploads every time: the worst "
         "case), end_run. Per-epoch metrics are handed to one logging thread (tracking.log_metrics(wait=False)): the "
-        "trial waits only for the hand-off and, before its final metrics, in tracking.flush (counted); the thread's "
+        "trial waits only for the hand-off and, before its final metrics, in the client's flush (counted); the thread's "
         "writes share the 2 cores with training, so their cost shows in (a), and their time is listed apart. "
         f"Median over {len(tr)} trials: {1000 * b['seconds']:.0f} ms the trial waited on MLflow in a trial of "
         f"{b['wall']:.2f} s = {100 * b['share']:.2f}% (per trial: {', '.join(f'{100 * v:.2f}%' for v in b['shares'])}).",
@@ -435,22 +425,22 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
         tmp = Path(tmp)
         os.chdir(tmp)
         try:
-            log("setup: data, pretrained weights, shift suite, MLflow store (harness.study.setup) ...")
+            log("setup: data, pretrained weights, shift suite, MLflow store (harness.context.open_context) ...")
             ctx = trial_context(cfg)
             log(f"(a, b) throughput: {repeats} real trials and {repeats} bare loops alternating, "
                 f"{cfg.train.epochs} epochs each ...")
             a = throughput(ctx, repeats)
             log("(d) shift suite builds (no cache) ...")
-            suite = suite_builds(cfg, datamod.load(cfg.data, cfg.study.seed, tmp / "mlruns" / "cache"))
+            suite = suite_builds(cfg, datamod.load(cfg.data, cfg.study.seed, store.cache_dir(tmp)))
             log(f"(c) two studies of {n_trials} trials (pruner none, median) ...")
             st = study_runs(overrides, n_trials, tmp, device_name)
-            tt = trial_times(tracking.default_uri(tmp / "mlruns"), "bench-none")
+            tt = trial_times(store.default_tracking_uri(tmp), "bench-none")
         finally:
             os.chdir(cwd)
-    device = ctx["device"]
+    device = ctx.device
     r = {"command": " ".join(["python -m harness.bench"] + argv), "quick": quick,
          "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": device_line(device), "versions": tracking.versions(),
-         "model": cfg.model.name, "n_train": len(ctx["data"]["train"][0]), "image_size": cfg.data.image_size,
+         "model": cfg.model.name, "n_train": len(ctx.data["train"][0]), "image_size": cfg.data.image_size,
          "batch_size": cfg.train.batch_size, "throughput": a, "mlflow": mlflow_share(a["trials"]), "study": st,
          "suite": suite, "trial_times": tt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
          "rss_mb": psutil.Process().memory_info().rss / 2**20,

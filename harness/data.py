@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-
+from harness import store
 from harness.config import Data
 
 # Every split is a pair (images float32 [N, 3, H, W] in [0, 1], labels int64 [N]); models normalize inside,
@@ -20,29 +17,25 @@ CACHE_VERSION = 4  # bump when the construction below changes, so stale caches a
 
 
 def cache_key(cfg: Data, seed: int) -> str:
-    blob = json.dumps({"cfg": cfg.__dict__, "seed": seed, "v": CACHE_VERSION}, sort_keys=True, default=str)
+    listing = ""
     if cfg.source == "imagefolder" and cfg.path:
         # the folder's listing (paths, sizes, mtimes) is part of its content address
         files = sorted(p for p in Path(cfg.path).expanduser().rglob("*") if p.is_file())
-        blob += "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        listing = "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return store.cache_key({"cfg": cfg.__dict__, "seed": seed, "v": CACHE_VERSION}, listing)
 
 
 def load(cfg: Data, seed: int, cache_dir: Path | None = None) -> dict:
     """All splits on the CPU, from the cache when present; `classes` names the target labels."""
     key = cache_key(cfg, seed)
     path = cache_dir / f"data-{key}.safetensors" if cache_dir else None
-    if path and path.exists():
-        tensors = load_file(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
+    cached = store.load_tensors(path) if path else None
+    if cached is not None and cached[1] is not None:
+        tensors, meta = cached
     else:
         tensors, meta = BUILDERS[cfg.source](cfg, seed)
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file(tensors, str(tmp))
-            path.with_suffix(".json").write_text(json.dumps(meta))
-            tmp.replace(path)  # atomic: a killed build never leaves a half-written cache
+            store.save_tensors(tensors, path, meta=meta)
     out = {"key": key, **meta}
     for split in SPLITS:
         if f"{split}_x" in tensors:

@@ -25,6 +25,8 @@ EPOCH = {
     "lr": "learning rate at the end of the epoch (after the schedule)",
     "rss_mb": "resident memory of the process after the epoch, MiB (must not grow across trials)",
 }
+# the learning curves among them, in EPOCH's order (rss_mb is a memory check, not a curve the report keeps)
+LEARNING_CURVES = tuple(k for k in EPOCH if k != "rss_mb")
 
 ID_ACC, OOD_ACC_MEAN, OOD_ACC_WORST, OOD_VAL_ACC = "id_acc", "ood_acc_mean", "ood_acc_worst", "ood_val_acc"
 VAL_ACC_FINAL = "val_acc_final"

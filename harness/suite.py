@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-
-from harness import data as datamod, shifts
+from harness import data as datamod, shifts, store
 from harness.config import Shifts
 
 VERSION = 2
@@ -20,8 +17,7 @@ VERSION = 2
 def cache_key(cfg: Shifts, data_key: str) -> str:
     # the shift code is part of the key: editing a corruption invalidates every cached set built with it
     code = hashlib.sha256(inspect.getsource(shifts).encode()).hexdigest()[:12]
-    blob = json.dumps({"cfg": cfg.__dict__, "data": data_key, "code": code, "v": VERSION}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return store.cache_key({"cfg": cfg.__dict__, "data": data_key, "code": code, "v": VERSION})
 
 
 def _build(cfg: Shifts, data: dict) -> dict[str, torch.Tensor]:
@@ -59,16 +55,14 @@ def build(cfg: Shifts, data: dict, cache_dir: Path | None) -> tuple[dict, dict]:
     key = cache_key(cfg, data["key"])
     path = cache_dir / f"shifts-{key}.safetensors" if cache_dir else None
     t0 = time.perf_counter()
-    cached = bool(path and path.exists())
+    loaded = store.load_tensors(path) if path else None
+    cached = loaded is not None
     if cached:
-        flat = load_file(str(path))
+        flat = loaded[0]
     else:
         flat = _build(cfg, data)
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file(flat, str(tmp))
-            tmp.replace(path)
+            store.save_tensors(flat, path)
     suite = {"selection": {}, "test": {}, "test_sets": {}, "priors": {}, "labels": {}, "clean": {},
              "family": {n: shifts.FAMILY[n] for n in cfg.selection + cfg.test}}
     for k, v in flat.items():

@@ -2,82 +2,23 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
 import json
-import os
 import platform
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from harness import store
 from harness.config import ROOT
 
 # MlflowClient with explicit run ids, never the fluent active-run stack: that stack is per thread and per
 # process, the root of the "Run already active" and lost-parent bugs peers hit (optuna#4088, mlflow#3592).
-
-
-def default_uri(root: Path) -> str:
-    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
-def redact(url: str) -> str:
-    """A URL fit to print or log: never a database password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
-
-
-def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast (seconds, not MLflow's minutes of retries) when an HTTP tracking server or a tracking database
-    does not answer."""
-    if uri.startswith(("postgresql", "mysql", "mssql")):
-        # MLflow's own connect retries with backoff for ~110 s before it gives up on a dead database
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout)})
-        try:
-            with engine.connect():
-                pass
-        except Exception as e:
-            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            if "@" in uri:
-                first = first.replace(uri.split("://", 1)[1].split("@", 1)[0], "***")
-            raise ConnectionError(f"tracking database {redact(uri)} is unreachable ({first}); start it or pass "
-                                  f"another --tracking-uri") from None
-        finally:
-            engine.dispose()
-        return
-    if not uri.startswith(("http://", "https://")):
-        return
-    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            r.read(1)
-    except urllib.error.HTTPError as e:
-        if e.code >= 500:
-            raise ConnectionError(f"tracking server {uri} answered HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ConnectionError(f"tracking server {uri} is unreachable ({reason}); start it or pass another "
-                              f"--tracking-uri") from None
-
-
-def connect(uri: str) -> MlflowClient:
-    if uri.startswith(("http://", "https://")):
-        # a dead server should cost seconds, not the default 7 retries with backoff (minutes)
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    check_reachable(uri)
-    return MlflowClient(tracking_uri=uri)
 
 
 def experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
@@ -119,9 +60,10 @@ def parent_run(client: MlflowClient, exp_id: str, study_name: str, role: str = "
 def existing_role(uri: str, name: str) -> str | None:
     """'study' or 'sustain': what the MLflow experiment `name` already holds (None if nothing), read without
     creating a store. A study and a sustain study must not share an experiment."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    path = store.sqlite_path(uri)
+    if path is not None and not path.is_file():
         return None
-    client = connect(uri)
+    client = store.connect(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         return None
@@ -142,12 +84,6 @@ def child_run(client, exp_id, parent_id, study_name, number, params: dict, tags:
     return run.info.run_id
 
 
-_PENDING: dict[str, list] = {}  # run id -> per-epoch batches handed to the logging thread, not yet waited for
-# One logging thread per process, never shut down between trials. MLflow's own async logging (synchronous=False)
-# was tried: set_terminated shuts its queue down and joins its threads, ~275 ms a trial here, more than it saves.
-_LOGGER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="harness-mlflow")
-
-
 def log_metrics(client, run_id: str, metrics: dict, step: int = 0, series: dict | None = None,
                 wait: bool = True) -> None:
     """Many metrics in one request (MLflow caps a batch at 1000): `metrics` at `step`, and `series`
@@ -158,19 +94,12 @@ def log_metrics(client, run_id: str, metrics: dict, step: int = 0, series: dict 
     items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
     items += [Metric(k, float(v), now, int(s)) for k, vals in (series or {}).items() for s, v in vals.items()]
     if wait:
-        flush(run_id)
+        client.flush(run_id)
     for i in range(0, len(items), 1000):
         if wait:
             client.log_batch(run_id, metrics=items[i:i + 1000])
         else:
-            _PENDING.setdefault(run_id, []).append(_LOGGER.submit(client.log_batch, run_id,
-                                                                  metrics=items[i:i + 1000]))
-
-
-def flush(run_id: str) -> None:
-    """Wait for the run's async metric batches; a failed one raises here (MlflowException)."""
-    for future in _PENDING.pop(run_id, []):
-        future.result()
+            client.log_batch_later(run_id, items[i:i + 1000])
 
 
 def log_steps(client, run_id: str, key: str, values: dict) -> None:
@@ -195,7 +124,7 @@ def end_run(client, run_id: str, status: str, tags: dict = None) -> None:
     """FINISHED (completed), KILLED (pruned), FAILED (error); tags say why. Pending async batches are waited for
     first; if one failed, the run still ends, with the error in the tag harness.logging_error."""
     try:
-        flush(run_id)
+        client.flush(run_id)
     except Exception as e:
         tags = {**(tags or {}), "harness.logging_error": f"{type(e).__name__}: {e}"}
     if tags:
@@ -205,10 +134,6 @@ def end_run(client, run_id: str, status: str, tags: dict = None) -> None:
 
 def log_text(client, run_id: str, text: str, path: str) -> None:
     client.log_text(run_id, text, path)
-
-
-def log_file(client, run_id: str, local: Path, folder: str | None = None) -> None:
-    client.log_artifact(run_id, str(local), folder)
 
 
 def log_bytes(client, run_id: str, data: bytes, path: str) -> None:
@@ -224,11 +149,11 @@ def log_figure(client, run_id: str, figure, path: str) -> None:
     log_bytes(client, run_id, buf.getvalue(), path)
 
 
-def running_children(client, exp_id: str, parent_id: str) -> dict[int, str]:
-    """Trial number -> run id of the parent's child runs still RUNNING (bookkeeping for crash recovery)."""
+def running_children(client, exp_id: str, parent_id: str) -> list[tuple[int, str]]:
+    """(trial number, run id) of the parent's child runs still RUNNING (bookkeeping for crash recovery)."""
     runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
                               max_results=10000)
-    return {int(r.data.tags.get("optuna.trial_number", -1)): r.info.run_id for r in runs}
+    return [(int(r.data.tags.get("optuna.trial_number", -1)), r.info.run_id) for r in runs]
 
 
 def fail_runs(client, run_ids: list[str], reason: str) -> None:

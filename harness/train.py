@@ -1,8 +1,9 @@
-"""Training primitives on device-resident tensors: freeze, optimizer, LR schedule, one epoch, evaluation."""
+"""Training on device-resident tensors: freeze, optimizer, LR schedule, the one fit loop, evaluation."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import torch
@@ -114,6 +115,40 @@ def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, tot
         total_loss += loss.detach() * len(idx)  # accumulate on device: no host sync per step
         seen += len(idx)
     return (total_loss / seen).item(), step
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How one fine-tune trains: trials, source-task pretraining and sustain updates all go through fit()."""
+    lr: float
+    epochs: int
+    batch_size: int
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    freeze_layers: int = 0  # the first k groups are frozen before unfreeze_epoch
+    unfreeze_epoch: int = 0  # from this epoch on every group trains; >= epochs: never
+
+
+def fit(model, groups, x, y, recipe: Recipe, seed: int, device):
+    """The training loop. Yields (epoch, mean train loss, frozen groups, lr at the epoch's end) after every epoch, so
+    the caller validates, logs, reports and prunes between epochs (raising out of its loop stops training).
+
+    One optimizer for the whole run (frozen params get no grad and are skipped, so unfreezing needs no new param
+    group); one seeded generator for the batch order of every epoch. Raises FloatingPointError on a non-finite
+    loss: a diverged run must fail with its reason, not train on NaNs."""
+    r = recipe
+    opt = make_optimizer(model, r.optimizer, r.lr, r.momentum, r.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    total, step = r.epochs * -(-len(x) // r.batch_size), 0
+    for epoch in range(r.epochs):
+        frozen = r.freeze_layers if epoch < r.unfreeze_epoch else 0
+        loss, step = train_one_epoch(model, groups, frozen, opt, x, y, r.batch_size, gen, step, total, r.lr,
+                                     r.schedule, device)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch} (lr {r.lr:g})")
+        yield epoch, loss, frozen, lr_at(step, total, r.lr, r.schedule)
 
 
 @torch.inference_mode()

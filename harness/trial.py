@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import resource
@@ -12,8 +13,8 @@ import optuna
 import psutil
 import torch
 
-from harness import metrics, models, tracking, train
-from harness.config import Config
+from harness import metrics, models, schema, tracking, train
+from harness.config import Config, Model
 
 
 def suggest(trial: optuna.Trial, cfg: Config, n_groups: int) -> dict:
@@ -45,15 +46,16 @@ def prune_from(warmup: int, k: int, e: int, epochs: int) -> int:
     return max(warmup, e + 1 if 0 < k and e < epochs else 0)
 
 
-def fresh_model(ctx: dict):
-    """The pretrained model with a fresh head for the target classes, on the device."""
-    cfg = ctx["cfg"]
-    model, groups = models.build(cfg.model.name, len(ctx["data"]["classes"]), seed=cfg.study.seed)
-    if ctx.get("pretrained") is not None:
-        models.load_weights(model, groups, ctx["pretrained"])
+def fresh_model(model_cfg: Model, num_classes: int, pretrained: dict | None, device, seed: int,
+                compile: bool = False):
+    """(model, groups): the pretrained model with a fresh head for the target classes (head init seeded by `seed`),
+    on the device. `pretrained` is the source-task pretraining's body state; None loads model_cfg.weights."""
+    model, groups = models.build(model_cfg.name, num_classes, seed=seed)
+    if pretrained is not None:
+        models.load_weights(model, groups, pretrained)
     else:
-        models.initial_weights(cfg.model.name, cfg.model.weights, model, groups)
-    return train.prepare(model, ctx["device"], compile=cfg.train.compile), groups
+        models.initial_weights(model_cfg.name, model_cfg.weights, model, groups)
+    return train.prepare(model, device, compile=compile), groups
 
 
 def selection_metrics(model, suite: dict, val_y, batch_size, device) -> dict:
@@ -79,15 +81,15 @@ def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[di
         curves[name] = {1: metrics.summarize(logits, ys)}
     if curves:
         means = {n: sum(c["acc"] for c in cv.values()) / len(cv) for n, cv in curves.items()}
-        final["ood_acc_mean"] = sum(means.values()) / len(means)
-        final["ood_acc_worst"] = min(means.values())  # the worst shift, each averaged over its severities
+        final[schema.OOD_ACC_MEAN] = sum(means.values()) / len(means)
+        final[schema.OOD_ACC_WORST] = min(means.values())  # the worst shift, each averaged over its severities
         for key in ("ece", "nll"):
             vals = [c[key] for cv in curves.values() for c in cv.values()]
             final[f"ood_{key}_mean"] = sum(vals) / len(vals)
         families = {}
         for n, m in means.items():
             families.setdefault(suite.get("family", {}).get(n, n), []).append(m)
-        final.update({f"ood_acc/{f}": sum(v) / len(v) for f, v in families.items()})
+        final.update({schema.family_key(f): sum(v) / len(v) for f, v in families.items()})
     return final, curves
 
 
@@ -132,11 +134,11 @@ def corruption_errors(id_acc: float, curves: dict, reference: dict | None) -> di
         rel = sum((1 - c["acc"]) - (1 - id_acc) for c in cv.values())
         ref_rel = sum((1 - a) - (1 - reference["id_acc"]) for a in ref.values())
         if ref_err > 0:
-            out[f"shift/{name}/ce"] = err / ref_err
-            ces.append(out[f"shift/{name}/ce"])
+            out[schema.shift_key(name, "ce")] = err / ref_err
+            ces.append(out[schema.shift_key(name, "ce")])
         if abs(ref_rel) > 1e-9:
-            out[f"shift/{name}/rce"] = rel / ref_rel
-            rces.append(out[f"shift/{name}/rce"])
+            out[schema.shift_key(name, "rce")] = rel / ref_rel
+            rces.append(out[schema.shift_key(name, "rce")])
     if ces:
         out["mce"] = sum(ces) / len(ces)
     if rces:
@@ -174,100 +176,125 @@ def backfill_corruption_errors(study: optuna.Study, client, corruptions: list[st
     return n
 
 
-def objective(trial: optuna.Trial, ctx: dict):
-    cfg, device, data, client = ctx["cfg"], ctx["device"], ctx["data"], ctx["client"]
-    t = cfg.train
-    p = suggest(trial, cfg, ctx["n_groups"])
+@dataclasses.dataclass
+class Progress:
+    """What the training of one trial has reached: the failure and pruning tags name the epoch."""
+    epoch: int = -1
+    val: dict | None = None  # the last epoch's validation: acc, loss, logits (reused by BBSE)
+    train_seconds: float = 0.0
+
+
+def train_trial(trial: optuna.Trial, ctx, p: dict, run_id: str, at: Progress, progress=None):
+    """Fine-tune the trial's model: per epoch, validate, log, show progress, report and maybe prune. Returns
+    (model, groups) after the last epoch; raises optuna.TrialPruned or FloatingPointError (a diverged loss)."""
+    cfg, device, t = ctx.cfg, ctx.device, ctx.cfg.train
     k, e = p["freeze_layers"], p["unfreeze_epoch"]
+    t0 = time.perf_counter()
+    model, groups = fresh_model(cfg.model, len(ctx.data["classes"]), ctx.pretrained, device, cfg.study.seed,
+                                compile=t.compile)
+    recipe = train.Recipe(lr=p["lr"], epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
+                          momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, freeze_layers=k,
+                          unfreeze_epoch=e)
+    first_prune = prune_from(cfg.study.prune_warmup, k, e, t.epochs)
+    # Every trial sees the same head init and batch order (the study seed): differences between trials come from
+    # the hyperparameters alone, and a re-run reproduces the same curve on CPU.
+    for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, cfg.study.seed, device):
+        at.epoch = epoch
+        at.val = train.evaluate(model, *ctx.data["val"], t.eval_batch_size, device)
+        # async: off the training loop (bench (b)); rss_mb after each epoch, pruned trials too: it must not grow
+        # across trials (optuna#1224)
+        tracking.log_metrics(ctx.client, run_id, {"train_loss": loss, "val_acc": at.val["acc"],
+                                                  "val_loss": at.val["loss"], "frozen_layers": frozen,
+                                                  "rss_mb": psutil.Process().memory_info().rss / 2**20, "lr": lr},
+                             step=epoch, wait=False)
+        if progress is not None:
+            progress(trial.number, epoch, loss, at.val["acc"])
+        if cfg.study.objective != "multi":  # Optuna cannot prune multi-objective studies
+            trial.report(at.val["acc"], epoch)
+            if epoch + 1 >= first_prune and epoch + 1 < t.epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_acc {at.val['acc']:.4f} below the median")
+    at.train_seconds = time.perf_counter() - t0
+    return model, groups
+
+
+def evaluate_trial(model, ctx, val: dict, baseline: str, study: optuna.Study) -> tuple[dict, dict, dict]:
+    """Selection shifts, the clean test split, every test shift, label shift and corruption errors.
+    Returns (final metrics, series {key: {step: value}}, the selection metrics)."""
+    device, bs, suite, data = ctx.device, ctx.cfg.train.eval_batch_size, ctx.suite, ctx.data
+    t1 = time.perf_counter()
+    sel = selection_metrics(model, suite, data["val"][1], bs, device)
+    final, curves = test_metrics(model, suite, data, bs, device)
+    label = label_shift_metrics(model, suite, data, bs, device, val["logits"])
+    priors = label.pop("priors", None)
+    final.update(label)
+    shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
+    own = {"id_acc": final["id_acc"], "shift_acc": shift_acc}
+    ref = own if baseline == "linear_probe" else _linear_probe_reference(
+        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    final.update(corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in suite["test"]}, ref))
+    final.update(val_acc_final=val["acc"], eval_seconds=time.perf_counter() - t1,
+                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if device.type == "cuda":
+        final["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if sel["per_shift"]:
+        final["ood_val_acc"] = sel["ood_val_acc"]
+    series = {schema.shift_key(name, "acc"): sev for name, sev in sel["per_shift"].items()}  # step = severity
+    series.update({schema.shift_key(name, key): {s: c[key] for s, c in cv.items()}
+                   for name, cv in curves.items() for key in ("acc", "ece", "nll")})
+    series.update({f"label_shift/prior_{key}": dict(enumerate(prior)) for key, prior in (priors or {}).items()})
+    return final, series, {**sel, "shift_acc": shift_acc}
+
+
+def log_trial(trial: optuna.Trial, ctx, run_id: str, final: dict, series: dict, sel: dict):
+    """Final metrics and series on the trial's run, what later trials need in its user attrs; returns the
+    objective value: val_acc, ood_val_acc, or both (multi), all from validation data."""
+    tracking.log_metrics(ctx.client, run_id, final, series=series)
+    trial.set_user_attr(schema.ID_ACC, final[schema.ID_ACC])
+    trial.set_user_attr("ce_logged", "mce" in final or "relative_mce" in final)
+    if schema.OOD_ACC_MEAN in final:
+        trial.set_user_attr(schema.OOD_ACC_MEAN, final[schema.OOD_ACC_MEAN])
+    trial.set_user_attr("shift_acc", sel["shift_acc"])
+    objective = ctx.cfg.study.objective
+    if objective == "multi":
+        return final[schema.VAL_ACC_FINAL], sel["ood_val_acc"]
+    return sel["ood_val_acc"] if objective == "ood_val_acc" else final[schema.VAL_ACC_FINAL]
+
+
+def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
+    """One trial: train, evaluate, log, on its own MLflow child run, which ends FINISHED, KILLED (pruned) or FAILED
+    with the reason. on_complete(trial, value, model, run_id) runs before the run ends (the study keeps the best
+    weights)."""
+    cfg, client = ctx.cfg, ctx.client
+    p = suggest(trial, cfg, ctx.n_groups)
     baseline = trial.user_attrs.get("baseline", "")
-    run_id = tracking.child_run(client, ctx["exp_id"], ctx["parent_id"], cfg.study.name, trial.number, p,
+    run_id = tracking.child_run(client, ctx.exp_id, ctx.parent_id, cfg.study.name, trial.number, p,
                                 {"harness.baseline": baseline} if baseline else {})
     trial.set_user_attr("mlflow_run_id", run_id)
-    progress = ctx.get("progress", lambda *a: None)
-    epoch, t0 = -1, time.perf_counter()
-    model = groups = opt = None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)  # gpu_peak_mb is this trial's peak, not the process's
+    at, model, groups = Progress(), None, None
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)  # gpu_peak_mb is this trial's peak, not the process's
     try:
-        model, groups = fresh_model(ctx)
-        opt = train.make_optimizer(model, t.optimizer, p["lr"], t.momentum, t.weight_decay)
-        # Every trial sees the same head init and batch order (the study seed): differences between
-        # trials come from the hyperparameters alone, and a re-run reproduces the same curve on CPU.
-        gen = torch.Generator().manual_seed(cfg.study.seed)
-        x, y = data["train"]
-        total, step = t.epochs * -(-len(x) // t.batch_size), 0
-        first_prune = prune_from(cfg.study.prune_warmup, k, e, t.epochs)
-        for epoch in range(t.epochs):
-            frozen = k if epoch < e else 0
-            loss, step = train.train_one_epoch(model, groups, frozen, opt, x, y, t.batch_size, gen, step, total,
-                                               p["lr"], t.schedule, device)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch}")
-            val = train.evaluate(model, *data["val"], t.eval_batch_size, device)
-            tracking.log_metrics(client, run_id, {"train_loss": loss, "val_acc": val["acc"], "val_loss": val["loss"],
-                                                  "frozen_layers": frozen,
-                                                  # process memory after each epoch, pruned trials too: it must
-                                                  # not grow across trials (optuna#1224)
-                                                  "rss_mb": psutil.Process().memory_info().rss / 2**20,
-                                                  "lr": train.lr_at(step, total, p["lr"], t.schedule)}, step=epoch,
-                                 wait=False)  # async: off the training loop (bench (b))
-            progress(trial.number, epoch, loss, val["acc"])
-            if cfg.study.objective != "multi":  # Optuna cannot prune multi-objective studies
-                trial.report(val["acc"], epoch)
-                if epoch + 1 >= first_prune and epoch + 1 < t.epochs and trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_acc {val['acc']:.4f} below the median")
-        train_seconds = time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        sel = selection_metrics(model, ctx["suite"], data["val"][1], t.eval_batch_size, device)
-        final, curves = test_metrics(model, ctx["suite"], data, t.eval_batch_size, device)
-        label = label_shift_metrics(model, ctx["suite"], data, t.eval_batch_size, device, val["logits"])
-        priors = label.pop("priors", None)
-        final.update(label)
-        shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
-        own = {"id_acc": final["id_acc"], "shift_acc": shift_acc}
-        ref = own if baseline == "linear_probe" else _linear_probe_reference(
-            trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        ce = corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in ctx["suite"]["test"]}, ref)
-        final.update(ce)
-        final.update(val_acc_final=val["acc"], train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
-                     peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        if device.type == "cuda":
-            final["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        if sel["per_shift"]:
-            final["ood_val_acc"] = sel["ood_val_acc"]
-        series = {f"shift/{name}/acc": sev for name, sev in sel["per_shift"].items()}  # step = severity
-        series.update({f"shift/{name}/{key}": {s: c[key] for s, c in cv.items()}
-                       for name, cv in curves.items() for key in ("acc", "ece", "nll")})
-        series.update({f"label_shift/prior_{key}": dict(enumerate(prior)) for key, prior in (priors or {}).items()})
-        tracking.log_metrics(client, run_id, final, series=series)
-        trial.set_user_attr("id_acc", final["id_acc"])
-        trial.set_user_attr("ce_logged", bool(ce))
-        if "ood_acc_mean" in final:
-            trial.set_user_attr("ood_acc_mean", final["ood_acc_mean"])
-        trial.set_user_attr("shift_acc", shift_acc)
-
-        if cfg.study.objective == "multi":
-            value = (val["acc"], sel["ood_val_acc"])  # ID and OOD, both from validation data
-        elif cfg.study.objective == "ood_val_acc":
-            value = sel["ood_val_acc"]
-        else:
-            value = val["acc"]
-        ctx.get("on_complete", lambda *a: None)(trial, value, model, run_id)
+        model, groups = train_trial(trial, ctx, p, run_id, at, progress)
+        final, series, sel = evaluate_trial(model, ctx, at.val, baseline, trial.study)
+        final["train_seconds"] = at.train_seconds
+        value = log_trial(trial, ctx, run_id, final, series, sel)
+        if on_complete is not None:
+            on_complete(trial, value, model, run_id)
         tracking.end_run(client, run_id, "FINISHED")
         return value
     except optuna.TrialPruned as err:
-        trial.set_user_attr("pruned_epoch", epoch)
-        tracking.end_run(client, run_id, "KILLED", {"harness.pruned_epoch": epoch, "harness.pruned_reason": str(err)})
+        trial.set_user_attr("pruned_epoch", at.epoch)
+        tracking.end_run(client, run_id, "KILLED", {"harness.pruned_epoch": at.epoch,
+                                                    "harness.pruned_reason": str(err)})
         raise
     except Exception as err:
         reason = f"{type(err).__name__}: {err}"
         trial.set_user_attr("fail_reason", reason)
-        tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": reason, "harness.failed_epoch": epoch})
+        tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": reason, "harness.failed_epoch": at.epoch})
         raise
     finally:
-        # free this trial's model and optimizer now: memory must not grow across trials (optuna#1224)
-        model = groups = opt = None  # groups holds the modules too
+        # free this trial's model now: memory must not grow across trials (optuna#1224)
+        model = groups = None  # groups holds the modules too
         gc.collect()
-        if device.type == "cuda":
+        if ctx.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -22,13 +22,13 @@ def test_bare_loop_does_identical_work(workdir):
     and the val_acc the trial logged each epoch is the bare loop's."""
     cfg = config.load(None, TINY, **{"study.name": "bench-test", "study.device": "cpu"})
     ctx = bench.trial_context(cfg)
-    spent = bench.time_client(ctx["client"])
+    spent = bench.time_client(ctx.client)
     trial = bench.harness_trial(ctx, spent, 0, keep_state=True)
     _, model, val_acc = bench.bare_run(ctx)
     sa, sb = trial["state"], model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert trial["val_acc"] == val_acc and len(val_acc) == 2
-    assert not torch.equal(ctx["pretrained"]["conv1.weight"], sb["body.conv1.weight"])  # it did train, stem included
+    assert not torch.equal(ctx.pretrained["conv1.weight"], sb["body.conv1.weight"])  # it did train, stem included
     # every MLflow call was counted: run creation, per-epoch and end-of-trial log_batch, best-weights upload, end_run
     calls = {m: c for m, (c, _) in trial["mlflow"].items()}
     assert calls["create_run"] == 1 and calls["set_terminated"] == 1 and calls["log_artifact"] == 1

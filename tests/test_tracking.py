@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
-from harness import tracking
+from harness import store, tracking
 
 
 def _run(tmp_path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     return client, client.create_run(exp).info.run_id
 
@@ -41,7 +40,3 @@ def test_a_failed_background_batch_still_ends_the_run_with_the_error(tmp_path):
     with pytest.raises(MlflowException, match="bad name"):  # raised where the trial records it as its fail reason
         tracking.log_metrics(client, run_id, {"id_acc": 0.5})
 
-
-def test_redact_hides_passwords():
-    assert tracking.redact("postgresql://u:secret@host:5432/db") == "postgresql://***@host:5432/db"
-    assert tracking.redact("sqlite:///mlruns/optuna.db") == "sqlite:///mlruns/optuna.db"

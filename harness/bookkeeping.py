@@ -1,0 +1,188 @@
+"""Optuna bookkeeping: the storage, heartbeats, recovery of dead trials, orphan-run sweeps, the host lock.
+
+The only module that touches Optuna internals (`study._storage`, `trial._trial_id`): everything else asks, tells
+and reads trials through the public API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import fcntl
+import socket
+import threading
+import warnings
+
+import optuna
+import psutil
+from optuna.trial import TrialState
+
+from harness import store, tracking
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_S, GRACE_S = 10, 60  # a worker silent for 60 s is dead; its trial is failed and retried
+# We drive trials with ask/tell (to stop at exactly N finished trials across workers) and beat the heartbeat
+# ourselves, which Optuna warns about; the heartbeat/retry APIs are marked experimental since v2.8 but stable.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def storage(url: str, client=None) -> optuna.storages.RDBStorage:
+    """The RDB storage at `url` with heartbeats; a stale trial's MLflow run (through `client`) ends FAILED and its
+    parameters are enqueued again. Raises ConnectionError naming the storage (never its password)."""
+    if url.startswith("sqlite"):
+        # several local workers share one file: wait for the lock instead of failing (optuna FAQ, optuna#820)
+        engine = {"connect_args": {"timeout": 60}}
+    else:
+        engine = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                          grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry_callback(client))
+    except Exception as e:  # sqlalchemy OperationalError & co: say where, without the password
+        raise ConnectionError(f"Optuna storage {store.redact(url)} is unreachable: {str(e).splitlines()[0][:300]}") from None
+
+
+def _retry_callback(client):
+    """A dead worker's trial: its MLflow run ends FAILED, and the same params are enqueued again."""
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+    def callback(study, frozen):
+        run_id = frozen.user_attrs.get("mlflow_run_id")
+        if client is not None and run_id:
+            tracking.fail_runs(client, [run_id], "worker died (stale heartbeat or dead process)")
+        # the retry copies system attrs: drop the dead worker's identity and its fail reason
+        clone = copy.deepcopy(frozen)
+        clone.system_attrs = {k: v for k, v in frozen.system_attrs.items()
+                              if not k.startswith("harness.") and k != "fail_reason"}
+        retry(study, clone)
+
+    return callback
+
+
+@contextlib.contextmanager
+def host_lock(name: str):
+    """Serializes 'count, then ask' among this machine's workers so the study stops at exactly N."""
+    path = store.home() / f".{name}.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def counts(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trials of the study: finished = completed or pruned (failed ones do not count)."""
+    trials = study.get_trials(deepcopy=False)
+    return sum(t.state in FINISHED for t in trials), sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def ask(study: optuna.Study, worker: int) -> optuna.Trial:
+    """A new trial that says which process runs it (host, pid and its start time: recover_dead's evidence), with a
+    first heartbeat at once: Optuna never calls a trial stale before its first beat, so a worker dying in its first
+    HEARTBEAT_S seconds would otherwise leave a RUNNING trial forever."""
+    me = psutil.Process()
+    trial = study.ask()
+    study._storage.record_heartbeat(trial._trial_id)
+    for k, v in (("harness.host", socket.gethostname()), ("harness.pid", me.pid),
+                 ("harness.pid_start", me.create_time()), ("harness.worker", worker)):
+        study._storage.set_trial_system_attr(trial._trial_id, k, v)
+    return trial
+
+
+@contextlib.contextmanager
+def beating(study: optuna.Study, trial: optuna.Trial):
+    """A heartbeat every HEARTBEAT_S seconds while the trial runs, on a thread of its own."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a missed beat is retried; the grace period is 6 beats
+                study._storage.record_heartbeat(trial._trial_id)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
+    """Record the reason first (a finished trial can no longer be updated), then FAIL; False if another process
+    finished or failed it in between."""
+    try:
+        study._storage.set_trial_system_attr(trial_id, "fail_reason", reason)
+        return study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Tell a trial FAIL with its reason in the system attr fail_reason (Optuna's own place for it)."""
+    study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", reason)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def fail_running(study: optuna.Study, reason: str) -> int:
+    """FAIL every RUNNING trial (one-process studies: at start nothing can be running). Returns how many."""
+    return sum(_fail(study, t._trial_id, reason)
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def recover_dead(study: optuna.Study, client) -> int:
+    """RUNNING trials whose worker process on this host is gone (kill -9, OOM, reboot): FAIL them now (not after
+    the heartbeat grace period), end their MLflow runs FAILED, and enqueue the same params again."""
+    host, n, callback = socket.gethostname(), 0, _retry_callback(client)
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.system_attrs.get("harness.host")
+        if owner is None:  # asked, then its process died before it said who it was: give it the grace period
+            if t.datetime_start is None or (now - t.datetime_start).total_seconds() < GRACE_S:
+                continue
+            reason = "worker died before it started the trial"
+        elif owner != host:
+            continue  # another machine's: failed by heartbeat (fail_stale_trials)
+        else:
+            pid, started = t.system_attrs.get("harness.pid"), t.system_attrs.get("harness.pid_start")
+            alive = False
+            with contextlib.suppress(psutil.Error, TypeError):
+                alive = psutil.Process(pid).create_time() == started
+            if alive:
+                continue
+            reason = f"worker pid {pid} on {host} died"
+        if _fail(study, t._trial_id, reason):
+            callback(study, study._storage.get_trial(t._trial_id))
+            n += 1
+    return n
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Other machines' dead workers, by heartbeat silence (Optuna's own check)."""
+    optuna.storages.fail_stale_trials(study)
+
+
+def sweep_orphans(client, exp_id: str, parent_id: str, study: optuna.Study | None) -> int:
+    """Child runs left RUNNING whose trial is not running any more (the process died between two writes): end
+    each with the status its trial has in Optuna, so no run stays RUNNING after a resume. With no Optuna study
+    (harness.sustain outside search: one process, so a RUNNING child now is one whose process died), every
+    RUNNING child ends FAILED."""
+    # runs first, then states: a trial that starts in between has a state (RUNNING) and is left alone
+    running = tracking.running_children(client, exp_id, parent_id)
+    if study is None:
+        for _, run_id in running:
+            tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": "the sustain process died before the "
+                                                                               "run finished"})
+        return len(running)
+    state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
+    n = 0
+    for number, run_id in running:
+        if number in state and state[number] != TrialState.RUNNING:
+            tracking.end_run(client, run_id, status.get(state.get(number), "FAILED"),
+                             {"harness.fail_reason": "worker died before the trial finished"}
+                             if state.get(number) not in status else None)
+            n += 1
+    return n

@@ -1,0 +1,130 @@
+"""One worker's trial loop: ask, fine-tune, tell, until the study has its N finished trials; progress and best weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from harness import bookkeeping, tracking, trial as trialmod
+
+
+def best_value(study: optuna.Study) -> float | None:
+    vals = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    return max(vals) if vals else None
+
+
+@dataclasses.dataclass
+class Progress:
+    """The progress line of a worker: trial, epoch, loss, val_acc and the best value so far. The storage is read
+    once a trial (at its first epoch), not every epoch: each read is a query, ~10 ms on sqlite."""
+    study: optuna.Study
+    n_trials: int
+    epochs: int
+    prefix: str = ""
+    tty: bool = False  # one line per trial, updated in place; workers sharing a terminal print plain lines
+    log: object = print
+    finished: int = 0
+    best: float | None = None
+
+    def __call__(self, number: int, epoch: int, loss: float, val_acc: float) -> None:
+        if epoch == 0:
+            self.finished = bookkeeping.counts(self.study)[0]
+            self.best = best_value(self.study)
+        best_txt = f"  best so far {self.best:.4f}" if self.best is not None else ""
+        line = (f"{self.prefix}trial {number} ({self.finished + 1} of {self.n_trials})  epoch {epoch + 1}/"
+                f"{self.epochs}  train_loss {loss:.4f}  val_acc {val_acc:.4f}{best_txt}")
+        if self.tty:
+            sys.stdout.write("\r\033[K" + line + ("\n" if epoch + 1 == self.epochs else ""))
+            sys.stdout.flush()
+        else:
+            self.log(line)
+
+
+def save_if_best(ctx, study: optuna.Study):
+    """on_complete for trial.objective: the trial's weights as a safetensors artifact on its run, and the parent's
+    best-trial tags, when it beats every finished trial."""
+    def on_complete(trial, value, model, run_id):
+        score = value[0] if isinstance(value, tuple) else value
+        best = best_value(study)
+        if best is not None and score <= best:
+            return
+        from safetensors.torch import save
+
+        state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+        tracking.log_bytes(ctx.client, run_id, save(state), "model/weights.safetensors")
+        tracking.set_tags(ctx.client, ctx.parent_id, {"harness.best_trial": trial.number, "harness.best_run_id": run_id})
+
+    return on_complete
+
+
+def backfill(ctx, study: optuna.Study, log=print) -> None:
+    """Corruption errors of trials that finished before the linear probe (their reference)."""
+    try:
+        trialmod.backfill_corruption_errors(study, ctx.client, ctx.cfg.shifts.test)
+    except Exception as e:  # a missing CE is worth a line, never a finished study
+        log(f"warning: corruption errors not backfilled ({type(e).__name__}: {e})")
+
+
+def work(ctx, study: optuna.Study, worker: int = 0, log=print) -> dict:
+    """Run trials until the study has n_trials finished ones (shared by all workers), the timeout, or too many
+    failures in a row. Returns counts for this worker."""
+    cfg, target, t0 = ctx.cfg, ctx.cfg.study.n_trials, time.perf_counter()
+    done = {"complete": 0, "pruned": 0, "failed": 0, "stopped": "target"}
+    fails_in_row = 0
+    prefix = f"[w{worker}] " if cfg.study.workers > 1 else ""
+    progress = Progress(study, target, cfg.train.epochs, prefix, sys.stdout.isatty() and cfg.study.workers == 1, log)
+    on_complete = save_if_best(ctx, study)
+    while True:
+        if cfg.study.timeout and time.perf_counter() - t0 > cfg.study.timeout:
+            log(f"{prefix}timeout of {cfg.study.timeout:.0f} s reached; not starting more trials")
+            done["stopped"] = "timeout"
+            break
+        if fails_in_row >= max(3, target):
+            log(f"{prefix}{fails_in_row} trials failed in a row; stopping (see the fail reasons above)")
+            done["stopped"] = "failures"
+            break
+        with bookkeeping.host_lock(cfg.study.name):
+            bookkeeping.recover_dead(study, ctx.client)
+            bookkeeping.fail_stale(study)
+            finished, running = bookkeeping.counts(study)
+            if finished >= target:
+                break
+            # others finishing the last trials: wait in case one fails
+            trial = None if finished + running >= target else bookkeeping.ask(study, worker)
+        if trial is None:
+            time.sleep(1.0)
+            continue
+        with bookkeeping.beating(study, trial):
+            try:
+                study.tell(trial, trialmod.objective(trial, ctx, progress, on_complete))
+                done["complete"] += 1
+                fails_in_row = 0
+            except optuna.TrialPruned as e:
+                study.tell(trial, state=TrialState.PRUNED)
+                done["pruned"] += 1
+                fails_in_row = 0
+                log(f"{prefix}trial {trial.number} {e}")
+            except Exception as e:  # one trial's failure never stops the study
+                study.tell(trial, state=TrialState.FAIL)
+                done["failed"] += 1
+                fails_in_row += 1
+                log(f"{prefix}trial {trial.number} FAILED: {type(e).__name__}: {e}")
+        if trial.user_attrs.get("baseline") == "linear_probe" and done["complete"]:  # the CE reference exists now
+            backfill(ctx, study, log)
+    return done
+
+
+def tag_best(ctx, study: optuna.Study) -> None:
+    """The parent's best-trial tags, from the storage: with workers two trials may finish at once and the last to
+    write its tag need not be the better one. The best's weights are on its run: no finished trial beat it when it
+    completed. Ties go to the earliest completed (the one that uploaded)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and "mlflow_run_id" in t.user_attrs]
+    if done:
+        best = min(done, key=lambda t: (-t.values[0], t.datetime_complete))
+        tracking.set_tags(ctx.client, ctx.parent_id, {"harness.best_trial": best.number,
+                                                      "harness.best_run_id": best.user_attrs["mlflow_run_id"]})

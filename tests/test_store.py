@@ -1,0 +1,70 @@
+"""Store: default URIs, scheme checks, redaction, content-addressed cache keys and atomic cache files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+
+from harness import store
+
+
+def test_redact_hides_passwords():
+    assert store.redact("postgresql://u:secret@host:5432/db") == "postgresql://***@host:5432/db"
+    assert store.redact("sqlite:///mlruns/optuna.db") == "sqlite:///mlruns/optuna.db"
+
+
+def test_default_uris_live_under_mlruns_and_never_share_a_file(tmp_path):
+    """MLflow and Optuna each get their own sqlite file under ./mlruns (their Alembic checks clash, optuna#2866)."""
+    tracking, storage = store.default_tracking_uri(tmp_path), store.default_storage(tmp_path)
+    assert store.sqlite_path(tracking) == (tmp_path / "mlruns" / "mlflow.db").resolve()
+    assert store.sqlite_path(storage) == (tmp_path / "mlruns" / "optuna.db").resolve()
+    assert store.sqlite_path("postgresql://h/db") is None
+    assert store.same_sqlite(f"sqlite:///{tmp_path}/a/../x.db", f"sqlite:///{tmp_path}/x.db")
+
+
+@pytest.mark.parametrize("storage, uri, flag", [
+    ("redis://h/0", "", "--storage"), ("", "file:///tmp/mlruns", "--tracking-uri"),
+    ("sqlite:///same.db", "sqlite:///same.db", "--storage")])
+def test_scheme_checks_name_the_flag(storage, uri, flag):
+    with pytest.raises(ValueError, match=f"^{flag}: "):
+        store.check_uris(storage, uri)
+
+
+def test_scheme_checks_accept_the_documented_stores():
+    store.check_uris("postgresql://u:p@h/db", "http://127.0.0.1:5000")
+    store.check_uris("sqlite:///a/optuna.db", "sqlite:///a/mlflow.db")
+
+
+def test_cache_key_is_sha256_of_sorted_json():
+    """Independent computation: the key is the first 16 hex digits of sha256 over the sorted JSON plus extra text,
+    so dict order never changes a key and any value change does."""
+    obj = {"b": [1, 2], "a": {"y": 1.5, "x": "s"}}
+    expected = hashlib.sha256((json.dumps(obj, sort_keys=True) + "tail").encode()).hexdigest()[:16]
+    assert store.cache_key(obj, "tail") == expected
+    assert store.cache_key({"a": obj["a"], "b": obj["b"]}, "tail") == expected
+    assert store.cache_key({**obj, "b": [1, 3]}, "tail") != expected
+
+
+def test_cache_files_round_trip_atomically(tmp_path):
+    """save_tensors writes the sidecar and the tensors under temporary names and renames them: only the final files
+    remain, a reader gets both back, and an absent file reads as None."""
+    path = tmp_path / "c" / "x.safetensors"
+    assert store.load_tensors(path) is None
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "y": torch.tensor([1, 2])}
+    store.save_tensors(tensors, path, meta={"n": 2})
+    assert sorted(os.listdir(path.parent)) == ["x.json", "x.safetensors"]
+    back, meta = store.load_tensors(path)
+    assert meta == {"n": 2} and back.keys() == tensors.keys() and all(torch.equal(back[k], tensors[k]) for k in back)
+    store.save_tensors({"w": torch.zeros(1)}, tmp_path / "bare.safetensors")
+    assert store.load_tensors(tmp_path / "bare.safetensors")[1] is None
+
+
+def test_reader_refuses_a_missing_store_instead_of_creating_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'nothing.db'}"
+    with pytest.raises(store.StoreNotFound, match="no MLflow store"):
+        store.connect(uri, existing=True)
+    assert not (tmp_path / "nothing.db").exists()
