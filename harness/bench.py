@@ -16,7 +16,6 @@ import contextlib
 import io
 import math
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -30,7 +29,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from harness import config, context, data as datamod, models, store, suite as suitemod, tracking
+from harness import bench_report, config, context, data as datamod, models, store, suite as suitemod, tracking
 
 # --quick shrinks every workload (seconds, for the test suite); the figures worth quoting come from the full run.
 QUICK = ["data.labels_per_class=12", "data.image_size=16", "pretrain.epochs=1", "train.epochs=2",
@@ -122,7 +121,8 @@ def harness_trial(ctx: context.Context, spent: dict, n: int, keep_state: bool = 
 
 
 def bare_run(ctx: context.Context) -> tuple[float, torch.nn.Module, list[float]]:
-    """The training part of harness_trial's trial with no harness code in the loop: same model build and pretrained
+    """The training part of harness_trial's trial with no harness code in the loop (61 lines on purpose: the baseline
+    is a plain loop written out in one piece, as a reader would write it): same model build and pretrained
     weights, data tensors, batch order, freezing, SGD with a per-step cosine lr, and the same validation pass after
     every epoch; a plain PyTorch loop written out. Timed over the span the trial's train_seconds covers, from the
     model's construction to the last epoch's validation. Returns (seconds, model, val_acc per epoch)."""
@@ -288,133 +288,6 @@ def trial_times(uri: str, study_name: str) -> dict:
     return {"n": len(tr), "train": statistics.median(tr), "eval": statistics.median(ev), "rss": [v for _, v in rss]}
 
 
-def device_line(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    # OMP_WAIT_POLICY matters on a shared machine: with the default (spinning) policy, 2 OpenMP threads on 2 busy
-    # cores ran resnet8 steps 10x slower than 1 thread here; PASSIVE (threads sleep at barriers) did not
-    return (f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-            f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-            f"load average at the end {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
-
-
-def render(r: dict) -> str:
-    a, b, s, st, tt = r["throughput"], r["mlflow"], r["suite"], r["study"], r["trial_times"]
-    ok = lambda good: "ok" if good else "MISSED"
-    ev = statistics.median(t["eval_seconds"] / t["train_seconds"] for t in a["trials"])
-    ev_study = tt["eval"] / tt["train"]
-    tr = a["trials"]
-    ev_s, tr_s = [t["eval_seconds"] for t in tr], [t["train_seconds"] for t in tr]
-    lines = [
-        "# harness benchmark", "",
-        f"- command: `{r['command']}`",
-        f"- date: {r['date']}; wall time of the benchmark: {r['wall']:.0f} s",
-        f"- device: {r['device']}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if k != "platform"),
-        f"- platform: {r['versions'].get('platform', '')}",
-        f"- workload: the default study (`studies/default.toml`, model `{r['model']}`, "
-        f"{r['n_train']} training images of {r['image_size']} px, batch {r['batch_size']}, {a['epochs']} epochs)"
-        + (" with the --quick overrides " + " ".join(f"`{o}`" for o in QUICK) if r["quick"] else ""),
-        f"- measured trial: {PARAMS} (its first epoch with {PARAMS['freeze_layers']} groups frozen, then all train)",
-        *(["- --quick shrinks a trial to a fraction of a second of compute, so fixed costs (per-epoch logging and "
-            "pruning checks, run creation, the evaluation of every shifted set) weigh far more than in a real study: "
-            "its ok / MISSED verdicts show that the benchmark runs, not where the harness stands."] if r["quick"] else []),
-        "",
-        "| measure | value | target | |",
-        "|---|---|---|---|",
-        f"| (a) trial training / bare loop, throughput (median of {a['repeats']} back-to-back pairs) | "
-        f"{a['ratio_paired']:.3f} | >= {TARGETS['ratio']} | {ok(a['ratio_paired'] >= TARGETS['ratio'])} |",
-        f"| (a) same, ratio of the medians of {a['repeats']} each | {a['ratio_median']:.3f} | >= {TARGETS['ratio']} | "
-        f"{ok(a['ratio_median'] >= TARGETS['ratio'])} |",
-        f"| (a) same, ratio of the bests of {a['repeats']} each | {a['ratio_best']:.3f} | >= {TARGETS['ratio']} | "
-        f"{ok(a['ratio_best'] >= TARGETS['ratio'])} |",
-        f"| (b) MLflow logging the trial waits for / trial wall time | {100 * b['share']:.2f}% | "
-        f"< {100 * TARGETS['mlflow_share']:.0f}% | {ok(b['share'] < TARGETS['mlflow_share'])} |",
-        f"| (b) same, on the logging thread (overlaps training; its CPU share is inside (a)) | "
-        f"{100 * b['background_share']:.2f}% | | |",
-        f"| (c) trials per minute, no pruning | {st['none']['per_minute']:.2f} | | |",
-        f"| (c) trials per minute, median pruning | {st['median']['per_minute']:.2f} | | |",
-        f"| (d) shift-suite build, the config's {s['config']['n_shifts']} shifts ({s['config']['n_sets']} sets) | "
-        f"{s['config']['seconds']:.1f} s | < {TARGETS['suite_seconds']:.0f} s | "
-        f"{ok(s['config']['seconds'] < TARGETS['suite_seconds'])} |",
-        f"| (d) shift-suite build, all {s['all']['n_shifts']} registered shifts ({s['all']['n_sets']} sets) | "
-        f"{s['all']['seconds']:.1f} s | < {TARGETS['suite_seconds']:.0f} s | "
-        f"{ok(s['all']['seconds'] < TARGETS['suite_seconds'])} |",
-        f"| (d) shift evaluation: eval_seconds / train_seconds of a trial (median of {len(tr)}) | {100 * ev:.0f}% | "
-        f"<= {100 * TARGETS['eval_share']:.0f}% | {ok(ev <= TARGETS['eval_share'])} |",
-        f"| (d) same, completed trials of study bench-none (median of {tt['n']}) | {100 * ev_study:.0f}% | "
-        f"<= {100 * TARGETS['eval_share']:.0f}% | {ok(ev_study <= TARGETS['eval_share'])} |",
-        f"| (e) peak RSS | {r['peak_rss_mb']:.0f} MB | no growth across trials | |",
-        "",
-        "## (a) training throughput: a real trial against a bare PyTorch loop",
-        "Harness: `harness.trial.objective` on an Optuna trial of a study in sqlite storage "
-        "(`harness.study.open_study`, the config's sampler and pruner), in the context `harness.study.setup` builds "
-        "(device-resident data, pretrained weights, shift suite, an MLflow sqlite store in a temp dir), with the "
-        "study's progress callback and best-weights upload hooked in as `harness.study.work` does. Timed by the "
-        "trial's own `train_seconds`: from building the model to the end of the last epoch, i.e. model build and "
-        "pretrained weights, per-epoch training and validation, per-epoch MLflow logging, "
-        "`trial.report`/`should_prune`.",
-        "Bare: the same span of identical work as a plain PyTorch loop: same model build and weights, data tensors, "
-        "batch order, freezing, SGD with a per-step cosine lr, and the same validation pass after every epoch; no "
-        "MLflow, Optuna or harness code in the loop (tests/test_bench.py checks that on CPU both end with "
-        "bit-identical weights and the same val_acc every epoch).",
-        "Not compared: the trial's final held-out evaluation (the clean test set and every shifted set), which the "
-        "bare loop does not do; it is `eval_seconds`, in (d). Its MLflow writes are in (b). Both sides alternate, "
-        "one warm-up each.",
-        "",
-        f"- harness trial: {a['harness_median']:.0f} img/s median, {a['harness_best']:.0f} best; train_seconds "
-        f"{', '.join(f'{v:.3f}' for v in a['times']['harness'])}",
-        f"- bare PyTorch loop: {a['bare_median']:.0f} img/s median, {a['bare_best']:.0f} best; seconds "
-        f"{', '.join(f'{v:.3f}' for v in a['times']['bare'])}",
-        f"- ratio trial / bare: {a['ratio_paired']:.3f} (median of the pairs: "
-        f"{', '.join(f'{v:.3f}' for v in a['ratios'])}), {a['ratio_median']:.3f} (of the medians), "
-        f"{a['ratio_best']:.3f} (of the bests)",
-        "",
-        "## (b) MLflow logging",
-        "Every MlflowClient call a trial makes (an instrumented client: each call still goes to the sqlite store): "
-        "child run creation and its params, per-epoch metrics, the end-of-trial metrics and per-severity steps, the "
-        "best-weights upload (each measured trial is the best of its own study, so it uploads every time: the worst "
-        "case), end_run. Per-epoch metrics are handed to one logging thread (tracking.log_metrics(wait=False)): the "
-        "trial waits only for the hand-off and, before its final metrics, in the client's flush (counted); the thread's "
-        "writes share the 2 cores with training, so their cost shows in (a), and their time is listed apart. "
-        f"Median over {len(tr)} trials: {1000 * b['seconds']:.0f} ms the trial waited on MLflow in a trial of "
-        f"{b['wall']:.2f} s = {100 * b['share']:.2f}% (per trial: {', '.join(f'{100 * v:.2f}%' for v in b['shares'])}).",
-        "",
-        "| MlflowClient method | calls a trial | ms a trial (median) |",
-        "|---|---|---|",
-        *[f"| {m} | {c:.0f} | {1000 * sec:.1f} |" for m, (c, sec) in b["per_method"].items()],
-        "",
-        "## (c) trials per minute (harness.study.main in a temp working dir)",
-    ]
-    for pruner, v in st.items():
-        lines.append(f"- pruner {pruner}: {v['finished']} finished ({v['pruned']} pruned) in {v['span']:.1f} s "
-                     f"of trials -> {v['per_minute']:.2f} trials/min; whole command {v['wall']:.1f} s "
-                     f"(setup included); load average {v['load'][0]:.1f} before, {v['load'][1]:.1f} after; "
-                     f"`python -m harness.study {' '.join(v['argv'])}`")
-    lines += [
-        "",
-        "## (d) shift evaluation",
-        f"- harness.suite.build with no cache, the config's lists ({', '.join(r['shift_lists']['config'])}): "
-        f"{s['config']['seconds']:.2f} s for {s['config']['n_sets']} sets; every registered shift (the config's "
-        f"selection shifts on val, the other {s['all']['n_shifts'] - len(r['shift_lists']['selection'])} on test): "
-        f"{s['all']['seconds']:.2f} s for {s['all']['n_sets']} sets; severities {r['shift_lists']['severities']}, "
-        f"eval_images {r['shift_lists']['eval_images']}. Built once per study, read from the cache afterwards.",
-        f"- per trial, the final held-out evaluation (clean test set, selection and test shifts, label shift) against "
-        f"training: eval_seconds / train_seconds, median {100 * ev:.0f}% over the (a) trials (eval_seconds "
-        f"{', '.join(f'{v:.2f}' for v in ev_s)}; train_seconds "
-        f"{', '.join(f'{v:.2f}' for v in tr_s)}); completed trials of study bench-none: median "
-        f"train_seconds {tt['train']:.2f}, eval_seconds {tt['eval']:.2f} ({100 * ev_study:.0f}%).",
-        "",
-        "## (e) memory",
-        f"- peak RSS of the benchmark process (all of the above in-process): {r['peak_rss_mb']:.0f} MB; "
-        f"RSS at the end {r['rss_mb']:.0f} MB" + (f"; GPU peak {r['gpu_peak_mb']:.0f} MB" if r.get("gpu_peak_mb") else ""),
-        f"- RSS after each trial of study bench-none (MB, trial order, the last epoch's rss_mb; the process also "
-        f"holds everything above): {', '.join(f'{v:.0f}' for v in tt['rss'])}",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) -> dict:
     t_start = time.perf_counter()
     overrides = QUICK if quick else []
@@ -438,8 +311,9 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
         finally:
             os.chdir(cwd)
     device = ctx.device
-    r = {"command": " ".join(["python -m harness.bench"] + argv), "quick": quick,
-         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": device_line(device), "versions": tracking.versions(),
+    r = {"command": " ".join(["python -m harness.bench"] + argv), "quick": quick, "overrides": QUICK,
+         "params": PARAMS, "targets": TARGETS,
+         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": bench_report.device_line(device), "versions": tracking.versions(),
          "model": cfg.model.name, "n_train": len(ctx.data["train"][0]), "image_size": cfg.data.image_size,
          "batch_size": cfg.train.batch_size, "throughput": a, "mlflow": mlflow_share(a["trials"]), "study": st,
          "suite": suite, "trial_times": tt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -449,7 +323,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
     if device.type == "cuda":
         r["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     r["wall"] = time.perf_counter() - t_start
-    text = render(r)
+    text = bench_report.render(r)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log(text)
