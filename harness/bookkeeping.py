@@ -159,11 +159,6 @@ def recover_dead(study: optuna.Study, client) -> int:
     return n
 
 
-def fail_stale(study: optuna.Study) -> None:
-    """Other machines' dead workers, by heartbeat silence (Optuna's own check)."""
-    optuna.storages.fail_stale_trials(study)
-
-
 def sweep_orphans(client, exp_id: str, parent_id: str, study: optuna.Study | None) -> int:
     """Child runs left RUNNING whose trial is not running any more (the process died between two writes): end
     each with the status its trial has in Optuna, so no run stays RUNNING after a resume. With no Optuna study

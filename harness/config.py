@@ -22,7 +22,6 @@ DEVICES = ("auto", "cpu", "cuda")
 TV_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 SOURCES = ("digits", "imagefolder") + TV_DATASETS
 STREAM_KINDS = ("severity", "rotation", "prior", "recurring")  # harness.sustain.STREAMS
-STREAM_POLICIES = ("never", "every", "accuracy", "embedding", "mmd")  # harness.sustain.POLICIES
 STREAM_OBJECTIVES = ("penalized", "multi")
 # registry models that accept one input size only: ViT-B/16's position embeddings are for 14x14 patches of 16 px
 FIXED_IMAGE_SIZE = {"vit_b_16": 224}
@@ -285,7 +284,7 @@ def _choice(key, value, allowed):
         raise ConfigError(key, f"{value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
-def _bounds(key, pair, low_min=None, kind="integer"):
+def _bounds(key, pair, low_min=None):
     if len(pair) != 2:
         raise ConfigError(key, f"expected [low, high], got {pair!r}")
     low, high = pair
@@ -300,9 +299,9 @@ def _positive(key, value, allow_zero=False):
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def validate(cfg: Config) -> None:
-    """Checks that need no file system or model; names the first offending key."""
-    s, d, m, p, t, q, sh = cfg.study, cfg.data, cfg.model, cfg.pretrain, cfg.train, cfg.search, cfg.shifts
+def _check_study(cfg: Config) -> None:
+    """The [study] section(s): choices, ranges and cross-key rules."""
+    s = cfg.study
     if not s.name or any(c in s.name for c in "/\\\0") or len(s.name) > 200:
         raise ConfigError("study.name", f"must be 1-200 characters without slashes, got {s.name!r}")
     _positive("study.n_trials", s.n_trials)
@@ -316,6 +315,10 @@ def validate(cfg: Config) -> None:
     if s.seed < 0:
         raise ConfigError("study.seed", f"must be >= 0, got {s.seed}")
 
+
+def _check_data(cfg: Config) -> None:
+    """The [data] section(s): choices, ranges and cross-key rules."""
+    d = cfg.data
     _choice("data.source", d.source, SOURCES)
     if d.source != "digits" and not d.path:
         raise ConfigError("data.path", f"required for data.source = {d.source!r} (the dataset's root folder)")
@@ -348,6 +351,10 @@ def validate(cfg: Config) -> None:
         if {c % 2 for c in seen} != {0, 1}:
             raise ConfigError("data.holdout_classes", f"fine-tuning digits {sorted(seen)} must include odd and even ones")
 
+
+def _check_model(cfg: Config) -> None:
+    """The [model, pretrain, train] section(s): choices, ranges and cross-key rules."""
+    d, m, p, t = cfg.data, cfg.model, cfg.pretrain, cfg.train
     if not m.name:
         raise ConfigError("model.name", "must not be empty")
     if m.name in FIXED_IMAGE_SIZE and d.image_size != FIXED_IMAGE_SIZE[m.name]:
@@ -355,7 +362,6 @@ def validate(cfg: Config) -> None:
                           f"got {d.image_size}")
     if m.weights == "pretrain" and d.source != "digits":
         raise ConfigError("model.weights", "'pretrain' (source-task pretraining) needs data.source = 'digits'")
-
     for key in ("epochs", "lr", "batch_size"):
         _positive(f"pretrain.{key}", getattr(p, key))
     _positive("train.epochs", t.epochs)
@@ -367,12 +373,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.momentum", f"must be in [0, 1), got {t.momentum}")
     _positive("train.weight_decay", t.weight_decay, allow_zero=True)
 
+
+def _check_search(cfg: Config) -> None:
+    """The [search] section(s): choices, ranges and cross-key rules."""
+    q = cfg.search
     _bounds("search.lr", q.lr)
     if q.lr[0] <= 0:
         raise ConfigError("search.lr", f"bounds must be > 0 (log scale), got {q.lr}")
     _bounds("search.freeze_layers", q.freeze_layers, low_min=0)
     _bounds("search.unfreeze_epoch", q.unfreeze_epoch, low_min=1)
 
+
+def _check_shifts(cfg: Config) -> None:
+    """The [shifts] section(s): choices, ranges and cross-key rules."""
+    s, sh = cfg.study, cfg.shifts
     for key in ("selection", "test"):
         if len(set(getattr(sh, key))) != len(getattr(sh, key)):
             raise ConfigError(f"shifts.{key}", "lists a shift twice")
@@ -386,6 +400,9 @@ def validate(cfg: Config) -> None:
     if s.objective in ("ood_val_acc", "multi") and not sh.selection:
         raise ConfigError("study.objective", f"{s.objective!r} needs at least one shift in shifts.selection")
 
+
+def _check_stream(cfg: Config) -> None:
+    """The [stream] section(s): choices, ranges and cross-key rules."""
     st = cfg.stream
     _choice("stream.kind", st.kind, STREAM_KINDS)
     _choice("stream.objective", st.objective, STREAM_OBJECTIVES)
@@ -393,8 +410,6 @@ def validate(cfg: Config) -> None:
         names = getattr(st, key)
         if not names or len(set(names)) != len(names):
             raise ConfigError(f"stream.{key}", f"needs distinct policy names, got {names}")
-        for name in names:
-            _choice(f"stream.{key}", name, STREAM_POLICIES)
     if not 1 <= st.severity <= 5:
         raise ConfigError("stream.severity", f"must be in 1..5, got {st.severity}")
     if st.periods < 2:
@@ -417,3 +432,13 @@ def validate(cfg: Config) -> None:
         _bounds(f"stream.{key}", getattr(st, key))
         if getattr(st, key)[0] <= 0:
             raise ConfigError(f"stream.{key}", f"bounds must be > 0 (log scale), got {getattr(st, key)}")
+
+
+# one checker per section, in the order of the file: the first offending key is the one named
+CHECKS = (_check_study, _check_data, _check_model, _check_search, _check_shifts, _check_stream)
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need no file system or model; names the first offending key."""
+    for check in CHECKS:
+        check(cfg)

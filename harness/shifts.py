@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 
 import torch
-import torch.nn.functional as F
+
+from harness import imageops as ops
 
 # Every covariate shift is fn(images, severity, generator) -> images: float32 (N, C, H, W) in [0, 1], C = 1 or 3,
 # any device. Random numbers are drawn on the generator's device and moved to the images, so a CPU generator
@@ -55,87 +56,6 @@ def _randn(shape, generator: torch.Generator, device) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)
 
 
-def _pad_index(n: int, r: int, mode: str, device) -> torch.Tensor:
-    """Indices padding an axis of length n by r on both sides: 'edge' (aa|abc|cc, scipy 'nearest'), 'symmetric'
-    (ba|abc|cb, scipy 'reflect') or 'reflect' (cb|abc|ba, cv2 BORDER_REFLECT_101); any r, even r > n."""
-    i = torch.arange(-r, n + r, device=device)
-    if mode == "edge" or n == 1:
-        return i.clamp(0, n - 1)
-    if mode == "symmetric":
-        i = i % (2 * n)
-        return torch.where(i < n, i, 2 * n - 1 - i)
-    i = i % (2 * n - 2)
-    return torch.where(i < n, i, 2 * n - 2 - i)
-
-
-def _band(n: int, taps: torch.Tensor, mode: str) -> torch.Tensor:
-    """1-D correlation with odd-length `taps` on a length-n axis, borders padded by `mode`, as an (n, n) matrix:
-    filters become matmuls, ~1 ms for 1000x3x32x32 on 2 cores where conv2d with one channel takes ~90 ms."""
-    k = taps.numel()
-    cols = _pad_index(n, k // 2, mode, "cpu")[torch.arange(n)[:, None] + torch.arange(k)[None, :]]  # (n, k)
-    m = torch.zeros(n, n, dtype=torch.float64)
-    return m.index_put_((torch.arange(n)[:, None].expand(n, k), cols), taps.double().expand(n, k), accumulate=True)
-
-
-def _separable(x: torch.Tensor, mh: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
-    """mh @ x @ mw.T on every channel: a linear map acting on rows and columns separately."""
-    return mh.to(x) @ x @ mw.T.to(x)
-
-
-def _filter(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
-    """Correlate every channel with one odd-sized (kh, kw) kernel, borders padded by `mode` (see _pad_index): kernel
-    row a is a one-hot row shift times a 1-D filter along the width, so kh matmul pairs do it exactly."""
-    _, _, h, w = x.shape
-    out = torch.zeros_like(x)
-    for a, row in enumerate(kernel):
-        if row.any():
-            out += _separable(x, _band(h, torch.eye(len(kernel))[a], mode), _band(w, row, mode))
-    return out
-
-
-def _gaussian(x: torch.Tensor, sigma: float, truncate: float, mode: str) -> torch.Tensor:
-    """scipy.ndimage.gaussian_filter on each channel: separable, radius int(truncate*sigma + 0.5)."""
-    r = int(truncate * sigma + 0.5)
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    return _separable(x, _band(x.shape[2], k, mode), _band(x.shape[3], k, mode))
-
-
-def _shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, fill: float | None) -> torch.Tensor:
-    """out[n, :, r, c] = images[n, :, r + dy[n], c + dx[n]] for integer offsets; outside the image the nearest
-    edge pixel (fill=None) or the constant fill."""
-    n, c, h, w = images.shape
-    rows = torch.arange(h, device=images.device)[None] + dy[:, None]  # (N, H)
-    cols = torch.arange(w, device=images.device)[None] + dx[:, None]  # (N, W)
-    flat = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]  # (N, H, W)
-    out = images.reshape(n, c, h * w).gather(2, flat.reshape(n, 1, h * w).expand(n, c, h * w)).reshape(n, c, h, w)
-    if fill is not None:
-        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-        out = torch.where(inside[:, None], out, fill)
-    return out
-
-
-def _remap(images: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, padding: str, align_corners: bool) -> torch.Tensor:
-    """Bilinear sample images at pixel coordinates (xs, ys), each (N, H, W). align_corners=True with 'reflection'
-    reflects about the edge pixels' centres (cv2 BORDER_REFLECT_101); False reflects about the image border
-    (scipy mode='reflect')."""
-    _, _, h, w = images.shape
-    if align_corners:
-        grid = torch.stack((2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1), dim=-1)
-    else:
-        grid = torch.stack(((2 * xs + 1) / w - 1, (2 * ys + 1) / h - 1), dim=-1)
-    grid = grid.to(images.dtype)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=align_corners)
-
-
-def _pixel_grid(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel coordinates (xs, ys), each (H, W), in float64 so the affine maps below round the same on every device."""
-    _, _, h, w = images.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    return xs.to(images.device), ys.to(images.device)
-
-
 # ---------------------------------------------------------------------------------------------------------- noise
 
 
@@ -173,7 +93,7 @@ def gaussian_blur(images: torch.Tensor, severity: int, generator: torch.Generato
     """skimage gaussian, sigma = .4, .6, .7, .8, 1 px: truncate 4 and 'nearest' borders as skimage does
     (torchvision's gaussian_blur pads by reflection, hence not used)."""
     sigma = GAUSSIAN_BLUR[_level(images, severity)] * images.shape[2] / 32
-    return _gaussian(images, sigma, truncate=4.0, mode="edge").clamp(0, 1)
+    return ops.gaussian(images, sigma, truncate=4.0, mode="edge").clamp(0, 1)
 
 
 def _disk(radius: float, alias_blur: float) -> torch.Tensor:
@@ -186,7 +106,7 @@ def _disk(radius: float, alias_blur: float) -> torch.Tensor:
     size = 3 if radius <= 8 else 5
     g = torch.exp(-0.5 * (torch.arange(size, dtype=torch.float64) - size // 2) ** 2 / alias_blur**2)
     g = g / g.sum()
-    disk = _separable(disk[None, None], _band(2 * half + 1, g, "reflect"), _band(2 * half + 1, g, "reflect"))[0, 0]
+    disk = ops.separable(disk[None, None], ops.band(2 * half + 1, g, "reflect"), ops.band(2 * half + 1, g, "reflect"))[0, 0]
     rows, cols = disk.abs().sum(1).nonzero(), disk.abs().sum(0).nonzero()
     r = max(half - int(rows.min()), int(rows.max()) - half)
     c = max(half - int(cols.min()), int(cols.max()) - half)
@@ -199,7 +119,7 @@ def defocus_blur(images: torch.Tensor, severity: int, generator: torch.Generator
     alias blur."""
     radius, alias = DEFOCUS_BLUR[_level(images, severity)]
     scale = images.shape[2] / 32
-    return _filter(images, _disk(radius * scale, alias * scale), "reflect").clamp(0, 1)
+    return ops.filter2d(images, _disk(radius * scale, alias * scale), "reflect").clamp(0, 1)
 
 
 def motion_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
@@ -218,7 +138,7 @@ def motion_blur(images: torch.Tensor, severity: int, generator: torch.Generator)
     for i, wgt in enumerate(weights):
         dy = torch.ceil(i * torch.sin(angle) - 0.5).long()
         dx = torch.ceil(i * torch.cos(angle) - 0.5).long()
-        out += wgt * _shift(images, dy, dx, fill=None)
+        out += wgt * ops.shift(images, dy, dx, fill=None)
     return out.clamp(0, 1)
 
 
@@ -246,7 +166,7 @@ def zoom_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -
     out = images.clone()
     for k in range(count):
         z = 1 + 0.01 * k
-        out += _separable(images, _zoom_matrix(h, z), _zoom_matrix(w, z))
+        out += ops.separable(images, _zoom_matrix(h, z), _zoom_matrix(w, z))
     return (out / (count + 1)).clamp(0, 1)
 
 
@@ -348,7 +268,7 @@ def pixelate(images: torch.Tensor, severity: int, generator: torch.Generator) ->
     _, _, h, w = images.shape
     mh = _box_matrix(int(h * c), h) @ _box_matrix(h, int(h * c))
     mw = _box_matrix(int(w * c), w) @ _box_matrix(w, int(w * c))
-    return _separable(images, mh, mw).clamp(0, 1)
+    return ops.separable(images, mh, mw).clamp(0, 1)
 
 
 def jpeg_compression(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
@@ -382,14 +302,14 @@ def elastic_transform(images: torch.Tensor, severity: int, generator: torch.Gene
     # cv2.getAffineTransform: [src | 1] @ M.T = dst; warpAffine then samples the input at M^-1 (output pixel)
     mt = torch.linalg.solve(torch.cat((src, torch.ones(3, 1, dtype=torch.float64)), dim=1), dst)  # (N, 3, 2)
     a_inv, b = torch.linalg.inv(mt[:, :2].transpose(1, 2)), mt[:, 2]  # x_out = A x_in + b
-    xs, ys = _pixel_grid(images)
+    xs, ys = ops.pixel_grid(images)
     p = torch.stack((xs, ys), dim=-1)[None] - b.to(images.device)[:, None, None]  # (N, H, W, 2)
     q = torch.einsum("nij,nhwj->nhwi", a_inv.to(images.device), p)
-    out = _remap(images, q[..., 0], q[..., 1], "reflection", align_corners=True)
+    out = ops.remap(images, q[..., 0], q[..., 1], "reflection", align_corners=True)
     if alpha > 0:  # severity 1 is the affine alone (alpha = 0)
         field = _rand((n, 2, h, w), generator, images.device) * 2 - 1
-        field = _gaussian(field, sigma, truncate=3.0, mode="symmetric") * alpha
-        out = _remap(out, xs + field[:, 0].double(), ys + field[:, 1].double(), "reflection", align_corners=False)
+        field = ops.gaussian(field, sigma, truncate=3.0, mode="symmetric") * alpha
+        out = ops.remap(out, xs + field[:, 0].double(), ys + field[:, 1].double(), "reflection", align_corners=False)
     return out.clamp(0, 1)
 
 
@@ -403,11 +323,11 @@ def rotate(images: torch.Tensor, severity: int, generator: torch.Generator) -> t
     n, _, h, w = images.shape
     sign = torch.where(_rand((n,), generator, images.device) < 0.5, -1.0, 1.0).double()
     theta = torch.deg2rad(sign * degrees)[:, None, None]
-    xs, ys = _pixel_grid(images)
+    xs, ys = ops.pixel_grid(images)
     x0, y0 = xs - (w - 1) / 2, ys - (h - 1) / 2
     src_x = torch.cos(theta) * x0 + torch.sin(theta) * y0 + (w - 1) / 2
     src_y = -torch.sin(theta) * x0 + torch.cos(theta) * y0 + (h - 1) / 2
-    return _remap(images, src_x, src_y, "zeros", align_corners=False).clamp(0, 1)
+    return ops.remap(images, src_x, src_y, "zeros", align_corners=False).clamp(0, 1)
 
 
 def translate(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
@@ -416,7 +336,7 @@ def translate(images: torch.Tensor, severity: int, generator: torch.Generator) -
     d = TRANSLATE[_level(images, severity)] * images.shape[2] / 32
     phi = _rand((images.shape[0],), generator, images.device).double() * 2 * math.pi
     dy, dx = torch.round(d * torch.sin(phi)).long(), torch.round(d * torch.cos(phi)).long()
-    return _shift(images, dy, dx, fill=0.0)
+    return ops.shift(images, dy, dx, fill=0.0)
 
 
 SHIFTS = {

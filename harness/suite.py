@@ -8,15 +8,16 @@ import time
 from pathlib import Path
 
 import torch
-from harness import data as datamod, shifts, store
+from harness import data as datamod, imageops, shifts, store
 from harness.config import Shifts
 
 VERSION = 2
 
 
 def cache_key(cfg: Shifts, data_key: str) -> str:
-    # the shift code is part of the key: editing a corruption invalidates every cached set built with it
-    code = hashlib.sha256(inspect.getsource(shifts).encode()).hexdigest()[:12]
+    # the shift code is part of the key: editing a corruption (or an image operation it uses) invalidates every
+    # cached set built with it
+    code = hashlib.sha256((inspect.getsource(shifts) + inspect.getsource(imageops)).encode()).hexdigest()[:12]
     return store.cache_key({"cfg": cfg.__dict__, "data": data_key, "code": code, "v": VERSION})
 
 

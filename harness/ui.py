@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from harness import results
+from harness import store
 
 HOST = "127.0.0.1"  # loopback only: the UI has no authentication and can delete runs
 
@@ -45,14 +45,14 @@ def main(argv=None, execv=os.execvp) -> int:
     ap.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///mlruns/mlflow.db in the current directory)")
     ap.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
     args = ap.parse_args(argv)
-    uri = args.tracking_uri or results.default_tracking_uri()
+    uri = args.tracking_uri or store.default_tracking_uri()
     if not 1 <= args.port <= 65535:
         print(f"error: --port: must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is already a tracking server: open it in a browser")
         return 0
-    db = results.sqlite_path(uri)
+    db = store.sqlite_path(uri)
     if db is None:
         print(f"error: --tracking-uri: expected sqlite:///PATH (or an http:// server), got {uri!r}", file=sys.stderr)
         return 2

@@ -89,7 +89,7 @@ def work(ctx, study: optuna.Study, worker: int = 0, log=print) -> dict:
             break
         with bookkeeping.host_lock(cfg.study.name):
             bookkeeping.recover_dead(study, ctx.client)
-            bookkeeping.fail_stale(study)
+            optuna.storages.fail_stale_trials(study)  # other machines' dead workers, by heartbeat silence
             finished, running = bookkeeping.counts(study)
             if finished >= target:
                 break

@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import report, results, study
+from harness import report, results, schema, stats, study
+from harness.report import __main__ as cli, figures, kit
 from test_results import HOSTILE, shared_report, shared_study
 
 pytestmark = pytest.mark.slow
@@ -184,7 +185,7 @@ def truth(built):
     """What the page must show, read with MlflowClient alone (never through harness.results.load or summarize) and
     derived with the documented formulas: completed trials ranked by val_acc_final (ties: lower trial number),
     per-shift accuracy = mean of shift/<name>/acc over its steps (step = severity), sample sizes from the parent's
-    harness.n_test / harness.n_shift_eval tags, and the accuracy-on-the-line fits (results.on_the_line, a pure
+    harness.n_test / harness.n_shift_eval tags, and the accuracy-on-the-line fits (stats.on_the_line, a pure
     helper) over MLflow's id_acc and ood_acc_mean or per-shift means."""
     client = built["client"]
     exp = client.get_experiment_by_name("tiny")
@@ -206,14 +207,14 @@ def truth(built):
     selection, test = tags["harness.shifts.selection"].split(","), tags["harness.shifts.test"].split(",")
     sets = sorted({n for r in done for n in r["shift_acc"]} - set(selection) - set(test))
     n_test, n_shift = int(tags["harness.n_test"]), int(tags["harness.n_shift_eval"])
-    line = results.on_the_line({r["number"]: (r["m"]["id_acc"], r["m"]["ood_acc_mean"]) for r in done}, n_test)
-    per_shift = {n: results.on_the_line({r["number"]: (r["m"]["id_acc"], r["shift_mean"].get(n)) for r in done}, n_test)
+    line = stats.on_the_line({r["number"]: (r["m"]["id_acc"], r["m"]["ood_acc_mean"]) for r in done}, n_test)
+    per_shift = {n: stats.on_the_line({r["number"]: (r["m"]["id_acc"], r["shift_mean"].get(n)) for r in done}, n_test)
                  for n in test + sets + selection}
     pid = parent.info.run_id
     artifacts = {p: json.loads(results.artifact(client, pid, p)) for p in ("versions.json", "search_space.json")}
     artifacts["pretrain"] = json.loads(results.artifact(client, pid, f"pretrain/{tags['harness.pretrain']}.json"))
     keep = [r for r in done if r["baseline"] or r is done[0]]
-    keep += [r for r in done if r not in keep][:report.MAX_CURVES - 1]  # baselines, the selected one, the next best
+    keep += [r for r in done if r not in keep][:figures.MAX_CURVES - 1]  # baselines, the selected one, the next best
     return SimpleNamespace(
         client=client, uri=built["uri"], exp=exp, parent=parent, tags=tags, params=params, artifacts=artifacts,
         trials=trials, done=done, best=done[0], shown=[r for r in done if r in keep],
@@ -243,7 +244,7 @@ def _verify_leaderboard(page: str, t) -> set:
             assert near(k[key].text, m[key], ECE), (tr["number"], key, k[key].text, m[key])
         for key, p, n in (("id_acc_ci", m["id_acc"], t.n_test), ("ood_acc_ci", m["ood_acc_mean"], t.n_shift)):
             lo, hi = k[key].text.split("\u2013")
-            want = results.wilson(p, n)  # the OOD sets are a subset of the test split: n = one shifted set's size
+            want = stats.wilson(p, n)  # the OOD sets are a subset of the test split: n = one shifted set's size
             assert near(lo, want[0], PCT, 100) and near(hi, want[1], PCT, 100), (key, k[key].text, want)
         name = row.cells[7].text.split()[-1]  # the worst held-out shift's name (any of them on a tie)
         assert name not in t.selection and tr["shift_mean"][name] == worst_shift(tr, t), (tr["number"], name)
@@ -267,7 +268,7 @@ def _verify_cards(page: str, t) -> set:
     for key, p, n in (("ID test accuracy", m["id_acc"], t.n_test), ("Mean OOD accuracy", m["ood_acc_mean"], t.n_shift)):
         assert val[key].endswith("%") and near(val[key][:-1], p, PCT, 100), (key, val[key], p)
         lo, hi = re.match(r"95% CI ([\d.]+)\u2013([\d.]+)", desc[key]).groups()
-        want = results.wilson(p, n)
+        want = stats.wilson(p, n)
         assert near(lo, want[0], PCT, 100) and near(hi, want[1], PCT, 100), (key, desc[key], want)
     assert f"(n = {t.n_test})" in desc["ID test accuracy"]
     drop = re.search(r"OOD \u2212 ID ([+-][\d.]+) points", desc["Mean OOD accuracy"]).group(1)
@@ -279,9 +280,9 @@ def _verify_cards(page: str, t) -> set:
     lines = [_text(x) for x in cards["Against the baselines"].group(3).split("<br>")]
     got = {name: v for v, name in (re.fullmatch(r"([+-][\d.]+) vs (.+)", x).groups() for x in lines)}
     others = [r for r in t.done if r["baseline"] and r is not b]
-    assert set(got) == {results.BASELINES[r["baseline"]] for r in others}
+    assert set(got) == {schema.BASELINES[r["baseline"]] for r in others}
     for r in others:
-        assert near(got[results.BASELINES[r["baseline"]]], m["ood_acc_mean"] - r["m"]["ood_acc_mean"], PCT, 100)
+        assert near(got[schema.BASELINES[r["baseline"]]], m["ood_acc_mean"] - r["m"]["ood_acc_mean"], PCT, 100)
 
     top = max(r["m"]["ood_acc_mean"] for r in t.done)
     note = _text(re.search(r'<p class="note">(Selected by .*?)</p>', page).group(1))
@@ -305,7 +306,7 @@ def _verify_conditions(page: str, t) -> set:
     ece = [b["shift_ece"][n][sev] for n in t.test]  # held-out severity shifts at the highest severity
     best_ood = max(r["m"]["ood_acc_mean"] for r in t.done)  # the OOD-best ("oracle") trial's accuracy
     gap = best_ood - m["ood_acc_mean"]
-    lo, hi = results.wilson(m["ood_acc_mean"], t.n_shift)
+    lo, hi = stats.wilson(m["ood_acc_mean"], t.n_shift)
     base = max(r["m"]["ood_acc_mean"] for r in t.done if r["baseline"])
     margin = m["ood_acc_mean"] - base
     r2, l1 = t.line["r2"], m["label_shift/prior_l1_error"]
@@ -350,7 +351,7 @@ def _verify_conditions(page: str, t) -> set:
         if name.startswith("Beats every baseline"):
             label, number = re.search(r"best baseline \((.+), trial (\d+)\)", why).groups()
             top = t.trials[int(number)]
-            assert label == results.BASELINES[top["baseline"]] and top["m"]["ood_acc_mean"] == base, why
+            assert label == schema.BASELINES[top["baseline"]] and top["m"]["ood_acc_mean"] == base, why
         ok |= {c.pos for c in row.cells}
     return ok
 
@@ -424,7 +425,7 @@ def _verify_effective_robustness(page: str, t) -> set:
 
 def _verify_pareto(page: str, t) -> set:
     _, rows = _table(page, "pareto")
-    front = results.pareto({r["number"]: (r["m"]["id_acc"], r["m"]["ood_acc_mean"]) for r in t.done})
+    front = stats.pareto({r["number"]: (r["m"]["id_acc"], r["m"]["ood_acc_mean"]) for r in t.done})
     assert [trial_of(r.cells[0].text, t)["number"] for r in rows] == sorted(front)
     for row in rows:
         tr = trial_of(row.cells[0].text, t)
@@ -504,7 +505,7 @@ def _verify_calibration(page: str, t) -> set:
 def _final_keys(r: dict) -> set:
     """A run's keys that are not curves the report draws: all but the per-epoch curves and shift/<name>/{acc,ece,nll}
     (step = severity). Most are logged once; label_shift/prior_* are per-class series (step = class index)."""
-    return {k for k in r["m"] if k not in results.EPOCH_KEYS and not re.fullmatch(r"shift/[^/]+/(acc|ece|nll)", k)}
+    return {k for k in r["m"] if k not in schema.LEARNING_CURVES and not re.fullmatch(r"shift/[^/]+/(acc|ece|nll)", k)}
 
 
 def _verify_metrics(page: str, t) -> set:
@@ -618,7 +619,7 @@ def test_importance_table_equals_fanova_on_mlflow_values(built, truth):
 
 
 def test_calibration_table_equals_mlflow(built, truth):
-    """The calibration table shows the baselines, the selected trial and the next best (report.MAX_CURVES) in rank
+    """The calibration table shows the baselines, the selected trial and the next best (figures.MAX_CURVES) in rank
     order, each with MLflow's id_ece, id_nll, id_brier, ood_ece_mean and ood_nll_mean (0.001)."""
     _verify_calibration(built["page"], truth)
 
@@ -742,22 +743,22 @@ def test_two_studies_side_by_side(built, evil, tmp_path):
 def test_cli_bad_input_exits_2_with_a_message(built, tmp_path, capsys):
     """Bad input exits 2 with a message and writes nothing: an unknown study (the message names the known ones),
     a store path that does not exist (no database gets created), an unsupported URI, no --study-name."""
-    assert report.main(["--study-name", "nope", "--tracking-uri", built["uri"], "--out", str(tmp_path / "r")]) == 2
+    assert cli.main(["--study-name", "nope", "--tracking-uri", built["uri"], "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "'nope' not found" in err and "'tiny'" in err
     missing = tmp_path / "missing.db"
-    assert report.main(["--study-name", "tiny", "--tracking-uri", f"sqlite:///{missing}", "--out", str(tmp_path / "r")]) == 2
+    assert cli.main(["--study-name", "tiny", "--tracking-uri", f"sqlite:///{missing}", "--out", str(tmp_path / "r")]) == 2
     assert "no MLflow store" in capsys.readouterr().err and not missing.exists()
-    assert report.main(["--study-name", "tiny", "--tracking-uri", "ftp://x", "--out", str(tmp_path / "r")]) == 2
+    assert cli.main(["--study-name", "tiny", "--tracking-uri", "ftp://x", "--out", str(tmp_path / "r")]) == 2
     assert "unsupported URI" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        report.main([])
+        cli.main([])
     assert e.value.code == 2
     assert not (tmp_path / "r").exists()
 
 
 def test_slug_keeps_plain_names_and_separates_odd_ones():
     """Plain study names are their own folder; names with odd characters get a cleaned name plus a hash."""
-    assert report.slug("tiny") == "tiny" and report.slug("exp-1.2_b") == "exp-1.2_b"
-    a, b = report.slug("a<b"), report.slug("a>b")
+    assert kit.slug("tiny") == "tiny" and kit.slug("exp-1.2_b") == "exp-1.2_b"
+    a, b = kit.slug("a<b"), kit.slug("a>b")
     assert a != b and re.fullmatch(r"[A-Za-z0-9._-]+", a)

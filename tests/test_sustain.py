@@ -9,7 +9,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness import config, data as datamod, models, sustain
+from harness import config, context, data as datamod, models
+from harness.sustain import cli, policies, replay, streams
 from harness.config import Data, Stream, Train
 from conftest import TINY, created_files
 
@@ -42,7 +43,7 @@ def data():
 def deployed(data):
     """A small 'pretrained-ish' model: resnet8 trained on the clean target train split for 3 epochs (~1 s)."""
     model, groups = models.build("resnet8", 5, seed=0)
-    sustain.fine_tune(model, groups, *data["train"], 0.05, 0, 3, TRAIN, CPU, seed=0)
+    replay.fine_tune(model, groups, *data["train"], 0.05, 0, 3, TRAIN, CPU, seed=0)
     return model, groups, {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -52,14 +53,14 @@ def _restore(deployed):
     return model, groups
 
 
-@pytest.mark.parametrize("kind", sustain.STREAMS)
+@pytest.mark.parametrize("kind", streams.STREAMS)
 def test_stream_is_deterministic_per_seed(data, kind):
     """For every stream kind: the same seed gives identical recipes and identical tensors (labelled batch and eval
     set of every period); another seed gives different tensors. Shapes follow `labelled` and `eval_size`."""
     s = Stream(kind=kind, periods=5, labelled=20, eval_size=30, alpha=0.5)
 
     def build(seed):
-        return sustain.make_stream(data, sustain.schedule(s, 5, seed), s.labelled, s.eval_size, seed)
+        return streams.make_stream(data, streams.schedule(s, 5, seed), s.labelled, s.eval_size, seed)
 
     a, b, c = build(0), build(0), build(1)
     assert len(a) == 5
@@ -76,13 +77,13 @@ def test_stream_recipes_ramp_alternate_and_drift():
     """Severity and rotation ramps go from 0 (clean) at the first period to `severity` at the last, never down;
     the recurring stream alternates A and B every `phase` periods; the prior drifts from uniform (first period)
     to a Dirichlet draw (last), each a distribution."""
-    ramp = sustain.schedule(Stream(kind="severity", periods=10, severity=5), 5, 0)
+    ramp = streams.schedule(Stream(kind="severity", periods=10, severity=5), 5, 0)
     sev = [r["severity"] for r in ramp]
     assert sev == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5] and {r["shift"] for r in ramp} == {"contrast"}
-    assert {r["shift"] for r in sustain.schedule(Stream(kind="rotation"), 5, 0)} == {"rotate"}
-    rec = sustain.schedule(Stream(kind="recurring", periods=6, phase=2, shift="none", shift_b="fog"), 5, 0)
+    assert {r["shift"] for r in streams.schedule(Stream(kind="rotation"), 5, 0)} == {"rotate"}
+    rec = streams.schedule(Stream(kind="recurring", periods=6, phase=2, shift="none", shift_b="fog"), 5, 0)
     assert [r["shift"] for r in rec] == ["none", "none", "fog", "fog", "none", "none"]
-    prior = sustain.schedule(Stream(kind="prior", periods=4, alpha=0.3), 5, 0)
+    prior = streams.schedule(Stream(kind="prior", periods=4, alpha=0.3), 5, 0)
     assert prior[0]["prior"] == pytest.approx([0.2] * 5)
     assert all(sum(r["prior"]) == pytest.approx(1) for r in prior) and prior[-1]["prior"] != prior[0]["prior"]
 
@@ -92,23 +93,23 @@ def test_never_does_not_update_every_k_updates_floor_t_over_k(data, deployed):
     model's row (so bwt = fwt = 0); 'every' with k updates exactly at the 0-based periods t with (t + 1) % k == 0,
     i.e. k-1, 2k-1, ..., which is floor(T / k) updates, and its update seconds and examples are counted."""
     s = Stream(periods=7, labelled=20, eval_size=30, epochs=1, replay=1, k=1)
-    stream = sustain.make_stream(data, sustain.schedule(s, 5, 0), s.labelled, s.eval_size, 0)
+    stream = streams.make_stream(data, streams.schedule(s, 5, 0), s.labelled, s.eval_size, 0)
     ref = data["val"][0]
 
-    res = sustain.replay(*_restore(deployed), stream, sustain.policy_spec(s, "never"), ref, TRAIN, CPU, 0)
+    res = replay.replay(*_restore(deployed), stream, policies.policy_spec(s, "never"), ref, TRAIN, CPU, 0)
     assert res["updated"] == [0] * 7 and res["update_seconds"] == 0 and res["update_examples"] == 0
     assert all(row == res["initial"] for row in res["R"])
-    m = sustain.stream_metrics(res["R"], res["initial"])
+    m = replay.stream_metrics(res["R"], res["initial"])
     assert m["bwt"] == 0 and m["fwt"] == 0 and m["stream_acc"] == res["initial"]
 
     for k in (1, 2, 3, 4):
-        spec = sustain.policy_spec(s, "every", k=k)
-        assert sustain.label(spec) == f"every{k}"
-        res = sustain.replay(*_restore(deployed), stream, spec, ref, TRAIN, CPU, 0)
+        spec = policies.policy_spec(s, "every", k=k)
+        assert policies.label(spec) == f"every{k}"
+        res = replay.replay(*_restore(deployed), stream, spec, ref, TRAIN, CPU, 0)
         when = [t for t, u in enumerate(res["updated"]) if u]
         assert when == [t for t in range(7) if (t + 1) % k == 0] and len(when) == 7 // k
         assert res["update_seconds"] > 0 and res["update_examples"] > 0
-        m = sustain.stream_metrics(res["R"], res["initial"])
+        m = replay.stream_metrics(res["R"], res["initial"])
         # near-future protocol: the accuracy at period t is the model's before it updates on t
         assert m["stream_acc"][1:] == [res["R"][t - 1][t] for t in range(1, 7)]
 
@@ -121,14 +122,14 @@ def test_metrics_follow_gem_and_chaudhry_definitions():
     period before it arrived (R[0][1] = 0.99) never counts as a peak."""
     R = [[0.9, 0.99, 0.4], [0.8, 0.9, 0.6], [0.7, 0.8, 0.9]]
     initial = [0.9, 0.5, 0.3]
-    m = sustain.stream_metrics(R, initial)
+    m = replay.stream_metrics(R, initial)
     assert m["stream_acc"] == [0.9, 0.99, 0.6]
     assert m["stream_acc_mean"] == pytest.approx(2.49 / 3) and m["stream_acc_worst"] == 0.6
     assert m["bwt"] == pytest.approx(((0.7 - 0.9) + (0.8 - 0.9)) / 2)
     assert m["forgetting"] == pytest.approx(-m["bwt"])
     assert m["fwt"] == pytest.approx(((0.99 - 0.5) + (0.6 - 0.3)) / 2)
     R[1][0] = 0.95  # the accuracy on period 0 kept rising after it: the max, not R[0][0], is what was lost
-    m = sustain.stream_metrics(R, initial)
+    m = replay.stream_metrics(R, initial)
     assert m["forgetting"] == pytest.approx(((0.95 - 0.7) + (0.9 - 0.8)) / 2) and m["forgetting"] > -m["bwt"]
 
 
@@ -138,17 +139,17 @@ def test_stream_pool_is_disjoint_from_the_deployed_models_images(data):
     stream built from the pool draws every labelled image from the pool and none from the deployed model's half;
     evaluation images come from the test split."""
     x, y = data["train"]
-    deploy, pool = sustain.split_pool(y, seed=0, fraction=0.5)
+    deploy, pool = streams.split_pool(y, seed=0, fraction=0.5)
     assert set(deploy.tolist()).isdisjoint(pool.tolist())
     assert sorted(deploy.tolist() + pool.tolist()) == list(range(len(y)))
     for c in y.unique().tolist():
         n_dep, n_pool = (y[deploy] == c).sum().item(), (y[pool] == c).sum().item()
         assert abs(n_dep - n_pool) <= 1 and n_dep > 0
-    again, other = sustain.split_pool(y, seed=0, fraction=0.5), sustain.split_pool(y, seed=1, fraction=0.5)
+    again, other = streams.split_pool(y, seed=0, fraction=0.5), streams.split_pool(y, seed=1, fraction=0.5)
     assert torch.equal(again[1], pool) and not torch.equal(other[1], pool)
 
     recipes = [{"period": t, "shift": "none", "severity": 0, "prior": None} for t in range(4)]
-    stream = sustain.make_stream({"train": (x[pool], y[pool]), "test": data["test"]}, recipes, 60, 30, seed=0)
+    stream = streams.make_stream({"train": (x[pool], y[pool]), "test": data["test"]}, recipes, 60, 30, seed=0)
     rows = lambda imgs: {tuple(v.flatten().tolist()) for v in imgs}  # noqa: E731
     pool_rows, deploy_rows, test_rows = rows(x[pool]), rows(x[deploy]), rows(data["test"][0])
     for p in stream:
@@ -167,10 +168,10 @@ def test_trigger_fires_on_abrupt_shift_and_stays_quiet_without(data, deployed, p
     s = Stream(periods=6, labelled=60, eval_size=150, epochs=1, replay=0)
     clean = [{"period": t, "shift": "none", "severity": 0, "prior": None} for t in range(6)]
     abrupt = [dict(r, shift="contrast", severity=5) if r["period"] >= 3 else r for r in clean]
-    spec = sustain.policy_spec(s, policy)
+    spec = policies.policy_spec(s, policy)
     for recipes, expect in ((clean, [0] * 6), (abrupt, [0, 0, 0, 1])):
-        stream = sustain.make_stream(data, recipes, s.labelled, s.eval_size, seed=0)
-        res = sustain.replay(*_restore(deployed), stream, spec, data["val"][0], TRAIN, CPU, 0)
+        stream = streams.make_stream(data, recipes, s.labelled, s.eval_size, seed=0)
+        res = replay.replay(*_restore(deployed), stream, spec, data["val"][0], TRAIN, CPU, 0)
         assert res["updated"][:len(expect)] == expect, (policy, res["monitor"])
         if policy != "accuracy":
             stats = res["monitor"][:len(expect)]
@@ -187,10 +188,10 @@ def test_drift_statistics_are_calibrated_on_known_samples():
         gen = torch.Generator().manual_seed(seed)
         a, b, far = (torch.randn(200, 8, generator=gen) for _ in range(3))
         far += 1
-        null_auc.append(sustain.domain_auc(a, b, seed))
-        null_mmd.append(sustain.mmd2(a, b))
-        drift.append((sustain.domain_auc(a, far, seed), sustain.mmd2(a, far)))
-    floor = sustain.auc_noise_floor(200, 200)
+        null_auc.append(policies.domain_auc(a, b, seed))
+        null_mmd.append(policies.mmd2(a, b))
+        drift.append((policies.domain_auc(a, far, seed), policies.mmd2(a, far)))
+    floor = policies.auc_noise_floor(200, 200)
     assert 0.58 < floor < 0.61
     assert abs(sum(null_auc) / 20 - 0.5) < 0.03 and sum(v > floor for v in null_auc) <= 1
     assert max(abs(v) for v in null_mmd) < 0.015
@@ -200,21 +201,21 @@ def test_drift_statistics_are_calibrated_on_known_samples():
 def test_default_sustain_config_and_bad_input_exit_2_naming_the_key(workdir, capsys):
     """studies/sustain.toml loads and passes preflight; bad stream values exit 2 with a message naming the key and
     create nothing (no mlruns/)."""
-    cfg = config.load(sustain.DEFAULT_CONFIG)
-    assert cfg.study.name == "sustain-default" and sustain.preflight(cfg) == 4
+    cfg = config.load(cli.DEFAULT_CONFIG)
+    assert cfg.study.name == "sustain-default" and cli.preflight(cfg) == 4
     cases = [(["--set", "stream.kind=drift"], "stream.kind"), (["--set", "stream.shift=blurry"], "stream.shift"),
              (["--set", "stream.policies=['never','sometimes']"], "stream.policies"),
              (["--set", "stream.search_k=[4,2]"], "stream.search_k"), (["--set", "stream.periods=1"], "stream.periods"),
              (["--set", "stream.freeze_layers=9"], "stream.freeze_layers"), (["--seeds", "0,x"], "--seeds"),
              (["--set", "stream.auc=0.3"], "stream.auc"), (["--set", "stream.lr=0"], "stream.lr")]
     for args, key in cases:
-        assert sustain.main(args) == 2, args
+        assert cli.main(args) == 2, args
         assert key in capsys.readouterr().err
     assert not (workdir / "mlruns").exists()
 
 
 def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_other(tmp_path, monkeypatch):
-    """_seed_context (what every policy run starts from) on the tiny study's 60 train images and a clean-pixel prior
+    """seed_context (what every policy run starts from) on the tiny study's 60 train images and a clean-pixel prior
     stream: the deployed model's fine-tune sees exactly its 30 images, every labelled stream image comes from the
     other 30 (the pool), and a second call for the seed reads the cached deployed model without training again."""
     path = tmp_path / "s.toml"
@@ -225,24 +226,26 @@ def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_ot
     head = models.head_prefix(body, groups)
     pre = {k: v for k, v in body.body.state_dict().items() if not k.startswith(head)}  # stands in for pretraining
     seen = []
-    real = sustain.fine_tune
+    real = replay.fine_tune
 
     def recording(model, groups, x, y, *args, **kw):  # the real fine-tune, its training images recorded
         seen.append(x.clone())
         return real(model, groups, x, y, *args, **kw)
 
-    monkeypatch.setattr(sustain, "fine_tune", recording)
-    ctx = {"cfg": cfg, "device": CPU, "data": data, "data_dev": data, "pretrained": pre, "weights_key": "test",
-           "cache": tmp_path / "cache", "log": lambda *_: None, "seeds": {}}
-    sc = sustain._seed_context(ctx, 0)
+    monkeypatch.setattr(replay, "fine_tune", recording)
+    ctx = context.Context(cfg=cfg, device=CPU, data=data, data_cpu=data, suite=None, pretrained=pre,
+                          weights_key="test", n_groups=4, client=None, uri="", storage=None, exp_id="", parent_id="",
+                          created=False, cache=tmp_path / "cache", info={})  # no store: seed_context writes none
+    run = replay.SustainRun(ctx, log=lambda *_: None)
+    sc = replay.seed_context(run, 0)
     rows = lambda imgs: {tuple(v.flatten().tolist()) for v in imgs}  # noqa: E731
     x = data["train"][0]
-    deploy, pool = rows(x[sc["deploy_idx"]]), rows(x[sc["pool_idx"]])
+    deploy, pool = rows(x[sc.deploy_idx]), rows(x[sc.pool_idx])
     assert len(seen) == 1 and rows(seen[0]) == deploy and deploy.isdisjoint(pool) and len(seen[0]) == 30
-    for p in sc["stream"]:
+    for p in sc.stream:
         assert rows(p["x"]) <= pool
-    ctx["seeds"] = {}
-    sustain._seed_context(ctx, 0)
+    run.seeds = {}
+    replay.seed_context(run, 0)
     assert len(seen) == 1  # cached: the key holds the pool split (VERSION, stream.pool_fraction) and the resolved device
 
 
@@ -261,7 +264,7 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
       trial-NNNN-<label>-seed0 and tagged with the trial number."""
     path = workdir / "sustain.toml"
     path.write_text(SUSTAIN_TINY.replace('name = "sustain-tiny"', 'name = "sustain-tiny"\nreport = false'))
-    assert sustain.main(["--config", str(path), "--seeds", "0,1"]) == 0
+    assert cli.main(["--config", str(path), "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
     assert "every2" in out and "stream_acc_mean" in out
 
@@ -302,11 +305,11 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     assert [m.value for m in sorted(client.get_metric_history(every.info.run_id, "updated"), key=lambda m: m.step)] \
         == [0, 1, 0, 1]
 
-    assert sustain.main(["--config", str(path), "--seeds", "0,1"]) == 0
+    assert cli.main(["--config", str(path), "--seeds", "0,1"]) == 0
     assert "reused finished run" in capsys.readouterr().out
     assert len(client.search_runs([exp.experiment_id], max_results=1000)) == 1 + len(names)
 
-    assert sustain.main(["--config", str(path), "--study-name", "sustain-search", "--n-trials", "2",
+    assert cli.main(["--config", str(path), "--study-name", "sustain-search", "--n-trials", "2",
                          "--set", "stream.search=true", "--set", "stream.search_policies=['never','every']"]) == 0
     study = optuna.load_study(study_name="sustain-search", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -330,7 +333,7 @@ def test_faults_diverging_policy_fails_alone_and_stale_search_trials_fail(workdi
     path = workdir / "sustain.toml"
     path.write_text(SUSTAIN_TINY.replace('name = "sustain-tiny"', 'name = "sustain-tiny"\nreport = false'))
     args = ["--config", str(path), "--set", "stream.policies=['never','every']"]
-    assert sustain.main(args + ["--set", "stream.lr=1e30"]) == 1
+    assert cli.main(args + ["--set", "stream.lr=1e30"]) == 1
     err = capsys.readouterr().err
     assert "every2" in err and "FloatingPointError" in err and "Traceback" not in err
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
@@ -345,7 +348,7 @@ def test_faults_diverging_policy_fails_alone_and_stale_search_trials_fail(workdi
     stale = optuna.create_study(storage=storage, study_name="sustain-stale", direction="maximize")
     stale.ask()  # a trial whose process was killed: RUNNING forever
     search = args + ["--set", "stream.search=true", "--n-trials", "1"]
-    assert sustain.main(search + ["--study-name", "sustain-stale", "--set", "stream.search_policies=['never']"]) == 0
+    assert cli.main(search + ["--study-name", "sustain-stale", "--set", "stream.search_policies=['never']"]) == 0
     trials = optuna.load_study(study_name="sustain-stale", storage=storage).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL and "died" in trials[0].system_attrs["fail_reason"]
     assert [t.state for t in trials[1:]] == [optuna.trial.TrialState.COMPLETE]
@@ -354,7 +357,7 @@ def test_faults_diverging_policy_fails_alone_and_stale_search_trials_fail(workdi
     diverge = search + ["--study-name", "sustain-diverge", "--n-trials", "2", "--set",
                         "stream.search_policies=['every']", "--set", "stream.search_lr=[1e30,1e31]",
                         "--set", "stream.search_k=[1,2]"]  # k <= 2 updates within 4 periods
-    assert sustain.main(diverge) == 1
+    assert cli.main(diverge) == 1
     assert "Traceback" not in capsys.readouterr().err
     trials = optuna.load_study(study_name="sustain-diverge", storage=storage).trials
     assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.FAIL for t in trials)
@@ -380,14 +383,14 @@ def test_refuses_the_experiment_of_a_regular_study(workdir, tiny_config, capsys)
     path = workdir / "sustain.toml"
     path.write_text(SUSTAIN_TINY)
     before_files = created_files(workdir, ignore=())
-    assert sustain.main(["--config", str(path), "--study-name", "tiny"]) == 2
+    assert cli.main(["--config", str(path), "--study-name", "tiny"]) == 2
     assert "study.name" in capsys.readouterr().err
     assert created_files(workdir, ignore=()) == before_files
     assert {e.name for e in client.search_experiments()} == before_exps
     assert {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])} \
         == before_runs
     # and the other way round: a regular study refuses the experiment of a sustain study, exit 2, nothing run
-    assert sustain.main(["--config", str(path), "--study-name", "drift", "--no-report"]) in (0, 1)
+    assert cli.main(["--config", str(path), "--study-name", "drift", "--no-report"]) in (0, 1)
     capsys.readouterr()
     n_runs = len(client.search_runs([client.get_experiment_by_name("drift").experiment_id]))
     assert study.main(["--config", str(tiny_config), "--study-name", "drift", "--no-report"]) == 2

@@ -10,7 +10,9 @@ import statistics
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import report, results, sustain
+from harness import store
+from harness.report import __main__ as cli, kit, sustain_page
+from harness.sustain import cli as sustain
 from test_sustain import SUSTAIN_TINY
 
 HOSTILE_STUDY = "sus<img src=x onerror=alert(1)>\"'&"
@@ -71,12 +73,12 @@ def test_sustain_report_numbers_equal_mlflow_escape_names_and_log_on_the_parent(
             "--set", "stream.policies=['never','every']"]
     assert sustain.main(args) == 0
     out = capsys.readouterr().out
-    folder = workdir / "reports" / report.slug(HOSTILE_STUDY)
+    folder = workdir / "reports" / kit.slug(HOSTILE_STUDY)
     assert f"report: {folder / 'index.html'}" in out
     page = (folder / "index.html").read_text()
     data = json.loads((folder / "report.json").read_text())
 
-    client = MlflowClient(tracking_uri=results.default_tracking_uri(workdir))
+    client = MlflowClient(tracking_uri=store.default_tracking_uri(workdir))
     exp = client.get_experiment_by_name(HOSTILE_STUDY)
     parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'sustain'")[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
@@ -94,14 +96,14 @@ def test_sustain_report_numbers_equal_mlflow_escape_names_and_log_on_the_parent(
     summary = {g["key"]: g for g in data["studies"][0]["policies"]}
     assert set(table) == set(summary) == set(by_policy)
     for policy, runs in by_policy.items():
-        assert set(table[policy]) == {k for k, _, _ in report.SUSTAIN_COLUMNS}
-        for key, _, how in report.SUSTAIN_COLUMNS:
+        assert set(table[policy]) == {k for k, _, _ in sustain_page.SUSTAIN_COLUMNS}
+        for key, _, how in sustain_page.SUSTAIN_COLUMNS:
             values = [r.data.metrics[key] for r in runs]
             mean, sd = statistics.fmean(values), statistics.stdev(values)
             text, shown_mean, shown_sd = table[policy][key]
             assert shown_mean == pytest.approx(mean, rel=1e-12, abs=1e-15), (policy, key)
             assert shown_sd == pytest.approx(sd, rel=1e-9, abs=1e-12), (policy, key)
-            assert text == report.stat_text({"mean": mean, "sd": sd}, how), (policy, key)
+            assert text == sustain_page.stat_text({"mean": mean, "sd": sd}, how), (policy, key)
             stat = summary[policy]["metrics"][key]
             assert sorted(stat["values"]) == sorted(values) and stat["mean"] == pytest.approx(mean, rel=1e-12, abs=1e-15)
     assert summary["never"]["metrics"]["n_updates"]["mean"] == 0
@@ -109,7 +111,7 @@ def test_sustain_report_numbers_equal_mlflow_escape_names_and_log_on_the_parent(
 
     for run in by_policy["every2"]:
         client.set_tag(run.info.run_id, "harness.policy", HOSTILE_POLICY)
-    assert report.main(["--study-name", HOSTILE_STUDY, "--tracking-uri", results.default_tracking_uri(workdir)]) == 0
+    assert cli.main(["--study-name", HOSTILE_STUDY, "--tracking-uri", store.default_tracking_uri(workdir)]) == 0
     page = (folder / "index.html").read_text()
     parsed = _parse(page)
     assert "script" not in parsed.tags and "img" in parsed.tags  # the figures are the only images
@@ -117,5 +119,5 @@ def test_sustain_report_numbers_equal_mlflow_escape_names_and_log_on_the_parent(
     assert "<script" not in page.lower() and "<img src=x" not in page
     assert html.escape(HOSTILE_POLICY) in page and html.escape(HOSTILE_STUDY) in page
     assert HOSTILE_POLICY in parsed.rows  # the tag reached the page, as text
-    assert report.main(["--study-name", HOSTILE_STUDY + "-missing",
-                        "--tracking-uri", results.default_tracking_uri(workdir)]) == 2
+    assert cli.main(["--study-name", HOSTILE_STUDY + "-missing",
+                     "--tracking-uri", store.default_tracking_uri(workdir)]) == 2

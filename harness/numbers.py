@@ -1,0 +1,411 @@
+"""The numbers a report shows: one loaded study (results.load) summarized into JSON-able dicts. No MLflow, no torch."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from harness import schema
+from harness.stats import importances, infer_test_size, mean_sd, on_the_line, pareto, wilson
+
+
+def json_artifact(study: dict, path: str):
+    """A parsed JSON artifact of the parent run ({} when absent or unreadable)."""
+    try:
+        return json.loads(study["parent"]["texts"].get(path) or "{}")
+    except json.JSONDecodeError:
+        return {}
+
+
+def _float(v):
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
+
+def _mean(vals):
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+# ================================================================================================ fine-tuning studies
+
+def _sample_size(logged, accs: list) -> tuple[int | None, str]:
+    """(n, where it came from): the logged tag, else inferred from accuracies measured on n images."""
+    if logged and str(logged).isdigit():
+        return int(logged), "logged"
+    n = infer_test_size(accs)
+    return n, (f"not logged; inferred: every accuracy is a multiple of 1/{n}" if n else
+               "not logged and not inferable (too few distinct accuracies): no confidence intervals")
+
+
+def shift_families(study: dict) -> dict:
+    """Shift name -> family (noise, blur, weather, digital, geometric, label). A logged tag wins; else harness.shifts'
+    FAMILY, imported only then (it imports torch, which the report otherwise never needs)."""
+    tag = study["parent"]["tags"].get("harness.shifts.family", "")
+    if tag:
+        return dict(item.split(":", 1) for item in tag.split(",") if ":" in item)
+    from harness.shifts import FAMILY
+
+    return {**FAMILY, "label_shift": "label"}
+
+
+def _severities(study: dict) -> list[int]:
+    raw = study["parent"]["params"].get("shifts.severities", "")
+    try:
+        return [int(v) for v in json.loads(raw)]
+    except (json.JSONDecodeError, TypeError, ValueError):
+        steps = {s for t in study["trials"] for k, c in t["curves"].items() if k.startswith("shift/") for s, _ in c}
+        return sorted(steps)
+
+
+def _shifts(study: dict) -> dict:
+    """selection and test (severity) shifts from the parent's tags; 'sets' are the other held-out sets that log
+    shift/<name>/acc (label shift, subpopulation) at one step; each shift's family; the severities."""
+    tags = study["parent"]["tags"]
+    sel = [n for n in tags.get("harness.shifts.selection", "").split(",") if n]
+    test = [n for n in tags.get("harness.shifts.test", "").split(",") if n]
+    seen = []
+    for t in study["trials"]:
+        for k in t["curves"]:
+            parts = k.split("/")
+            if len(parts) == 3 and parts[0] == "shift" and parts[2] == "acc" and parts[1] not in seen:
+                seen.append(parts[1])
+    out = {"selection": sel, "test": test, "sets": [n for n in seen if n not in sel and n not in test]}
+    families = shift_families(study)
+    out["families"] = {n: families.get(n, n) for n in out["selection"] + out["test"] + out["sets"]}
+    out["severities"] = _severities(study)
+    return out
+
+
+def _strategy(k, e, epochs) -> dict:
+    """How a trial fine-tunes, in words: freeze_layers k and unfreeze_epoch e (>= epochs: never)."""
+    if k is None:
+        return {"unfreeze": "", "text": ""}
+    if k == 0:
+        return {"unfreeze": "-", "text": "train everything"}
+    never = e is None or (epochs is not None and e >= epochs)
+    return {"unfreeze": "never" if never else f"epoch {e}",
+            "text": f"freeze {k} group{'s' if k != 1 else ''}" + (", never unfreeze" if never else f", unfreeze at epoch {e}")}
+
+
+def _by_severity(curves: dict, names: list[str], what: str) -> dict:
+    """{shift: {severity (as text): value}} of the shift/<name>/<what> curves a trial logged."""
+    keys = {n: schema.shift_key(n, what) for n in names}
+    return {n: {str(s): v for s, v in curves[k]} for n, k in keys.items() if k in curves}
+
+
+def _row(t: dict, shifts: dict, epochs, objective: str) -> dict:
+    """One trial as the report shows it (keys are the report's own; values are MLflow's)."""
+    m, c, p = t["metrics"], t["curves"], t["params"]
+    names = shifts["selection"] + shifts["test"] + shifts["sets"]
+    per, ece = _by_severity(c, names, "acc"), _by_severity(c, names, "ece")
+    means = {n: _mean(list(v.values())) for n, v in per.items()}
+    held = {n: v for n, v in means.items() if n not in shifts["selection"]}
+    worst = min(held, key=held.get) if held else None
+    # the objective's value as Optuna saw it: validation accuracy, or the mean over selection shifts
+    obj_key = {"val_acc": schema.VAL_ACC_FINAL, "ood_val_acc": schema.OOD_VAL_ACC}.get(objective, schema.VAL_ACC_FINAL)
+    finals = {k: _float(v) for k, v in m.items()
+              if k not in schema.LEARNING_CURVES and not (k.startswith("shift/") and k.rsplit("/", 1)[-1] in ("acc", "ece", "nll"))
+              and len(c.get(k, ())) <= 1}  # a series (label_shift/prior_*: step = class index) is not one final value
+    return {"number": t["number"], "run_id": t["run_id"], "run_name": t["run_name"], "state": t["state"],
+            "baseline": t["baseline"], "lr": p.get("lr"), "freeze_layers": p.get("freeze_layers"),
+            "unfreeze_epoch": p.get("unfreeze_epoch"), **_strategy(p.get("freeze_layers"), p.get("unfreeze_epoch"), epochs),
+            "objective": _float(m.get(obj_key)), "val_acc": _float(m.get(schema.VAL_ACC_FINAL)),
+            "id_acc": _float(m.get(schema.ID_ACC)), "ood_acc_mean": _float(m.get(schema.OOD_ACC_MEAN)),
+            "ood_acc_worst": _float(m.get(schema.OOD_ACC_WORST)), "worst_shift": worst,
+            "ood_val_acc": _float(m.get(schema.OOD_VAL_ACC)), "id_ece": _float(m.get("id_ece")),
+            "ood_ece_mean": _float(m.get("ood_ece_mean")), "shift_acc": per, "shift_ece": ece, "shift_mean": means,
+            "curves": {k: [[s, v] for s, v in c[k]] for k in schema.LEARNING_CURVES if k in c},
+            "final": finals, "seconds": ((t["end_time"] or 0) - (t["start_time"] or 0)) / 1000 if t["end_time"] else None,
+            "reason": t["tags"].get("harness.pruned_reason") or t["tags"].get("harness.fail_reason") or "",
+            "stopped_epoch": t["tags"].get("harness.pruned_epoch", t["tags"].get("harness.failed_epoch"))}
+
+
+def _conditions(best: dict | None, oracle: dict | None, baselines: dict, line: dict | None, failed: int,
+                sev_max, n_shift) -> list[dict]:
+    """Pass / warn / fail checks on the selected configuration, deepchecks style; thresholds in points of
+    accuracy (notes/science.md 7.3: OOD drop < 10 pp, ECE at severity 5 < 0.1, BBSE prior error < 0.05)."""
+    if best is None:
+        return []
+    out = []
+
+    def add(name, value, status, detail):
+        out.append({"name": name, "value": value, "status": status, "detail": detail})
+
+    def grade(v, ok, warn):  # smaller is better
+        return "n/a" if v is None else "pass" if v < ok else "warn" if v < warn else "fail"
+
+    drop = best["id_acc"] - best["ood_acc_mean"] if best["ood_acc_mean"] is not None else None
+    add("OOD accuracy drop under 10 points", drop, grade(drop, 0.10, 0.20),
+        "ID accuracy minus mean accuracy over held-out shifts; warn up to 20 points")
+    wdrop = best["id_acc"] - best["ood_acc_worst"] if best["ood_acc_worst"] is not None else None
+    add("Worst-shift drop under 20 points", wdrop, grade(wdrop, 0.20, 0.35),
+        f"ID accuracy minus accuracy on the worst shift ({best['worst_shift'] or '-'}); warn up to 35 points")
+    eces = [v.get(str(sev_max)) for n, v in best["shift_ece"].items() if str(sev_max) in v and len(v) > 1]
+    ece5 = _mean(eces)
+    add(f"ECE at severity {sev_max} under 0.10", ece5, grade(ece5, 0.10, 0.20),
+        "mean expected calibration error (15 bins) over held-out shifts at the highest severity; warn up to 0.20")
+    if oracle is not None and best["ood_acc_mean"] is not None:
+        gap = oracle["ood_acc_mean"] - best["ood_acc_mean"]
+        half = (wilson(best["ood_acc_mean"], n_shift) or [0, 0])
+        tol = (half[1] - half[0]) / 2 if n_shift else 0.01
+        add("Validation picks the OOD-best configuration", gap, "pass" if gap <= tol else "warn",
+            f"trial {oracle['number']} has the highest held-out OOD accuracy; pass when the selected trial is within "
+            f"the 95% CI half-width ({tol * 100:.1f} points)")
+    base = {k: v for k, v in baselines.items() if v is not None and v["ood_acc_mean"] is not None}
+    if base and best["ood_acc_mean"] is not None:
+        top = max(base.values(), key=lambda r: r["ood_acc_mean"])
+        margin = best["ood_acc_mean"] - top["ood_acc_mean"]
+        add("Beats every baseline on OOD accuracy", margin, "pass" if margin >= 0 else "warn",
+            f"margin over the best baseline ({schema.BASELINES.get(top['baseline'], top['baseline'])}, trial {top['number']})")
+    if line is not None:
+        r2 = line["r2"]
+        add("ID accuracy predicts OOD accuracy (R\u00b2 \u2265 0.7)", r2,
+            "n/a" if r2 is None else "pass" if r2 >= 0.7 else "warn" if r2 >= 0.3 else "fail",
+            "accuracy-on-the-line fit over all completed trials (probit scale); low R\u00b2 means validation "
+            "accuracy is a poor proxy under this shift")
+    l1 = best["final"].get("label_shift/prior_l1_error")
+    if l1 is not None:
+        add("Label-shift prior error (BBSE) under 0.05", l1, grade(l1, 0.05, 0.15),
+            "L1 distance between the true and the BBSE-estimated class priors of the label-shifted test set")
+    add("No failed trials", failed, "pass" if not failed else "warn", "failed trials are listed with their reasons")
+    return out
+
+
+def _sample_sizes(tags: dict, rows: list[dict], done: list[dict], shifts: dict) -> tuple[int | None, str, int | None]:
+    """(n_test, where it came from, n_shift) of the clean test split (ID accuracy) and of each shifted test set (a
+    fixed subset of it, OOD accuracy): logged as tags by the study, inferred from the accuracies for studies that
+    predate the tags. Each row gets the 95% Wilson intervals of its ID and mean OOD accuracy."""
+    n_test, n_source = _sample_size(tags.get("harness.n_test"), [r["id_acc"] for r in done])
+    n_shift, _ = _sample_size(tags.get("harness.n_shift_eval"),
+                              [v for r in done for n in shifts["test"] for v in r["shift_acc"].get(n, {}).values()])
+    n_shift = n_shift or n_test
+    for r in rows:
+        r["id_acc_ci"] = wilson(r["id_acc"], n_test)
+        r["ood_acc_ci"] = wilson(r["ood_acc_mean"], n_shift)
+    return n_test, n_source, n_shift
+
+
+def _fits(rows: list[dict], done: list[dict], with_ood: list[dict], shifts: dict, n_test) -> dict:
+    """The accuracy-on-the-line fit of mean OOD accuracy and one per shift; each row gets its effective robustness."""
+    line = on_the_line({r["number"]: (r["id_acc"], r["ood_acc_mean"]) for r in with_ood}, n_test)
+    per_shift = {}
+    for n in shifts["test"] + shifts["sets"] + shifts["selection"]:
+        fit = on_the_line({r["number"]: (r["id_acc"], r["shift_mean"].get(n)) for r in done}, n_test)
+        if fit is not None:
+            per_shift[n] = fit
+    for r in rows:
+        r["effective_robustness"] = line["effective_robustness"].get(r["number"]) if line else None
+    return {"mean": line, "per_shift": per_shift}
+
+
+def _provenance(study: dict, rows: list[dict], objective: str, counts: dict, search: dict) -> dict:
+    """What ran, where, with which code: the parent run's tags, config and artifacts, and Optuna's own counts."""
+    p, tags, opt = study["parent"], study["parent"]["tags"], study["optuna"]
+    versions = json_artifact(study, "versions.json")
+    pre_path = next((path for path in p["texts"] if path.startswith("pretrain/")), None)
+    pre = json_artifact(study, pre_path) if pre_path else {}
+    return {
+        "sampler": tags.get("harness.sampler"), "pruner": tags.get("harness.pruner"), "objective": objective,
+        "seed": tags.get("harness.seed"), "n_trials_target": tags.get("harness.n_trials_target"),
+        "git_sha": tags.get("harness.git_sha"), "device": tags.get("harness.device"),
+        "optuna_storage": tags.get("harness.optuna_storage"), "data_key": tags.get("harness.data"),
+        "shift_suite": tags.get("harness.shift_suite"), "status": p["status"],
+        "versions": versions or {k[len("harness.version."):]: v for k, v in tags.items() if k.startswith("harness.version.")},
+        "pretrain": {"key": tags.get("harness.pretrain"), "source_val_acc": _float(pre.get("source_val_acc")),
+                     "seconds": _float(pre.get("seconds"))} if tags.get("harness.pretrain") else None,
+        "started_ms": p["start_time"], "ended_ms": p["end_time"],
+        "span_seconds": (p["end_time"] - p["start_time"]) / 1000 if p["end_time"] and p["start_time"] else None,
+        "trial_seconds": sum(r["seconds"] for r in rows if r["seconds"]),
+        "counts": counts,
+        "optuna_counts": ({s: sum(t["state"] == s for t in opt["trials"]) for s in ("complete", "pruned", "fail", "running", "waiting")}
+                          if opt.get("available") else None),
+        "optuna_error": opt.get("error"), "best_trial_tag": tags.get("harness.best_trial"),
+        "config": p["texts"].get("config/resolved.toml"), "params": dict(p["params"]), "search_space": search,
+    }
+
+
+def summarize(study: dict) -> dict:
+    """Every number the report shows for one study, JSON-able (floats, strings, lists, dicts)."""
+    if study.get("kind") == "sustain":
+        return summarize_sustain(study)
+    tags, params = study["parent"]["tags"], study["parent"]["params"]
+    objective = tags.get("harness.objective", params.get("study.objective", "val_acc"))
+    try:
+        epochs = int(params.get("train.epochs", ""))
+    except ValueError:
+        epochs = None
+    shifts = _shifts(study)
+    rows = [_row(t, shifts, epochs, objective) for t in study["trials"]]
+    done = [r for r in rows if r["state"] == "complete" and r["id_acc"] is not None]
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "failed", "running")}
+    n_test, n_source, n_shift = _sample_sizes(tags, rows, done, shifts)
+
+    done.sort(key=lambda r: (-(r["objective"] if r["objective"] is not None else -1), r["number"] or 0))
+    for i, r in enumerate(done, 1):
+        r["rank"] = i
+    best = done[0] if done else None
+    with_ood = [r for r in done if r["ood_acc_mean"] is not None]
+    oracle = max(with_ood, key=lambda r: (r["ood_acc_mean"], -(r["number"] or 0))) if with_ood else None
+    baselines = {b: next((r for r in done if r["baseline"] == b), None) for b in schema.BASELINES}
+    fits = _fits(rows, done, with_ood, shifts, n_test)
+    search = json_artifact(study, "search_space.json")
+    sev_max = max(shifts["severities"]) if shifts["severities"] else None
+    message = None
+    if not done:
+        message = (f"Study \"{study['name']}\" has no completed trial yet ({counts['pruned']} pruned, "
+                   f"{counts['failed']} failed, {counts['running']} running): there is nothing to rank. "
+                   f"Failures and provenance are shown below.")
+    return {
+        "name": study["name"], "experiment_id": study["experiment_id"], "parent_run_id": study["parent"]["run_id"],
+        "tracking_uri": study["tracking_uri"], "message": message, "objective": objective, "epochs": epochs,
+        "provenance": _provenance(study, rows, objective, counts, search),
+        "n_test": n_test, "n_test_source": n_source, "n_shift_eval": n_shift, "shifts": shifts,
+        "trials": rows, "best": best["number"] if best else None, "oracle": oracle["number"] if oracle else None,
+        "baselines": {b: (r["number"] if r else None) for b, r in baselines.items()},
+        "conditions": _conditions(best, oracle, baselines, fits["mean"], counts["failed"], sev_max, n_shift),
+        "on_the_line": fits,
+        "pareto": pareto({r["number"]: (r["id_acc"], r["ood_acc_mean"]) for r in with_ood}),
+        "importances": importances(done, search) if done else {},
+    }
+
+
+# ============================================================================================== harness.sustain studies
+# A parent run tagged harness.role=sustain and one child run per (policy, seed) with per-period curves (DESIGN §8);
+# results.load_sustain reads them back, summarize_sustain makes the sustainability page's numbers.
+
+def _settings(label: str, p: dict, thresholds: list) -> str:
+    """A policy in words: when it updates and how, e.g. 'every 3 periods; lr 0.01, freeze 0, 5 epochs, replay 2'."""
+    policy = p.get("policy", label)
+    if policy == "never":
+        return "never updates"
+    g = {k: f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in p.items()}  # searched floats: 3 digits
+    when = {"every": f"every {g.get('k')} periods",
+            "accuracy": f"labelled accuracy drops > {g.get('threshold')} points (window {g.get('window')})",
+            "embedding": f"domain-classifier AUC > {g.get('threshold')}",
+            "mmd": f"MMD\u00b2 > {g.get('threshold')}"}.get(policy, str(policy))
+    if thresholds and policy == "embedding":
+        when += f" (used: {', '.join(thresholds)}, raised to the noise floor)"
+    return (f"{when}; lr {g.get('lr')}, freeze {g.get('freeze_layers')}, epochs {g.get('epochs')}, "
+            f"replay {g.get('replay')}")
+
+
+def _per_period(rows: list[dict], key: str, periods: int) -> list[dict]:
+    """mean_sd over seeds of one curve at each period (from the MLflow metric histories)."""
+    by = [dict(r["curves"].get(key, [])) for r in rows]
+    return [mean_sd([h.get(t) for h in by]) for t in range(periods)]
+
+
+def _mean_matrix(rows: list[dict], periods: int) -> dict:
+    """Element-wise mean over seeds of R and initial (accuracy_matrix.json), seeds with a T x T matrix only."""
+    ms = [r["matrix"] for r in rows if r["matrix"] and len(r["matrix"].get("R", [])) == periods
+          and all(len(row) == periods for row in r["matrix"]["R"]) and len(r["matrix"].get("initial", [])) == periods]
+    if not ms:
+        return {"R": None, "initial": None, "n": 0}
+    return {"R": [[sum(m["R"][i][j] for m in ms) / len(ms) for j in range(periods)] for i in range(periods)],
+            "initial": [sum(m["initial"][j] for m in ms) / len(ms) for j in range(periods)], "n": len(ms)}
+
+
+def _policy_group(name: str, rows: list[dict]) -> dict:
+    """One policy (one trial in search mode) over its seeds: the final metrics' mean and sd exactly as MLflow holds
+    them per run, per-period stream accuracy, update markers and the mean accuracy matrix."""
+    rows = sorted(rows, key=lambda r: (r["seed"] is None, r["seed"] or 0))
+    first = rows[0]
+    params = {k: v for k, v in first["params"].items() if k != "seed"}
+    periods = int(params["periods"]) if isinstance(params.get("periods"), int) else \
+        max((len(r["curves"].get("stream_acc", [])) for r in rows), default=0)
+    thresholds = sorted({v for r in rows for v in r["tags"].get("harness.threshold_used", "").split(",") if v})
+    updated = [dict(r["curves"].get("updated", [])) for r in rows]
+    return {"key": name, "label": first["label"], "policy": params.get("policy"), "trial": first["trial"],
+            "settings": _settings(first["label"], params, thresholds), "params": params,
+            "threshold_used": thresholds, "seeds": [r["seed"] for r in rows], "n_seeds": len(rows),
+            "run_ids": [r["run_id"] for r in rows], "run_names": [r["run_name"] for r in rows],
+            # forgetting is absent on runs older than it: its mean_sd is then empty
+            "metrics": {k: mean_sd([r["metrics"].get(k) for r in rows]) for k in schema.STREAM_FINAL},
+            "periods": periods, "stream_acc": _per_period(rows, "stream_acc", periods),
+            "labelled_acc": _per_period(rows, "labelled_acc", periods),
+            # share of seeds that updated at the end of period t (after it was evaluated)
+            "update_share": [sum(u.get(t, 0) > 0.5 for u in updated) / len(rows) for t in range(periods)],
+            "update_periods": {str(r["seed"]): [t for t, v in sorted(u.items()) if v > 0.5] for r, u in zip(rows, updated)},
+            "matrix": _mean_matrix(rows, periods)}
+
+
+def _group_runs(runs: list[dict]) -> dict:
+    """display name -> the FINISHED runs of one policy configuration (all params but the seed equal; one trial in
+    search mode), the latest run per seed. Two configurations under one label get their differing params added."""
+    groups = {}
+    for r in runs:
+        if r["status"] != "FINISHED":
+            continue
+        key = (r["trial"], r["label"], tuple(sorted((k, str(v)) for k, v in r["params"].items() if k != "seed")))
+        groups.setdefault(key, {})[r["seed"]] = r  # runs come by start time: a later run of a seed replaces it
+    names = {}
+    for (trial, lab, params), by_seed in groups.items():
+        base = f"trial {trial}: {lab}" if trial is not None else lab
+        names.setdefault(base, []).append((params, list(by_seed.values())))
+    out = {}
+    for base, variants in names.items():
+        for params, rows in variants:
+            if len(variants) == 1:
+                out[base] = rows
+                continue
+            common = set.intersection(*(set(p) for p, _ in variants))
+            diff = ", ".join(f"{k} {v}" for k, v in params if (k, v) not in common)
+            out[f"{base} [{diff}]"] = rows
+    return out
+
+
+def _failed(runs: list[dict]) -> list[dict]:
+    """Policy runs that did not finish, and whether a later run of the same policy, seed and settings did (then the
+    failure is history)."""
+    def ident(r):
+        return r["trial"], r["label"], r["seed"], r["tags"].get("harness.sustain_key")
+
+    done = {ident(r) for r in runs if r["status"] == "FINISHED"}
+    return [{"run_id": r["run_id"], "run_name": r["run_name"], "label": r["label"], "seed": r["seed"],
+             "trial": r["trial"], "state": r["state"], "reason": r["tags"].get("harness.fail_reason", ""),
+             "retried": ident(r) in done} for r in runs if r["status"] != "FINISHED"]
+
+
+def summarize_sustain(study: dict) -> dict:
+    """Every number the sustainability section shows for one sustain study, JSON-able. Policy metrics are means
+    and sample sds over seeds of the child runs' MLflow metrics (FINISHED runs only)."""
+    p, tags = study["parent"], study["parent"]["tags"]
+    groups = [_policy_group(name, rows) for name, rows in _group_runs(study["runs"]).items()]
+    groups.sort(key=lambda g: (g["trial"] is not None, g["trial"] or 0, g["policy"] != "never"))
+    acc_cost = {g["key"]: (g["metrics"]["stream_acc_mean"]["mean"], g["metrics"]["update_examples"]["mean"])
+                for g in groups}
+    front = pareto({k: (a, -c) for k, (a, c) in acc_cost.items() if a is not None and c is not None})
+    counts = {s: sum(r["state"] == s for r in study["runs"]) for s in ("complete", "failed", "running", "pruned")}
+    # the most accurate policy; among equally accurate ones the cheapest (no update work buys nothing)
+    best = max((g for g in groups if g["metrics"]["stream_acc_mean"]["mean"] is not None),
+               key=lambda g: (g["metrics"]["stream_acc_mean"]["mean"], -(g["metrics"]["update_examples"]["mean"] or 0)),
+               default=None)
+    message = None
+    if not groups:
+        message = (f"Sustain study \"{study['name']}\" has no finished policy run yet ({counts['failed']} failed, "
+                   f"{counts['running']} running): there is nothing to compare. Failures and provenance are shown "
+                   f"below.")
+    return {
+        "kind": "sustain", "name": study["name"], "experiment_id": study["experiment_id"], "parent_run_id": p["run_id"],
+        "tracking_uri": study["tracking_uri"], "message": message,
+        "provenance": {
+            "status": p["status"], "git_sha": tags.get("harness.git_sha"), "device": tags.get("harness.device"),
+            "stream": tags.get("harness.stream"), "stream_shift": tags.get("harness.stream_shift"),
+            "pool_fraction": tags.get("harness.pool_fraction"), "policies": tags.get("harness.policies"),
+            "seeds": tags.get("harness.seeds"), "search": tags.get("harness.search"),
+            "versions": json_artifact(study, "versions.json"),
+            "started_ms": p["start_time"], "ended_ms": p["end_time"],
+            "span_seconds": (p["end_time"] - p["start_time"]) / 1000 if p["end_time"] and p["start_time"] else None,
+            "counts": counts, "config": p["texts"].get("config/resolved.toml"), "params": dict(p["params"]),
+            "search_space": json_artifact(study, "search_space.json"),
+        },
+        "stream": json_artifact(study, "stream.json"),  # seed -> period recipes (shift, severity, prior)
+        "policies": groups, "pareto": front, "best": best["key"] if best else None, "failed": _failed(study["runs"]),
+        "metric_definitions": {
+            "stream_acc": "accuracy on period t of the model in service when t arrives (before any update on t)",
+            "bwt": "GEM backward transfer: mean over i < T-1 of R[T-1][i] - R[i][i] (negative = forgetting)",
+            "forgetting": "Chaudhry et al. 2018: mean over i < T-1 of max_{i<=l<T-1} R[l][i] - R[T-1][i] "
+                          "(positive = forgetting)",
+            "fwt": "GEM forward transfer: mean over i >= 1 of R[i-1][i] - initial[i] (initial = the deployed model)",
+            "update_examples": "images x epochs trained by the updates"},
+    }

@@ -1,0 +1,133 @@
+"""Statistics of the report, pure functions of numbers: intervals, probit fits, Pareto fronts, sample sizes, fANOVA."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson(p: float | None, n: int | None, z: float = Z95) -> list[float] | None:
+    """Wilson score interval of a binomial proportion p observed on n trials (better than p +- z*se near 0 and 1
+    and at the ~100-image test sets of a tiny study)."""
+    if p is None or not n or not math.isfinite(p):
+        return None
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / den
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def probit(p: float, n: int | None) -> float:
+    """Phi^-1(p) with p clipped to [1/(2n), 1 - 1/(2n)] (Miller et al. 2021): 0% or 100% would be infinite."""
+    eps = 1 / (2 * n) if n else 1e-4
+    return NormalDist().inv_cdf(min(max(p, eps), 1 - eps))
+
+
+def fit_line(xs: list[float], ys: list[float]) -> dict | None:
+    """Least squares y = slope * x + intercept with R^2; None below 3 points or without spread in x."""
+    k = len(xs)
+    if k < 3:
+        return None
+    mx, my = sum(xs) / k, sum(ys) / k
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx < 1e-12:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    intercept = my - slope * mx
+    ss_res = sum((y - slope * x - intercept) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    return {"slope": slope, "intercept": intercept, "r2": 1 - ss_res / ss_tot if ss_tot > 1e-12 else None, "n": k}
+
+
+def on_the_line(points: dict, n: int | None) -> dict | None:
+    """Accuracy-on-the-line for {trial: (id_acc, ood_acc)}: the probit fit and each trial's effective robustness
+    ood - Phi(slope * probit(id) + intercept), in accuracy units (Taori et al. 2020; Miller et al. 2021)."""
+    keys = [t for t, (x, y) in points.items() if x is not None and y is not None]
+    fit = fit_line([probit(points[t][0], n) for t in keys], [probit(points[t][1], n) for t in keys])
+    if fit is None:
+        return None
+    nd = NormalDist()
+    fit["effective_robustness"] = {t: points[t][1] - nd.cdf(fit["slope"] * probit(points[t][0], n) + fit["intercept"])
+                                   for t in keys}
+    return fit
+
+
+def pareto(points: dict) -> list:
+    """Keys of the non-dominated points of {key: (id, ood)} (both maximized)."""
+    return sorted(k for k, (a, b) in points.items()
+                  if not any(a2 >= a and b2 >= b and (a2 > a or b2 > b) for a2, b2 in points.values()))
+
+
+def infer_test_size(values: list[float], limit: int = 20000) -> int | None:
+    """The smallest n for which every accuracy is a multiple of 1/n: the test-set size, which the study does not
+    log. Needs >= 3 distinct values; below n = 10 the guess is refused (an accuracy of 0.5 fits n = 2)."""
+    vals = sorted({v for v in values if v is not None and 0 < v < 1})
+    if len(vals) < 3:
+        return None
+    for n in range(10, limit + 1):
+        if all(abs(v * n - round(v * n)) < 1e-6 for v in vals):
+            return n
+    return None
+
+
+def mean_sd(values: list) -> dict:
+    """Mean and sample sd (n - 1; None below 2 values) of the non-missing values, which are kept as they are."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return {"mean": None, "sd": None, "n": 0, "values": []}
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return {"mean": mean, "sd": sd, "n": len(vals), "values": vals}
+
+
+def importances(rows: list[dict], search: dict) -> dict:
+    """fANOVA importances (Optuna) of lr, freeze_layers and unfreeze_epoch for ID and for OOD accuracy of report rows
+    ({id_acc, ood_acc_mean, lr, freeze_layers, unfreeze_epoch}). unfreeze_epoch is conditional (sampled only when
+    freeze_layers > 0); trials without frozen groups take 0, the value MLflow logs for them, so every trial enters one
+    search space. Tiny studies get a note, not an error."""
+    import optuna
+
+    done = [r for r in rows if r["id_acc"] is not None and isinstance(r["lr"], (int, float)) and r["lr"] > 0]
+    out = {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line per target
+    try:
+        for target in ("id_acc", "ood_acc_mean"):
+            out[target] = _fanova(done, search, target)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return out
+
+
+def _fanova(done: list[dict], search: dict, target: str) -> dict:
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    use = [r for r in done if r[target] is not None]
+    if len(use) < 3:
+        return {"note": f"needs at least 3 completed trials, has {len(use)}"}
+    try:
+        space = search.get("lr") or {}  # {"low", "high", "log"} (search_space.json), or an older [low, high]
+        bounds = [space.get("low"), space.get("high")] if isinstance(space, dict) else list(space)[:2]
+        lrs = [r["lr"] for r in use] + bounds
+        lrs = [v for v in lrs if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+        ks = [int(r["freeze_layers"] or 0) for r in use]
+        es = [int(r["unfreeze_epoch"] or 0) if r["freeze_layers"] else 0 for r in use]
+        dists = {"lr": FloatDistribution(min(lrs), max(lrs), log=True),
+                 "freeze_layers": IntDistribution(min(ks), max(ks)), "unfreeze_epoch": IntDistribution(min(es), max(es))}
+        varying = [name for name, vals in (("lr", [r["lr"] for r in use]), ("freeze_layers", ks), ("unfreeze_epoch", es))
+                   if len(set(vals)) > 1]
+        if not varying:
+            return {"note": "no hyperparameter varies across the completed trials"}
+        mem = optuna.create_study(direction="maximize")
+        mem.add_trials([optuna.trial.create_trial(
+            params={"lr": r["lr"], "freeze_layers": k, "unfreeze_epoch": e}, distributions=dists,
+            value=r[target], user_attrs={target: r[target]}) for r, k, e in zip(use, ks, es)])
+        imp = optuna.importance.get_param_importances(
+            mem, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varying,
+            target=lambda t, key=target: t.user_attrs[key])
+        return {"values": {k: float(v) for k, v in imp.items()}, "n": len(use)}
+    except Exception as e:  # fANOVA on a handful of points can fail in many ways; the page says which
+        return {"note": f"importance could not be computed ({type(e).__name__}: {e})"}

@@ -1,0 +1,259 @@
+"""One policy on one seed's stream: the deployed model, the period loop, the stream metrics, and its child run."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Callable
+
+import torch
+
+from harness import config, context, schema, store, tracking, train, trial as trialmod
+from harness.sustain import policies, streams
+
+VERSION = 2  # part of harness.sustain_key and of the deployed model's cache key: bump when the protocol changes
+# (2: the deployed model trains on one half of the train split, the stream draws from the other; forgetting metric)
+
+# accuracy_matrix.json's definitions: R's own, the metrics' from the schema (one wording in the store)
+DEFINITIONS = {"definition": "R[i][j] = accuracy on period j's evaluation set of the model after period i (after its "
+                             "update, if any), 0-based; initial[j] = the deployed model before any update",
+               "stream_acc_definition": schema.PERIOD["stream_acc"],
+               **{f"{k}_definition": schema.STREAM_FINAL[k] for k in ("bwt", "forgetting", "fwt")}}
+
+
+@dataclasses.dataclass
+class SeedContext:
+    """Per seed, built once and shared by every policy: the stream and the deployed model's weights."""
+    recipes: list[dict]  # streams.schedule
+    stream: list[dict]  # the periods' tensors on the device (streams.make_stream)
+    init: dict  # the deployed model's state_dict
+    deploy_idx: torch.Tensor  # the train-split images it was fine-tuned on
+    pool_idx: torch.Tensor  # the stream pool's (streams.split_pool)
+
+
+@dataclasses.dataclass
+class SustainRun:
+    """One sustain process: its Context and what its policy runs share."""
+    ctx: context.Context
+    log: Callable[[str], None]
+    finished: dict = dataclasses.field(default_factory=dict)  # harness.sustain_key -> FINISHED child run (reused)
+    seeds: dict = dataclasses.field(default_factory=dict)  # seed -> SeedContext, or the error its build raised
+
+    @property
+    def reference_x(self) -> torch.Tensor:
+        """The deployed model's reference inputs for the unlabelled monitors: the clean validation images."""
+        return self.ctx.data["val"][0]
+
+
+def fine_tune(model, groups, x, y, lr, freeze_layers, epochs, tcfg: config.Train, device, seed) -> None:
+    """One update (or the deployed model's fine-tune): train.fit with [train]'s optimizer and schedule, a fresh
+    optimizer, `epochs` seeded passes over (x, y), the first freeze_layers groups frozen throughout. Raises
+    FloatingPointError on divergence."""
+    recipe = train.Recipe(lr=lr, epochs=epochs, batch_size=tcfg.batch_size, optimizer=tcfg.optimizer,
+                          momentum=tcfg.momentum, weight_decay=tcfg.weight_decay, schedule=tcfg.schedule,
+                          freeze_layers=freeze_layers, unfreeze_epoch=epochs)
+    for _ in train.fit(model, groups, x, y, recipe, seed, device):
+        pass
+
+
+def _accuracy_on(model, x, y, batch_size, device) -> float:
+    return (train.predict(model, x, batch_size, device).argmax(1) == y).double().mean().item()
+
+
+def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: config.Train, device, seed: int) -> dict:
+    """Run one policy over the stream, in place on `model` (the deployed model). Returns R, initial, stream_acc,
+    labelled_acc, updated, monitor, monitor_threshold, update_seconds, update_examples (see harness.sustain.cli)."""
+    bs = tcfg.eval_batch_size
+    head = groups["head"]
+    decide = policies.POLICIES[spec["policy"]].decide
+
+    def row():
+        return [_accuracy_on(model, p["eval_x"], p["eval_y"], bs, device) for p in stream]
+
+    initial = current = row()
+    ref_x, ref_cache = reference_x, {}
+    R, stream_acc, labelled_acc, updated, monitor, threshold, since = [], [], [], [], [], [], []
+    seconds, examples = 0.0, 0
+    for t, p in enumerate(stream):
+        stream_acc.append(current[t])  # test on the near future: before any update on period t
+        labelled_acc.append(_accuracy_on(model, p["x"], p["y"], bs, device))
+        since.append(labelled_acc[-1])
+
+        def ref_features():  # cached until the next update changes the model and the reference
+            if "f" not in ref_cache:
+                ref_cache["f"] = policies.features(model, head, ref_x, bs, device)
+            return ref_cache["f"]
+
+        fire, stat, used = decide(policies.Observation(
+            t=t, spec=spec, seed=seed, labelled=since, ref_features=ref_features,
+            cur_features=lambda: policies.features(model, head, p["eval_x"], bs, device)))
+        monitor.append(stat)
+        threshold.append(used)
+        if fire:
+            window = stream[max(0, t - spec["replay"]):t + 1]
+            x = torch.cat([w["x"] for w in window])
+            y = torch.cat([w["y"] for w in window])
+            t0 = time.perf_counter()
+            fine_tune(model, groups, x, y, spec["lr"], spec["freeze_layers"], spec["epochs"], tcfg, device,
+                      seed * 1000 + t)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - t0
+            examples += len(x) * spec["epochs"]
+            current = row()
+            ref_x, ref_cache, since = p["eval_x"], {}, []
+        updated.append(int(fire))
+        R.append(current)
+    return {"R": R, "initial": initial, "stream_acc": stream_acc, "labelled_acc": labelled_acc, "updated": updated,
+            "monitor": monitor, "monitor_threshold": threshold, "update_seconds": seconds, "update_examples": examples}
+
+
+def stream_metrics(R: list[list[float]], initial: list[float]) -> dict:
+    """stream_acc per period, its mean and worst, GEM bwt and fwt, Chaudhry forgetting (harness.sustain.cli)."""
+    T = len(R)
+    acc = [initial[0]] + [R[t - 1][t] for t in range(1, T)]
+    return {"stream_acc": acc, "stream_acc_mean": sum(acc) / T, "stream_acc_worst": min(acc),
+            # GEM (Lopez-Paz & Ranzato 2017): against the accuracy right after period i
+            "bwt": sum(R[T - 1][i] - R[i][i] for i in range(T - 1)) / (T - 1),
+            # Chaudhry et al. 2018: against the best accuracy on period i since it arrived (l >= i: before that the
+            # model had not met period i, and a drifting stream can make R[l][i] high for l < i by chance)
+            "forgetting": sum(max(R[l][i] for l in range(i, T - 1)) - R[T - 1][i] for i in range(T - 1)) / (T - 1),
+            "fwt": sum(R[i - 1][i] - initial[i] for i in range(1, T)) / (T - 1)}
+
+
+def sustain_key(cfg: config.Config, spec: dict, seed: int, device: str) -> str:
+    """Everything that determines one child's result; equal keys replay to equal metrics on CPU. `device` is the
+    resolved one (cpu, cuda), never "auto": a CUDA result must not be reused on a CPU machine or back."""
+    st = {k: v for k, v in config.to_dict(cfg)["stream"].items()
+          if k in ("kind", "shift", "shift_b", "severity", "phase", "alpha", "periods", "labelled", "eval_size",
+                   "init_lr")}
+    return store.cache_key({"data": cfg.data.__dict__, "model": cfg.model.__dict__, "pretrain": cfg.pretrain.__dict__,
+                            "train": cfg.train.__dict__, "study_seed": cfg.study.seed, "stream": st, "spec": spec,
+                            "seed": seed, "device": device, "pool": cfg.stream.pool_fraction, "v": VERSION})
+
+
+# ---------------------------------------------------------------------------------------------------- seeds
+
+def seed_context(run: SustainRun, seed: int) -> SeedContext:
+    """The seed's stream and deployed model, built on first use. A failure (e.g. the deployed model's fine-tune
+    diverged) is remembered and raised again for every policy of the seed."""
+    known = run.seeds.get(seed)
+    if isinstance(known, Exception):
+        raise known
+    if known is None:
+        try:
+            known = run.seeds[seed] = _build_seed_context(run, seed)
+        except Exception as err:
+            run.seeds[seed] = err
+            raise
+    return known
+
+
+def _build_seed_context(run: SustainRun, seed: int) -> SeedContext:
+    ctx, st = run.ctx, run.ctx.cfg.stream
+    data = ctx.data_cpu
+    recipes = streams.schedule(st, len(data["classes"]), seed)
+    deploy_idx, pool_idx = streams.split_pool(data["train"][1], seed, st.pool_fraction)
+    x, y = data["train"]
+    cpu = {"train": (x[pool_idx], y[pool_idx]), "test": data["test"]}  # labelled batches only from the pool
+    stream = [{k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in p.items()}
+              for p in streams.make_stream(cpu, recipes, st.labelled, st.eval_size, seed)]
+    model, groups = trialmod.fresh_model(ctx.cfg.model, len(data["classes"]), ctx.pretrained, ctx.device, seed,
+                                         compile=ctx.cfg.train.compile)  # head init seeded by the replicate seed
+    how = _deploy(ctx, seed, model, groups, deploy_idx, pool_idx)
+    init_acc = _accuracy_on(model, *ctx.data["test"], ctx.cfg.train.eval_batch_size, ctx.device)
+    run.log(f"seed {seed}: deployed model {how}, clean test acc {init_acc:.3f}")
+    return SeedContext(recipes=recipes, stream=stream, init=copy.deepcopy(model.state_dict()), deploy_idx=deploy_idx,
+                       pool_idx=pool_idx)
+
+
+def _deploy(ctx: context.Context, seed: int, model, groups, deploy_idx, pool_idx) -> str:
+    """The deployed model, in place on the fresh `model`: train.epochs of full fine-tuning at stream.init_lr on its
+    part of the clean train split, cached like the pretraining, so every policy, trial and re-run of this seed starts
+    from it. Returns how it came, for the log."""
+    cfg = ctx.cfg
+    # device.type is the resolved device (cpu / cuda), never "auto": weights fine-tuned on a GPU are not reused on
+    # a CPU-only machine, where they would differ from what a CPU run computes
+    key = store.cache_key({"data": ctx.data_cpu["key"], "weights": ctx.weights_key, "model": cfg.model.name,
+                           "train": cfg.train.__dict__, "init_lr": cfg.stream.init_lr, "seed": seed,
+                           "device": ctx.device.type, "pool": cfg.stream.pool_fraction, "v": VERSION})
+    path = ctx.cache / f"sustain-init-{key}.safetensors"
+    cached = store.load_tensors(path, device=str(ctx.device))
+    if cached is not None:
+        model.load_state_dict(cached[0])
+        return "cached"
+    t0 = time.perf_counter()
+    xd, yd = ctx.data["train"]
+    fine_tune(model, groups, xd[deploy_idx.to(xd.device)], yd[deploy_idx.to(yd.device)], cfg.stream.init_lr, 0,
+              cfg.train.epochs, cfg.train, ctx.device, seed)
+    store.save_tensors(model.state_dict(), path)
+    return (f"fine-tuned on {len(deploy_idx)} clean train images in {time.perf_counter() - t0:.1f} s (the other "
+            f"{len(pool_idx)} are the stream pool)")
+
+
+# ---------------------------------------------------------------------------------------------------- child runs
+
+def finished_children(ctx: context.Context) -> dict:
+    """harness.sustain_key -> FINISHED child run of this parent (read only; reused instead of replayed)."""
+    runs = ctx.client.search_runs([ctx.exp_id], f"tags.mlflow.parentRunId = '{ctx.parent_id}' and "
+                                  f"attributes.status = 'FINISHED'", max_results=10000)
+    return {r.data.tags["harness.sustain_key"]: r for r in runs if "harness.sustain_key" in r.data.tags}
+
+
+def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1) -> dict:
+    """Replay one policy on one seed's stream into its own child run. Returns the final metrics. On any error the
+    child run ends FAILED with tag harness.fail_reason and the error is raised again for the caller to record."""
+    ctx, st, lab = run.ctx, run.ctx.cfg.stream, policies.label(spec)
+    name = f"policy-{lab}-seed{seed}" if trial_number < 0 else f"trial-{trial_number:04d}-{lab}-seed{seed}"
+    key = sustain_key(ctx.cfg, spec, seed, ctx.device.type)
+    if trial_number < 0 and key in run.finished:
+        done = run.finished[key]
+        run.log(f"seed {seed} {lab:<10} reused finished run {done.info.run_id} ({done.info.run_name})")
+        return {"run_id": done.info.run_id, **{k: done.data.metrics.get(k) for k in schema.STREAM_FINAL}}
+    values = {**spec, "stream": st.kind, "shift": streams.stream_shift(st), "periods": st.periods, "seed": seed}
+    params = {k: "none" if values[k] is None else values[k] for k in schema.POLICY_PARAMS}
+    run_id = tracking.child_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, trial_number, params,
+                                {"harness.role": "sustain_policy", "harness.policy": lab, "harness.seed": str(seed),
+                                 "harness.sustain_key": key})
+    tracking.set_tags(ctx.client, run_id, {"mlflow.runName": name})  # child_run names runs trial-NNNN
+    try:
+        final, when = _replay_into(run, spec, seed, run_id)
+    except Exception as err:
+        reason = f"{type(err).__name__}: {err}"
+        tracking.end_run(ctx.client, run_id, "FAILED", {"harness.fail_reason": reason[:5000]})
+        run.log(f"seed {seed} {lab:<10} FAILED ({name}, run {run_id}): {reason}")
+        raise
+    run.log(f"seed {seed} {lab:<10} stream_acc mean {final['stream_acc_mean']:.3f} worst "
+            f"{final['stream_acc_worst']:.3f}  bwt {final['bwt']:+.3f}  forgetting {final['forgetting']:+.3f}  "
+            f"fwt {final['fwt']:+.3f}  {final['n_updates']} updates (periods {','.join(when) or '-'}) "
+            f"{final['update_seconds']:.1f} s")
+    return {"run_id": run_id, **final}
+
+
+def _replay_into(run: SustainRun, spec: dict, seed: int, run_id: str) -> tuple[dict, list[str]]:
+    """The replay of run_policy and everything it logs; returns (final metrics, update periods)."""
+    ctx, cfg, client = run.ctx, run.ctx.cfg, run.ctx.client
+    sc = seed_context(run, seed)
+    model, groups = trialmod.fresh_model(cfg.model, len(ctx.data_cpu["classes"]), ctx.pretrained, ctx.device, seed,
+                                         compile=cfg.train.compile)
+    model.load_state_dict(sc.init)
+    res = replay(model, groups, sc.stream, spec, run.reference_x, cfg.train, ctx.device, seed)
+    m = stream_metrics(res["R"], res["initial"])
+    totals = {**m, "n_updates": sum(res["updated"]), "update_seconds": res["update_seconds"],
+              "update_examples": res["update_examples"]}
+    final = {k: totals[k] for k in schema.STREAM_FINAL}
+    curves = {**res, **m}  # the per-period curves, by their schema.PERIOD names
+    for name in schema.PERIOD:  # the monitor curves only at periods that have a value (triggered policies)
+        steps = {t: v for t, v in enumerate(curves[name]) if v is not None}
+        if steps:
+            tracking.log_steps(client, run_id, name, steps)
+    tracking.log_metrics(client, run_id, final)
+    matrix = {**DEFINITIONS, **{k: curves[k] for k in ("R", "initial", *schema.PERIOD)},
+              "periods": sc.recipes, "policy": spec, "seed": seed, **final}
+    tracking.log_json(client, run_id, matrix, "accuracy_matrix.json")
+    used = sorted({v for v in res["monitor_threshold"] if v is not None})
+    tags = {"harness.threshold_used": ",".join(f"{v:.4g}" for v in used)} if used else {}
+    when = [str(t) for t, u in enumerate(res["updated"]) if u]
+    tracking.end_run(client, run_id, "FINISHED", {"harness.update_periods": ",".join(when), **tags})
+    return final, when
