@@ -40,7 +40,8 @@ def storage(url: str, client=None) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
                                           grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry_callback(client))
     except Exception as e:  # sqlalchemy OperationalError & co: say where, without the password
-        raise ConnectionError(f"Optuna storage {store.redact(url)} is unreachable: {str(e).splitlines()[0][:300]}") from None
+        raise ConnectionError(f"Optuna storage {store.redact(url)} is unreachable: "
+                              f"{store.redact(str(e).splitlines()[0][:300])}") from None
 
 
 def _retry_callback(client):
@@ -114,7 +115,7 @@ def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
     """Record the reason first (a finished trial can no longer be updated), then FAIL; False if another process
     finished or failed it in between."""
     try:
-        study._storage.set_trial_system_attr(trial_id, "fail_reason", reason)
+        study._storage.set_trial_system_attr(trial_id, "fail_reason", store.redact(reason))
         return study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
@@ -122,7 +123,7 @@ def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
 
 def fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     """Tell a trial FAIL with its reason in the system attr fail_reason (Optuna's own place for it)."""
-    study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", reason)
+    study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", store.redact(reason))
     study.tell(trial, state=TrialState.FAIL)
 
 

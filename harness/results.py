@@ -187,7 +187,7 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
         raw = artifact(client, pid, pretrain[-1])
         texts[pretrain[-1]] = raw.decode("utf-8", "replace") if raw is not None else None
     return {
-        "name": study_name, "tracking_uri": tracking_uri, "experiment_id": exp.experiment_id,
+        "name": study_name, "tracking_uri": store.redact(tracking_uri), "experiment_id": exp.experiment_id,
         "parent": {"run_id": pid, "status": parent.info.status, "start_time": parent.info.start_time,
                    "end_time": parent.info.end_time, "tags": dict(parent.data.tags),
                    "params": dict(parent.data.params), "metrics": dict(parent.data.metrics),
@@ -244,7 +244,7 @@ def load_sustain(client: MlflowClient, exp, parent, study_name: str, tracking_ur
             lambda rid: _json_or_none(artifact(client, rid, "accuracy_matrix.json")), finished)))
     out = [_policy_run(r, {k: hists[(r.info.run_id, k)] for k in schema.PERIOD if (r.info.run_id, k) in hists},
                        matrices.get(r.info.run_id)) for r in runs]
-    return {"kind": "sustain", "name": study_name, "tracking_uri": tracking_uri, "experiment_id": exp.experiment_id,
+    return {"kind": "sustain", "name": study_name, "tracking_uri": store.redact(tracking_uri), "experiment_id": exp.experiment_id,
             "parent": {"run_id": pid, "status": parent.info.status, "start_time": parent.info.start_time,
                        "end_time": parent.info.end_time, "tags": dict(parent.data.tags),
                        "params": dict(parent.data.params), "artifacts": arts, "texts": texts},

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import re
+import shlex
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -44,21 +48,47 @@ def same_sqlite(a: str, b: str) -> bool:
     return pa is not None and pb is not None and pa.resolve() == pb.resolve()
 
 
-def redact(url: str) -> str:
-    """A URL fit to print or log: never a database password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+# scheme://user:PASSWORD@ inside any text. The password runs to the last "@" before a "/" or a blank, so a raw "@"
+# in it (postgresql://u:p@ss@host) is hidden whole; over-redacting a neighbour is the safe side of the trade.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^:/@\s]*):([^\s/]*)@")
+_QUERY_PASSWORD = re.compile(r"([?&;](?:password|passwd|pwd)=)[^&;\s\"']*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Text fit to print, log or write: the password of every URL in it (scheme://user:PASSWORD@host, or a
+    ?password= parameter) becomes ***; scheme, user, host, port and path stay, so a person can tell which store it
+    is. The one redaction of the harness: console lines, error messages, report HTML and JSON, MLflow params, tags
+    and config artifacts all pass through it."""
+    if "://" not in text and "password" not in text.lower():
+        return text
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1\2:***@", text))
+
+
+def command_line(*args: str) -> str:
+    """A command to print for a person to paste into a POSIX shell: every argument redacted, then shell-quoted, so
+    a study name such as `a;touch X` or one with quotes or a newline stays one argument and runs nothing."""
+    return " ".join(shlex.quote(redact(str(a))) for a in args)
+
+
+def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
+    """(uri without user:password@, user, password) of an http(s) URI, percent-decoded: the credentials go in an
+    Authorization header (and MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD), never into a host name lookup."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    return bare, urllib.parse.unquote(user), urllib.parse.unquote(password) if password else None
 
 
 def check_uris(storage: str, tracking_uri: str) -> None:
     """Scheme checks with no side effect (bad input, exit 2): ValueError "<flag>: why"."""
     if storage and not storage.startswith(STORAGE_SCHEMES):
-        raise ValueError(f"--storage: unsupported URL {storage!r}; use sqlite:///PATH or "
+        raise ValueError(f"--storage: unsupported URL {redact(storage)!r}; use sqlite:///PATH or "
                          f"postgresql://USER:PASSWORD@HOST/DB")
     if tracking_uri and not tracking_uri.startswith(TRACKING_SCHEMES):
-        raise ValueError(f"--tracking-uri: unsupported URI {tracking_uri!r}; use sqlite:///PATH or http://HOST:PORT "
+        raise ValueError(f"--tracking-uri: unsupported URI {redact(tracking_uri)!r}; use sqlite:///PATH or http://HOST:PORT "
                          f"(MLflow 3 refuses the file store)")
     if storage and (storage == tracking_uri or same_sqlite(storage, tracking_uri or default_tracking_uri())):
         raise ValueError("--storage: the Optuna storage must not be the MLflow database (their Alembic schema "
@@ -80,26 +110,31 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
                 pass
         except Exception as e:
             first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            if "@" in uri:
-                first = first.replace(uri.split("://", 1)[1].split("@", 1)[0], "***")
-            raise ConnectionError(f"tracking database {redact(uri)} is unreachable ({first}); start it or pass "
+            raise ConnectionError(f"tracking database {redact(uri)} is unreachable ({redact(first)}); start it or pass "
                                   f"another --tracking-uri") from None
         finally:
             engine.dispose()
         return
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    bare, user, password = split_userinfo(uri)
+    request = urllib.request.Request(bare.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if user is not None:  # basic auth as MLflow sends it; "user:pw@host" is never looked up as a host name
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             r.read(1)
     except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise ConnectionError(f"tracking server {redact(uri)} refused the credentials (HTTP {e.code}); pass "
+                                  f"http://USER:PASSWORD@HOST or set MLFLOW_TRACKING_USERNAME/PASSWORD") from None
         if e.code >= 500:
-            raise ConnectionError(f"tracking server {uri} answered HTTP {e.code}") from None
+            raise ConnectionError(f"tracking server {redact(uri)} answered HTTP {e.code}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise ConnectionError(f"tracking server {uri} is unreachable ({reason}); start it or pass another "
-                              f"--tracking-uri") from None
+        raise ConnectionError(f"tracking server {redact(uri)} is unreachable ({redact(str(reason))}); start it or "
+                              f"pass another --tracking-uri") from None
 
 
 def _client_class():
@@ -139,7 +174,7 @@ def connect(uri: str, existing: bool = False):
     reader (existing=True) refuses a missing sqlite file, which MLflow would silently create empty."""
     path = sqlite_path(uri)
     if existing and path is not None and not path.is_file():
-        raise StoreNotFound(f"no MLflow store at {path} (from --tracking-uri {uri}); run a study first or pass the "
+        raise StoreNotFound(f"no MLflow store at {path} (from --tracking-uri {redact(uri)}); run a study first or pass the "
                             f"store the study used")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per small artifact is noise
     if uri.startswith(("http://", "https://")):
@@ -148,7 +183,21 @@ def connect(uri: str, existing: bool = False):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     if not existing:
         check_reachable(uri)
-    return _client_class()(uri)
+    return _client_class()(client_uri(uri))
+
+
+def client_uri(uri: str) -> str:
+    """The URI MLflow gets: an http(s) URI without its user:password@, which go to MLflow's own credential variables
+    (MLFLOW_TRACKING_USERNAME/PASSWORD, inherited by worker processes), so no MLflow message or log line carries
+    them."""
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    bare, user, password = split_userinfo(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        if password is not None:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return bare
 
 
 # ------------------------------------------------------------------------------------------------ caches

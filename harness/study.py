@@ -234,8 +234,8 @@ def _report(cfg: config.Config, uri: str, log) -> None:
     try:
         log(f"report: {report.build([cfg.study.name], tracking_uri=uri, storage=cfg.study.storage or None)}")
     except Exception as e:
-        log(f"warning: the report could not be written ({type(e).__name__}: {e}); rebuild it with "
-            f"python -m harness.report --study-name {cfg.study.name}")
+        log(store.redact(f"warning: the report could not be written ({type(e).__name__}: {e}); rebuild it with ")
+            + store.command_line("python", "-m", "harness.report", "--study-name", cfg.study.name, "--tracking-uri", uri))
 
 
 
@@ -265,11 +265,20 @@ def summary(ctx: context.Context, study: optuna.Study, wall: float, log=print) -
             f"{('never' if e >= cfg.train.epochs else e) if t.params['freeze_layers'] else '-':>8} "
             f"{', '.join(f'{v:.4f}' for v in t.values):>12} {t.user_attrs.get(schema.ID_ACC, float('nan')):>7.4f} "
             f"{t.user_attrs.get(schema.OOD_ACC_MEAN, float('nan')):>7.4f}")
-    uri = ctx.uri
-    log("\nopen the MLflow UI on this store:\n"
-        f"  python -m harness.ui --tracking-uri {uri}\n  (or: mlflow ui --backend-store-uri {uri})\n"
-        f"rebuild the report:\n  python -m harness.report --study-name {cfg.study.name} --tracking-uri {uri}"
-        + (f" --storage {store.redact(cfg.study.storage)}" if cfg.study.storage else ""))
+    log(hints(cfg, ctx.uri))
+
+
+def hints(cfg: config.Config, uri: str) -> str:
+    """The commands that open the UI and rebuild the report, shell-quoted and redacted (a password shows as ***:
+    put it back, or use a ~/.pgpass file / MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)."""
+    report = ["python", "-m", "harness.report", "--study-name", cfg.study.name, "--tracking-uri", uri]
+    report += ["--storage", cfg.study.storage] if cfg.study.storage else []
+    note = ("\n(passwords are shown as ***)" if store.redact(uri + " " + cfg.study.storage) != uri + " " + cfg.study.storage
+            else "")
+    return ("\nopen the MLflow UI on this store:\n"
+            f"  {store.command_line('python', '-m', 'harness.ui', '--tracking-uri', uri)}\n"
+            f"  (or: {store.command_line('mlflow', 'ui', '--backend-store-uri', uri)})\n"
+            f"rebuild the report:\n  {store.command_line(*report)}{note}")
 
 
 def _run_workers(cfg: config.Config, n_groups: int, log) -> None:
@@ -329,7 +338,7 @@ def main(argv=None) -> int:
         cfg = load_config(args)
         n_groups = preflight(cfg)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(store.redact(f"error: {e}"), file=sys.stderr)
         return 2
     try:
         if tracking.existing_role(cfg.study.tracking_uri or store.default_tracking_uri(), cfg.study.name) == "sustain":
@@ -341,7 +350,7 @@ def main(argv=None) -> int:
         print("\ninterrupted: re-run the same command to resume the study", file=sys.stderr)
         return 130
     except (ConnectionError, OSError, RuntimeError, ValueError, optuna.exceptions.OptunaError, MlflowException) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(store.redact(f"error: {type(e).__name__}: {e}"), file=sys.stderr)
         return 1
 
 

@@ -80,7 +80,7 @@ def child_run(client, exp_id, parent_id, study_name, number, params: dict, tags:
     run = client.create_run(exp_id, run_name=f"trial-{number:04d}", tags={
         "mlflow.parentRunId": parent_id, "harness.role": "trial", "optuna.study_name": study_name,
         "optuna.trial_number": str(number), **(tags or {})})
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
@@ -110,12 +110,12 @@ def log_steps(client, run_id: str, key: str, values: dict) -> None:
 
 
 def set_tags(client, run_id: str, tags: dict) -> None:
-    # tag values are capped at 5000 characters by MLflow
-    client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    # tag values are capped at 5000 characters by MLflow; every value redacted (a fail reason may quote a URL)
+    client.log_batch(run_id, tags=[RunTag(k, store.redact(str(v))[:5000]) for k, v in tags.items()])
 
 
 def log_params(client, run_id: str, params: dict) -> None:
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    items = [Param(k, store.redact(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i:i + 100])
 
@@ -133,7 +133,9 @@ def end_run(client, run_id: str, status: str, tags: dict = None) -> None:
 
 
 def log_text(client, run_id: str, text: str, path: str) -> None:
-    client.log_text(run_id, text, path)
+    """A text artifact, redacted: the config (config/resolved.toml, config/invocations/*.toml) carries the storage
+    and tracking URIs, the report quotes them."""
+    client.log_text(run_id, store.redact(text), path)
 
 
 def log_bytes(client, run_id: str, data: bytes, path: str) -> None:
@@ -193,4 +195,4 @@ def versions() -> dict:
 
 
 def log_json(client, run_id: str, obj, path: str) -> None:
-    client.log_text(run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), path)
+    log_text(client, run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), path)

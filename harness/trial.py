@@ -13,7 +13,7 @@ import optuna
 import psutil
 import torch
 
-from harness import metrics, models, schema, tracking, train
+from harness import metrics, models, schema, store, tracking, train
 from harness.config import Config, Model
 
 
@@ -289,7 +289,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
         raise
     except Exception as err:
         reason = f"{type(err).__name__}: {err}"
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("fail_reason", store.redact(reason))
         tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": reason, "harness.failed_epoch": at.epoch})
         raise
     finally:

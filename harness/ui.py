@@ -50,11 +50,11 @@ def main(argv=None, execv=os.execvp) -> int:
         print(f"error: --port: must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     if uri.startswith(("http://", "https://")):
-        print(f"{uri} is already a tracking server: open it in a browser")
+        print(f"{store.redact(uri)} is already a tracking server: open it in a browser")
         return 0
     db = store.sqlite_path(uri)
     if db is None:
-        print(f"error: --tracking-uri: expected sqlite:///PATH (or an http:// server), got {uri!r}", file=sys.stderr)
+        print(f"error: --tracking-uri: expected sqlite:///PATH (or an http:// server), got {store.redact(uri)!r}", file=sys.stderr)
         return 2
     if not db.is_file():
         print(f"error: --tracking-uri: no MLflow store at {db}; run `python -m harness.study` first", file=sys.stderr)
@@ -63,7 +63,8 @@ def main(argv=None, execv=os.execvp) -> int:
         print(f"error: --port: {HOST}:{args.port} is in use; pass another --port", file=sys.stderr)
         return 2
     cmd = command(uri, args.port, db.parent / "artifacts")
-    print(f"MLflow UI on http://{HOST}:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI on http://{HOST}:{args.port}  (store {store.redact(uri)}; Ctrl-C to stop)\n  "
+          f"{store.command_line(*cmd)}", flush=True)
     execv(cmd[0], cmd)  # replaces this process: Ctrl-C and the exit code are mlflow's own
     return 0
 

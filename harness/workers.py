@@ -9,7 +9,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from harness import bookkeeping, tracking, trial as trialmod
+from harness import bookkeeping, store, tracking, trial as trialmod
 
 
 def best_value(study: optuna.Study) -> float | None:
@@ -112,7 +112,7 @@ def work(ctx, study: optuna.Study, worker: int = 0, log=print) -> dict:
                 study.tell(trial, state=TrialState.FAIL)
                 done["failed"] += 1
                 fails_in_row += 1
-                log(f"{prefix}trial {trial.number} FAILED: {type(e).__name__}: {e}")
+                log(store.redact(f"{prefix}trial {trial.number} FAILED: {type(e).__name__}: {e}"))
         if trial.user_attrs.get("baseline") == "linear_probe" and done["complete"]:  # the CE reference exists now
             backfill(ctx, study, log)
     return done

@@ -12,9 +12,34 @@ import torch
 from harness import store
 
 
-def test_redact_hides_passwords():
-    assert store.redact("postgresql://u:secret@host:5432/db") == "postgresql://***@host:5432/db"
-    assert store.redact("sqlite:///mlruns/optuna.db") == "sqlite:///mlruns/optuna.db"
+@pytest.mark.parametrize("text, expected", [
+    ("postgresql://u:secret@host:5432/db", "postgresql://u:***@host:5432/db"),
+    ("mysql+pymysql://u:secret@h/db", "mysql+pymysql://u:***@h/db"),
+    ("http://user:secret@host:5000", "http://user:***@host:5000"),
+    ("https://user:se%40cret@host/mlflow", "https://user:***@host/mlflow"),
+    ("postgresql://u:sec@ret@h/db", "postgresql://u:***@h/db"),  # a raw "@" in the password: hidden whole
+    ("postgresql://h/db?user=u&password=secret", "postgresql://h/db?user=u&password=***"),
+    ('storage = "postgresql://u:secret@h/db"\ntracking_uri = "http://a:secret@h"',
+     'storage = "postgresql://u:***@h/db"\ntracking_uri = "http://a:***@h"'),
+    ("error: tracking server http://a:secret@h:1 is unreachable", "error: tracking server http://a:***@h:1 is unreachable"),
+    ("sqlite:///mlruns/optuna.db", "sqlite:///mlruns/optuna.db"), ("http://token-user@h/x", "http://token-user@h/x")])
+def test_redact_keeps_scheme_user_host_path_and_hides_the_password(text, expected):
+    assert store.redact(text) == expected and "secret" not in store.redact(text)
+
+
+def test_userinfo_is_split_off_http_uris_percent_decoded():
+    assert store.split_userinfo("http://us%40r:p%3Aw@h:5000/x") == ("http://h:5000/x", "us@r", "p:w")
+    assert store.split_userinfo("http://h:5000") == ("http://h:5000", None, None)
+
+
+def test_printed_commands_are_shell_quoted_and_redacted():
+    """Each argument survives a POSIX shell as one word (shlex.split is the shell's own splitting) and runs nothing."""
+    import shlex
+
+    args = ["python", "-m", "harness.report", "--study-name", "a;touch X", "--tracking-uri", "postgresql://u:pw@h/db"]
+    for name in ("a;touch X", "it's", 'say "hi"', "two\nlines", "$(rm -rf ~)", "*"):
+        args[4] = name
+        assert shlex.split(store.command_line(*args)) == args[:6] + ["postgresql://u:***@h/db"]
 
 
 def test_default_uris_live_under_mlruns_and_never_share_a_file(tmp_path):

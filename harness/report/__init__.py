@@ -16,7 +16,9 @@ VERSION = 1
 
 
 def _clean(obj):
-    """JSON-safe: NaN and infinities become null, tuples lists."""
+    """JSON-safe and fit to publish: NaN and infinities become null, tuples lists, every string redacted."""
+    if isinstance(obj, str):
+        return store.redact(obj)
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
@@ -39,7 +41,8 @@ def build(study_names: list[str], tracking_uri: str, storage: str | None = None,
     summaries = [numbers.summarize(st) for st in studies]
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sustain = any(s.get("kind") == "sustain" for s in summaries)  # harness.sustain studies have their own page
-    page = (sustain_page if sustain else study_page).render(studies, summaries, generated)
+    # redacted whole: the page quotes the tracking URI and the logged config (older studies logged it unredacted)
+    page = store.redact((sustain_page if sustain else study_page).render(studies, summaries, generated))
     data = _clean({"harness_report_version": VERSION, "generated": generated, "tracking_uri": tracking_uri,
                    "studies": summaries})
     folder = Path(out_dir) / "+".join(slug(n) for n in names)

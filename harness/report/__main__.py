@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     uri = args.tracking_uri or store.default_tracking_uri()
     if not uri.startswith(store.TRACKING_SCHEMES):
-        print(f"error: --tracking-uri: unsupported URI {uri!r}; use sqlite:///PATH or http://HOST:PORT", file=sys.stderr)
+        print(f"error: --tracking-uri: unsupported URI {store.redact(uri)!r}; use sqlite:///PATH or http://HOST:PORT", file=sys.stderr)
         return 2
     if any(not n.strip() for n in args.study_name):
         print("error: --study-name: must not be empty", file=sys.stderr)
@@ -32,10 +32,10 @@ def main(argv=None) -> int:
         store.check_reachable(uri)
         out = build(args.study_name, uri, args.storage, args.out)
     except results.StudyNotFound as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(store.redact(f"error: {e.args[0] if e.args else e}"), file=sys.stderr)
         return 2
     except Exception as e:  # ConnectionError, OSError, an MlflowException from a broken store: a message, not a traceback
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(store.redact(f"error: {type(e).__name__}: {e}"), file=sys.stderr)
         return 1
     print(f"report: {out}")
     return 0

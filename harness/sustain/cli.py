@@ -175,7 +175,7 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     if not st.search and summary:
         _table(summary, log)
     log(f"\nsustain study {cfg.study.name!r} took {time.perf_counter() - t_start:.0f} s. Open the MLflow UI on this "
-        f"store:\n  python -m harness.ui --tracking-uri {ctx.uri}")
+        f"store:\n  {store.command_line('python', '-m', 'harness.ui', '--tracking-uri', ctx.uri)}")
     if cfg.study.report:
         _report(cfg, ctx.uri, log)
     if found and not found["complete"]:  # failed trials alone are part of a search; none completing is not
@@ -259,8 +259,8 @@ def _report(cfg: config.Config, uri: str, log) -> None:
     try:
         log(f"report: {report.build([cfg.study.name], tracking_uri=uri, storage=cfg.study.storage or None)}")
     except Exception as e:  # noqa: BLE001
-        log(f"warning: the report could not be written ({type(e).__name__}: {e}); rebuild it with "
-            f"python -m harness.report --study-name {cfg.study.name}")
+        log(store.redact(f"warning: the report could not be written ({type(e).__name__}: {e}); rebuild it with ")
+            + store.command_line("python", "-m", "harness.report", "--study-name", cfg.study.name, "--tracking-uri", uri))
 
 
 def main(argv=None) -> int:
@@ -270,10 +270,10 @@ def main(argv=None) -> int:
         n_groups = preflight(cfg)
         check_store(cfg)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(store.redact(f"error: {e}"), file=sys.stderr)
         return 2
     except (ConnectionError, OSError) as e:  # check_store: a dead tracking server
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(store.redact(f"error: {type(e).__name__}: {e}"), file=sys.stderr)
         return 1
     try:
         return run(cfg, n_groups)
@@ -281,5 +281,5 @@ def main(argv=None) -> int:
         print("\ninterrupted: re-run the same command to finish (finished policy runs are reused)", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - policy runs fail one by one inside run(); this is setup or the store
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(store.redact(f"error: {type(e).__name__}: {e}"), file=sys.stderr)
         return 1
