@@ -169,6 +169,15 @@ class Config:
 SECTIONS = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+# TOML integers are 64-bit, but Python reads any number of digits: a key's value must fit what torch, numpy and the
+# stores accept (seeds: numpy's 0..2^32-1, checked in _check_study)
+INT_LIMIT = 2**63
+
+
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
@@ -181,16 +190,27 @@ def _coerce(key: str, value, tp):
     origin = typing.get_origin(tp)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(key, f"expected a {_type_name(tp)}, got {value!r}")
+            raise ConfigError(key, f"expected {_a(_type_name(tp))}, got {_short(value)}")
         (item,) = typing.get_args(tp)
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return _coerce(key, float(value), float)
+        except OverflowError:  # an integer of 400 digits: no float holds it
+            raise ConfigError(key, f"expected a finite number, got {_short(value)} (beyond a float's ~1.8e308)") from None
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(key, f"expected a {_type_name(tp)}, got {value!r}")
+        raise ConfigError(key, f"expected {_a(_type_name(tp))}, got {_short(value)}")
+    if tp is int and not -INT_LIMIT < value < INT_LIMIT:
+        raise ConfigError(key, f"expected an integer of at most 64 bits (|value| < 2^63), got {_short(value)}")
     if tp is float and not math.isfinite(value):  # TOML has nan and inf; no key of ours means anything with them
         raise ConfigError(key, f"expected a finite number, got {value!r}")
     return value
+
+
+def _short(value) -> str:
+    """repr(value), cut in the middle when long (a 400-digit number), so a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:28]}...{text[-12:]} ({len(text)} characters)"
 
 
 def _section(name: str, values: dict):
@@ -232,6 +252,8 @@ def from_dict(raw: dict) -> Config:
 def load(path: str | Path | None = None, overrides: list[str] = (), **flags) -> Config:
     """Read a TOML study file, apply `--set` overrides then CLI flags (section.key -> value), validate."""
     path = Path(path) if path else DEFAULT_CONFIG
+    if path.is_dir():
+        raise ConfigError("--config", f"{path} is a folder; give the study's TOML file (e.g. studies/default.toml)")
     if not path.is_file():
         raise ConfigError("--config", f"file not found: {path}")
     try:
@@ -312,8 +334,8 @@ def _check_study(cfg: Config) -> None:
     _choice("study.device", s.device, DEVICES)
     _positive("study.workers", s.workers)
     _positive("study.timeout", s.timeout, allow_zero=True)
-    if s.seed < 0:
-        raise ConfigError("study.seed", f"must be >= 0, got {s.seed}")
+    if not 0 <= s.seed < 2**32:  # numpy's and the samplers' seed range
+        raise ConfigError("study.seed", f"must be in 0..{2**32 - 1} (numpy's seed range), got {_short(s.seed)}")
 
 
 def _check_data(cfg: Config) -> None:
@@ -422,8 +444,8 @@ def _check_stream(cfg: Config) -> None:
         raise ConfigError("stream.pool_fraction", f"must be in (0, 1), got {st.pool_fraction}")
     if not 0.5 <= st.auc < 1:
         raise ConfigError("stream.auc", f"must be in [0.5, 1), got {st.auc}")
-    if len(set(st.seeds)) != len(st.seeds) or any(v < 0 for v in st.seeds):
-        raise ConfigError("stream.seeds", f"must be distinct integers >= 0, got {st.seeds}")
+    if len(set(st.seeds)) != len(st.seeds) or any(not 0 <= v < 2**32 for v in st.seeds):
+        raise ConfigError("stream.seeds", f"must be distinct integers in 0..{2**32 - 1}, got {_short(st.seeds)}")
     _bounds("stream.search_k", st.search_k, low_min=1)
     _bounds("stream.search_drop", st.search_drop, low_min=0)
     _bounds("stream.search_auc", st.search_auc, low_min=0.5)

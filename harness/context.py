@@ -44,7 +44,13 @@ def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_su
     train.setup_device(device)
     torch.manual_seed(cfg.study.seed)
     uri = cfg.study.tracking_uri or store.default_tracking_uri()
+    store.check_reachable(uri)  # dead servers fail here, before mlruns/ or any sqlite file exists
+    if with_storage and cfg.study.storage:
+        store.check_reachable(cfg.study.storage, flag="--storage")
     root.mkdir(parents=True, exist_ok=True)
+    for url in (uri, cfg.study.storage):  # a sqlite file's folder, as mlruns/ (preflight checked it can be written)
+        if store.sqlite_path(url or "") is not None:
+            store.sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
     client = store.connect(uri)
     storage = bookkeeping.storage(cfg.study.storage or store.default_storage(), client) if with_storage else None
     cache, t0, info = store.cache_dir(), time.perf_counter(), {}

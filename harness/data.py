@@ -67,6 +67,9 @@ def check(cfg: Data, seed: int, cache_dir: Path | None = None) -> None:
                 raise ValueError(f"data.path: class folders differ between the split folders of {root}: "
                                  f"{', '.join(classes)} versus {', '.join(found)}")
             classes = found
+        if len(classes) < 2:  # one class trains to loss 0 and accuracy 1.0: a study that measures nothing
+            raise ValueError(f"data.path: {root} has {len(classes)} class folder ({', '.join(classes)}); a classifier "
+                             f"needs at least 2")
         return
     if not cfg.download:
         _torchvision_sets(cfg)  # reads the files it finds (torchvision has no cheaper public check)

@@ -181,10 +181,42 @@ def resolve(name: str):
                      f"or 'package.module:function'")
 
 
+def _call_factory(name: str, factory, num_classes: int):
+    """factory(num_classes) -> (model, groups). A user's factory that raises, calls sys.exit or reads stdin (given
+    /dev/null, so it fails at once instead of waiting on a terminal) is a ValueError naming model.name and the
+    cause; nothing it does can end the harness with its own exit code."""
+    import os
+    import sys
+
+    stdin = sys.stdin
+    try:
+        with open(os.devnull) as devnull:
+            sys.stdin = devnull
+            out = factory(num_classes)
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as e:
+        raise ValueError(f"model.name: {name}({num_classes}) called sys.exit({e.code!r}) instead of returning "
+                         f"(model, groups)") from None
+    except EOFError as e:
+        raise ValueError(f"model.name: {name}({num_classes}) read standard input (EOFError: {e}); a model factory "
+                         f"must build the model from num_classes alone") from None
+    except BaseException as e:  # noqa: BLE001 - whatever a user's code raises is that code's fault, reported as such
+        cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        raise ValueError(f"model.name: {name}({num_classes}) raised {type(e).__name__}"
+                         f"{': ' + cause[:200] if cause else ''}") from None
+    finally:
+        sys.stdin = stdin
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module) and hasattr(out[1], "items")):
+        raise ValueError(f"model.name: {name}({num_classes}) must return (model, groups): an nn.Module and a dict of "
+                         f"layer groups ending in 'head', got {type(out).__name__}")
+    return out
+
+
 def build(name: str, num_classes: int, seed: int = 0):
     """A freshly initialized model (seeded) and its ordered groups; checks the groups cover every parameter once."""
     torch.manual_seed(seed)
-    model, groups = resolve(name)(num_classes)
+    model, groups = _call_factory(name, resolve(name), num_classes)
     groups = dict(groups)
     if list(groups)[-1] != "head":
         raise ValueError(f"model.name: {name} must return groups whose last entry is 'head', got {list(groups)}")
@@ -237,15 +269,36 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:] == b"{"
 
 
-def _reason(err: Exception) -> str:
-    """One line of why a checkpoint could not be read. torch's weights_only refusal is ten lines; keep its cause."""
+def _sentence(text: str, limit: int = 300) -> str:
+    """The first sentence of text, whole when it fits in `limit` characters, else cut at a word and marked '...'."""
+    first = text.split(". ")[0].rstrip(".")
+    if len(first) <= limit:
+        return first
+    return first[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _reason(err: Exception, path: Path) -> str:
+    """One line of why a checkpoint could not be read. torch's weights_only refusal is ten lines; keep its cause. A
+    file that is neither a torch.save zip, a legacy torch pickle (protocol 2: b'\\x80\\x02') nor safetensors is named
+    as such: torch's own error for it is a bare 'KeyError: 101' or 'invalid load key'."""
+    import zipfile
+
     text = str(err)
-    if "WeightsUnpickler error:" in text:
-        rest = text.split("WeightsUnpickler error:", 1)[1]
-        line = next((ln.strip() for ln in rest.splitlines() if ln.strip()), "")
-        return "torch.load(weights_only=True) refused it: " + line.split(". ")[0]
+    if "WeightsUnpickler error:" in text or text.startswith("Weights only load failed"):
+        # torch 2.4: "... WeightsUnpickler error: <cause>"; torch 2.6+: an explanation, then "\n\n<cause>\n\nCheck ..."
+        rest = (text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text
+                else text.split("\n\n", 1)[-1])
+        line = next((ln.strip() for ln in rest.splitlines()
+                     if ln.strip() and not ln.startswith("Check the documentation")), "")
+        return "torch.load(weights_only=True) refused it: " + _sentence(line)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
+        return f"it is not a torch.save or safetensors file: it starts with {head[:12]!r}"
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return f"{type(err).__name__}: {line}"[:300] if line else type(err).__name__
+    return f"{type(err).__name__}: {_sentence(line)}" if line else type(err).__name__
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -262,7 +315,7 @@ def read_checkpoint(path: str | Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, SafetensorError, EOFError, a torn zip's RuntimeError, ...
-        raise ValueError(f"model.weights: {path}: not a readable checkpoint ({_reason(e)}); {SAVE_HINT}") from None
+        raise ValueError(f"model.weights: {path}: not a readable checkpoint ({_reason(e, path)}); {SAVE_HINT}") from None
     if isinstance(state, dict):
         state = next((state[k] for k in STATE_KEYS if isinstance(state.get(k), dict)), state)
     if not isinstance(state, dict) or not state:

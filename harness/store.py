@@ -93,13 +93,64 @@ def check_uris(storage: str, tracking_uri: str) -> None:
     if storage and (storage == tracking_uri or same_sqlite(storage, tracking_uri or default_tracking_uri())):
         raise ValueError("--storage: the Optuna storage must not be the MLflow database (their Alembic schema "
                          "checks clash, optuna#2866); give it its own file or database")
+    for flag, uri in (("--storage", storage), ("--tracking-uri", tracking_uri)):
+        if uri and uri.startswith(SQLITE):
+            _check_sqlite_writable(flag, sqlite_path(uri))
+        elif uri and uri.startswith(("postgresql", "mysql")):
+            _check_driver(flag, uri)
+
+
+def _check_sqlite_writable(flag: str, path: Path) -> None:
+    """A sqlite file we could not create or write fails late (after mlruns/ and the MLflow store exist); say so now.
+    Tried, not inferred from permission bits (root passes os.access everywhere, /proc and read-only mounts refuse
+    anyway): the file opened for update, or a nameless temporary file in its nearest existing folder (the folders
+    below it are created, as mlruns/ is), which vanishes when closed."""
+    import tempfile
+
+    folder = path if path.exists() else path.parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        if path.is_dir() or not folder.is_dir():
+            raise NotADirectoryError(f"{path if path.is_dir() else folder} is {'a' if path.is_dir() else 'not a'} "
+                                     f"folder")
+        if path.exists():
+            with open(path, "r+b"):
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write the sqlite file {path} ({e.strerror or e}); give a file in a folder "
+                         f"this user can write") from None
+
+
+def _check_driver(flag: str, uri: str) -> None:
+    """The database driver (DBAPI) of a postgresql:// or mysql:// URL, imported now: without it SQLAlchemy fails
+    only when the store opens, after local files exist."""
+    import sqlalchemy
+
+    try:
+        dialect = sqlalchemy.engine.make_url(uri).get_dialect()
+    except Exception as e:  # ArgumentError (malformed URL), NoSuchModuleError (unknown +driver)
+        raise ValueError(f"{flag}: not a database URL SQLAlchemy reads ({redact(str(e))}); use "
+                         f"postgresql://USER:PASSWORD@HOST/DB") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise ValueError(f"{flag}: the {dialect.name} driver {dialect.driver!r} is not installed ({e}); install it "
+                         f"(e.g. pip install {'pymysql' if dialect.name == 'mysql' else 'psycopg2-binary'}) and "
+                         f"name it in the URL ({dialect.name}+{'pymysql' if dialect.name == 'mysql' else 'psycopg2'}"
+                         f"://...)") from None
 
 
 # ------------------------------------------------------------------------------------------------ MLflow
 
-def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast (seconds, not MLflow's minutes of retries) when an HTTP tracking server or a tracking database
-    does not answer."""
+def check_reachable(uri: str, timeout: float = 10.0, flag: str = "--tracking-uri") -> None:
+    """Fail fast (seconds, not MLflow's minutes of retries) when an HTTP tracking server or a tracking database (or,
+    flag="--storage", the Optuna database) does not answer. Called before any local file is made, so a dead store
+    leaves nothing behind."""
+    what = "Optuna storage" if flag == "--storage" else "tracking database"
     if uri.startswith(("postgresql", "mysql", "mssql")):
         # MLflow's own connect retries with backoff for ~110 s before it gives up on a dead database
         import sqlalchemy
@@ -110,8 +161,8 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
                 pass
         except Exception as e:
             first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            raise ConnectionError(f"tracking database {redact(uri)} is unreachable ({redact(first)}); start it or pass "
-                                  f"another --tracking-uri") from None
+            raise ConnectionError(f"{what} {redact(uri)} is unreachable ({redact(first)}); start it or pass "
+                                  f"another {flag}") from None
         finally:
             engine.dispose()
         return
