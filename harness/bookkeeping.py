@@ -10,6 +10,7 @@ import contextlib
 import copy
 import datetime
 import fcntl
+import hashlib
 import socket
 import threading
 import warnings
@@ -36,12 +37,35 @@ def storage(url: str, client=None) -> optuna.storages.RDBStorage:
         engine = {"connect_args": {"timeout": 60}}
     else:
         engine = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry_callback(client))
+    try:  # under the store's init lock, retried: two processes creating one new storage both succeed
+        return store.initialized(url, lambda: optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=_retry_callback(client)))
     except Exception as e:  # sqlalchemy OperationalError & co: say where, without the password
         raise ConnectionError(f"Optuna storage {store.redact(url)} is unreachable: "
                               f"{store.redact(str(e).splitlines()[0][:300])}") from None
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """A trial's sampler seed: 32 bits of sha256("seed:number"), so neighbouring numbers give unrelated streams."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "little")
+
+
+def seed_per_trial(sampler, seed: int):
+    """Reseed the sampler's random state (TPE's own and its startup RandomSampler's) from (seed, trial number) as
+    each trial starts (Optuna calls before_trial with the number it assigned, unique within the storage). Seeded
+    once per process instead, two processes of one study drew identical parameters (issue 15: trials 2 and 3)."""
+    states = [obj._rng for obj in (sampler, getattr(sampler, "_random_sampler", None)) if hasattr(obj, "_rng")]
+    original = sampler.before_trial
+
+    def before_trial(study, trial):
+        base = trial_seed(seed, trial.number)
+        for i, state in enumerate(states):
+            state.rng.seed((base + i) % 2**32)
+        original(study, trial)
+
+    sampler.before_trial = before_trial
+    return sampler
 
 
 def _retry_callback(client):
@@ -150,7 +174,9 @@ def recover_dead(study: optuna.Study, client) -> int:
             pid, started = t.system_attrs.get("harness.pid"), t.system_attrs.get("harness.pid_start")
             alive = False
             with contextlib.suppress(psutil.Error, TypeError):
-                alive = psutil.Process(pid).create_time() == started
+                # a killed --workers process stays a zombie until the launcher joins it: dead all the same
+                proc = psutil.Process(pid)
+                alive = proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE
             if alive:
                 continue
             reason = f"worker pid {pid} on {host} died"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shlex
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -216,6 +219,43 @@ def _client_class():
     return Client
 
 
+@contextlib.contextmanager
+def init_lock(uri: str):
+    """Exclusive while a new store's schema is created: a sqlite store's processes on this machine take turns (a
+    lock file beside the database). Two processes creating one schema at once fail in Alembic ("Online migration
+    expected to match one row ... 0 found"); other schemes get no local lock and rely on initialized()'s retries."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+INIT_TRIES, INIT_BACKOFF_S = 5, 0.5  # 0.5 + 1 + 2 + 4 s: room for another machine's migration (~2 s on PostgreSQL)
+
+
+def initialized(uri: str, make):
+    """make() (which opens the store at `uri`, creating its schema if new) under init_lock, retried when it fails:
+    for a server database the first attempt may race another machine's schema creation, and the second then finds
+    the schema made. A dead server (ConnectionError) is not retried; the last failure is raised."""
+    for attempt in range(INIT_TRIES):
+        try:
+            with init_lock(uri):
+                return make()
+        except ConnectionError:
+            raise
+        except Exception:
+            if attempt == INIT_TRIES - 1:
+                raise
+            time.sleep(INIT_BACKOFF_S * 2**attempt)
+
+
 class StoreNotFound(LookupError):
     """connect(..., existing=True) found no sqlite file: the reader's 'wrong path', not an empty new store."""
 
@@ -232,9 +272,16 @@ def connect(uri: str, existing: bool = False):
         # a dead server should cost seconds, not MLflow's default 7 retries with backoff (minutes)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    if not existing:
-        check_reachable(uri)
-    return _client_class()(client_uri(uri))
+    if existing:
+        return _client_class()(client_uri(uri))
+    check_reachable(uri)
+
+    def make():
+        client = _client_class()(client_uri(uri))
+        client.search_experiments(max_results=1)  # opens the store now, under the lock: MLflow creates its schema
+        return client
+
+    return initialized(uri, make)
 
 
 def client_uri(uri: str) -> str:

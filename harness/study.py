@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import socket
 import sys
 import time
 import warnings
@@ -43,7 +41,11 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m harness.study", description=__doc__.split(": ", 1)[1],
-                                 epilog="Exit codes: 0 success, 1 runtime failure, 2 bad input (nothing created).")
+                                 epilog="Exit codes: 0 success; 1 runtime failure (including a study that stopped "
+                                 "short of its target); 2 bad input (nothing created); 3 the target was reached but a "
+                                 "--workers process crashed (its trial was failed and retried; the summary line "
+                                 "'crashed workers: N' says which). Printed commands are shell-quoted, passwords "
+                                 "shown as ***.")
     add_common_args(ap)
     return ap.parse_args(argv)
 
@@ -113,32 +115,24 @@ def max_workers() -> tuple[int, str]:
 
 # ------------------------------------------------------------------------------------------- setup
 
-def parallel(cfg: config.Config) -> bool:
-    """Several processes may sample this study: --workers, or a server storage that other machines share."""
-    return cfg.study.workers > 1 or not (cfg.study.storage or "sqlite").startswith("sqlite")
-
-
-def sampler_seed(cfg: config.Config, worker: int = 0) -> int:
-    """The study seed for one process on a local store, so a study is reproducible. Parallel processes must not
-    share it: seeded alike, their samplers draw the same parameters (3 workers sampled 3 identical trials)."""
-    if not parallel(cfg):
-        return cfg.study.seed
-    mix = f"{cfg.study.seed}:{socket.gethostname()}:{os.getpid()}:{worker}".encode()
-    return int.from_bytes(hashlib.sha256(mix).digest()[:4], "little")
-
-
 def sampler(cfg: config.Config, worker: int = 0):
-    s, seed = cfg.study, sampler_seed(cfg, worker)
+    """The study's sampler, seeded per trial from (study seed, trial number) (bookkeeping.seed_per_trial): Optuna
+    hands out each number once per storage, so every process of the study (--workers, or the same command started
+    again on this or another machine) draws its own parameters, and one process alone draws the same sequence on
+    every run. `worker` is kept for callers; the seed needs no process identity."""
+    s = cfg.study
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return bookkeeping.seed_per_trial(optuna.samplers.RandomSampler(seed=s.seed), s.seed)
     if s.sampler == "qmc":  # one scrambled sequence for the study: each process takes the next point of it
         return optuna.samplers.QMCSampler(seed=s.seed, scramble=True, warn_independent_sampling=False)
-    # group=True splits the conditional space (unfreeze_epoch exists only when freeze_layers > 0); constant_liar
-    # makes parallel workers see each other's running trials as bad results, so they spread out
+    # group=True splits the conditional space (unfreeze_epoch exists only when freeze_layers > 0). constant_liar
+    # always: any process may share the study unannounced (the same command on another machine), and the liar
+    # ignores the trial being sampled, so a process alone samples exactly as without it (no other trial RUNNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, s.n_trials // 3)),
-                                          multivariate=True, group=True, constant_liar=parallel(cfg))
+        tpe = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=min(10, max(3, s.n_trials // 3)),
+                                         multivariate=True, group=True, constant_liar=True)
+    return bookkeeping.seed_per_trial(tpe, s.seed)
 
 
 def pruner(cfg: config.Config):
@@ -164,9 +158,10 @@ def launch(ctx: context.Context, study: optuna.Study, log=print) -> None:
     """The launcher's part: log the study on its parent run, enqueue the baselines on a new study, say what it has."""
     cfg, data, info = ctx.cfg, ctx.data_cpu, ctx.info
     _log_study(ctx)
-    if ctx.created or not study.trials:
-        for b in trialmod.baselines(cfg, ctx.n_groups):
-            study.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
+    with bookkeeping.host_lock(cfg.study.name):  # two processes starting together: the baselines once
+        if ctx.created or not study.trials:
+            for b in trialmod.baselines(cfg, ctx.n_groups):
+                study.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
     suite = info["suite"]
     log(f"data: {len(data['train'][0])} train / {len(data['val'][0])} val / {len(data['test'][0])} test "
         f"images, {len(data['classes'])} classes; shifts: {suite['n_sets']} sets "
@@ -301,9 +296,11 @@ def hints(cfg: config.Config, uri: str) -> str:
             f"rebuild the report:\n  {store.command_line(*report)}{note}")
 
 
-def _run_workers(cfg: config.Config, n_groups: int, log) -> None:
-    """cfg.study.workers spawned processes on the study; each opens its own context from the caches."""
+def _run_workers(cfg: config.Config, n_groups: int, log) -> list[str]:
+    """cfg.study.workers spawned processes on the study; each opens its own context from the caches. Returns the
+    workers that ended abnormally (a signal such as SIGKILL or the OOM killer, or a nonzero exit), in words."""
     import multiprocessing as mp
+    import signal
 
     spawn = mp.get_context("spawn")  # fresh interpreters: no forked torch threads or sqlite handles
     procs = [spawn.Process(target=_worker_main, args=(cfg, n_groups, i)) for i in range(cfg.study.workers)]
@@ -311,9 +308,17 @@ def _run_workers(cfg: config.Config, n_groups: int, log) -> None:
         p.start()
     for p in procs:
         p.join()
-    crashed = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(procs) if p.exitcode]
+    crashed = [f"worker {i} pid {p.pid} " + (f"killed by {signal.Signals(-p.exitcode).name}" if p.exitcode < 0
+                                              else f"exit code {p.exitcode}")
+               for i, p in enumerate(procs) if p.exitcode]
     if crashed:
-        log(f"warning: {', '.join(crashed)} ended abnormally; their trials are failed and re-queued")
+        log(f"warning: {', '.join(crashed)}; their trials are failed and re-queued")
+    return crashed
+
+
+# A study that reached its target while a --workers process crashed (killed, OOM): the numbers are complete, the
+# machine is not healthy. Scripts test the exit code or grep the summary line "crashed workers: N".
+EXIT_WORKER_CRASHED = 3
 
 
 def run(cfg: config.Config, n_groups: int, log=print) -> int:
@@ -331,24 +336,31 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
         ctx.data = ctx.suite = None  # the workers load their own: no idle copy on the GPU meanwhile
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
-        _run_workers(cfg, n_groups, log)
+        crashed = _run_workers(cfg, n_groups, log)
         bookkeeping.recover_dead(study, ctx.client)
         bookkeeping.sweep_orphans(ctx.client, ctx.exp_id, ctx.parent_id, study)
         timed_out = bool(cfg.study.timeout) and time.perf_counter() - t0 > cfg.study.timeout
     else:
-        timed_out = workers.work(ctx, study, 0, log)["stopped"] == "timeout"
+        crashed, timed_out = [], workers.work(ctx, study, 0, log)["stopped"] == "timeout"
     workers.backfill(ctx, study, log)  # trials that finished before the linear probe, e.g. in another worker or run
     workers.tag_best(ctx, study)
     finished = bookkeeping.counts(study)[0]
     short = finished < cfg.study.n_trials and not timed_out
     tracking.end_run(ctx.client, ctx.parent_id, "FAILED" if short else "FINISHED")
     summary(ctx, study, time.perf_counter() - t0, log)
+    if cfg.study.workers > 1:
+        log(f"crashed workers: {len(crashed)}" + (f" ({'; '.join(crashed)})" if crashed else ""))
     if cfg.study.report:
         _report(cfg, ctx.uri, log)
     if short:
         print(f"error: the study stopped at {finished} of {cfg.study.n_trials} finished trials (see the failures "
               f"above); re-run the same command to continue it", file=sys.stderr)
         return 1
+    if crashed:
+        print(f"error: the study reached its {cfg.study.n_trials} finished trials, but {len(crashed)} worker "
+              f"process(es) crashed ({'; '.join(crashed)}); their trials were failed and retried (exit code "
+              f"{EXIT_WORKER_CRASHED})", file=sys.stderr)
+        return EXIT_WORKER_CRASHED
     return 0
 
 

@@ -158,3 +158,84 @@ def test_three_workers_on_postgresql(tiny_config, workdir):
     trials = _check_end_state(workdir, name, 6, storage=POSTGRES)
     assert not [t for t in trials if t.state == TrialState.FAIL]
     _sampled_params_differ(trials)
+
+
+def _two_processes(workdir, config, extra=()):
+    """The documented multi-machine path on one machine: the same command started twice at once on a fresh store
+    (no mlruns/ yet). Returns both (exit code, stdout + stderr)."""
+    cmd = [sys.executable, "-m", "harness.study", "--config", str(config), "--no-report", "--n-trials", "6", *extra]
+    procs = [subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [(p.returncode, out) for p, out in zip(procs, outs)]
+
+
+def _independent_processes_end_state(workdir, outs, name, storage=None):
+    for code, out in outs:
+        assert code == 0 and "Traceback" not in out, out
+    trials = _check_end_state(workdir, name, 6, storage)  # exact count, one parent run, one child run per trial
+    assert not [t for t in trials if t.state == TrialState.FAIL]
+    assert len({t.system_attrs.get("harness.pid") for t in trials}) == 2  # both processes ran trials
+    baselines = Counter(t.user_attrs.get("baseline") for t in trials if "baseline" in t.user_attrs)
+    assert set(baselines.values()) == {1}, baselines  # enqueued once, not once per process
+    _sampled_params_differ(trials)
+
+
+def test_two_independent_processes_on_one_fresh_sqlite_store(tiny_config, workdir):
+    """Issue 15: two processes with the same command and seed on a new sqlite store both exit 0 (the first use of
+    the Optuna and MLflow sqlite files is serialized: no Alembic race), share exactly 6 finished trials, each
+    baseline once, and sample distinct parameters (the sampler is seeded per trial number, not per process)."""
+    _independent_processes_end_state(workdir, _two_processes(workdir, tiny_config), "tiny")
+
+
+def test_two_independent_processes_on_postgresql(tiny_config, workdir):
+    """The same on a PostgreSQL Optuna storage (the many-machines path): a new study name, both processes at once."""
+    need_service(bool(POSTGRES), "PostgreSQL (HARNESS_TEST_POSTGRES, set by .ci/run)")
+    name = f"pg2-{int(time.time())}"
+    outs = _two_processes(workdir, tiny_config, ["--storage", POSTGRES, "--study-name", name])
+    _independent_processes_end_state(workdir, outs, name, POSTGRES)
+
+
+def test_sigkill_one_of_three_workers(tiny_config, workdir):
+    """kill -9 of one worker process of --workers 3 while its trial trains: the study still ends with exactly 4
+    finished trials, no RUNNING trial or run, the killed trial FAILED and retried once with its params, no process
+    of the study left alive, and the crash shows: exit code 3 and the summary line 'crashed workers: 1'."""
+    import psutil
+
+    cmd = [sys.executable, "-m", "harness.study", "--config", str(tiny_config), "--no-report", "--n-trials", "4",
+           "--workers", "3", "--set", "train.epochs=6", "--set", "search.unfreeze_epoch=[1,6]"]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
+    launcher, seen, victim = psutil.Process(proc.pid), set(), None
+    deadline = time.time() + 300
+    try:
+        while victim is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            seen |= {c.pid for c in launcher.children(recursive=True)}
+            try:
+                s = optuna.load_study(study_name="tiny", storage=storage)
+            except Exception:  # not created yet
+                continue
+            workers = {c.pid for c in launcher.children()}
+            for t in s.get_trials(states=(TrialState.RUNNING,)):
+                # a worker's trial (not the launcher's), with its MLflow run, between epochs 1 and 5 of 6
+                if t.system_attrs.get("harness.pid") in workers and "mlflow_run_id" in t.user_attrs \
+                        and t.intermediate_values:
+                    victim = t
+                    os.kill(t.system_attrs["harness.pid"], signal.SIGKILL)
+                    break
+        assert victim is not None, "no running worker trial to kill"
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == study.EXIT_WORKER_CRASHED, out
+    assert "crashed workers: 1 (worker" in out and "SIGKILL" in out, out
+    trials = _check_end_state(workdir, "tiny", 4)
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL and "died" in killed.system_attrs.get("fail_reason", "")
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params and retries[0].state in FINISHED
+    assert len(seen) >= 3  # the three workers were seen, and none of them (nor anything they started) is left
+    alive = [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], alive
