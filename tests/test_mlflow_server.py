@@ -91,3 +91,128 @@ def test_study_and_report_over_http(server, tiny_config, workdir, capsys):
     assert local == workdir / "reports" / "tiny" / "index.html" and logged == local.read_text(encoding="utf-8")
     assert results.artifact(client, parent.info.run_id, "report/report.json") is not None
     assert child.info.run_id in logged  # the leaderboard row of the trial, read back through the server
+
+
+SECRET = "S3cretPW-http"
+
+
+@pytest.fixture
+def auth_proxy(server):
+    """A basic-auth gate in front of the MLflow server, on 127.0.0.1: a request without `harness:SECRET` gets 401,
+    any other is forwarded as is (method, headers, body). Yields (its URL, the list of Authorization headers seen),
+    so a test proves the credentials really travelled, in the header and never in a host name."""
+    import base64
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    target = urlsplit(server)
+    expected = "Basic " + base64.b64encode(f"harness:{SECRET}".encode()).decode()
+    seen = []
+
+    class Gate(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _forward(self):
+            seen.append(self.headers.get("Authorization"))
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization", "connection")}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _forward
+
+    gate = ThreadingHTTPServer(("127.0.0.1", 0), Gate)
+    thread = threading.Thread(target=gate.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{gate.server_address[1]}", seen
+    finally:
+        gate.shutdown()
+        gate.server_close()
+
+
+def _secrets_in_files(root: Path, secrets: list[str]) -> list[str]:
+    """Every file under root (sqlite databases, artifacts, reports, caches) that holds a secret, read as bytes."""
+    return [f"{p}: {s}" for p in root.rglob("*") if p.is_file() for s in secrets if s.encode() in p.read_bytes()]
+
+
+def test_passwords_reach_no_output_file_or_artifact(auth_proxy, tiny_config, workdir, capfd, monkeypatch):
+    """Issue 15: a real study (report included) with a password in --tracking-uri (an MLflow server behind basic
+    auth) and in --storage (PostgreSQL, when there): the password is in no console line, no file under the working
+    directory (MLflow server database and artifacts, Optuna sqlite or PostgreSQL rows, report HTML and JSON, caches),
+    and no MLflow tag, param or artifact read back through the API; the credentials did reach the server, as a
+    basic-auth header. A rebuild of the report through `python -m harness.report` and a bad-input error leak nothing
+    either."""
+    import base64
+
+    import sqlalchemy
+    from urllib.parse import urlsplit
+
+    from harness.report.__main__ import main as report_main
+    from conftest import need_service
+
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # set by the study; gone after this test
+        monkeypatch.delenv(var, raising=False)
+    gate, seen = auth_proxy
+    uri = gate.replace("http://", f"http://harness:{SECRET}@")
+    pg = os.environ.get("HARNESS_TEST_POSTGRES")
+    need_service(bool(pg), "PostgreSQL (HARNESS_TEST_POSTGRES, set by .ci/run)")
+    pg_secret = urlsplit(pg).password
+    secrets = [SECRET] + ([pg_secret] if pg_secret and pg_secret not in pg.replace(f":{pg_secret}@", "@") else [])
+    if os.environ.get("HARNESS_REQUIRE_SERVICES") == "1":
+        assert len(secrets) == 2, "HARNESS_TEST_POSTGRES's password must differ from its user and database names"
+    name = f"secret-{int(time.time())}"
+    argv = ["--config", str(tiny_config), "--n-trials", "2", "--tracking-uri", uri, "--storage", pg,
+            "--study-name", name]
+    assert study.main(argv) == 0
+    assert report_main(["--study-name", name, "--tracking-uri", uri, "--storage", pg]) == 0
+    bad = [a if a != pg else pg.replace("postgresql://", "mysql://") for a in argv]
+    assert study.main(bad) == 2  # an error message quoting the (redacted) storage URL
+    out = capfd.readouterr()
+    console = out.out + out.err
+    assert "harness:***@127.0.0.1" in console and "rebuild the report" in console
+    assert not [s for s in secrets if s in console], console[-3000:]
+
+    expected = "Basic " + base64.b64encode(f"harness:{SECRET}".encode()).decode()
+    assert len(seen) > 20 and set(seen) == {expected}  # every request of the study and the report carried it
+    assert not _secrets_in_files(workdir, secrets)  # mlruns/ (caches), reports/, the server's db and artifacts (tmp)
+    assert (workdir / "reports" / name / "index.html").is_file()
+
+    client = MlflowClient(tracking_uri=gate)  # authenticated by MLFLOW_TRACKING_USERNAME/PASSWORD, set by the study
+    exp = client.get_experiment_by_name(name)
+    for run in client.search_runs([exp.experiment_id]):
+        for text in (str(run.data.tags), str(run.data.params)):
+            assert not [s for s in secrets if s in text]
+        stack = [a for a in client.list_artifacts(run.info.run_id)]
+        while stack:
+            a = stack.pop()
+            if a.is_dir:
+                stack += client.list_artifacts(run.info.run_id, a.path)
+            else:
+                data = results.artifact(client, run.info.run_id, a.path)
+                assert not [s for s in secrets if s.encode() in data], a.path
+    engine = sqlalchemy.create_engine(pg)  # every row of the Optuna storage, as text
+    with engine.connect() as conn:
+        for table in sqlalchemy.inspect(engine).get_table_names():
+            rows = str(conn.execute(sqlalchemy.text(f'SELECT * FROM "{table}"')).fetchall())
+            assert not [s for s in secrets if s in rows], table
+    engine.dispose()
