@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import statistics
 
 import torch
@@ -143,7 +144,7 @@ def _sections_cde(r: dict) -> list[str]:
         lines.append(f"- pruner {pruner}: {v['finished']} finished ({v['pruned']} pruned) in {v['span']:.1f} s "
                      f"of trials -> {v['per_minute']:.2f} trials/min; whole command {v['wall']:.1f} s "
                      f"(setup included); load average {v['load'][0]:.1f} before, {v['load'][1]:.1f} after; "
-                     f"`python -m harness.study {' '.join(v['argv'])}`")
+                     f"`{shlex.join(['python', '-m', 'harness.study', *v['argv']])}`")
     lines += [
         "",
         "## (d) shift evaluation",

@@ -93,3 +93,38 @@ def test_reader_refuses_a_missing_store_instead_of_creating_it(tmp_path):
     with pytest.raises(store.StoreNotFound, match="no MLflow store"):
         store.connect(uri, existing=True)
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_http_credentials_go_in_a_header_never_to_a_name_lookup(monkeypatch):
+    """check_reachable on http://user:password@127.0.0.1:PORT: the server receives the basic-auth header MLflow would
+    send; no host name looked up holds the userinfo; a dead port's message shows the user and *** only."""
+    import base64
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    got, looked_up, real = [], [], socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: looked_up.append(host) or real(host, *a, **k))
+
+    class Api(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            got.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    server = HTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    port = server.server_address[1]
+    store.check_reachable(f"http://us%40r:se%3Acret@127.0.0.1:{port}", timeout=5)
+    server.server_close()
+    assert got == [("/api/2.0/mlflow/experiments/search?max_results=1",
+                    "Basic " + base64.b64encode(b"us@r:se:cret").decode())]
+    with pytest.raises(ConnectionError) as e:
+        store.check_reachable(f"http://harness:secret@127.0.0.1:{port}", timeout=5)  # nothing listens now
+    assert f"http://harness:***@127.0.0.1:{port} is unreachable" in str(e.value) and "secret" not in str(e.value)
+    assert looked_up and not [h for h in looked_up if "@" in str(h) or "cret" in str(h)]

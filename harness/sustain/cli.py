@@ -144,8 +144,8 @@ def check_store(cfg: config.Config) -> None:
     uri = cfg.study.tracking_uri or store.default_tracking_uri()
     if tracking.existing_role(uri, cfg.study.name) == "study":
         raise ConfigError("study.name", f"{cfg.study.name!r} is the MLflow experiment of a regular study "
-                          f"(python -m harness.study); a sustain study needs a name of its own, e.g. --study-name "
-                          f"sustain-{cfg.study.name}")
+                          f"(python -m harness.study); a sustain study needs a name of its own, e.g. "
+                          f"{store.command_line('--study-name', 'sustain-' + cfg.study.name)}")
 
 
 # ---------------------------------------------------------------------------------------------------- run

@@ -1,0 +1,59 @@
+"""The study's sampler across processes: seeded per trial number, so one process repeats itself and independent
+processes of one study (same command, same seed, one storage) draw distinct parameters (issue 15)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import optuna
+import pytest
+
+from harness import config, study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+LR = (1e-4, 1.0)
+
+
+def _cfg(sampler="tpe"):
+    return config.load(None, [f"study.sampler={sampler}", f"search.lr=[{LR[0]}, {LR[1]}]", "study.n_trials=12"])
+
+
+def _trial(s: optuna.Study) -> tuple:
+    """One trial as harness.trial suggests it (lr, then freeze_layers), told a value that depends on it."""
+    t = s.ask()
+    lr, k = t.suggest_float("lr", *LR, log=True), t.suggest_int("freeze_layers", 0, 4)
+    s.tell(t, -abs(math.log10(lr) + 2) - 0.1 * k)
+    return t.number, lr, k
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random"])
+def test_one_process_draws_the_same_sequence_on_every_run(kind):
+    """Past TPE's 4 startup trials too: two runs of one process on two fresh storages draw identical parameters."""
+    runs = [[_trial(s) for _ in range(10)] for s in
+            (optuna.create_study(sampler=study.sampler(_cfg(kind)), direction="maximize") for _ in range(2))]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random"])
+def test_independent_processes_on_one_storage_draw_distinct_parameters(kind):
+    """Two samplers built alike (as two processes started with the same command would build them) alternate on one
+    storage: every trial's parameters differ. Seeded per process instead, trials 0 and 1 were identical."""
+    storage = optuna.storages.InMemoryStorage()
+    a = optuna.create_study(storage=storage, study_name="s", sampler=study.sampler(_cfg(kind)), direction="maximize")
+    b = optuna.load_study(storage=storage, study_name="s", sampler=study.sampler(_cfg(kind)))
+    drawn = [_trial(s) for _ in range(5) for s in (a, b)]
+    assert [n for n, _, _ in drawn] == list(range(10))
+    assert len({lr for _, lr, _ in drawn}) == 10
+
+
+def test_startup_trial_draws_what_its_seed_says():
+    """Independent computation: during TPE's startup, trial n's lr is the first draw of numpy's RandomState seeded
+    (sha256("0:n")[:4] little-endian + 1) mod 2^32 (the startup RandomSampler's stream), uniform on the log bounds."""
+    s = optuna.create_study(sampler=study.sampler(_cfg("tpe")), direction="maximize")
+    for n in range(4):  # n_startup_trials = min(10, max(3, 12 // 3)) = 4
+        number, lr, _ = _trial(s)
+        seed = (int.from_bytes(hashlib.sha256(f"0:{number}".encode()).digest()[:4], "little") + 1) % 2**32
+        expected = math.exp(np.random.RandomState(seed).uniform(math.log(LR[0]), math.log(LR[1])))
+        assert number == n and lr == pytest.approx(expected, rel=1e-12)
