@@ -1,5 +1,6 @@
-"""The study's sampler across processes: seeded per trial number, so one process repeats itself and independent
-processes of one study (same command, same seed, one storage) draw distinct parameters (issue 15)."""
+"""What independent processes of one study see (issue 15): the sampler, seeded per trial number, so one process
+repeats itself and processes sharing a storage draw distinct parameters; the commands the summary prints, quoted for
+the shell."""
 
 from __future__ import annotations
 
@@ -57,3 +58,20 @@ def test_startup_trial_draws_what_its_seed_says():
         seed = (int.from_bytes(hashlib.sha256(f"0:{number}".encode()).digest()[:4], "little") + 1) % 2**32
         expected = math.exp(np.random.RandomState(seed).uniform(math.log(LR[0]), math.log(LR[1])))
         assert number == n and lr == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["a;touch X", "it's \"quoted\"", "two\nlines", "$(touch X)", "-x *"])
+def test_summary_commands_survive_a_real_shell(name, tmp_path):
+    """The UI and report commands the summary prints, given to /bin/sh: each argument arrives whole (printf shows
+    them NUL-separated), nothing runs (no file X appears), and the password arrives as *** only."""
+    import subprocess
+
+    cfg = config.load(None, [], **{"study.name": name, "study.storage": "postgresql://u:pw@db/optuna"})
+    uri = "http://harness:S3cret@127.0.0.1:5000"
+    text = study.hints(cfg, uri)
+    report = text.split("rebuild the report:\n  ", 1)[1].split("\n(passwords are shown as ***)", 1)[0]
+    out = subprocess.run(["sh", "-c", "printf '%s\\0' " + report], cwd=tmp_path, capture_output=True, check=True)
+    assert out.stdout.decode().split("\0")[:-1] == [
+        "python", "-m", "harness.report", "--study-name", name, "--tracking-uri", "http://harness:***@127.0.0.1:5000",
+        "--storage", "postgresql://u:***@db/optuna"]
+    assert not list(tmp_path.iterdir()) and "S3cret" not in text
