@@ -20,6 +20,60 @@ def test_suggest_conditional_space():
     assert p["unfreeze_epoch"] == 3
 
 
+def test_sampler_sees_the_conditional_strategy_space():
+    """With three strategies the sampler gets a categorical `strategy`, and each trial's distributions are exactly
+    its strategy's: prefix -> freeze_layers (+ unfreeze_epoch when k > 0), surgical -> tune_group in 0..n-1 and
+    tune_head, gradual -> gradual_every. Enqueued baselines stay prefix trials."""
+    cfg = config.load(None, ['search.strategy=["prefix", "surgical", "gradual"]', "search.gradual_every=[1, 3]"])
+    st = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    st.enqueue_trial({"lr": 0.01, "freeze_layers": 4, "unfreeze_epoch": 6}, user_attrs={"baseline": "linear_probe"})
+    seen = set()
+    for i in range(40):
+        t = st.ask()
+        p = trial.suggest(t, cfg, 4)
+        st.tell(t, 0.5)
+        space = set(t.distributions)
+        if i == 0:
+            assert p == {"lr": 0.01, "strategy": "prefix", "freeze_layers": 4, "unfreeze_epoch": 6}
+            assert "strategy" not in space
+            continue
+        assert isinstance(t.distributions["strategy"], optuna.distributions.CategoricalDistribution)
+        assert t.distributions["strategy"].choices == ("prefix", "surgical", "gradual")
+        seen.add(p["strategy"])
+        if p["strategy"] == "prefix":
+            assert space == {"lr", "strategy", "freeze_layers"} | ({"unfreeze_epoch"} if p["freeze_layers"] else set())
+        elif p["strategy"] == "surgical":
+            assert space == {"lr", "strategy", "tune_group", "tune_head"}
+            assert t.distributions["tune_group"].low == 0 and t.distributions["tune_group"].high == 3
+            assert set(p) == {"lr", "strategy", "tune_group", "tune_head"}
+        else:
+            assert space == {"lr", "strategy", "gradual_every"} and 1 <= p["gradual_every"] <= 3
+    assert seen == {"prefix", "surgical", "gradual"}
+    # a prefix-only study (the default) samples exactly what it did before: no strategy parameter at all
+    p = trial.suggest(optuna.trial.FixedTrial({"lr": 0.01, "freeze_layers": 2, "unfreeze_epoch": 3}), config.load(), 4)
+    assert p == {"lr": 0.01, "freeze_layers": 2, "unfreeze_epoch": 3}
+
+
+def test_strategy_params_become_the_recipe_and_pruning_waits():
+    """Each strategy's params map onto train.Recipe; gradual may be pruned one epoch after its last unfreezing."""
+    sur = {"lr": 0.1, "strategy": "surgical", "tune_group": 1, "tune_head": False}
+    assert trial.recipe_settings(sur) == {"strategy": "surgical", "tune_group": 1, "tune_head": False}
+    assert trial.recipe_settings({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 3})["freeze_layers"] == 2
+    assert trial.first_prune(2, sur, 6, 4) == 2
+    assert trial.first_prune(2, {"strategy": "gradual", "gradual_every": 1}, 6, 4) == 5  # all 4 groups train from 4
+    assert trial.first_prune(2, {"strategy": "gradual", "gradual_every": 2}, 6, 4) == 2  # never all: as a probe
+
+
+def test_strategy_config_is_checked():
+    """Unknown or repeated strategies and a gradual_every below 1 exit 2 naming the key."""
+    for override, key in (('search.strategy=["prefix", "layerwise"]', "search.strategy"),
+                          ('search.strategy=["surgical", "surgical"]', "search.strategy"),
+                          ("search.gradual_every=[0, 2]", "search.gradual_every")):
+        with pytest.raises(config.ConfigError) as err:
+            config.load(None, [override])
+        assert err.value.key == key
+
+
 def test_baselines_are_full_ft_linear_probe_lp_ft():
     cfg = config.load()
     b = {x["name"]: x["params"] for x in trial.baselines(cfg, 4)}
