@@ -163,6 +163,21 @@ def test_corruption_errors_against_the_linear_probe():
     assert trial.corruption_errors(0.9, curves, None) == {}
 
 
+def test_mce_over_the_15_benchmark_corruptions_only_when_all_are_tested():
+    """mce_benchmark is the mean CE over CIFAR-10-C's 15 corruptions when all 15 are test shifts (extra shifts such
+    as rotate do not enter it), and is absent when one of the 15 is missing."""
+    names = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+             "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression"]
+    ref = {"id_acc": 0.8, "shift_acc": {n: {"1": 0.5} for n in names + ["rotate"]}}
+    curves = {n: {1: {"acc": 0.5 + 0.01 * i}} for i, n in enumerate(names)}
+    curves["rotate"] = {1: {"acc": 0.0}}
+    out = trial.corruption_errors(0.9, curves, ref)
+    assert out["mce_benchmark"] == pytest.approx(sum((0.5 - 0.01 * i) / 0.5 for i in range(15)) / 15)
+    assert out["mce"] != out["mce_benchmark"]  # mce averages every test corruption, rotate included
+    del curves["frost"]
+    assert "mce_benchmark" not in trial.corruption_errors(0.9, curves, ref)
+
+
 @pytest.mark.slow
 def test_test_shifts_never_steer_selection(workdir):
     """Two studies identical but for their held-out test shifts (objective ood_val_acc, TPE): every trial has the
