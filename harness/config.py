@@ -68,6 +68,9 @@ class Data:
     # holdout_classes never appear in fine-tuning and form the subpopulation-shift test set
     task: str = "classes"
     holdout_classes: list[int] = field(default_factory=list)
+    # a shifted target domain: "name:severity" (a string, or a list of them for a mixture) applied to the target
+    # train/val/test images before fine-tuning (harness.suite.target_domain); [] = the clean target task
+    target_shift: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,8 @@ def _coerce(key: str, value, tp):
 
 
 def _section(name: str, values: dict):
+    if name == "data" and isinstance(values.get("target_shift"), str):  # one shift may be written without a list
+        values = {**values, "target_shift": [values["target_shift"]]}
     cls = SECTIONS[name]
     hints = typing.get_type_hints(cls)
     allowed = list(hints)
@@ -359,6 +364,19 @@ def _check_data(cfg: Config) -> None:
             raise ConfigError("data.holdout_classes", f"fine-tuning digits {sorted(seen)} must include odd and even ones")
 
 
+def target_shifts(d: Data) -> list[tuple[str, int]]:
+    """data.target_shift as (shift name, severity) pairs; the names are checked against the registry at preflight."""
+    out = []
+    for text in d.target_shift:
+        name, _, sev = text.partition(":")
+        if not name or not sev.strip().isdigit() or not 1 <= int(sev) <= 5:
+            raise ConfigError("data.target_shift", f"expected \"name:severity\" with severity 1..5, got {text!r}")
+        out.append((name.strip(), int(sev)))
+    if len({n for n, _ in out}) != len(out):
+        raise ConfigError("data.target_shift", f"lists a shift twice: {d.target_shift}")
+    return out
+
+
 def _check_model(cfg: Config) -> None:
     """The [model, pretrain, train] section(s): choices, ranges and cross-key rules."""
     d, m, p, t = cfg.data, cfg.model, cfg.pretrain, cfg.train
@@ -411,6 +429,11 @@ def _check_shifts(cfg: Config) -> None:
         raise ConfigError("shifts.severities", f"must be distinct integers in 1..5, got {sh.severities}")
     _positive("shifts.label_alpha", sh.label_alpha, allow_zero=True)
     _positive("shifts.eval_images", sh.eval_images, allow_zero=True)
+    for key in ("test", "selection"):  # the target domain is in-distribution for the study, never an OOD set
+        both = sorted({n for n, _ in target_shifts(cfg.data)} & set(getattr(sh, key)))
+        if both:
+            raise ConfigError("data.target_shift", f"{', '.join(both)} is the target domain and cannot also be a "
+                              f"{'test' if key == 'test' else 'selection'} shift (shifts.{key}); remove it there")
     if s.objective in ("ood_val_acc", "multi") and not sh.selection:
         raise ConfigError("study.objective", f"{s.objective!r} needs at least one shift in shifts.selection")
 
