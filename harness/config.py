@@ -121,6 +121,10 @@ class Shifts:
     # images per shifted set: a fixed stratified subset of the split (0 = all). 100 x 5 severities = 500 images
     # per shift keeps evaluation near a quarter of a trial on 2 CPU cores; the clean test set is always whole.
     eval_images: int = 100
+    # a folder in CIFAR-10-C's layout (<corruption>.npy: 5 severities x N uint8 HxWx3 images, severity-major, and
+    # labels.npy): each file is a test shift "c10c.<corruption>" at shifts.severities, eval_images per severity;
+    # "" = none. Alongside the simulated shifts, or instead of them with test = []
+    files: str = ""
 
 
 @dataclass(frozen=True)
@@ -429,6 +433,9 @@ def _check_shifts(cfg: Config) -> None:
         raise ConfigError("shifts.severities", f"must be distinct integers in 1..5, got {sh.severities}")
     _positive("shifts.label_alpha", sh.label_alpha, allow_zero=True)
     _positive("shifts.eval_images", sh.eval_images, allow_zero=True)
+    if sh.files and not (Path(sh.files).expanduser() / "labels.npy").is_file():
+        raise ConfigError("shifts.files", f"{sh.files} has no labels.npy (expected CIFAR-10-C's layout: "
+                          "<corruption>.npy files of 5 x N images and labels.npy)")
     for key in ("test", "selection"):  # the target domain is in-distribution for the study, never an OOD set
         both = sorted({n for n, _ in target_shifts(cfg.data)} & set(getattr(sh, key)))
         if both:

@@ -45,6 +45,8 @@ FINAL = {
     "relative_mce": "mean relative corruption error over the test corruptions",
     "mce_benchmark": "mCE over CIFAR-10-C's 15 benchmark corruptions (shifts.BENCHMARK); only when all 15 are test shifts",
     "relative_mce_benchmark": "relative mCE over the 15 benchmark corruptions; only when all 15 are test shifts",
+    "mce_benchmark_files": "mCE over the 15 benchmark corruptions read from shifts.files (c10c.<corruption>)",
+    "relative_mce_benchmark_files": "relative mCE over the 15 benchmark corruptions read from shifts.files",
     "train_seconds": "wall seconds of the training epochs",
     "eval_seconds": "wall seconds of the evaluation on the clean test split and every shift",
     "peak_rss_mb": "peak resident memory of the process, MiB",

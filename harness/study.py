@@ -179,7 +179,7 @@ def _log_study(ctx: context.Context) -> None:
             "harness.shifts.family": ",".join(f"{n}:{f}" for n, f in ctx.suite["family"].items()),
             "harness.objective": cfg.study.objective, "harness.seed": cfg.study.seed,
             "harness.n_trials_target": cfg.study.n_trials, "harness.optuna_storage": store.redact(cfg.study.storage or "sqlite:///mlruns/optuna.db"),
-            "harness.shifts.selection": ",".join(cfg.shifts.selection), "harness.shifts.test": ",".join(cfg.shifts.test),
+            "harness.shifts.selection": ",".join(cfg.shifts.selection), "harness.shifts.test": ",".join(cfg.shifts.test + list(ctx.suite.get("files", {}))),
             "harness.shift_suite": suite_info["key"], "harness.data": data["key"],
             # sample sizes behind every accuracy: the report's confidence intervals need them
             "harness.n_test": len(data["test"][1]),

@@ -114,6 +114,8 @@ def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[di
     curves = {}  # name -> {severity: {acc, ece, nll}}
     for name, sev in suite.get("test", {}).items():
         curves[name] = {s: metrics.summarize(train.predict(model, xs, batch_size, device), y) for s, xs in sev.items()}
+    for name, sev in suite.get("files", {}).items():  # real corruption files (shifts.files): own labels per severity
+        curves[name] = {s: metrics.summarize(train.predict(model, xs, batch_size, device), ys) for s, (xs, ys) in sev.items()}
     for name, (xs, ys) in suite.get("test_sets", {}).items():  # label / subpopulation shifts: own labels
         logits = train.predict(model, xs, batch_size, device)
         curves[name] = {1: metrics.summarize(logits, ys)}
@@ -182,10 +184,12 @@ def corruption_errors(id_acc: float, curves: dict, reference: dict | None) -> di
     if rces:
         out["relative_mce"] = sum(rces) / len(rces)
     # CIFAR-10-C's mCE proper: over its 15 benchmark corruptions, only when every one of them is a test shift
-    for key, name in (("ce", "mce_benchmark"), ("rce", "relative_mce_benchmark")):
-        vals = [out.get(schema.shift_key(c, key)) for c in shifts.BENCHMARK]
-        if all(v is not None for v in vals):
-            out[name] = sum(vals) / len(vals)
+    # (and the same over the real files' c10c.<corruption> sets when shifts.files holds all 15)
+    for prefix, suffix in (("", ""), ("c10c.", "_files")):
+        for key, name in (("ce", "mce_benchmark"), ("rce", "relative_mce_benchmark")):
+            vals = [out.get(schema.shift_key(prefix + c, key)) for c in shifts.BENCHMARK]
+            if all(v is not None for v in vals):
+                out[name + suffix] = sum(vals) / len(vals)
     return out
 
 
@@ -272,7 +276,8 @@ def evaluate_trial(model, ctx, val: dict, baseline: str, study: optuna.Study) ->
     own = {"id_acc": final["id_acc"], "shift_acc": shift_acc}
     ref = own if baseline == "linear_probe" else _linear_probe_reference(
         study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    final.update(corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in suite["test"]}, ref))
+    corrupted = set(suite["test"]) | set(suite.get("files", {}))
+    final.update(corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in corrupted}, ref))
     final.update(val_acc_final=val["acc"], eval_seconds=time.perf_counter() - t1,
                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if device.type == "cuda":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 import torch
 
 from harness import config, data as datamod, shifts, suite
@@ -132,3 +134,75 @@ def test_target_shift_cannot_also_be_a_test_shift(tmp_path):
         study.preflight(config.load(None, ['data.target_shift="hail:2"']))
     assert err.value.key == "data.target_shift"
     assert config.load(None, ['data.target_shift="snow:2"']).data.target_shift == ["snow:2"]
+
+
+# ------------------------------------------------------------------------------- real corruption files (CIFAR-10-C)
+
+
+def write_c10c(folder, names=("gaussian_noise", "frost"), per=4, classes=5, size=16):
+    """A tiny CIFAR-10-C layout: <name>.npy of 5 severities x `per` uint8 HxWx3 images (severity-major; pixel value
+    = 40 * severity + 10 * file index, so each set says where it came from) and labels.npy (5 repeats of one
+    block)."""
+    import numpy as np
+
+    folder.mkdir()
+    block = np.arange(per) % classes
+    np.save(folder / "labels.npy", np.tile(block, 5).astype(np.uint8))
+    for i, name in enumerate(names):
+        arr = np.zeros((5 * per, size, size, 3), dtype=np.uint8)
+        for s in range(5):
+            arr[s * per:(s + 1) * per] = 40 * (s + 1) + 10 * i
+        np.save(folder / f"{name}.npy", arr)
+    return block
+
+
+def test_corruption_files_are_read_with_their_labels(tmp_path):
+    """shifts.files: each <name>.npy becomes the test shift c10c.<name>, each requested severity its block of the
+    file (severity-major), with labels.npy's labels; eval_images picks a class-stratified subset, the same rows at
+    every severity."""
+    cfg, data = _setup(tmp_path)
+    block = write_c10c(tmp_path / "c10c", per=10)
+    sh = dataclasses.replace(cfg.shifts, test=[], files=str(tmp_path / "c10c"), severities=[1, 3, 5], eval_images=0)
+    s, info = suite.build(sh, data, tmp_path / "cache")
+    assert set(s["files"]) == {"c10c.gaussian_noise", "c10c.frost"} and s["family"]["c10c.frost"] == "weather"
+    for i, name in enumerate(("gaussian_noise", "frost")):
+        for sev in (1, 3, 5):
+            x, y = s["files"][f"c10c.{name}"][sev]
+            assert x.shape == (10, 3, 16, 16) and x.dtype == torch.float32
+            assert torch.allclose(x, torch.full_like(x, (40 * sev + 10 * i) / 255))
+            assert torch.equal(y, torch.as_tensor(block, dtype=torch.long))
+    assert info["n_sets"] == (len(cfg.shifts.selection)) * 3 + 2 * 3
+    cached, _ = suite.build(sh, data, tmp_path / "cache")
+    assert torch.equal(cached["files"]["c10c.frost"][5][0], s["files"]["c10c.frost"][5][0])
+    half = dataclasses.replace(sh, eval_images=5)
+    t, _ = suite.build(half, data, None)
+    y1, y5 = t["files"]["c10c.frost"][1][1], t["files"]["c10c.frost"][5][1]
+    assert len(y1) == 5 and torch.equal(y1, y5) and torch.bincount(y1, minlength=5).tolist() == [1] * 5
+
+
+def test_corruption_files_are_evaluated_like_shifts(tmp_path):
+    """test_metrics gives each file set per-severity accuracy against labels.npy's labels (not the test split's)."""
+    from harness import trial
+
+    cfg, data = _setup(tmp_path)
+    write_c10c(tmp_path / "c10c", per=10)
+    sh = dataclasses.replace(cfg.shifts, test=[], files=str(tmp_path / "c10c"), severities=[2], eval_images=0)
+    s, _ = suite.build(sh, data, None)
+
+    class Oracle(torch.nn.Module):  # always class 0: right exactly where labels.npy says 0
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 5).float()
+
+    final, curves = trial.test_metrics(Oracle(), s, data, 8, torch.device("cpu"))
+    # labels 0..4 twice: predicting class 0 everywhere is right on 2 of 10
+    assert curves["c10c.frost"][2]["acc"] == pytest.approx(0.2) and curves["c10c.gaussian_noise"][2]["acc"] == pytest.approx(0.2)
+    assert final["ood_acc/weather"] == pytest.approx(0.2)
+
+
+def test_corruption_files_config_is_checked(tmp_path):
+    """A folder without labels.npy is bad input naming shifts.files."""
+    import pytest as _pytest
+
+    with _pytest.raises(config.ConfigError) as err:
+        config.load(None, [f'shifts.files="{tmp_path}"'])
+    assert err.value.key == "shifts.files"
