@@ -125,7 +125,7 @@ def _build(cfg: Shifts, data: dict) -> dict[str, torch.Tensor]:
             x, y = x[keep], y[keep]
         out[f"labels/{part}/y"], out[f"clean/{part}/x"] = y.contiguous(), x.contiguous()
         if part == "test" and "clean_test" in data:  # the source domain's clean images: an OOD set of the study
-            out["sets/clean/x"], out["sets/clean/y"] = x.contiguous(), y.contiguous()
+            out["sets/clean/x"], out["sets/clean/y"] = x.clone(), y.clone()  # safetensors stores no shared memory
         for i, name in enumerate(names):
             for s in cfg.severities:
                 # one fixed seed per (shift, severity): the same set for every trial, every worker, every resume

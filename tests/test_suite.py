@@ -108,7 +108,8 @@ def test_target_domain_suite_tests_on_clean_and_other_shifts(tmp_path):
     d = dataclasses.replace(cfg.data, target_shift=["gaussian_noise:5"])
     target = suite.target_domain(d, data, 0, None)
     sh = dataclasses.replace(cfg.shifts, test=["contrast"], severities=[5])
-    s, _ = suite.build(sh, target, None)
+    s, _ = suite.build(sh, target, tmp_path / "cache")  # written to the cache and read back
+    s, _ = suite.build(sh, target, tmp_path / "cache")
     clean_x, clean_y = s["test_sets"]["clean"]
     assert s["family"]["clean"] == "clean" and torch.equal(clean_y, s["labels"]["test"])
     assert torch.allclose(s["test"]["contrast"][5], _contrast5(clean_x), atol=1e-6)
