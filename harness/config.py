@@ -109,6 +109,9 @@ class Search:
     strategy: list[str] = field(default_factory=lambda: ["prefix"])
     tune_head: list[bool] = field(default_factory=lambda: [True, False])  # surgical: choices for tune_head
     gradual_every: list[int] = field(default_factory=lambda: [1, 2])  # gradual: bounds, epochs between unfreezings
+    # enqueue, after the baselines, one surgical trial per group (that group alone, head frozen) at the baselines'
+    # lr: Lee et al.'s sweep of which block to tune (needs "surgical" in strategy and false in tune_head)
+    surgical_sweep: bool = False
 
 
 @dataclass(frozen=True)
@@ -418,6 +421,8 @@ def _check_search(cfg: Config) -> None:
     if not q.tune_head or len(set(q.tune_head)) != len(q.tune_head):
         raise ConfigError("search.tune_head", f"needs distinct booleans (true, false or both), got {q.tune_head}")
     _bounds("search.gradual_every", q.gradual_every, low_min=1)
+    if q.surgical_sweep and ("surgical" not in q.strategy or False not in q.tune_head):
+        raise ConfigError("search.surgical_sweep", "needs \"surgical\" in search.strategy and false in search.tune_head")
 
 
 def _check_shifts(cfg: Config) -> None:

@@ -150,6 +150,8 @@ def launch(ctx: context.Context, study: optuna.Study, log=print) -> None:
     if ctx.created or not study.trials:
         for b in trialmod.baselines(cfg, ctx.n_groups):
             study.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
+        for params in trialmod.surgical_sweep(cfg, ctx.n_groups):
+            study.enqueue_trial(params, skip_if_exists=True)
     suite = info["suite"]
     log(f"data: {len(data['train'][0])} train / {len(data['val'][0])} val / {len(data['test'][0])} test "
         f"images, {len(data['classes'])} classes; shifts: {suite['n_sets']} sets "

@@ -77,6 +77,16 @@ def baselines(cfg: Config, n_groups: int) -> list[dict]:
     ]
 
 
+def surgical_sweep(cfg: Config, n_groups: int) -> list[dict]:
+    """search.surgical_sweep: one trial per group, that group alone (head frozen), at the baselines' lr; Lee et al.
+    2023's question of which block to tune. Enqueued after the baselines; [] when the key is off."""
+    if not cfg.search.surgical_sweep:
+        return []
+    lr = math.sqrt(cfg.search.lr[0] * cfg.search.lr[1])
+    named = {"strategy": "surgical"} if len(cfg.search.strategy) > 1 else {}
+    return [{"lr": lr, **named, "tune_group": j, "tune_head": False} for j in range(n_groups)]
+
+
 def prune_from(warmup: int, k: int, e: int, epochs: int) -> int:
     """How many epochs a trial runs before it may be pruned: prune_warmup, and for a trial that unfreezes at epoch e,
     e + 1 (one epoch with every group training): a frozen model looks worse early and must not be killed for it.

@@ -193,3 +193,32 @@ def test_test_shifts_never_steer_selection(workdir):
     assert [t.params for t in a] == [t.params for t in b]
     assert [t.value for t in a] == [t.value for t in b]
     assert set(a[0].user_attrs["shift_acc"]) != set(b[0].user_attrs["shift_acc"])  # their reports do differ
+
+
+def test_surgical_sweep_enqueues_each_group_alone():
+    """search.surgical_sweep: one enqueued trial per group, head frozen, at the baselines' lr; through suggest each
+    becomes that surgical trial. Without "surgical" among the strategies the key is refused (exit 2)."""
+    cfg = config.load(None, ['search.strategy=["prefix", "surgical"]', "search.surgical_sweep=true"])
+    sweep = trial.surgical_sweep(cfg, 4)
+    lr = trial.baselines(cfg, 4)[0]["params"]["lr"]
+    assert [p["tune_group"] for p in sweep] == [0, 1, 2, 3] and all(p["lr"] == lr and not p["tune_head"] for p in sweep)
+    st = optuna.create_study()
+    for p in sweep:
+        st.enqueue_trial(p)
+    got = [trial.suggest(st.ask(), cfg, 4) for _ in sweep]
+    assert got == [{"lr": lr, "strategy": "surgical", "tune_group": j, "tune_head": False} for j in range(4)]
+    assert trial.surgical_sweep(config.load(), 4) == []
+    with pytest.raises(config.ConfigError) as err:
+        config.load(None, ["search.surgical_sweep=true"])
+    assert err.value.key == "search.surgical_sweep"
+
+
+def test_surgical_cifar10_study_file_loads(tmp_path):
+    """studies/surgical_cifar10.toml is a valid config wherever its local data lives (data.path overridden here:
+    the test needs no ../shared)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "studies" / "surgical_cifar10.toml"
+    cfg = config.load(path, [f"data.path={tmp_path}"])
+    assert cfg.search.surgical_sweep and cfg.data.target_shift == ["gaussian_noise:5"]
+    assert config.load(path, [f"data.path={tmp_path}", 'data.target_shift="rotate:3"']).data.target_shift == ["rotate:3"]
