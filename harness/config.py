@@ -21,6 +21,7 @@ SCHEDULES = ("cosine", "constant", "step")
 DEVICES = ("auto", "cpu", "cuda")
 TV_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 SOURCES = ("digits", "imagefolder") + TV_DATASETS
+STRATEGIES = ("prefix", "surgical", "gradual")  # harness.train.STRATEGIES
 STREAM_KINDS = ("severity", "rotation", "prior", "recurring")  # harness.sustain.STREAMS
 STREAM_OBJECTIVES = ("penalized", "multi")
 # registry models that accept one input size only: ViT-B/16's position embeddings are for 14x14 patches of 16 px
@@ -67,6 +68,9 @@ class Data:
     # holdout_classes never appear in fine-tuning and form the subpopulation-shift test set
     task: str = "classes"
     holdout_classes: list[int] = field(default_factory=list)
+    # a shifted target domain: "name:severity" (a string, or a list of them for a mixture) applied to the target
+    # train/val/test images before fine-tuning (harness.suite.target_domain); [] = the clean target task
+    target_shift: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,15 @@ class Search:
     lr: list[float] = field(default_factory=lambda: [1e-3, 0.3])  # log scale
     freeze_layers: list[int] = field(default_factory=lambda: [0, 4])
     unfreeze_epoch: list[int] = field(default_factory=lambda: [1, 6])  # e >= train.epochs means never
+    # which groups train (harness.train.frozen_at): prefix (freeze_layers + unfreeze_epoch), surgical (one group,
+    # tune_group, plus the head if tune_head), gradual (ULMFiT, one more group every gradual_every epochs). More than
+    # one: a categorical `strategy` the sampler sees, each strategy's parameters sampled only for it
+    strategy: list[str] = field(default_factory=lambda: ["prefix"])
+    tune_head: list[bool] = field(default_factory=lambda: [True, False])  # surgical: choices for tune_head
+    gradual_every: list[int] = field(default_factory=lambda: [1, 2])  # gradual: bounds, epochs between unfreezings
+    # enqueue, after the baselines, one surgical trial per group (that group alone, head frozen) at the baselines'
+    # lr: Lee et al.'s sweep of which block to tune (needs "surgical" in strategy and false in tune_head)
+    surgical_sweep: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,10 @@ class Shifts:
     # images per shifted set: a fixed stratified subset of the split (0 = all). 100 x 5 severities = 500 images
     # per shift keeps evaluation near a quarter of a trial on 2 CPU cores; the clean test set is always whole.
     eval_images: int = 100
+    # a folder in CIFAR-10-C's layout (<corruption>.npy: 5 severities x N uint8 HxWx3 images, severity-major, and
+    # labels.npy): each file is a test shift "c10c.<corruption>" at shifts.severities, eval_images per severity;
+    # "" = none. Alongside the simulated shifts, or instead of them with test = []
+    files: str = ""
 
 
 @dataclass(frozen=True)
@@ -214,6 +231,8 @@ def _short(value) -> str:
 
 
 def _section(name: str, values: dict):
+    if name == "data" and isinstance(values.get("target_shift"), str):  # one shift may be written without a list
+        values = {**values, "target_shift": [values["target_shift"]]}
     cls = SECTIONS[name]
     hints = typing.get_type_hints(cls)
     allowed = list(hints)
@@ -374,6 +393,19 @@ def _check_data(cfg: Config) -> None:
             raise ConfigError("data.holdout_classes", f"fine-tuning digits {sorted(seen)} must include odd and even ones")
 
 
+def target_shifts(d: Data) -> list[tuple[str, int]]:
+    """data.target_shift as (shift name, severity) pairs; the names are checked against the registry at preflight."""
+    out = []
+    for text in d.target_shift:
+        name, _, sev = text.partition(":")
+        if not name or not sev.strip().isdigit() or not 1 <= int(sev) <= 5:
+            raise ConfigError("data.target_shift", f"expected \"name:severity\" with severity 1..5, got {text!r}")
+        out.append((name.strip(), int(sev)))
+    if len({n for n, _ in out}) != len(out):
+        raise ConfigError("data.target_shift", f"lists a shift twice: {d.target_shift}")
+    return out
+
+
 def _check_model(cfg: Config) -> None:
     """The [model, pretrain, train] section(s): choices, ranges and cross-key rules."""
     d, m, p, t = cfg.data, cfg.model, cfg.pretrain, cfg.train
@@ -404,6 +436,15 @@ def _check_search(cfg: Config) -> None:
         raise ConfigError("search.lr", f"bounds must be > 0 (log scale), got {q.lr}")
     _bounds("search.freeze_layers", q.freeze_layers, low_min=0)
     _bounds("search.unfreeze_epoch", q.unfreeze_epoch, low_min=1)
+    if not q.strategy or len(set(q.strategy)) != len(q.strategy):
+        raise ConfigError("search.strategy", f"needs distinct strategies among {', '.join(STRATEGIES)}, got {q.strategy}")
+    for name in q.strategy:
+        _choice("search.strategy", name, STRATEGIES)
+    if not q.tune_head or len(set(q.tune_head)) != len(q.tune_head):
+        raise ConfigError("search.tune_head", f"needs distinct booleans (true, false or both), got {q.tune_head}")
+    _bounds("search.gradual_every", q.gradual_every, low_min=1)
+    if q.surgical_sweep and ("surgical" not in q.strategy or False not in q.tune_head):
+        raise ConfigError("search.surgical_sweep", "needs \"surgical\" in search.strategy and false in search.tune_head")
 
 
 def _check_shifts(cfg: Config) -> None:
@@ -419,6 +460,14 @@ def _check_shifts(cfg: Config) -> None:
         raise ConfigError("shifts.severities", f"must be distinct integers in 1..5, got {sh.severities}")
     _positive("shifts.label_alpha", sh.label_alpha, allow_zero=True)
     _positive("shifts.eval_images", sh.eval_images, allow_zero=True)
+    if sh.files and not (Path(sh.files).expanduser() / "labels.npy").is_file():
+        raise ConfigError("shifts.files", f"{sh.files} has no labels.npy (expected CIFAR-10-C's layout: "
+                          "<corruption>.npy files of 5 x N images and labels.npy)")
+    for key in ("test", "selection"):  # the target domain is in-distribution for the study, never an OOD set
+        both = sorted({n for n, _ in target_shifts(cfg.data)} & set(getattr(sh, key)))
+        if both:
+            raise ConfigError("data.target_shift", f"{', '.join(both)} is the target domain and cannot also be a "
+                              f"{'test' if key == 'test' else 'selection'} shift (shifts.{key}); remove it there")
     if s.objective in ("ood_val_acc", "multi") and not sh.selection:
         raise ConfigError("study.objective", f"{s.objective!r} needs at least one shift in shifts.selection")
 

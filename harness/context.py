@@ -61,6 +61,7 @@ def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_su
         pre_device = torch.device("cpu") if device.type == "cpu" else device
         pre_state, info["pretrain"] = pretrain.pretrained(cfg, data, pre_device, cache, log=log)
         weights_key = f"pretrain-{info['pretrain']['key']}"
+    data = suitemod.target_domain(cfg.data, data, cfg.study.seed, cache)  # after pretraining: it is source data
     suite = None
     if with_suite:
         suite, info["suite"] = suitemod.build(cfg.shifts, data, cache)

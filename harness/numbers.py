@@ -87,6 +87,41 @@ def _strategy(k, e, epochs) -> dict:
             "text": f"freeze {k} group{'s' if k != 1 else ''}" + (", never unfreeze" if never else f", unfreeze at epoch {e}")}
 
 
+def _tuning(p: dict, epochs) -> dict:
+    """The strategy of a trial (train.frozen_at) as the report groups it: {strategy, group, text}; prefix trials
+    (every trial of a prefix-only study, and the baselines) keep _strategy's words."""
+    strategy = p.get("strategy", "prefix")
+    if strategy == "surgical":
+        g, head = p.get("tune_group"), str(p.get("tune_head")) == "True"
+        return {"strategy": strategy, "tune_group": g, "unfreeze": "-",
+                "text": f"tune group {g} only" + (" and the head" if head else " (head frozen)")}
+    if strategy == "gradual":
+        every = p.get("gradual_every")
+        return {"strategy": strategy, "tune_group": None, "unfreeze": f"every {every}",
+                "text": f"gradual unfreezing, head first, one group every {every} epoch{'s' if every != 1 else ''}"}
+    return {"strategy": "prefix", "tune_group": None,
+            **_strategy(p.get("freeze_layers"), p.get("unfreeze_epoch"), epochs)}
+
+
+def _per_strategy(done: list[dict]) -> list[dict]:
+    """Mean ID and OOD accuracy per strategy and, for surgical trials, per tuned group (and with/without the head):
+    Lee et al.'s question, which block to tune for which shift. Only for studies that search beyond prefix."""
+    if all(r["strategy"] == "prefix" for r in done):
+        return []
+    groups: dict = {}
+    for r in done:
+        key = r["strategy"] if r["strategy"] != "surgical" else f"surgical: group {r['tune_group']}"
+        if r["baseline"]:
+            key = f"baseline: {r['baseline']}"
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, rs in groups.items():
+        ood = [r["ood_acc_mean"] for r in rs if r["ood_acc_mean"] is not None]
+        out.append({"label": key, "n": len(rs), "id_acc": _mean([r["id_acc"] for r in rs]),
+                    "ood_acc_mean": _mean(ood) if ood else None, "trials": [r["number"] for r in rs]})
+    return sorted(out, key=lambda g: g["label"])
+
+
 def _by_severity(curves: dict, names: list[str], what: str) -> dict:
     """{shift: {severity (as text): value}} of the shift/<name>/<what> curves a trial logged."""
     keys = {n: schema.shift_key(n, what) for n in names}
@@ -108,7 +143,7 @@ def _row(t: dict, shifts: dict, epochs, objective: str) -> dict:
               and len(c.get(k, ())) <= 1}  # a series (label_shift/prior_*: step = class index) is not one final value
     return {"number": t["number"], "run_id": t["run_id"], "run_name": t["run_name"], "state": t["state"],
             "baseline": t["baseline"], "lr": p.get("lr"), "freeze_layers": p.get("freeze_layers"),
-            "unfreeze_epoch": p.get("unfreeze_epoch"), **_strategy(p.get("freeze_layers"), p.get("unfreeze_epoch"), epochs),
+            "unfreeze_epoch": p.get("unfreeze_epoch"), **_tuning(p, epochs),
             "objective": _float(m.get(obj_key)), "val_acc": _float(m.get(schema.VAL_ACC_FINAL)),
             "id_acc": _float(m.get(schema.ID_ACC)), "ood_acc_mean": _float(m.get(schema.OOD_ACC_MEAN)),
             "ood_acc_worst": _float(m.get(schema.OOD_ACC_WORST)), "worst_shift": worst,
@@ -266,6 +301,7 @@ def summarize(study: dict) -> dict:
         "on_the_line": fits,
         "pareto": pareto({r["number"]: (r["id_acc"], r["ood_acc_mean"]) for r in with_ood}),
         "importances": importances(done, search) if done else {},
+        "per_strategy": _per_strategy(done),
     }
 
 

@@ -21,7 +21,7 @@ EPOCH = {
     "train_loss": "mean cross-entropy over the epoch's training batches",
     "val_acc": "accuracy on the clean validation split after the epoch",
     "val_loss": "mean cross-entropy on the clean validation split after the epoch",
-    "frozen_layers": "number of leading layer groups frozen during the epoch",
+    "frozen_layers": "number of layer groups frozen during the epoch (the head counts when surgical leaves it frozen)",
     "lr": "learning rate at the end of the epoch (after the schedule)",
     "rss_mb": "resident memory of the process after the epoch, MiB (must not grow across trials)",
 }
@@ -43,6 +43,10 @@ FINAL = {
     VAL_ACC_FINAL: "val_acc after the last epoch",
     "mce": "mean corruption error over the test corruptions (Hendrycks & Dietterich 2019; reference: see ce)",
     "relative_mce": "mean relative corruption error over the test corruptions",
+    "mce_benchmark": "mCE over CIFAR-10-C's 15 benchmark corruptions (shifts.BENCHMARK); only when all 15 are test shifts",
+    "relative_mce_benchmark": "relative mCE over the 15 benchmark corruptions; only when all 15 are test shifts",
+    "mce_benchmark_files": "mCE over the 15 benchmark corruptions read from shifts.files (c10c.<corruption>)",
+    "relative_mce_benchmark_files": "relative mCE over the 15 benchmark corruptions read from shifts.files",
     "train_seconds": "wall seconds of the training epochs",
     "eval_seconds": "wall seconds of the evaluation on the clean test split and every shift",
     "peak_rss_mb": "peak resident memory of the process, MiB",
@@ -99,6 +103,10 @@ TRIAL_PARAMS = {
     "lr": "peak learning rate",
     "freeze_layers": "leading layer groups frozen until unfreeze_epoch (number of groups = linear probe)",
     "unfreeze_epoch": "epoch from which every group trains (>= train.epochs: never; 0 when nothing is frozen)",
+    "strategy": "which groups train: prefix | surgical | gradual (only when search.strategy lists more than prefix)",
+    "tune_group": "surgical: the one group (index from the input, 0 = first) that trains",
+    "tune_head": "surgical: whether the head trains with it (True/False)",
+    "gradual_every": "gradual: epochs between two unfreezings, head first, then the groups from the top down",
 }
 POLICY_PARAMS = {
     "policy": "update policy (never, every, accuracy, embedding, mmd)",

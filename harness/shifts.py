@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 import torch
+import torch.nn.functional as F
 
 from harness import imageops as ops
 
@@ -24,9 +25,21 @@ SPECKLE_NOISE = (0.06, 0.10, 0.12, 0.16, 0.20)  # sigma of the multiplicative no
 GAUSSIAN_BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)  # sigma, pixels
 DEFOCUS_BLUR = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1))  # (disk radius, alias_blur), pixels
 MOTION_BLUR = ((6, 1.0), (6, 1.5), (6, 2.0), (8, 2.0), (9, 2.5))  # (radius, sigma), pixels
-# number of zoom factors 1.00, 1.01, ...: np.arange(1, 1.06|1.11|1.16|1.21|1.26, 0.01) has these lengths (the float
-# steps keep the end point 1.06 and 1.11 but not 1.16, 1.21, 1.26)
-ZOOM_BLUR = (7, 12, 16, 21, 26)
+# end points of the zoom factors np.arange(1, end, 0.01): 7, 12, 16, 21, 26 factors (the float steps keep the end
+# point 1.06 and 1.11 but not 1.16, 1.21, 1.26). The factors are numpy's own floats: arange steps by
+# (1 + .01) - 1 = 0.010000000000000009, so the last factor at severity 5 is 1.2500000000000002, whose zoomed crop
+# round(26 * z) is 33 px where 1.25 would give 32 (Python rounds 32.5 to even)
+ZOOM_BLUR = (1.06, 1.11, 1.16, 1.21, 1.26)
+GLASS_BLUR = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))  # (sigma px, max_delta px, iterations)
+# (loc, scale, zoom, threshold, blur radius px, blur sigma px, blend) of the snow layer
+SNOW = ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8))
+FROST = ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))  # (image weight, frost weight)
+FROST_SCALE = 0.2  # make_cifar_c resizes the frost photographs by 0.2 (cv2 INTER_LINEAR) before cropping 32x32
+# (loc, scale, sigma px, threshold, intensity, mud): severities 1-3 water, 4-5 mud
+SPATTER = ((0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0), (0.65, 0.3, 1, 0.69, 0.5, 0),
+           (0.65, 0.1, 0.7, 0.69, 0.6, 1), (0.65, 0.1, 0.5, 0.68, 0.6, 1))
+GREY = (0.299, 0.587, 0.114)  # cv2 COLOR_RGB2GRAY weights (snow's grey image)
 CONTRAST = (0.75, 0.5, 0.4, 0.3, 0.15)  # factor on the deviation from the channel mean
 BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)  # added to HSV value
 SATURATE = ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2))  # (mult, add) on HSV saturation
@@ -122,24 +135,29 @@ def defocus_blur(images: torch.Tensor, severity: int, generator: torch.Generator
     return ops.filter2d(images, _disk(radius * scale, alias * scale), "reflect").clamp(0, 1)
 
 
-def motion_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
-    """ImageMagick MotionBlurImage as imagecorruptions reimplements it: a one-sided line of width 2*radius+1 taps
-    with weights exp(-i^2 / 2 sigma^2), i = 0.., at angle U(-45, 45) per image, edge pixels repeated.
-    (radius, sigma) = (6,1), (6,1.5), (6,2), (8,2), (9,2.5): the weights are ~0 past 3 sigma = 6 taps, so the
-    radius hardly matters and severities 3 and 4 are the same blur up to 1e-9."""
-    radius, sigma = MOTION_BLUR[_level(images, severity)]
-    scale = images.shape[2] / 32
-    radius, sigma = radius * scale, sigma * scale
+def _motion_line(images: torch.Tensor, radius: float, sigma: float, angle: torch.Tensor) -> torch.Tensor:
+    """ImageMagick MotionBlurImage as imagecorruptions._motion_blur reimplements it: a one-sided line of
+    2*ceil(radius)+1 taps with weights exp(-i^2 / 2 sigma^2), i = 0.., towards angle (radians, one per image), the
+    offsets rounded to whole pixels, edge pixels repeated."""
     taps = torch.arange(2 * math.ceil(radius) + 1, dtype=torch.float64)
     weights = torch.exp(-(taps**2) / (2 * sigma**2))
     weights = (weights / weights.sum()).tolist()
-    angle = torch.deg2rad(_rand((images.shape[0],), generator, images.device).double() * 90 - 45)
     out = torch.zeros_like(images)
     for i, wgt in enumerate(weights):
         dy = torch.ceil(i * torch.sin(angle) - 0.5).long()
         dx = torch.ceil(i * torch.cos(angle) - 0.5).long()
         out += wgt * ops.shift(images, dy, dx, fill=None)
-    return out.clamp(0, 1)
+    return out
+
+
+def motion_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """ImageMagick MotionBlurImage as imagecorruptions reimplements it (_motion_line) at angle U(-45, 45) per image.
+    (radius, sigma) = (6,1), (6,1.5), (6,2), (8,2), (9,2.5): the weights are ~0 past 3 sigma = 6 taps, so the
+    radius hardly matters and severities 3 and 4 are the same blur up to 1e-9."""
+    radius, sigma = MOTION_BLUR[_level(images, severity)]
+    scale = images.shape[2] / 32
+    angle = torch.deg2rad(_rand((images.shape[0],), generator, images.device).double() * 90 - 45)
+    return _motion_line(images, radius * scale, sigma * scale, angle).clamp(0, 1)
 
 
 def _zoom_matrix(n: int, z: float) -> torch.Tensor:
@@ -159,15 +177,44 @@ def _zoom_matrix(n: int, z: float) -> torch.Tensor:
 
 
 def zoom_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
-    """Mean of x and its centre zooms by 1.00, 1.01, ... (7, 12, 16, 21, 26 factors; the arange end points are
-    make_cifar_c's). Each zoom is separable, so it is two small matmuls."""
-    count = ZOOM_BLUR[_level(images, severity)]
+    """Mean of x and its centre zooms by np.arange(1, 1.06|1.11|1.16|1.21|1.26, 0.01) (7, 12, 16, 21, 26 factors, the
+    factors numpy's floats: at severity 5 the last is 1.2500000000000002 and its crop 33 px, as in CIFAR-10-C). Each
+    zoom is separable, so it is two small matmuls."""
+    factors = np.arange(1, ZOOM_BLUR[_level(images, severity)], 0.01).tolist()
     _, _, h, w = images.shape
     out = images.clone()
-    for k in range(count):
-        z = 1 + 0.01 * k
+    for z in factors:
         out += ops.separable(images, _zoom_matrix(h, z), _zoom_matrix(w, z))
-    return (out / (count + 1)).clamp(0, 1)
+    return (out / (len(factors) + 1)).clamp(0, 1)
+
+
+def glass_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """make_cifar_c's: gaussian blur (sigma .05, .25, .4, .25, .4 px, skimage 'nearest' borders), quantized to uint8
+    by truncation as np.uint8 does, then 1, 1, 1, 2, 2 passes of a local pixel shuffle, then the same blur again.
+    A pass visits rows h = H-d .. d+1 and, within each, columns w = W-d .. d+1 (descending, d = max_delta = 1 px)
+    and draws (dx, dy) in [-d, d) (np.random.randint's open upper end, so only up and left); the reference's
+    `x[h, w], x[h', w'] = x[h', w'], x[h, w]` on numpy views copies pixel (h+dy, w+dx) into (h, w) and leaves the
+    source as it is, so this copies too (for colour and grey images alike). Draws: one
+    randint(-d, d, (N, passes, rows, cols, 2)) tensor, (dx, dy) last. The visits are sequential (a pixel moved
+    early can move again), so they run as a loop over positions, batched over images: ~1800 steps at 32x32."""
+    sigma, delta, iters = GLASS_BLUR[_level(images, severity)]
+    n, c, h, w = images.shape
+    scale = h / 32
+    sigma, d = sigma * scale, max(1, round(delta * scale))
+    x = torch.floor(ops.gaussian(images.double(), sigma, truncate=4.0, mode="edge") * 255) / 255
+    rows, cols = list(range(h - d, d, -1)), list(range(w - d, d, -1))
+    draws = torch.randint(-d, d, (n, iters, len(rows), len(cols), 2), generator=generator,
+                          device=generator.device).cpu().numpy()
+    src = np.tile(np.arange(h * w), (n, 1))  # src[i, p]: which pixel of the blurred image sits at p
+    every = np.arange(n)
+    for it in range(iters):
+        for a, r in enumerate(rows):
+            for b, col in enumerate(cols):
+                dx, dy = draws[:, it, a, b, 0], draws[:, it, a, b, 1]
+                src[:, r * w + col] = src[every, (r + dy) * w + col + dx]
+    index = torch.from_numpy(src).to(images.device)[:, None].expand(n, c, h * w)
+    x = x.reshape(n, c, h * w).gather(2, index).reshape(n, c, h, w)
+    return ops.gaussian(x, sigma, truncate=4.0, mode="edge").clamp(0, 1).to(images.dtype)
 
 
 # -------------------------------------------------------------------------------------------- weather and digital
@@ -245,6 +292,131 @@ def fog(images: torch.Tensor, severity: int, generator: torch.Generator) -> torc
     plasma = _plasma(n, mapsize, decay, generator)[:, None, :h, :w].to(images)
     top = images.amax(dim=(1, 2, 3), keepdim=True)
     return ((images + strength * plasma) * top / (top + strength)).clamp(0, 1)
+
+
+def snow(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """make_cifar_c's: a layer N(loc, scale) per image, clipped-zoomed by 1, 1, 1.75, 2.25, 1.25, zeroed below the
+    threshold, clipped and stored as uint8 (truncation, make_cifar_c's PNG), motion-blurred at U(-135, -45) degrees
+    and rounded to uint8; the image is blended towards max(x, 1.5 grey + .5) and the layer and its 180-degree
+    rotation are added. Departure: CIFAR-10-C blurred the layer with ImageMagick (Wand); this uses the numpy
+    reimplementation imagecorruptions ships (_motion_line, as motion_blur), so only the blur differs from the files.
+    Draws: randn (N, H, W), then rand (N,) for the angle."""
+    loc, scale, zoom, threshold, radius, sigma, blend = SNOW[_level(images, severity)]
+    n, c, h, w = images.shape
+    px = h / 32
+    layer = _randn((n, 1, h, w), generator, images.device).double() * scale + loc
+    layer = ops.separable(layer, _zoom_matrix(h, zoom), _zoom_matrix(w, zoom))
+    layer = torch.floor(torch.where(layer < threshold, 0.0, layer).clamp(0, 1) * 255) / 255
+    angle = torch.deg2rad(_rand((n,), generator, images.device).double() * 90 - 135)
+    layer = torch.round(_motion_line(layer, radius * px, sigma * px, angle) * 255) / 255
+    x = images.double()
+    grey = x if c == 1 else sum(wt * x[:, i:i + 1] for i, wt in enumerate(GREY))
+    x = blend * x + (1 - blend) * torch.maximum(x, grey * 1.5 + 0.5)
+    return (x + layer + layer.flip(2, 3)).clamp(0, 1).to(images.dtype)
+
+
+def _frost_photographs() -> list[torch.Tensor]:
+    """frost1.png .. frost5.jpg, uint8 (3, h, w) RGB: the ImageNet-C frost photographs as the imagecorruptions
+    package ships them (Apache-2.0). Read through its distribution metadata, because importing the package needs
+    setuptools' pkg_resources. make_cifar_c draws among the first five only (np.random.randint(5)); so does frost."""
+    from importlib import metadata
+
+    dist = metadata.distribution("imagecorruptions")
+    out = []
+    for name in ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg"):
+        with Image.open(dist.locate_file(f"imagecorruptions/frost/{name}")) as img:
+            out.append(torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1))
+    return out
+
+
+_FROST_CACHE: dict = {}
+
+
+def _frost_textures(size: int) -> list[torch.Tensor]:
+    """The photographs resized by 0.2 x size/32 (bilinear, half-pixel centres, no antialiasing: cv2.resize's
+    INTER_LINEAR, which at 0.2 samples pixel 5i + 2 exactly), float64 in [0, 1]; cached per image size."""
+    if size not in _FROST_CACHE:
+        f = FROST_SCALE * size / 32
+        _FROST_CACHE[size] = [F.interpolate(p[None].double() / 255, scale_factor=f, mode="bilinear",
+                                            align_corners=False, recompute_scale_factor=False)[0]
+                              for p in _frost_photographs()]
+    return _FROST_CACHE[size]
+
+
+def frost(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """make_cifar_c's: clip(a x + b frost) with (a, b) = (1,.2), (1,.3), (.9,.4), (.85,.4), (.75,.45), frost an HxW
+    crop of one of five frost photographs (shipped by imagecorruptions) shrunk by 0.2 x H/32; grey images take the
+    texture's grey (rgb2gray .2989, .587, .114, as imagecorruptions). Draws: randint(5, (N,)) for the photograph,
+    then rand (N, 2) for the crop's top-left corner, floor(u * (size - H)) and floor(u * (size - W)) as
+    np.random.randint(0, size - H) draws it."""
+    a, b = FROST[_level(images, severity)]
+    n, c, h, w = images.shape
+    textures = _frost_textures(h)
+    if any(t.shape[1] <= h or t.shape[2] <= w for t in textures):
+        raise ValueError(f"frost: images of {h}x{w} are larger than the frost photographs allow")
+    pick = torch.randint(len(textures), (n,), generator=generator, device=generator.device).cpu()
+    corner = torch.rand((n, 2), generator=generator, device=generator.device, dtype=torch.float64).cpu()
+    crops = []
+    for i in range(n):
+        t = textures[int(pick[i])]
+        top = int(corner[i, 0] * (t.shape[1] - h))
+        left = int(corner[i, 1] * (t.shape[2] - w))
+        crops.append(t[:, top:top + h, left:left + w])
+    texture = torch.stack(crops).to(images.device)
+    if c == 1:
+        texture = sum(wt * texture[:, i:i + 1] for i, wt in enumerate((0.2989, 0.5870, 0.1140)))
+    return (a * images.double() + b * texture).clamp(0, 1).to(images.dtype)
+
+
+def _water_edges(liquid: np.ndarray) -> np.ndarray:
+    """make_cifar_c's spatter 'dist' map of one uint8 (H, W) liquid layer, through the same OpenCV calls (Canny,
+    L2 distance transform with a 5x5 mask, truncation at 20, 3x3 box blurs, histogram equalization, an 8-bit
+    emboss filter): edge detection and distance transforms have no batched torch form, so this runs per image on
+    the CPU (~20 us each at 32x32), as jpeg_compression runs PIL."""
+    import cv2  # opencv-python, a dependency of imagecorruptions; imported here so other shifts never load it
+
+    dist = 255 - cv2.Canny(liquid, 50, 150)
+    dist = cv2.distanceTransform(dist, cv2.DIST_L2, 5)
+    _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+    dist = cv2.blur(dist, (3, 3)).astype(np.uint8)
+    dist = cv2.equalizeHist(dist)
+    dist = cv2.filter2D(dist, cv2.CV_8U, np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]))
+    return cv2.blur(dist, (3, 3)).astype(np.float32)
+
+
+def spatter(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
+    """make_cifar_c's: a liquid layer N(loc, scale) per image, gaussian-blurred (sigma .7, .8, 1, .7, .5 px,
+    skimage 'nearest') and zeroed below the threshold. Severities 1-3 are water: the layer as uint8 times its
+    embossed edge-distance map (_water_edges), normalized to max 1, times .5, adds pale turquoise (175, 238, 238)
+    / 255. Severities 4-5 are mud: where the layer passes the threshold, blurred by sigma .6 px and kept >= .8, the
+    image is replaced by mud brown (63, 42, 20) / 255. Grey images get the colours' grey (rgb2gray, as
+    imagecorruptions). A water layer with no edge at all (max 0, a NaN in the reference) adds nothing.
+    Draws: randn (N, H, W)."""
+    loc, scale, sigma, threshold, intensity, mud = SPATTER[_level(images, severity)]
+    n, c, h, w = images.shape
+    px = h / 32
+    x = images.double()
+    liquid = ops.gaussian(_randn((n, 1, h, w), generator, images.device).double() * scale + loc, sigma * px,
+                          truncate=4.0, mode="edge")
+    liquid = torch.where(liquid < threshold, 0.0, liquid)
+    grey = torch.tensor((0.2989, 0.5870, 0.1140), dtype=torch.float64, device=images.device).view(1, 3, 1, 1)
+    if not mud:
+        # (liquid * 255).astype(np.uint8): truncation, and values past 255 wrap around as numpy's cast does on x86
+        u8 = (torch.floor(liquid * 255).long() % 256).to(torch.uint8)[:, 0].cpu().numpy()
+        dist = torch.from_numpy(np.stack([_water_edges(img) for img in u8])).to(images.device)[:, None]
+        m = torch.from_numpy(u8).to(images.device)[:, None].float() * dist
+        top = m.amax(dim=(1, 2, 3), keepdim=True)
+        m = torch.where(top > 0, m / torch.where(top > 0, top, 1), 0.0).double() * intensity
+        color = torch.tensor((175, 238, 238), dtype=torch.float64, device=images.device).view(1, 3, 1, 1) / 255
+        if c == 1:
+            return (x + ((m * color).clamp(0, 1) * grey).sum(1, keepdim=True)).clamp(0, 1).to(images.dtype)
+        return (x + m * color).clamp(0, 1).to(images.dtype)
+    m = ops.gaussian((liquid > threshold).double(), intensity * px, truncate=4.0, mode="edge")
+    m = torch.where(m < 0.8, 0.0, m)
+    color = torch.tensor((63, 42, 20), dtype=torch.float64, device=images.device).view(1, 3, 1, 1) / 255 * m
+    if c == 1:
+        color = (color * grey).sum(1, keepdim=True)
+    return (x * (1 - m) + color).clamp(0, 1).to(images.dtype)
 
 
 def _box_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -348,6 +520,7 @@ SHIFTS = {
     "defocus_blur": defocus_blur,
     "motion_blur": motion_blur,
     "zoom_blur": zoom_blur,
+    "glass_blur": glass_blur,
     "contrast": contrast,
     "brightness": brightness,
     "saturate": saturate,
@@ -355,20 +528,29 @@ SHIFTS = {
     "jpeg_compression": jpeg_compression,
     "elastic_transform": elastic_transform,
     "fog": fog,
+    "snow": snow,
+    "frost": frost,
+    "spatter": spatter,
     "rotate": rotate,
     "translate": translate,
 }
 
-# CIFAR-10-C's families (fog and brightness are weather; elastic, pixelate, jpeg, contrast and saturate digital)
+# CIFAR-10-C's families (fog, brightness, snow, frost and spatter are weather; elastic, pixelate, jpeg, contrast and
+# saturate digital)
 FAMILY = {
     "gaussian_noise": "noise", "shot_noise": "noise", "impulse_noise": "noise", "speckle_noise": "noise",
-    "gaussian_blur": "blur", "defocus_blur": "blur", "motion_blur": "blur", "zoom_blur": "blur",
-    "fog": "weather", "brightness": "weather",
+    "gaussian_blur": "blur", "defocus_blur": "blur", "motion_blur": "blur", "zoom_blur": "blur", "glass_blur": "blur",
+    "fog": "weather", "brightness": "weather", "snow": "weather", "frost": "weather", "spatter": "weather",
     "contrast": "digital", "saturate": "digital", "pixelate": "digital", "jpeg_compression": "digital",
     "elastic_transform": "digital",
     "rotate": "geometric", "translate": "geometric",
 }
 
+
+# CIFAR-10-C's 15 benchmark corruptions, in its order (mCE averages over these); speckle_noise, gaussian_blur,
+# spatter and saturate are its 4 extra ("validation") corruptions
+BENCHMARK = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+             "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
 
 def apply(name: str, images: torch.Tensor, severity: int, seed: int) -> torch.Tensor:
     """SHIFTS[name] with a fresh CPU generator seeded by `seed`: the same seed gives the same set on any device."""

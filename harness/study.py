@@ -65,6 +65,9 @@ def preflight(cfg: config.Config) -> int:
         for name in getattr(cfg.shifts, key):
             if name not in shifts.SHIFTS:
                 raise ConfigError(f"shifts.{key}", f"unknown shift {name!r}; allowed: {', '.join(shifts.SHIFTS)}")
+    for name, _ in config.target_shifts(cfg.data):
+        if name not in shifts.SHIFTS:
+            raise ConfigError("data.target_shift", f"unknown shift {name!r}; allowed: {', '.join(shifts.SHIFTS)}")
     try:
         model, groups = models.build(cfg.model.name, max(2, len(cfg.data.target_classes)))
         if cfg.model.weights != "pretrain":
@@ -162,6 +165,8 @@ def launch(ctx: context.Context, study: optuna.Study, log=print) -> None:
         if ctx.created or not study.trials:
             for b in trialmod.baselines(cfg, ctx.n_groups):
                 study.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
+            for params in trialmod.surgical_sweep(cfg, ctx.n_groups):
+                study.enqueue_trial(params, skip_if_exists=True)
     suite = info["suite"]
     log(f"data: {len(data['train'][0])} train / {len(data['val'][0])} val / {len(data['test'][0])} test "
         f"images, {len(data['classes'])} classes; shifts: {suite['n_sets']} sets "
@@ -177,7 +182,11 @@ def _log_study(ctx: context.Context) -> None:
     tracking.log_text(client, run, config.to_toml(cfg), f"config/invocations/{stamp}.toml")
     tracking.log_json(client, run, {"lr": {"low": cfg.search.lr[0], "high": cfg.search.lr[1], "log": True},
                                     "freeze_layers": cfg.search.freeze_layers, "unfreeze_epoch": cfg.search.unfreeze_epoch,
-                                    "unfreeze_epoch_condition": "only when freeze_layers > 0; >= train.epochs means never"},
+                                    "unfreeze_epoch_condition": "only when freeze_layers > 0; >= train.epochs means never",
+                                    "strategy": cfg.search.strategy, "tune_group": [0, ctx.n_groups - 1],
+                                    "tune_head": cfg.search.tune_head, "gradual_every": cfg.search.gradual_every,
+                                    "strategy_condition": "prefix: freeze_layers, unfreeze_epoch; surgical: tune_group, "
+                                                          "tune_head; gradual: gradual_every"},
                       "search_space.json")
     versions = tracking.versions()
     tracking.log_json(client, run, versions, "versions.json")
@@ -187,7 +196,7 @@ def _log_study(ctx: context.Context) -> None:
             "harness.shifts.family": ",".join(f"{n}:{f}" for n, f in ctx.suite["family"].items()),
             "harness.objective": cfg.study.objective, "harness.seed": cfg.study.seed,
             "harness.n_trials_target": cfg.study.n_trials, "harness.optuna_storage": store.redact(cfg.study.storage or "sqlite:///mlruns/optuna.db"),
-            "harness.shifts.selection": ",".join(cfg.shifts.selection), "harness.shifts.test": ",".join(cfg.shifts.test),
+            "harness.shifts.selection": ",".join(cfg.shifts.selection), "harness.shifts.test": ",".join(cfg.shifts.test + list(ctx.suite.get("files", {}))),
             "harness.shift_suite": suite_info["key"], "harness.data": data["key"],
             # sample sizes behind every accuracy: the report's confidence intervals need them
             "harness.n_test": len(data["test"][1]),
@@ -275,9 +284,13 @@ def summary(ctx: context.Context, study: optuna.Study, wall: float, log=print) -
     obj = "val_acc,ood_val_acc" if cfg.study.objective == "multi" else cfg.study.objective
     log(f"\n{'trial':>5} {'baseline':<13} {'lr':>9} {'freeze':>6} {'unfreeze':>8} {obj:>12} {'id_acc':>7} {'ood_acc':>7}")
     for t in done[:8]:
-        e = t.params.get("unfreeze_epoch", 0)
-        log(f"{t.number:>5} {t.user_attrs.get('baseline', ''):<13} {t.params['lr']:>9.2e} {t.params['freeze_layers']:>6} "
-            f"{('never' if e >= cfg.train.epochs else e) if t.params['freeze_layers'] else '-':>8} "
+        e, k = t.params.get("unfreeze_epoch", 0), t.params.get("freeze_layers")
+        if k is None:  # a surgical or gradual trial: its strategy in the two columns
+            k, when = t.params.get("strategy", "?")[:6], (f"g{t.params['tune_group']}" if "tune_group" in t.params
+                                                           else f"/{t.params.get('gradual_every', '?')}ep")
+        else:
+            when = ('never' if e >= cfg.train.epochs else e) if k else '-'
+        log(f"{t.number:>5} {t.user_attrs.get('baseline', ''):<13} {t.params['lr']:>9.2e} {k:>6} {when:>8} "
             f"{', '.join(f'{v:.4f}' for v in t.values):>12} {t.user_attrs.get(schema.ID_ACC, float('nan')):>7.4f} "
             f"{t.user_attrs.get(schema.OOD_ACC_MEAN, float('nan')):>7.4f}")
     log(hints(cfg, ctx.uri))

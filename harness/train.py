@@ -56,20 +56,33 @@ def to_device_batch(xb: torch.Tensor, device: torch.device) -> torch.Tensor:
     return xb.contiguous(memory_format=torch.channels_last) if xb.dim() == 4 else xb
 
 
-def set_frozen(model: nn.Module, groups: dict, k: int) -> None:
-    """Freeze the first k groups (the head is never frozen); all others train.
+def set_frozen(model: nn.Module, groups: dict, frozen) -> None:
+    """Freeze some groups; all others train. `frozen` is either an int k, the first k groups (the head is never
+    frozen: today's prefix, 0..number of groups before the head), or a collection of group indices into
+    list(groups) (0..len(groups)-1, the head last), which may include the head (surgical fine-tuning of one block
+    without it) but not every group (then nothing would train and backward() would fail).
 
     Frozen means frozen: requires_grad=False, and the group is put in eval mode so its BatchNorm running
     statistics do not move either (in train mode they would drift towards the target data even with no
     gradient). Call after model.train(), which would otherwise put every BN back in training mode."""
-    names = list(groups)[:-1]
-    if not 0 <= k <= len(names):
-        raise ValueError(f"freeze_layers must be in [0, {len(names)}], got {k}")
-    for i, name in enumerate(names + ["head"]):
-        frozen = i < k and name != "head"
+    names = list(groups)
+    if isinstance(frozen, bool) or not isinstance(frozen, (int, set, frozenset, list, tuple)):
+        raise ValueError(f"frozen must be an int or a collection of group indices, got {frozen!r}")
+    if isinstance(frozen, int):
+        if not 0 <= frozen <= len(names) - 1:
+            raise ValueError(f"freeze_layers must be in [0, {len(names) - 1}], got {frozen}")
+        frozen = set(range(frozen))  # the head is the last group: never among the first k
+    else:
+        frozen = set(frozen)
+        bad = [i for i in frozen if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(names)]
+        if bad:
+            raise ValueError(f"frozen group indices must be in [0, {len(names) - 1}] ({', '.join(names)}), got {bad}")
+        if len(frozen) == len(names):
+            raise ValueError(f"every group ({', '.join(names)}) frozen: nothing would train")
+    for i, name in enumerate(names):
         for p in groups[name].parameters():
-            p.requires_grad_(not frozen)
-        if frozen:
+            p.requires_grad_(i not in frozen)
+        if i in frozen:
             groups[name].eval()
 
 
@@ -117,6 +130,9 @@ def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, tot
     return (total_loss / seen).item(), step
 
 
+STRATEGIES = ("prefix", "surgical", "gradual")
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How one fine-tune trains: trials, source-task pretraining and sustain updates all go through fit()."""
@@ -129,11 +145,41 @@ class Recipe:
     schedule: str = "cosine"
     freeze_layers: int = 0  # the first k groups are frozen before unfreeze_epoch
     unfreeze_epoch: int = 0  # from this epoch on every group trains; >= epochs: never
+    strategy: str = "prefix"  # which groups train at each epoch: see frozen_at
+    tune_group: int = 0  # surgical: the one group (0 = the first, before the head) that trains
+    tune_head: bool = True  # surgical: whether the head trains too
+    gradual_every: int = 1  # gradual: epochs between two unfreezings
+
+
+def frozen_at(recipe: Recipe, epoch: int, n_groups: int):
+    """What set_frozen gets at an epoch, for a model of n_groups groups before the head:
+    prefix   freeze_layers k (an int, the first k groups) before unfreeze_epoch, 0 from then on;
+    surgical every group but tune_group, and the head too unless tune_head (a set of indices, head = n_groups);
+    gradual  ULMFiT's gradual unfreezing: the head trains from epoch 0 and one more group below it joins every
+             gradual_every epochs, from the top down: the first n_groups - epoch // gradual_every groups frozen."""
+    r = recipe
+    if r.strategy == "prefix":
+        return r.freeze_layers if epoch < r.unfreeze_epoch else 0
+    if r.strategy == "surgical":
+        if not 0 <= r.tune_group < n_groups:
+            raise ValueError(f"tune_group must be in [0, {n_groups - 1}], got {r.tune_group}")
+        return frozenset(i for i in range(n_groups + 1) if i != r.tune_group and (i < n_groups or not r.tune_head))
+    if r.strategy == "gradual":
+        if r.gradual_every < 1:
+            raise ValueError(f"gradual_every must be >= 1, got {r.gradual_every}")
+        return max(0, n_groups - epoch // r.gradual_every)
+    raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {r.strategy!r}")
+
+
+def n_frozen(frozen) -> int:
+    """How many groups a set_frozen argument freezes (the frozen_layers metric)."""
+    return frozen if isinstance(frozen, int) else len(frozen)
 
 
 def fit(model, groups, x, y, recipe: Recipe, seed: int, device):
-    """The training loop. Yields (epoch, mean train loss, frozen groups, lr at the epoch's end) after every epoch, so
-    the caller validates, logs, reports and prunes between epochs (raising out of its loop stops training).
+    """The training loop. Yields (epoch, mean train loss, number of frozen groups, lr at the epoch's end) after every
+    epoch, so the caller validates, logs, reports and prunes between epochs (raising out of its loop stops training).
+    Which groups train at each epoch is frozen_at(recipe, epoch).
 
     One optimizer for the whole run (frozen params get no grad and are skipped, so unfreezing needs no new param
     group); one seeded generator for the batch order of every epoch. Raises FloatingPointError on a non-finite
@@ -143,12 +189,12 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device):
     gen = torch.Generator().manual_seed(seed)
     total, step = r.epochs * -(-len(x) // r.batch_size), 0
     for epoch in range(r.epochs):
-        frozen = r.freeze_layers if epoch < r.unfreeze_epoch else 0
+        frozen = frozen_at(r, epoch, len(groups) - 1)
         loss, step = train_one_epoch(model, groups, frozen, opt, x, y, r.batch_size, gen, step, total, r.lr,
                                      r.schedule, device)
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch} (lr {r.lr:g})")
-        yield epoch, loss, frozen, lr_at(step, total, r.lr, r.schedule)
+        yield epoch, loss, n_frozen(frozen), lr_at(step, total, r.lr, r.schedule)
 
 
 @torch.inference_mode()

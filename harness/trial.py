@@ -13,19 +13,57 @@ import optuna
 import psutil
 import torch
 
-from harness import metrics, models, schema, store, tracking, train
+from harness import metrics, models, schema, shifts, store, tracking, train
 from harness.config import Config, Model
 
 
 def suggest(trial: optuna.Trial, cfg: Config, n_groups: int) -> dict:
-    """The conditional space from [search]: unfreeze_epoch exists only when some groups are frozen."""
+    """The conditional space from [search]. With more than one search.strategy, `strategy` is a categorical and
+    each strategy's parameters exist only for it: prefix -> freeze_layers, and unfreeze_epoch only when some groups
+    are frozen; surgical -> tune_group (0..n_groups-1), tune_head; gradual -> gradual_every. Baselines are prefix
+    trials whatever the strategies. A prefix-only study (the default) samples and returns what it always did."""
     q = cfg.search
     with warnings.catch_warnings():  # enqueued baselines may sit outside the bounds on purpose (e.g. never)
         warnings.simplefilter("ignore", UserWarning)
         lr = trial.suggest_float("lr", q.lr[0], q.lr[1], log=True)
+        if trial.user_attrs.get("baseline") or q.strategy == ["prefix"]:
+            strategy = "prefix"
+        elif len(q.strategy) == 1:
+            strategy = q.strategy[0]
+        else:
+            strategy = trial.suggest_categorical("strategy", q.strategy)
+        named = {} if q.strategy == ["prefix"] else {"strategy": strategy}
+        if strategy == "surgical":
+            return {"lr": lr, **named, "tune_group": trial.suggest_int("tune_group", 0, n_groups - 1),
+                    "tune_head": trial.suggest_categorical("tune_head", q.tune_head)}
+        if strategy == "gradual":
+            return {"lr": lr, **named,
+                    "gradual_every": trial.suggest_int("gradual_every", q.gradual_every[0], q.gradual_every[1])}
         k = trial.suggest_int("freeze_layers", q.freeze_layers[0], q.freeze_layers[1])
         e = trial.suggest_int("unfreeze_epoch", q.unfreeze_epoch[0], q.unfreeze_epoch[1]) if k > 0 else 0
-    return {"lr": lr, "freeze_layers": min(k, n_groups), "unfreeze_epoch": e}
+    return {"lr": lr, **named, "freeze_layers": min(k, n_groups), "unfreeze_epoch": e}
+
+
+def recipe_settings(p: dict) -> dict:
+    """A trial's params as train.Recipe fields (strategy and its own parameters; prefix when none is named)."""
+    strategy = p.get("strategy", "prefix")
+    if strategy == "surgical":
+        return {"strategy": strategy, "tune_group": p["tune_group"], "tune_head": bool(p["tune_head"])}
+    if strategy == "gradual":
+        return {"strategy": strategy, "gradual_every": p["gradual_every"]}
+    return {"strategy": "prefix", "freeze_layers": p["freeze_layers"], "unfreeze_epoch": p["unfreeze_epoch"]}
+
+
+def first_prune(warmup: int, p: dict, epochs: int, n_groups: int) -> int:
+    """prune_from for any strategy: prefix as prune_from; surgical trains the same groups throughout (warm-up only);
+    gradual waits one epoch after its last unfreezing (n_groups * gradual_every), if that happens before the end."""
+    strategy = p.get("strategy", "prefix")
+    if strategy == "surgical":
+        return warmup
+    if strategy == "gradual":
+        last = n_groups * p["gradual_every"]
+        return max(warmup, last + 1 if last < epochs else 0)
+    return prune_from(warmup, p["freeze_layers"], p["unfreeze_epoch"], epochs)
 
 
 def baselines(cfg: Config, n_groups: int) -> list[dict]:
@@ -37,6 +75,16 @@ def baselines(cfg: Config, n_groups: int) -> list[dict]:
         {"name": "linear_probe", "params": {"lr": lr, "freeze_layers": n_groups, "unfreeze_epoch": epochs}},
         {"name": "lp_ft", "params": {"lr": lr, "freeze_layers": n_groups, "unfreeze_epoch": max(1, epochs // 2)}},
     ]
+
+
+def surgical_sweep(cfg: Config, n_groups: int) -> list[dict]:
+    """search.surgical_sweep: one trial per group, that group alone (head frozen), at the baselines' lr; Lee et al.
+    2023's question of which block to tune. Enqueued after the baselines; [] when the key is off."""
+    if not cfg.search.surgical_sweep:
+        return []
+    lr = math.sqrt(cfg.search.lr[0] * cfg.search.lr[1])
+    named = {"strategy": "surgical"} if len(cfg.search.strategy) > 1 else {}
+    return [{"lr": lr, **named, "tune_group": j, "tune_head": False} for j in range(n_groups)]
 
 
 def prune_from(warmup: int, k: int, e: int, epochs: int) -> int:
@@ -76,6 +124,8 @@ def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[di
     curves = {}  # name -> {severity: {acc, ece, nll}}
     for name, sev in suite.get("test", {}).items():
         curves[name] = {s: metrics.summarize(train.predict(model, xs, batch_size, device), y) for s, xs in sev.items()}
+    for name, sev in suite.get("files", {}).items():  # real corruption files (shifts.files): own labels per severity
+        curves[name] = {s: metrics.summarize(train.predict(model, xs, batch_size, device), ys) for s, (xs, ys) in sev.items()}
     for name, (xs, ys) in suite.get("test_sets", {}).items():  # label / subpopulation shifts: own labels
         logits = train.predict(model, xs, batch_size, device)
         curves[name] = {1: metrics.summarize(logits, ys)}
@@ -143,6 +193,13 @@ def corruption_errors(id_acc: float, curves: dict, reference: dict | None) -> di
         out["mce"] = sum(ces) / len(ces)
     if rces:
         out["relative_mce"] = sum(rces) / len(rces)
+    # CIFAR-10-C's mCE proper: over its 15 benchmark corruptions, only when every one of them is a test shift
+    # (and the same over the real files' c10c.<corruption> sets when shifts.files holds all 15)
+    for prefix, suffix in (("", ""), ("c10c.", "_files")):
+        for key, name in (("ce", "mce_benchmark"), ("rce", "relative_mce_benchmark")):
+            vals = [out.get(schema.shift_key(prefix + c, key)) for c in shifts.BENCHMARK]
+            if all(v is not None for v in vals):
+                out[name + suffix] = sum(vals) / len(vals)
     return out
 
 
@@ -188,14 +245,12 @@ def train_trial(trial: optuna.Trial, ctx, p: dict, run_id: str, at: Progress, pr
     """Fine-tune the trial's model: per epoch, validate, log, show progress, report and maybe prune. Returns
     (model, groups) after the last epoch; raises optuna.TrialPruned or FloatingPointError (a diverged loss)."""
     cfg, device, t = ctx.cfg, ctx.device, ctx.cfg.train
-    k, e = p["freeze_layers"], p["unfreeze_epoch"]
     t0 = time.perf_counter()
     model, groups = fresh_model(cfg.model, len(ctx.data["classes"]), ctx.pretrained, device, cfg.study.seed,
                                 compile=t.compile)
     recipe = train.Recipe(lr=p["lr"], epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
-                          momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, freeze_layers=k,
-                          unfreeze_epoch=e)
-    first_prune = prune_from(cfg.study.prune_warmup, k, e, t.epochs)
+                          momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, **recipe_settings(p))
+    prune_at = first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
     # Every trial sees the same head init and batch order (the study seed): differences between trials come from
     # the hyperparameters alone, and a re-run reproduces the same curve on CPU.
     for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, cfg.study.seed, device):
@@ -211,7 +266,7 @@ def train_trial(trial: optuna.Trial, ctx, p: dict, run_id: str, at: Progress, pr
             progress(trial.number, epoch, loss, at.val["acc"])
         if cfg.study.objective != "multi":  # Optuna cannot prune multi-objective studies
             trial.report(at.val["acc"], epoch)
-            if epoch + 1 >= first_prune and epoch + 1 < t.epochs and trial.should_prune():
+            if epoch + 1 >= prune_at and epoch + 1 < t.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_acc {at.val['acc']:.4f} below the median")
     at.train_seconds = time.perf_counter() - t0
     return model, groups
@@ -231,7 +286,8 @@ def evaluate_trial(model, ctx, val: dict, baseline: str, study: optuna.Study) ->
     own = {"id_acc": final["id_acc"], "shift_acc": shift_acc}
     ref = own if baseline == "linear_probe" else _linear_probe_reference(
         study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    final.update(corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in suite["test"]}, ref))
+    corrupted = set(suite["test"]) | set(suite.get("files", {}))
+    final.update(corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in corrupted}, ref))
     final.update(val_acc_final=val["acc"], eval_seconds=time.perf_counter() - t1,
                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if device.type == "cuda":

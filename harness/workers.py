@@ -64,7 +64,7 @@ def save_if_best(ctx, study: optuna.Study):
 def backfill(ctx, study: optuna.Study, log=print) -> None:
     """Corruption errors of trials that finished before the linear probe (their reference)."""
     try:
-        trialmod.backfill_corruption_errors(study, ctx.client, ctx.cfg.shifts.test)
+        trialmod.backfill_corruption_errors(study, ctx.client, ctx.cfg.shifts.test + list((ctx.suite or {}).get("files", {})))
     except Exception as e:  # a missing CE is worth a line, never a finished study
         log(f"warning: corruption errors not backfilled ({type(e).__name__}: {e})")
 

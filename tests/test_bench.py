@@ -49,7 +49,7 @@ def test_quick_bench_writes_the_report(workdir):
                  "| (b) same, on the logging thread (overlaps training; its CPU share is inside (a)) |",
                  "| create_run | 1 |", "| set_terminated | 1 |", "| (c) trials per minute, no pruning |",
                  "| (c) trials per minute, median pruning |", "| (d) shift-suite build, the config's 2 shifts (4 sets) |",
-                 "| (d) shift-suite build, all 17 registered shifts (34 sets) |",
+                 "| (d) shift-suite build, all 21 registered shifts (42 sets) |",
                  "| (d) shift evaluation: eval_seconds / train_seconds of a trial (median of 3) |",
                  "| (e) peak RSS |", "- command: `python -m harness.bench --quick --device cpu`", "- device: cpu",
                  "torch 2."):

@@ -63,3 +63,27 @@ def test_ui_and_bench_run_as_subprocesses(workdir):
         assert done.returncode == 0 and f"python -m harness.{module}" in done.stdout, (module, done.stderr[-2000:])
     done = _cli("ui", cwd=workdir, timeout=120)
     assert done.returncode == 2 and "--tracking-uri" in done.stderr and "no MLflow store" in done.stderr
+
+
+@pytest.mark.slow
+def test_strategies_target_domain_and_files_write_only_declared_names(tiny_config, workdir):
+    """A study searching surgical and gradual fine-tuning on a shifted target domain, with a CIFAR-10-C-layout
+    folder as extra test shifts: the strategy params, the clean OOD set and the c10c.* sets are all declared names."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_suite import write_c10c
+
+    write_c10c(workdir / "c10c", per=10)
+    done = _cli("study", "--config", str(tiny_config), "--no-report", "--n-trials", "5",
+                "--set", 'search.strategy=["surgical", "gradual"]', "--set", 'data.target_shift="impulse_noise:5"',
+                "--set", 'shifts.files="c10c"', cwd=workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert {r.data.params.get("strategy") for r in runs if r.data.params.get("lr")} >= {"prefix"}
+    assert any(r.data.params.get("strategy") in ("surgical", "gradual") for r in runs)
+    written = {k for r in runs for k in r.data.metrics}
+    assert {"shift/clean/acc", "ood_acc/clean", "shift/c10c.frost/acc", "shift/c10c.frost/ce"} <= written
+    assert undeclared(client, exp.experiment_id) == {"metric": set(), "param": set(), "tag": set()}
+    bad = _cli("study", "--config", str(tiny_config), "--set", 'data.target_shift="gaussian_noise:5"', cwd=workdir)
+    assert bad.returncode == 2 and "data.target_shift" in bad.stderr and "cannot also be a test shift" in bad.stderr

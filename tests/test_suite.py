@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 import torch
 
 from harness import config, data as datamod, shifts, suite
@@ -55,3 +57,153 @@ def test_cache_key_follows_config_and_data(tmp_path):
     assert suite.cache_key(dataclasses.replace(cfg.shifts, severities=[1, 2]), data["key"]) != key
     assert suite.cache_key(dataclasses.replace(cfg.shifts, seed=7), data["key"]) != key
     assert suite.cache_key(cfg.shifts, data["key"] + "x") != key
+
+
+# ------------------------------------------------------------------------------------------ a shifted target domain
+
+
+def _contrast5(x):
+    """CIFAR-10-C contrast at severity 5, written out: (x - per-image channel mean) * .15 + mean."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return ((x - mean) * 0.15 + mean).clamp(0, 1)
+
+
+def test_target_shift_applies_to_train_val_and_test(tmp_path):
+    """data.target_shift = "contrast:5": train, val and test images are the shifted images (stored as uint8 by
+    truncation, as CIFAR-10-C's files), labels unchanged, the clean val/test kept; cached, and the same per seed."""
+    cfg, data = _setup(tmp_path)
+    d = dataclasses.replace(cfg.data, target_shift=["contrast:5"])
+    out = suite.target_domain(d, data, 0, tmp_path / "cache")
+    for split in ("train", "val", "test"):
+        x, y = data[split]
+        assert torch.allclose(out[split][0], torch.floor(_contrast5(x) * 255) / 255, atol=1.5 / 255)
+        assert torch.equal(out[split][1], y)
+    assert torch.equal(out["clean_test"][0], data["test"][0]) and torch.equal(out["clean_val"][0], data["val"][0])
+    assert torch.equal(out["source_train"][0], data["source_train"][0])  # pretraining data is not the target's
+    again = suite.target_domain(d, data, 0, tmp_path / "cache")
+    assert [p.name.startswith("target-") for p in (tmp_path / "cache").glob("*.safetensors")] == [True]
+    assert all(torch.equal(out[s][0], again[s][0]) for s in ("train", "val", "test")) and out["key"] != data["key"]
+    noise = dataclasses.replace(cfg.data, target_shift=["gaussian_noise:3"])
+    a, b, c = (suite.target_domain(noise, data, seed, None)["test"][0] for seed in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert suite.target_domain(cfg.data, data, 0, None) is data  # no target shift: nothing changes
+
+
+def test_target_shift_mixture_deals_images_between_shifts(tmp_path):
+    """A list of two target shifts: every test image is one of the two shifted versions, about half each."""
+    cfg, data = _setup(tmp_path)
+    d = dataclasses.replace(cfg.data, target_shift=["contrast:5", "brightness:5"])
+    out = suite.target_domain(d, data, 0, None)["test"][0]
+    x = data["test"][0]
+    brightened = x * ((x.amax(1, keepdim=True) + 0.3).clamp(max=1) / x.amax(1, keepdim=True).clamp(min=1e-12))
+    is_c = ((out - torch.floor(_contrast5(x) * 255) / 255).abs() < 1.5 / 255).flatten(1).all(1)
+    is_b = ((out - torch.floor(brightened.clamp(0, 1) * 255) / 255).abs() < 1.5 / 255).flatten(1).all(1)
+    assert (is_c | is_b).all() and abs(int(is_c.sum()) - len(x) / 2) <= 1
+
+
+def test_target_domain_suite_tests_on_clean_and_other_shifts(tmp_path):
+    """With a target domain the clean test subset is an OOD test set ('clean', family clean), and the other test
+    shifts act on the clean images, not on the target domain's."""
+    cfg, data = _setup(tmp_path)
+    d = dataclasses.replace(cfg.data, target_shift=["gaussian_noise:5"])
+    target = suite.target_domain(d, data, 0, None)
+    sh = dataclasses.replace(cfg.shifts, test=["contrast"], severities=[5])
+    s, _ = suite.build(sh, target, tmp_path / "cache")  # written to the cache and read back
+    s, _ = suite.build(sh, target, tmp_path / "cache")
+    clean_x, clean_y = s["test_sets"]["clean"]
+    assert s["family"]["clean"] == "clean" and torch.equal(clean_y, s["labels"]["test"])
+    assert torch.allclose(s["test"]["contrast"][5], _contrast5(clean_x), atol=1e-6)
+    assert torch.equal(clean_x, s["clean"]["test"])  # the subset the shifted sets are made from
+    rows = data["test"][0].flatten(1)
+    assert all((rows == img.flatten()).all(1).any() for img in clean_x)  # clean target-task test images
+
+
+def test_target_shift_cannot_also_be_a_test_shift(tmp_path):
+    """The refusal names data.target_shift (exit 2 at the CLI); malformed entries and unknown names too."""
+    import pytest
+
+    from harness import study
+
+    with pytest.raises(config.ConfigError, match="cannot also be a test shift") as err:
+        config.load(None, ['data.target_shift="gaussian_noise:5"', 'shifts.test=["gaussian_noise", "fog"]'])
+    assert err.value.key == "data.target_shift"
+    for bad in ('"gaussian_noise"', '"gaussian_noise:6"', '["fog:1", "fog:2"]'):
+        with pytest.raises(config.ConfigError) as err:
+            config.load(None, [f"data.target_shift={bad}"])
+        assert err.value.key == "data.target_shift"
+    with pytest.raises(config.ConfigError, match="unknown shift 'hail'") as err:
+        study.preflight(config.load(None, ['data.target_shift="hail:2"']))
+    assert err.value.key == "data.target_shift"
+    assert config.load(None, ['data.target_shift="snow:2"']).data.target_shift == ["snow:2"]
+
+
+# ------------------------------------------------------------------------------- real corruption files (CIFAR-10-C)
+
+
+def write_c10c(folder, names=("gaussian_noise", "frost"), per=4, classes=5, size=16):
+    """A tiny CIFAR-10-C layout: <name>.npy of 5 severities x `per` uint8 HxWx3 images (severity-major; pixel value
+    = 40 * severity + 10 * file index, so each set says where it came from) and labels.npy (5 repeats of one
+    block)."""
+    import numpy as np
+
+    folder.mkdir()
+    block = np.arange(per) % classes
+    np.save(folder / "labels.npy", np.tile(block, 5).astype(np.uint8))
+    for i, name in enumerate(names):
+        arr = np.zeros((5 * per, size, size, 3), dtype=np.uint8)
+        for s in range(5):
+            arr[s * per:(s + 1) * per] = 40 * (s + 1) + 10 * i
+        np.save(folder / f"{name}.npy", arr)
+    return block
+
+
+def test_corruption_files_are_read_with_their_labels(tmp_path):
+    """shifts.files: each <name>.npy becomes the test shift c10c.<name>, each requested severity its block of the
+    file (severity-major), with labels.npy's labels; eval_images picks a class-stratified subset, the same rows at
+    every severity."""
+    cfg, data = _setup(tmp_path)
+    block = write_c10c(tmp_path / "c10c", per=10)
+    sh = dataclasses.replace(cfg.shifts, test=[], files=str(tmp_path / "c10c"), severities=[1, 3, 5], eval_images=0)
+    s, info = suite.build(sh, data, tmp_path / "cache")
+    assert set(s["files"]) == {"c10c.gaussian_noise", "c10c.frost"} and s["family"]["c10c.frost"] == "weather"
+    for i, name in enumerate(("gaussian_noise", "frost")):
+        for sev in (1, 3, 5):
+            x, y = s["files"][f"c10c.{name}"][sev]
+            assert x.shape == (10, 3, 16, 16) and x.dtype == torch.float32
+            assert torch.allclose(x, torch.full_like(x, (40 * sev + 10 * i) / 255))
+            assert torch.equal(y, torch.as_tensor(block, dtype=torch.long))
+    assert info["n_sets"] == (len(cfg.shifts.selection)) * 3 + 2 * 3
+    cached, _ = suite.build(sh, data, tmp_path / "cache")
+    assert torch.equal(cached["files"]["c10c.frost"][5][0], s["files"]["c10c.frost"][5][0])
+    half = dataclasses.replace(sh, eval_images=5)
+    t, _ = suite.build(half, data, None)
+    y1, y5 = t["files"]["c10c.frost"][1][1], t["files"]["c10c.frost"][5][1]
+    assert len(y1) == 5 and torch.equal(y1, y5) and torch.bincount(y1, minlength=5).tolist() == [1] * 5
+
+
+def test_corruption_files_are_evaluated_like_shifts(tmp_path):
+    """test_metrics gives each file set per-severity accuracy against labels.npy's labels (not the test split's)."""
+    from harness import trial
+
+    cfg, data = _setup(tmp_path)
+    write_c10c(tmp_path / "c10c", per=10)
+    sh = dataclasses.replace(cfg.shifts, test=[], files=str(tmp_path / "c10c"), severities=[2], eval_images=0)
+    s, _ = suite.build(sh, data, None)
+
+    class Oracle(torch.nn.Module):  # always class 0: right exactly where labels.npy says 0
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 5).float()
+
+    final, curves = trial.test_metrics(Oracle(), s, data, 8, torch.device("cpu"))
+    # labels 0..4 twice: predicting class 0 everywhere is right on 2 of 10
+    assert curves["c10c.frost"][2]["acc"] == pytest.approx(0.2) and curves["c10c.gaussian_noise"][2]["acc"] == pytest.approx(0.2)
+    assert final["ood_acc/weather"] == pytest.approx(0.2)
+
+
+def test_corruption_files_config_is_checked(tmp_path):
+    """A folder without labels.npy is bad input naming shifts.files."""
+    import pytest as _pytest
+
+    with _pytest.raises(config.ConfigError) as err:
+        config.load(None, [f'shifts.files="{tmp_path}"'])
+    assert err.value.key == "shifts.files"

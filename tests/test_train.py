@@ -105,3 +105,68 @@ def test_evaluate_reports_accuracy_and_loss():
     model, _ = models.build("resnet8", 5)
     out = train.evaluate(model, x, y, 16, CPU)
     assert 0 <= out["acc"] <= 1 and out["loss"] > 0
+
+
+# which groups train at each of 4 epochs, written out by hand for resnet8 (stem, layer1, layer2, layer3, head)
+STRATEGY_CASES = {
+    "prefix k=2, unfreeze at 2": (dict(strategy="prefix", freeze_layers=2, unfreeze_epoch=2),
+                                  [{"layer2", "layer3", "head"}] * 2 + [{"stem", "layer1", "layer2", "layer3", "head"}] * 2),
+    "surgical stem + head": (dict(strategy="surgical", tune_group=0, tune_head=True), [{"stem", "head"}] * 4),
+    "surgical layer2 alone": (dict(strategy="surgical", tune_group=2, tune_head=False), [{"layer2"}] * 4),
+    "gradual every epoch": (dict(strategy="gradual", gradual_every=1),
+                            [{"head"}, {"layer3", "head"}, {"layer2", "layer3", "head"}, {"layer1", "layer2", "layer3", "head"}]),
+    "gradual every 2": (dict(strategy="gradual", gradual_every=2), [{"head"}] * 2 + [{"layer3", "head"}] * 2),
+}
+
+
+@pytest.mark.parametrize("case", STRATEGY_CASES)
+def test_each_strategy_trains_exactly_its_groups(case):
+    """Through train.fit, at every epoch: the intended groups get gradients and change; every other group has no
+    gradient, stays in eval mode, and is bit-identical, BatchNorm running statistics included."""
+    settings, expected = STRATEGY_CASES[case]
+    x, y = _data()
+    model, groups = models.build("resnet8", 5, seed=0)
+    recipe = train.Recipe(lr=0.05, epochs=4, batch_size=16, schedule="constant", **settings)
+    before = {g: _snapshot(m) for g, m in groups.items()}
+    for (epoch, _, n_frozen, _), trains in zip(train.fit(model, groups, x, y, recipe, 0, CPU), expected):
+        now = {g: _snapshot(m) for g, m in groups.items()}
+        assert n_frozen == len(groups) - len(trains)
+        for g, module in groups.items():
+            grads = [p.grad is not None for p in module.parameters()]
+            if g in trains:
+                assert all(grads) and not _same(before[g], now[g]), f"{case}: {g} did not train at epoch {epoch}"
+            else:
+                assert not any(grads), f"{case}: frozen {g} got a gradient at epoch {epoch}"
+                assert not any(m.training for m in module.modules()), f"{case}: frozen {g} in train mode"
+                assert _same(before[g], now[g]), f"{case}: frozen {g} moved at epoch {epoch}"
+        before = now
+
+
+def test_prefix_recipe_is_todays_loop():
+    """strategy = prefix (the default) passes set_frozen the same int k as before: the same weights bit for bit as
+    the loop written with freeze_layers / unfreeze_epoch alone."""
+    x, y = _data()
+    runs = []
+    for recipe in (train.Recipe(lr=0.05, epochs=3, batch_size=16, freeze_layers=2, unfreeze_epoch=1),
+                   train.Recipe(lr=0.05, epochs=3, batch_size=16, freeze_layers=2, unfreeze_epoch=1, strategy="prefix")):
+        model, groups = models.build("resnet8", 5, seed=0)
+        list(train.fit(model, groups, x, y, recipe, 0, CPU))
+        runs.append(_snapshot(model))
+    model, groups = models.build("resnet8", 5, seed=0)
+    opt = train.make_optimizer(model, "sgd", 0.05, 0.9, 5e-4)
+    gen, step, total = torch.Generator().manual_seed(0), 0, 3 * 4
+    for epoch in range(3):
+        _, step = train.train_one_epoch(model, groups, 2 if epoch < 1 else 0, opt, x, y, 16, gen, step, total, 0.05,
+                                        "cosine", CPU)
+    assert _same(runs[0], runs[1]) and _same(runs[0], _snapshot(model))
+
+
+def test_set_frozen_rejects_bad_sets():
+    """Group indices outside the model and freezing every group (nothing to train) are errors naming the groups."""
+    model, groups = models.build("resnet8", 5)
+    with pytest.raises(ValueError, match="head"):
+        train.set_frozen(model, groups, {5})
+    with pytest.raises(ValueError, match="nothing would train"):
+        train.set_frozen(model, groups, set(range(5)))
+    train.set_frozen(model, groups, {0, 1, 2, 4})  # surgical layer3 without the head: allowed
+    assert [p.requires_grad for p in groups["head"].parameters()] == [False, False]

@@ -20,6 +20,60 @@ def test_suggest_conditional_space():
     assert p["unfreeze_epoch"] == 3
 
 
+def test_sampler_sees_the_conditional_strategy_space():
+    """With three strategies the sampler gets a categorical `strategy`, and each trial's distributions are exactly
+    its strategy's: prefix -> freeze_layers (+ unfreeze_epoch when k > 0), surgical -> tune_group in 0..n-1 and
+    tune_head, gradual -> gradual_every. Enqueued baselines stay prefix trials."""
+    cfg = config.load(None, ['search.strategy=["prefix", "surgical", "gradual"]', "search.gradual_every=[1, 3]"])
+    st = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    st.enqueue_trial({"lr": 0.01, "freeze_layers": 4, "unfreeze_epoch": 6}, user_attrs={"baseline": "linear_probe"})
+    seen = set()
+    for i in range(40):
+        t = st.ask()
+        p = trial.suggest(t, cfg, 4)
+        st.tell(t, 0.5)
+        space = set(t.distributions)
+        if i == 0:
+            assert p == {"lr": 0.01, "strategy": "prefix", "freeze_layers": 4, "unfreeze_epoch": 6}
+            assert "strategy" not in space
+            continue
+        assert isinstance(t.distributions["strategy"], optuna.distributions.CategoricalDistribution)
+        assert t.distributions["strategy"].choices == ("prefix", "surgical", "gradual")
+        seen.add(p["strategy"])
+        if p["strategy"] == "prefix":
+            assert space == {"lr", "strategy", "freeze_layers"} | ({"unfreeze_epoch"} if p["freeze_layers"] else set())
+        elif p["strategy"] == "surgical":
+            assert space == {"lr", "strategy", "tune_group", "tune_head"}
+            assert t.distributions["tune_group"].low == 0 and t.distributions["tune_group"].high == 3
+            assert set(p) == {"lr", "strategy", "tune_group", "tune_head"}
+        else:
+            assert space == {"lr", "strategy", "gradual_every"} and 1 <= p["gradual_every"] <= 3
+    assert seen == {"prefix", "surgical", "gradual"}
+    # a prefix-only study (the default) samples exactly what it did before: no strategy parameter at all
+    p = trial.suggest(optuna.trial.FixedTrial({"lr": 0.01, "freeze_layers": 2, "unfreeze_epoch": 3}), config.load(), 4)
+    assert p == {"lr": 0.01, "freeze_layers": 2, "unfreeze_epoch": 3}
+
+
+def test_strategy_params_become_the_recipe_and_pruning_waits():
+    """Each strategy's params map onto train.Recipe; gradual may be pruned one epoch after its last unfreezing."""
+    sur = {"lr": 0.1, "strategy": "surgical", "tune_group": 1, "tune_head": False}
+    assert trial.recipe_settings(sur) == {"strategy": "surgical", "tune_group": 1, "tune_head": False}
+    assert trial.recipe_settings({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 3})["freeze_layers"] == 2
+    assert trial.first_prune(2, sur, 6, 4) == 2
+    assert trial.first_prune(2, {"strategy": "gradual", "gradual_every": 1}, 6, 4) == 5  # all 4 groups train from 4
+    assert trial.first_prune(2, {"strategy": "gradual", "gradual_every": 2}, 6, 4) == 2  # never all: as a probe
+
+
+def test_strategy_config_is_checked():
+    """Unknown or repeated strategies and a gradual_every below 1 exit 2 naming the key."""
+    for override, key in (('search.strategy=["prefix", "layerwise"]', "search.strategy"),
+                          ('search.strategy=["surgical", "surgical"]', "search.strategy"),
+                          ("search.gradual_every=[0, 2]", "search.gradual_every")):
+        with pytest.raises(config.ConfigError) as err:
+            config.load(None, [override])
+        assert err.value.key == key
+
+
 def test_baselines_are_full_ft_linear_probe_lp_ft():
     cfg = config.load()
     b = {x["name"]: x["params"] for x in trial.baselines(cfg, 4)}
@@ -109,6 +163,21 @@ def test_corruption_errors_against_the_linear_probe():
     assert trial.corruption_errors(0.9, curves, None) == {}
 
 
+def test_mce_over_the_15_benchmark_corruptions_only_when_all_are_tested():
+    """mce_benchmark is the mean CE over CIFAR-10-C's 15 corruptions when all 15 are test shifts (extra shifts such
+    as rotate do not enter it), and is absent when one of the 15 is missing."""
+    names = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+             "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression"]
+    ref = {"id_acc": 0.8, "shift_acc": {n: {"1": 0.5} for n in names + ["rotate"]}}
+    curves = {n: {1: {"acc": 0.5 + 0.01 * i}} for i, n in enumerate(names)}
+    curves["rotate"] = {1: {"acc": 0.0}}
+    out = trial.corruption_errors(0.9, curves, ref)
+    assert out["mce_benchmark"] == pytest.approx(sum((0.5 - 0.01 * i) / 0.5 for i in range(15)) / 15)
+    assert out["mce"] != out["mce_benchmark"]  # mce averages every test corruption, rotate included
+    del curves["frost"]
+    assert "mce_benchmark" not in trial.corruption_errors(0.9, curves, ref)
+
+
 @pytest.mark.slow
 def test_test_shifts_never_steer_selection(workdir):
     """Two studies identical but for their held-out test shifts (objective ood_val_acc, TPE): every trial has the
@@ -124,3 +193,32 @@ def test_test_shifts_never_steer_selection(workdir):
     assert [t.params for t in a] == [t.params for t in b]
     assert [t.value for t in a] == [t.value for t in b]
     assert set(a[0].user_attrs["shift_acc"]) != set(b[0].user_attrs["shift_acc"])  # their reports do differ
+
+
+def test_surgical_sweep_enqueues_each_group_alone():
+    """search.surgical_sweep: one enqueued trial per group, head frozen, at the baselines' lr; through suggest each
+    becomes that surgical trial. Without "surgical" among the strategies the key is refused (exit 2)."""
+    cfg = config.load(None, ['search.strategy=["prefix", "surgical"]', "search.surgical_sweep=true"])
+    sweep = trial.surgical_sweep(cfg, 4)
+    lr = trial.baselines(cfg, 4)[0]["params"]["lr"]
+    assert [p["tune_group"] for p in sweep] == [0, 1, 2, 3] and all(p["lr"] == lr and not p["tune_head"] for p in sweep)
+    st = optuna.create_study()
+    for p in sweep:
+        st.enqueue_trial(p)
+    got = [trial.suggest(st.ask(), cfg, 4) for _ in sweep]
+    assert got == [{"lr": lr, "strategy": "surgical", "tune_group": j, "tune_head": False} for j in range(4)]
+    assert trial.surgical_sweep(config.load(), 4) == []
+    with pytest.raises(config.ConfigError) as err:
+        config.load(None, ["search.surgical_sweep=true"])
+    assert err.value.key == "search.surgical_sweep"
+
+
+def test_surgical_cifar10_study_file_loads(tmp_path):
+    """studies/surgical_cifar10.toml is a valid config wherever its local data lives (data.path overridden here:
+    the test needs no ../shared)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "studies" / "surgical_cifar10.toml"
+    cfg = config.load(path, [f"data.path={tmp_path}"])
+    assert cfg.search.surgical_sweep and cfg.data.target_shift == ["gaussian_noise:5"]
+    assert config.load(path, [f"data.path={tmp_path}", 'data.target_shift="rotate:3"']).data.target_shift == ["rotate:3"]

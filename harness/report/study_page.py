@@ -229,6 +229,20 @@ def _importance_table(s: dict) -> list[Raw]:
                 'trials without frozen groups enter as 0, the value MLflow logs for them.</p>')]
 
 
+def _strategy_table(s: dict) -> list[Raw]:
+    """Accuracy per strategy and per tuned group (surgical), ID and OOD; absent for prefix-only studies."""
+    if not s.get("per_strategy"):
+        return []
+    rows = [[g["label"], str(g["n"]), pct(g["id_acc"]), pct(g["ood_acc_mean"]),
+             ", ".join(f"#{n}" for n in g["trials"])] for g in s["per_strategy"]]
+    return [Raw("<h3>Which groups to tune: accuracy per strategy and tuned group</h3>"),
+            table(["strategy (surgical: the one group tuned, 0 = first)", "trials", "ID acc (%)", "OOD mean (%)",
+                   "trials"], rows, "strategies"),
+            Raw('<p class="note">Means over completed trials, any learning rate; baselines are prefix trials and '
+                'listed apart. Lee et al. 2023 find the first block best for input-level corruptions and the last '
+                'layers for label-level shift.</p>')]
+
+
 def hyper_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
     body = []
     for s in summaries:
@@ -237,7 +251,7 @@ def hyper_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]
         if not fig:
             body.append(Raw('<p class="empty">No completed trial.</p>'))
             continue
-        body += [fig] + _importance_table(s)
+        body += [fig] + _importance_table(s) + _strategy_table(s)
         ph = figures.fig_pareto_history(s)
         if ph:
             body.append(Raw("<h3>Pareto front (ID versus OOD) and optimization history</h3>"))
