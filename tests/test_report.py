@@ -504,8 +504,10 @@ def _verify_calibration(page: str, t) -> set:
 
 def _final_keys(r: dict) -> set:
     """A run's keys that are not curves the report draws: all but the per-epoch curves and shift/<name>/{acc,ece,nll}
-    (step = severity). Most are logged once; label_shift/prior_* are per-class series (step = class index)."""
-    return {k for k in r["m"] if k not in schema.LEARNING_CURVES and not re.fullmatch(r"shift/[^/]+/(acc|ece|nll)", k)}
+    (step = severity) and the system/* samples (over time; MLflow's system-metrics tab shows them). Most are logged
+    once; label_shift/prior_* are per-class series (step = class index)."""
+    return {k for k in r["m"] if k not in schema.LEARNING_CURVES and not re.fullmatch(r"shift/[^/]+/(acc|ece|nll)", k)
+            and k not in schema.SYSTEM}
 
 
 def _verify_metrics(page: str, t) -> set:
