@@ -93,7 +93,9 @@ def start(ctx, run_id: str, params: dict, baseline: str = ""):
     stop). Two requests (~10 ms each on sqlite) and a sampling thread."""
     tracking.set_description(ctx.client, run_id, trial_description(ctx, params, baseline))
     tracking.log_inputs(ctx.client, run_id, context_inputs(ctx))
-    return tracking.start_system_metrics(ctx.client, run_id, system_interval(ctx.cfg), ctx.device.type == "cuda")
+    sampler = tracking.start_system_metrics(ctx.client, run_id, system_interval(ctx.cfg), ctx.device.type == "cuda")
+    ctx.info["system_sampler"] = sampler  # the latest trial's, for harness.bench's overhead figure
+    return sampler
 
 
 def stop(sampler) -> float:

@@ -221,7 +221,7 @@ def set_experiment_kind(client, exp_id: str, kind: str = "finetuning") -> None:
 
 
 def log_pytorch_model(client, exp_id: str, run_id: str, model, example, name: str = "model",
-                      tags: dict | None = None) -> str:
+                      tags: dict | None = None, step: int = 0) -> str:
     """`model` as an MLflow LoggedModel of the pytorch flavour on run `run_id` (its output), with a signature and
     input example from `example` (float32 N x 3 x H x W in [0, 1]; the harness models normalize inside). Returns
     the model id; its URI is models:/<id>.
@@ -236,7 +236,9 @@ def log_pytorch_model(client, exp_id: str, run_id: str, model, example, name: st
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model, infer_signature
 
-    model = model.eval().cpu()
+    import copy
+
+    model = copy.deepcopy(model).eval().cpu()  # a copy: the caller's model stays on its device and in its mode
     x = example.detach().float().cpu().contiguous()
     with torch.no_grad():
         y = model(x)
@@ -263,7 +265,7 @@ def log_pytorch_model(client, exp_id: str, run_id: str, model, example, name: st
         finally:
             env_log.setLevel(level)
         client.log_model_artifacts(logged.model_id, str(local))
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
     client.finalize_logged_model(logged.model_id, "READY")
     return logged.model_id
 

@@ -284,3 +284,50 @@ def test_the_study_prints_the_runs_view_and_the_comparison_urls(shared, ctx):
     best = shared["parent"].data.tags["harness.best_run_id"]
     ids = re.findall(r"%22([0-9a-f]{32})%22", compare)
     assert ids[0] == best and set(ids) == {r.info.run_id for r in shared["trials"]}
+
+
+def test_sustain_updates_become_model_versions_with_production_on_the_last(workdir):
+    """A tiny sustain study with stream.register_models = true (4 periods, every 2 periods: updates at 1 and 3):
+    the every2 policy's registered model has 3 versions (deployed, period 1, period 3) with their period, policy,
+    seed and trigger as tags and the alias production on version 3; never has the deployed model only, alias on
+    version 1. The production model loads through models:/ and gives the accuracy R[T-1][T-1] on the last period."""
+    import json
+
+    from harness.sustain import cli
+    from test_sustain import SUSTAIN_TINY
+
+    path = workdir / "sustain.toml"
+    path.write_text(SUSTAIN_TINY.replace('name = "sustain-tiny"', 'name = "sustain-tiny"\nreport = false')
+                    .replace('policies = ["never", "every", "accuracy", "embedding"]', 'policies = ["never", "every"]')
+                    .replace("replay = 1\n", "replay = 1\nregister_models = true\n"))
+    assert cli.main(["--config", str(path)]) == 0
+    uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    every = sorted(client.search_model_versions("name = 'sustain-tiny-every2-seed0'"), key=lambda v: int(v.version))
+    assert [int(v.version) for v in every] == [1, 2, 3]
+    assert [v.tags["harness.period"] for v in every] == ["-1", "1", "3"]
+    assert [v.tags["harness.trigger"] for v in every] == ["deployed"] + ["schedule (every 2 periods)"] * 2
+    assert {(v.tags["harness.policy"], v.tags["harness.seed"]) for v in every} == {("every2", "0")}
+    prod = client.get_model_version_by_alias("sustain-tiny-every2-seed0", "production")
+    assert str(prod.version) == "3"
+    never = client.search_model_versions("name = 'sustain-tiny-never-seed0'")
+    assert len(never) == 1 and str(client.get_model_version_by_alias("sustain-tiny-never-seed0", "production").version) == "1"
+    run = client.get_run(prod.run_id)
+    assert run.info.run_name == "policy-every2-seed0" and run.data.tags["harness.model_version"] == "3"
+
+    matrix = json.loads(results.artifact(client, prod.run_id, "accuracy_matrix.json"))
+    cfg = config.load(path)
+    from harness.sustain import replay as replaymod, streams
+
+    data = datamod.load(cfg.data, cfg.study.seed, workdir / "mlruns" / "cache")
+    _, pool = streams.split_pool(data["train"][1], 0, cfg.stream.pool_fraction)
+    x, y = data["train"]
+    stream = streams.make_stream({"train": (x[pool], y[pool]), "test": data["test"]},
+                                 streams.schedule(cfg.stream, len(data["classes"]), 0), cfg.stream.labelled,
+                                 cfg.stream.eval_size, 0)
+    last = stream[-1]
+    with tracking_uri(uri):
+        pyfunc = mlflow.pyfunc.load_model("models:/sustain-tiny-every2-seed0@production")
+    acc = (torch.as_tensor(pyfunc.predict(last["eval_x"].numpy())).argmax(1) == last["eval_y"]).double().mean().item()
+    assert acc == pytest.approx(matrix["R"][-1][-1], abs=1e-9)
+    assert replaymod.VERSION >= 2
