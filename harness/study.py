@@ -323,7 +323,8 @@ def ui_urls(ctx: context.Context, study: optuna.Study, base: str) -> dict:
     best = ctx.client.get_run(ctx.parent_id).data.tags.get("harness.best_run_id")
     ids = ([best] if best else []) + [t.user_attrs["mlflow_run_id"] for t in done
                                       if t.user_attrs.get("baseline") and "mlflow_run_id" in t.user_attrs]
-    out = {"runs": links.runs_url(base, ctx.exp_id, ctx.cfg.study.name)}
+    order = schema.OOD_VAL_ACC if ctx.cfg.study.objective == "ood_val_acc" else schema.VAL_ACC_FINAL  # the objective
+    out = {"runs": links.runs_url(base, ctx.exp_id, ctx.cfg.study.name, order)}
     if len(set(ids)) > 1:
         out["compare"] = links.compare_url(base, ctx.exp_id, ids)
     return out

@@ -55,7 +55,8 @@ def ctx(shared):
 
 @contextlib.contextmanager
 def tracking_uri(uri: str):
-    """mlflow.pyfunc.load_model resolves models:/ URIs through the global tracking URI: set it for the call only."""
+    """mlflow.pyfunc.load_model resolves models:/ URIs through the global tracking URI: set it for the call only.
+    (Loading also opens MLflow's default store, ./mlflow.db of the working directory: callers run in a tmp dir.)"""
     old = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -76,7 +77,7 @@ def _trial_model_from_weights(client, run_id: str, cfg, n_classes: int):
     return model.eval()
 
 
-def test_champion_is_a_registered_pytorch_model_that_predicts_like_the_trial(shared):
+def test_champion_is_a_registered_pytorch_model_that_predicts_like_the_trial(shared, workdir):
     """The end of the study logged the selected trial's model (pytorch flavour, signature N x 3 x H x W float32,
     input example) on its run and registered it as version 1 of "tiny" with the alias champion and the study,
     trial and metrics as tags. Loaded through models:/tiny@champion it gives the same logits as the trial's weights
@@ -97,11 +98,11 @@ def test_champion_is_a_registered_pytorch_model_that_predicts_like_the_trial(sha
 
     cfg, data = _test_images(shared["root"])
     x, y = data["test"]
-    with tracking_uri(shared["uri"]):
+    with tracking_uri(shared["uri"]):  # predict too: it touches the fluent store (a ./mlflow.db in the cwd otherwise)
         pyfunc = mlflow.pyfunc.load_model("models:/tiny@champion")
+        logits = torch.as_tensor(pyfunc.predict(x.numpy()))
     inputs = pyfunc.metadata.get_input_schema().inputs[0]
     assert inputs.type.name == "float32" and list(inputs.shape) == [-1, *x.shape[1:]]
-    logits = torch.as_tensor(pyfunc.predict(x.numpy()))
     assert logits.shape == (len(y), len(data["classes"]))
     assert (logits.argmax(1) == y).double().mean().item() == pytest.approx(run.data.metrics["id_acc"], abs=1e-9)
     with torch.no_grad():
@@ -267,7 +268,8 @@ def test_every_report_row_names_its_run_and_links_to_the_ui(tmp_path_factory, sh
                 log=lambda *_: None, ui_url="http://127.0.0.1:5999/")
     linked = Path(out).read_text(encoding="utf-8")
     for run in shared["trials"]:
-        href = f'http://127.0.0.1:5999/#/experiments/{shared["exp"].experiment_id}/runs/{run.info.run_id}'
+        href = (f'http://127.0.0.1:5999/#/experiments/{shared["exp"].experiment_id}/runs/{run.info.run_id}'
+                f'?workflowType=machine_learning')
         assert f'<a class="run" href="{href}"' in linked
 
 
@@ -279,7 +281,9 @@ def test_the_study_prints_the_runs_view_and_the_comparison_urls(shared, ctx):
     lines = []
     study.summary(ctx, optuna.load_study(study_name="tiny", storage=shared["storage"]), 0.0, lines.append)
     text, exp_id = "\n".join(lines), shared["exp"].experiment_id
-    assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?searchFilter=tags.%60optuna.study_name%60" in text
+    assert (f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning&searchFilter="
+            f"tags.%60optuna.study_name%60%20%3D%20%27tiny%27&orderByKey=metrics.%60val_acc_final%60&orderByAsc=false"
+            in text)
     compare = re.search(r"(http://127\.0\.0\.1:5000/#/compare-runs\?runs=\S+)", text).group(1)
     best = shared["parent"].data.tags["harness.best_run_id"]
     ids = re.findall(r"%22([0-9a-f]{32})%22", compare)
@@ -328,6 +332,7 @@ def test_sustain_updates_become_model_versions_with_production_on_the_last(workd
     last = stream[-1]
     with tracking_uri(uri):
         pyfunc = mlflow.pyfunc.load_model("models:/sustain-tiny-every2-seed0@production")
-    acc = (torch.as_tensor(pyfunc.predict(last["eval_x"].numpy())).argmax(1) == last["eval_y"]).double().mean().item()
+        logits = torch.as_tensor(pyfunc.predict(last["eval_x"].numpy()))
+    acc = (logits.argmax(1) == last["eval_y"]).double().mean().item()
     assert acc == pytest.approx(matrix["R"][-1][-1], abs=1e-9)
     assert replaymod.VERSION >= 2
