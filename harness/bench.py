@@ -73,7 +73,10 @@ def time_client(client) -> dict:
             finally:
                 local.depth = 0
                 # calls on the logging thread (per-epoch batches) overlap training: kept apart from the trial's own
-                key = name if threading.get_ident() == main else f"{name} (logging thread)"
+                # the system-metrics sampler's thread apart: its cost is (f)'s, not the per-epoch logging's
+                key = name if threading.get_ident() == main else (
+                    f"{name} (system metrics thread)" if threading.current_thread().name.startswith("harness-system")
+                    else f"{name} (logging thread)")
                 entry = spent.setdefault(key, [0, 0.0])
                 entry[0] += 1
                 entry[1] += time.perf_counter() - t0
@@ -219,7 +222,7 @@ def throughput(ctx: context.Context, repeats: int) -> dict:
 def mlflow_share(trials: list[dict]) -> dict:
     """Every MLflow call of a trial (child run creation, per-epoch log_batch, end-of-trial metrics and per-severity
     steps, the best-weights upload, end_run) as a share of the trial's wall time; medians over the trials."""
-    blocking = lambda t: sum(s for m, (_, s) in t["mlflow"].items() if not m.endswith("(logging thread)"))
+    blocking = lambda t: sum(s for m, (_, s) in t["mlflow"].items() if not m.endswith("thread)"))
     background = lambda t: sum(s for m, (_, s) in t["mlflow"].items() if m.endswith("(logging thread)"))
     shares = [blocking(t) / t["wall"] for t in trials]
     methods = sorted({m for t in trials for m in t["mlflow"]})

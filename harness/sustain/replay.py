@@ -134,7 +134,9 @@ def sustain_key(cfg: config.Config, spec: dict, seed: int, device: str) -> str:
                    "init_lr")}
     return store.cache_key({"data": cfg.data.__dict__, "model": cfg.model.__dict__, "pretrain": cfg.pretrain.__dict__,
                             "train": cfg.train.__dict__, "study_seed": cfg.study.seed, "stream": st, "spec": spec,
-                            "seed": seed, "device": device, "pool": cfg.stream.pool_fraction, "v": VERSION})
+                            "seed": seed, "device": device, "pool": cfg.stream.pool_fraction, "v": VERSION,
+                            # a run replayed without registering its models is not reused by one that registers them
+                            **({"register_models": True} if getattr(cfg.stream, "register_models", False) else {})})
 
 
 # ---------------------------------------------------------------------------------------------------- seeds
