@@ -28,7 +28,7 @@ def trial_cell(r: dict, s: dict) -> Raw:
         name = Raw(f'<a class="run" href="{esc(links.run_url(s["ui_base"], s["experiment_id"], r["run_id"]))}" '
                    f'title="open the run in the MLflow UI">{name}</a>')
     return Raw(f'<td><span data-key="number">#{esc(r["number"])}</span> {chips(r, s)}<br><small class="run">{name} '
-               f'<code class="run-id">{esc(r.get("run_id") or "")}</code></small></td>')
+               f'<span class="run-id">{esc(r.get("run_id") or "")}</span></small></td>')
 
 
 def _cards(s: dict) -> Raw:
@@ -301,7 +301,7 @@ def failures_section(studies: list[dict], summaries: list[dict]) -> tuple[str, R
             continue
         body.append(table(["trial", "state", "strategy", "lr", "stopped at epoch", "reason"],
                           [[Raw(f'<td>#{esc(r["number"])} <small class="run">{esc(r.get("run_name") or "")} '
-                                f'<code class="run-id">{esc(r.get("run_id") or "")}</code></small></td>'), Raw(f'<td><span class="badge {esc(r["state"])}">{esc(r["state"])}</span></td>'),
+                                f'<span class="run-id">{esc(r.get("run_id") or "")}</span></small></td>'), Raw(f'<td><span class="badge {esc(r["state"])}">{esc(r["state"])}</span></td>'),
                             r["text"] or "-", lr_text(r["lr"]), r["stopped_epoch"] if r["stopped_epoch"] is not None else "-",
                             td(r["reason"] or "-", "reason")] for r in bad], "failures",
                           [{"data-run-id": r["run_id"]} for r in bad]))
