@@ -51,6 +51,10 @@ class Study:
     workers: int = 1
     timeout: float = 0.0  # seconds; 0 = no limit
     report: bool = True
+    # the selected trial's model is logged (pytorch flavour) and registered under this name with alias champion;
+    # "" = the study name, "none" = not logged
+    registered_model: str = ""
+    system_metrics: float = 10.0  # seconds between system-metric samples of a trial (+ one at its end); 0 = off
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,9 @@ class Stream:
     freeze_layers: int = 0  # update fine-tune: first k layer groups frozen
     epochs: int = 5  # update fine-tune: epochs over the period's batch plus replay
     replay: int = 2  # previous periods' labelled batches added to each update
+    # register every policy run's models as versions of "<study>-<policy>-seed<s>" (deployed = version 1, one per
+    # update, alias production on the current one); off by default: it costs about a second per version on CPU
+    register_models: bool = False
     init_lr: float = 0.03  # the deployed model: pretrained, fully fine-tuned for train.epochs on the clean train split
     # minus the stream pool
     search: bool = False  # true: an Optuna study searches the policy instead of replaying `policies`
@@ -355,6 +362,10 @@ def _check_study(cfg: Config) -> None:
     _positive("study.timeout", s.timeout, allow_zero=True)
     if not 0 <= s.seed < 2**32:  # numpy's and the samplers' seed range
         raise ConfigError("study.seed", f"must be in 0..{2**32 - 1} (numpy's seed range), got {_short(s.seed)}")
+    _positive("study.system_metrics", s.system_metrics, allow_zero=True)
+    if len(s.registered_model) > 200 or any(c in s.registered_model for c in "/\\\0:@"):
+        raise ConfigError("study.registered_model", f"must be at most 200 characters without / \\ : @, "
+                          f"got {s.registered_model!r}")
 
 
 def _check_data(cfg: Config) -> None:

@@ -96,7 +96,20 @@ PERIOD = {
     "monitor_threshold": "what the monitor was compared with at period t (triggered policies)",
 }
 
-METRICS = {**EPOCH, **FINAL, **SEVERITY, **CLASS, **PRETRAIN_EPOCH, **STREAM_FINAL, **PERIOD}
+# ------------------------------------------------------------------- system metrics (trial runs, sampled)
+# step = sample index, timestamp = when it was taken; MLflow's names, so its UI's system-metrics tab shows them.
+# Sampled every study.system_metrics seconds on a thread, plus one sample when the run stops (tracking.SystemSampler)
+SYSTEM = {
+    "system/cpu_utilization_percentage": "CPU utilization of the machine since the previous sample, %",
+    "system/system_memory_usage_megabytes": "memory in use on the machine (total - available), MiB",
+    "system/system_memory_usage_percentage": "memory in use on the machine, %",
+    "system/process_rss_megabytes": "resident memory of the trial's process, MiB",
+    "system/gpu_0_utilization_percentage": "GPU 0 utilization (NVML, through torch.cuda.utilization), % (CUDA only)",
+    "system/gpu_0_memory_usage_megabytes": "GPU 0 memory in use (all processes), MiB (CUDA only)",
+    "system/gpu_0_memory_usage_percentage": "GPU 0 memory in use, % (CUDA only)",
+}
+
+METRICS = {**EPOCH, **FINAL, **SEVERITY, **CLASS, **PRETRAIN_EPOCH, **STREAM_FINAL, **PERIOD, **SYSTEM}
 
 # --------------------------------------------------------------------------------------------- params
 TRIAL_PARAMS = {
@@ -159,7 +172,33 @@ TAGS = {
     "harness.sustain_key": "hash of everything that determines a policy run's result (reused when equal)",
     "harness.update_periods": "periods at which the policy updated, comma-separated",
     "harness.threshold_used": "the distinct monitor thresholds used",
+    # MLflow-native records (records.py, champion.py)
+    "mlflow.note.content": "the run's description in the MLflow UI: a trial's strategy in words, the study's summary",
+    "harness.registered_model": "study parent: the registered model its selected trial's model is a version of",
+    "harness.model_version": "study parent: that model version (alias champion); policy runs: their last version",
 }
+
+# Input tags of the MLflow dataset inputs (records.dataset_inputs), besides mlflow.data.context
+INPUT_SPLIT, INPUT_SHIFT, INPUT_SEVERITY = "harness.split", "harness.shift", "harness.severity"
+INPUT_SEED, INPUT_IMAGES, INPUT_TARGET_SHIFT = "harness.shift_seed", "harness.images", "harness.target_shift"
+INPUT_TAGS = {
+    INPUT_SPLIT: "the split the images come from (train, val, test, subpop)",
+    INPUT_SHIFT: "shifted evaluation sets: the shift", INPUT_SEVERITY: "shifted evaluation sets: the severity",
+    INPUT_SEED: "shifted evaluation sets: shifts.seed (each set is built from it, the shift and the severity)",
+    INPUT_IMAGES: "number of images", INPUT_TARGET_SHIFT: "the label-shift test set: its class-prior distribution",
+}
+
+# Tags of registered model versions (champion.py: the selected trial; sustain: one version per update)
+MODEL_VERSION_TAGS = {
+    "harness.study": "the study (experiment) the model comes from", "harness.trial": "its Optuna trial number",
+    "harness.run_name": "the MLflow run that trained it", "harness.strategy": "its fine-tuning strategy in words",
+    "harness.period": "sustain: the stream period whose update produced it (-1: the deployed model)",
+    "harness.policy": "sustain: the policy", "harness.seed": "sustain: the replicate seed",
+    "harness.trigger": "sustain: why the policy updated (deployed, schedule, or the monitor's statistic)",
+    "{metric}": "the trial's final metrics (id_acc, ood_acc_mean, ...), as logged on its run",
+}
+REGISTERED_MODEL_ALIASES = {"champion": "the selected trial of the latest study run",
+                            "production": "sustain: the policy's model in service now"}
 
 # Optuna trial system attrs written by the bookkeeping (not MLflow, listed so every name lives here)
 TRIAL_SYSTEM_ATTRS = ("harness.host", "harness.pid", "harness.pid_start", "harness.worker", "fail_reason")

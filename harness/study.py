@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from harness import bookkeeping, config, context, data as datamod, models, schema, shifts, store, tracking, train
-from harness import trial as trialmod, workers
+from harness import champion, links, records, trial as trialmod, workers
 from harness.config import ConfigError
 
 
@@ -161,6 +161,7 @@ def launch(ctx: context.Context, study: optuna.Study, log=print) -> None:
     """The launcher's part: log the study on its parent run, enqueue the baselines on a new study, say what it has."""
     cfg, data, info = ctx.cfg, ctx.data_cpu, ctx.info
     _log_study(ctx)
+    tracking.log_inputs(ctx.client, ctx.parent_id, records.context_inputs(ctx))  # the data every trial reads
     with bookkeeping.host_lock(cfg.study.name):  # two processes starting together: the baselines once
         if ctx.created or not study.trials:
             for b in trialmod.baselines(cfg, ctx.n_groups):
@@ -293,6 +294,11 @@ def summary(ctx: context.Context, study: optuna.Study, wall: float, log=print) -
         log(f"{t.number:>5} {t.user_attrs.get('baseline', ''):<13} {t.params['lr']:>9.2e} {k:>6} {when:>8} "
             f"{', '.join(f'{v:.4f}' for v in t.values):>12} {t.user_attrs.get(schema.ID_ACC, float('nan')):>7.4f} "
             f"{t.user_attrs.get(schema.OOD_ACC_MEAN, float('nan')):>7.4f}")
+    base = links.ui_base(ctx.uri)
+    urls = ui_urls(ctx, study, base or links.local_base())
+    where = "in the MLflow UI" if base else "in the MLflow UI once python -m harness.ui serves it"
+    log(f"\nthe study's runs {where}:\n  {urls['runs']}"
+        + (f"\nthe selected trial against the baselines:\n  {urls['compare']}" if "compare" in urls else ""))
     log(hints(cfg, ctx.uri))
 
 
@@ -307,6 +313,58 @@ def hints(cfg: config.Config, uri: str) -> str:
             f"  {store.command_line('python', '-m', 'harness.ui', '--tracking-uri', uri)}\n"
             f"  (or: {store.command_line('mlflow', 'ui', '--backend-store-uri', uri)})\n"
             f"rebuild the report:\n  {store.command_line(*report)}{note}")
+
+
+def publish_model(ctx: context.Context, log=print) -> dict | None:
+    """The selected trial's model, logged and registered (champion.publish). A failure costs a warning: the trials
+    and the weights artifact are safe."""
+    try:
+        out = champion.publish(ctx, log)
+    except Exception as e:  # noqa: BLE001
+        log(f"warning: the selected model was not registered ({type(e).__name__}: {e})")
+        return None
+    if out and out["new"]:
+        log(f"model: {out['name']} version {out['version']} (alias champion) from run {out['run_id']} "
+            f"in {out['seconds']:.1f} s")
+    return out
+
+
+def selected_trial(ctx: context.Context, study: optuna.Study) -> dict | None:
+    """The selected trial (the parent's harness.best_run_id) as the parent's description needs it."""
+    run_id = ctx.client.get_run(ctx.parent_id).data.tags.get("harness.best_run_id")
+    if not run_id:
+        return None
+    run = ctx.client.get_run(run_id)
+    params = {k: float(v) for k, v in run.data.params.items() if k in schema.TRIAL_PARAMS}
+    return {"run_id": run_id, "run_name": run.info.run_name,
+            "strategy": records.strategy(params, ctx.cfg.train.epochs, ctx.n_groups,
+                                         run.data.tags.get("harness.baseline", "")),
+            **{k: run.data.metrics.get(k) for k in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.OOD_ACC_WORST)}}
+
+
+def describe_parent(ctx: context.Context, study: optuna.Study, model: dict | None) -> None:
+    """The parent run's description (mlflow.note.content): counts, selection, model, report."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    base = links.ui_base(ctx.uri)
+    report = (links.artifact_url(base, ctx.exp_id, ctx.parent_id, "report/index.html") if base
+              else "report/index.html") if ctx.cfg.study.report else None
+    obj = "val_acc + ood_val_acc" if ctx.cfg.study.objective == "multi" else ctx.cfg.study.objective
+    tracking.set_description(ctx.client, ctx.parent_id, records.study_description(
+        ctx.cfg.study.name, counts, obj, selected_trial(ctx, study), model, report))
+
+
+def ui_urls(ctx: context.Context, study: optuna.Study, base: str) -> dict:
+    """The study's runs view and a comparison of the selected trial with the baselines, in the UI at `base`."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = ctx.client.get_run(ctx.parent_id).data.tags.get("harness.best_run_id")
+    ids = ([best] if best else []) + [t.user_attrs["mlflow_run_id"] for t in done
+                                      if t.user_attrs.get("baseline") and "mlflow_run_id" in t.user_attrs]
+    order = schema.OOD_VAL_ACC if ctx.cfg.study.objective == "ood_val_acc" else schema.VAL_ACC_FINAL  # the objective
+    out = {"runs": links.runs_url(base, ctx.exp_id, ctx.cfg.study.name, order)}
+    if len(set(ids)) > 1:
+        out["compare"] = links.compare_url(base, ctx.exp_id, ids)
+    return out
 
 
 def _run_workers(cfg: config.Config, n_groups: int, log) -> list[str]:
@@ -357,6 +415,8 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
         crashed, timed_out = [], workers.work(ctx, study, 0, log)["stopped"] == "timeout"
     workers.backfill(ctx, study, log)  # trials that finished before the linear probe, e.g. in another worker or run
     workers.tag_best(ctx, study)
+    model = publish_model(ctx, log)
+    describe_parent(ctx, study, model)
     finished = bookkeeping.counts(study)[0]
     short = finished < cfg.study.n_trials and not timed_out
     tracking.end_run(ctx.client, ctx.parent_id, "FAILED" if short else "FINISHED")

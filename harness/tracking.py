@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import logging
 import platform
 import subprocess
 import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -27,7 +31,8 @@ def experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> s
     if exp is None:
         location = (artifact_root / "artifacts" / name).resolve().as_uri() if artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location, tags={"harness.study_name": name})
+            return client.create_experiment(name, artifact_location=location, tags={"harness.study_name": name,
+                                                                                   EXPERIMENT_KIND: "finetuning"})
         except MlflowException:
             exp = client.get_experiment_by_name(name)  # another process won the race
             if exp is None:
@@ -35,6 +40,8 @@ def experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> s
     if exp.lifecycle_stage == "deleted":
         raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore it in the UI or choose another "
                            f"--study-name")
+    if EXPERIMENT_KIND not in exp.tags:  # made before the kind was tagged
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "finetuning")
     return exp.experiment_id
 
 
@@ -196,3 +203,201 @@ def versions() -> dict:
 
 def log_json(client, run_id: str, obj, path: str) -> None:
     log_text(client, run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), path)
+
+
+# ------------------------------------------------------------------------------------ MLflow-native records
+# Models, model versions, dataset inputs, system metrics and descriptions, all by explicit ids as above.
+
+DESCRIPTION = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
+EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI opens a "finetuning" experiment on its runs, not on GenAI traces
+
+
+def set_description(client, run_id: str, text: str) -> None:
+    set_tags(client, run_id, {DESCRIPTION: text})
+
+
+def set_experiment_kind(client, exp_id: str, kind: str = "finetuning") -> None:
+    """Tag the experiment with its kind once (experiments made before this tag existed get it on the next open)."""
+    if client.get_experiment(exp_id).tags.get(EXPERIMENT_KIND) != kind:
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND, kind)
+
+
+def log_pytorch_model(client, exp_id: str, run_id: str, model, example, name: str = "model",
+                      tags: dict | None = None, step: int = 0) -> str:
+    """`model` as an MLflow LoggedModel of the pytorch flavour on run `run_id` (its output), with a signature and
+    input example from `example` (float32 N x 3 x H x W in [0, 1]; the harness models normalize inside). Returns
+    the model id; its URI is models:/<id>.
+
+    mlflow.pytorch.log_model is not used: it resolves the experiment of the new LoggedModel from the fluent state
+    (the active run, else the default experiment "0"), not from run_id, so from a client with explicit ids it files
+    the model under the wrong experiment. Here: create the LoggedModel in the run's experiment, save the flavour
+    to a temporary folder, upload, link it to the run as an output, mark it READY."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import Model, infer_signature
+
+    import copy
+
+    model = copy.deepcopy(model).eval().cpu()  # a copy: the caller's model stays on its device and in its mode
+    x = example.detach().float().cpu().contiguous()
+    with torch.no_grad():
+        y = model(x)
+    signature = infer_signature(x.numpy(), y.numpy())
+    logged = client.create_logged_model(exp_id, name=name, source_run_id=run_id,
+                                        tags={k: str(v) for k, v in (tags or {}).items()})
+    # pinned requirements: MLflow's inference of them loads the model in a subprocess (seconds per model)
+    import torchvision
+
+    reqs = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+            f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    env_log = logging.getLogger("mlflow.utils.environment")  # "Failed to resolve installed pip version": uv venvs
+    level = env_log.level
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch.export's "No complete tensor found in the group"
+        env_log.setLevel(logging.ERROR)
+        local = Path(tmp) / "model"
+        meta = Model(artifact_path=logged.artifact_location, run_id=run_id, model_uuid=logged.model_id,
+                     model_id=logged.model_id)
+        try:
+            # pt2 (torch.export): a graph, loadable with torch alone (no harness code, no pickle), dynamic batch
+            mlflow.pytorch.save_model(model, str(local), mlflow_model=meta, signature=signature,
+                                      input_example=x.numpy(), pip_requirements=reqs, serialization_format="pt2")
+        finally:
+            env_log.setLevel(level)
+        client.log_model_artifacts(logged.model_id, str(local))
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    client.finalize_logged_model(logged.model_id, "READY")
+    return logged.model_id
+
+
+def register_model(client, name: str, model_id: str, run_id: str, tags: dict, alias: str) -> str:
+    """A new version of registered model `name` (created when absent) from LoggedModel `model_id`, with `tags`,
+    and `alias` moved onto it. Returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, tags={"harness.registered_by": "harness"})
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    # source = the LoggedModel's storage location, not models:/<id>: the sqlite registry resolves a models:/ source
+    # through a fresh MlflowClient() on the global tracking URI (its own TODO), i.e. ./mlflow.db in the cwd
+    source = client.get_logged_model(model_id).artifact_location
+    mv = client.create_model_version(name, source=source, run_id=run_id, model_id=model_id,
+                                     tags={k: str(v)[:5000] for k, v in tags.items()}, await_creation_for=0)
+    client.set_registered_model_alias(name, alias, mv.version)
+    return str(mv.version)
+
+
+def alias_version(client, name: str, alias: str):
+    """The ModelVersion that `alias` points at, or None (no such model or alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def dataset_input(name: str, digest: str, source: str, context: str, tags: dict | None = None, shape=None):
+    """One MLflow dataset input: `name` and `digest` (content hash) as the UI's dataset column shows them, `source`
+    (a path or dataset name), `context` (mlflow.data.context: train, validation, test, or a shifted set) and extra
+    input tags (shift, severity, seed, target shift)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    schema_json = json.dumps({"mlflow_tensorspec": {"features": json.dumps(
+        [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": list(shape)}}]) if shape else None}})
+    ds = Dataset(name=name, digest=digest, source_type="local" if "/" in source else "code",
+                 source=json.dumps({"uri": source} if "/" in source else {"tags": {"name": source}}),
+                 schema=schema_json if shape else None)
+    input_tags = [InputTag("mlflow.data.context", context)]
+    input_tags += [InputTag(k, str(v)) for k, v in (tags or {}).items()]
+    return DatasetInput(ds, tags=input_tags)
+
+
+def log_inputs(client, run_id: str, inputs: list) -> None:
+    """Every dataset input of a run in one request (a trial's ~60: one call)."""
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+
+
+SYSTEM_INTERVAL = 10.0  # seconds between system-metric samples (study.system_metrics); one request per sample
+
+
+@dataclasses.dataclass
+class SystemSampler:
+    """CPU, memory and (CUDA) GPU utilization of this machine, sampled on a thread of its own every `interval` s
+    and logged as system/* metrics on run_id (MLflow's names, so its UI's system-metrics tab shows them). MLflow's
+    own SystemMetricsMonitor is not used: it drops the samples of its last interval on stop, so a trial shorter than
+    the interval (every default trial: 1-5 s) got none, and it polls get_run every sample. Here stop() logs a final
+    sample covering the time since the last one: every run has at least one."""
+    client: object
+    run_id: str
+    interval: float
+    gpu: bool = False
+    step: int = 0
+    stop_event: threading.Event = dataclasses.field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    seconds: float = 0.0  # time spent sampling and logging (overhead, harness.bench)
+
+
+def _sample(s: SystemSampler) -> None:
+    import psutil
+
+    t0 = time.perf_counter()
+    vm = psutil.virtual_memory()
+    m = {"system/cpu_utilization_percentage": psutil.cpu_percent(None),  # since the previous call
+         "system/system_memory_usage_megabytes": (vm.total - vm.available) / 2**20,
+         "system/system_memory_usage_percentage": vm.percent,
+         "system/process_rss_megabytes": psutil.Process().memory_info().rss / 2**20}
+    if s.gpu:
+        import torch
+
+        try:
+            m["system/gpu_0_utilization_percentage"] = float(torch.cuda.utilization(0))  # needs pynvml
+        except Exception:
+            pass
+        free, total = torch.cuda.mem_get_info(0)
+        m["system/gpu_0_memory_usage_megabytes"] = (total - free) / 2**20
+        m["system/gpu_0_memory_usage_percentage"] = 100.0 * (total - free) / total
+    now = int(time.time() * 1000)
+    s.client.log_batch(s.run_id, metrics=[Metric(k, float(v), now, s.step) for k, v in m.items()])
+    s.step += 1
+    s.seconds += time.perf_counter() - t0
+
+
+def start_system_metrics(client, run_id: str, interval: float = SYSTEM_INTERVAL, gpu: bool = False):
+    """A started SystemSampler on run_id, or None when interval <= 0 (off)."""
+    if interval <= 0:
+        return None
+    import psutil
+
+    psutil.cpu_percent(None)  # primes the counter: the first sample then covers the time since now
+    s = SystemSampler(client, run_id, interval, gpu)
+
+    def loop():
+        while not s.stop_event.wait(s.interval):
+            try:
+                _sample(s)
+            except Exception:  # a lost sample is no reason to disturb the trial
+                pass
+
+    s.thread = threading.Thread(target=loop, daemon=True, name="harness-system-metrics")
+    s.thread.start()
+    return s
+
+
+def stop_system_metrics(s) -> float:
+    """Stop the sampler, log the final sample; returns the seconds its sampling cost (0 when off)."""
+    if s is None or s.thread is None:  # off, or stopped already (a trial stops it before its run ends)
+        return 0.0 if s is None else s.seconds
+    s.stop_event.set()
+    s.thread.join()
+    s.thread = None
+    try:
+        _sample(s)
+    except Exception:
+        pass
+    return s.seconds

@@ -13,7 +13,7 @@ import optuna
 import psutil
 import torch
 
-from harness import metrics, models, schema, shifts, store, tracking, train
+from harness import metrics, models, records, schema, shifts, store, tracking, train
 from harness.config import Config, Model
 
 
@@ -326,6 +326,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
     run_id = tracking.child_run(client, ctx.exp_id, ctx.parent_id, cfg.study.name, trial.number, p,
                                 {"harness.baseline": baseline} if baseline else {})
     trial.set_user_attr("mlflow_run_id", run_id)
+    sampler = records.start(ctx, run_id, p, baseline)  # description, dataset inputs, system metrics
     at, model, groups = Progress(), None, None
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)  # gpu_peak_mb is this trial's peak, not the process's
@@ -336,6 +337,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
         value = log_trial(trial, ctx, run_id, final, series, sel)
         if on_complete is not None:
             on_complete(trial, value, model, run_id)
+        records.stop(sampler)
         tracking.end_run(client, run_id, "FINISHED")
         return value
     except optuna.TrialPruned as err:
@@ -349,6 +351,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
         tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": reason, "harness.failed_epoch": at.epoch})
         raise
     finally:
+        records.stop(sampler)  # no-op when already stopped
         # free this trial's model now: memory must not grow across trials (optuna#1224)
         model = groups = None  # groups holds the modules too
         gc.collect()

@@ -1,4 +1,5 @@
-"""`python -m harness.ui`: the MLflow UI on the project's store, bound to 127.0.0.1 only."""
+"""`python -m harness.ui`: the MLflow UI on the project's store (`--optuna`: optuna-dashboard on its Optuna storage),
+bound to 127.0.0.1 only; prints the direct URL of each study's runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from harness import store
+from harness import links, store
 
 HOST = "127.0.0.1"  # loopback only: the UI has no authentication and can delete runs
 
@@ -29,6 +30,26 @@ def command(tracking_uri: str, port: int, artifact_root: Path | None = None) -> 
     return cmd
 
 
+def dashboard_command(storage: str, port: int) -> list[str]:
+    """optuna-dashboard (a dependency) on the study's Optuna storage, on 127.0.0.1 only: it can rename and delete
+    studies and has no authentication."""
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    return [str(exe) if exe.exists() else "optuna-dashboard", storage, "--host", HOST, "--port", str(port)]
+
+
+def study_urls(tracking_uri: str, base: str, log=print) -> None:
+    """The direct URL of each harness study's runs view (not the GenAI overview the UI opens on), read from the store
+    before the UI starts."""
+    try:
+        client = store.connect(tracking_uri, existing=True)
+        exps = [e for e in client.search_experiments() if "harness.study_name" in e.tags]
+    except Exception as e:  # noqa: BLE001 - the UI starts anyway
+        log(f"(could not list the studies: {type(e).__name__}: {e})")
+        return
+    for e in exps:
+        log(f"  study {e.name}: {links.runs_url(base, e.experiment_id, e.name)}")
+
+
 def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -43,14 +64,23 @@ def main(argv=None, execv=os.execvp) -> int:
                                  "on 127.0.0.1 only; Ctrl-C stops it.",
                                  epilog="Exit codes: 0 success, 2 bad input (unknown store, port in use).")
     ap.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///mlruns/mlflow.db in the current directory)")
-    ap.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+    ap.add_argument("--port", type=int, help="port on 127.0.0.1 (default: 5000; with --optuna 8080)")
+    ap.add_argument("--optuna", action="store_true", help="start optuna-dashboard on the Optuna storage instead "
+                    "(studies, trials, optimization history, parameter importances)")
+    ap.add_argument("--storage", help="with --optuna: Optuna storage URL (default: sqlite:///mlruns/optuna.db in the "
+                    "current directory)")
     args = ap.parse_args(argv)
     uri = args.tracking_uri or store.default_tracking_uri()
+    if args.port is None:
+        args.port = 8080 if args.optuna else 5000
     if not 1 <= args.port <= 65535:
         print(f"error: --port: must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
+    if args.optuna:
+        return _dashboard(args.storage or store.default_storage(), args.port, execv)
     if uri.startswith(("http://", "https://")):
         print(f"{store.redact(uri)} is already a tracking server: open it in a browser")
+        study_urls(uri, links.ui_base(uri))
         return 0
     db = store.sqlite_path(uri)
     if db is None:
@@ -64,8 +94,24 @@ def main(argv=None, execv=os.execvp) -> int:
         return 2
     cmd = command(uri, args.port, db.parent / "artifacts")
     print(f"MLflow UI on http://{HOST}:{args.port}  (store {store.redact(uri)}; Ctrl-C to stop)\n  "
-          f"{store.command_line(*cmd)}", flush=True)
+          f"{store.command_line(*cmd)}\neach study's runs:", flush=True)
+    study_urls(uri, f"http://{HOST}:{args.port}")
+    sys.stdout.flush()
     execv(cmd[0], cmd)  # replaces this process: Ctrl-C and the exit code are mlflow's own
+    return 0
+
+
+def _dashboard(storage: str, port: int, execv) -> int:
+    db = store.sqlite_path(storage)
+    if db is not None and not db.is_file():
+        print(f"error: --storage: no Optuna storage at {db}; run `python -m harness.study` first", file=sys.stderr)
+        return 2
+    if not port_free(port):
+        print(f"error: --port: {HOST}:{port} is in use; pass another --port", file=sys.stderr)
+        return 2
+    cmd = dashboard_command(storage, port)
+    print(f"optuna-dashboard on http://{HOST}:{port}  (storage {store.redact(storage)}; Ctrl-C to stop)", flush=True)
+    execv(cmd[0], cmd)
     return 0
 
 

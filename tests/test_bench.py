@@ -52,9 +52,11 @@ def test_quick_bench_writes_the_report(workdir):
                  "| (d) shift-suite build, all 21 registered shifts (42 sets) |",
                  "| (d) shift evaluation: eval_seconds / train_seconds of a trial (median of 3) |",
                  "| (e) peak RSS |", "- command: `python -m harness.bench --quick --device cpu`", "- device: cpu",
+                 "| (f) dataset inputs (", "| (f) system metrics (every 10 s + one at the end) / trial wall time |",
+                 "| (f) selected model: pytorch-flavour logging + registration, once a study", "## (f) MLflow-native",
                  "torch 2."):
         assert line in text, line
-    assert text.count(" | ok |") + text.count(" | MISSED |") == 8  # every target judged
+    assert text.count(" | ok |") + text.count(" | MISSED |") == 9  # every target judged
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

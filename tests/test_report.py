@@ -504,8 +504,10 @@ def _verify_calibration(page: str, t) -> set:
 
 def _final_keys(r: dict) -> set:
     """A run's keys that are not curves the report draws: all but the per-epoch curves and shift/<name>/{acc,ece,nll}
-    (step = severity). Most are logged once; label_shift/prior_* are per-class series (step = class index)."""
-    return {k for k in r["m"] if k not in schema.LEARNING_CURVES and not re.fullmatch(r"shift/[^/]+/(acc|ece|nll)", k)}
+    (step = severity) and the system/* samples (over time; MLflow's system-metrics tab shows them). Most are logged
+    once; label_shift/prior_* are per-class series (step = class index)."""
+    return {k for k in r["m"] if k not in schema.LEARNING_CURVES and not re.fullmatch(r"shift/[^/]+/(acc|ece|nll)", k)
+            and k not in schema.SYSTEM}
 
 
 def _verify_metrics(page: str, t) -> set:
@@ -536,7 +538,9 @@ def _verify_failures(page: str, t) -> set:
     assert [r.attrs["data-run-id"] for r in rows] == [r["run_id"] for r in bad]
     for row, tr in zip(rows, bad):
         number, state, strategy, lr, epoch, reason = (c.text for c in row.cells)
-        assert number == f"#{tr['number']}" and state == {"KILLED": "pruned", "FAILED": "failed"}[tr["status"]]
+        # "#N", then the run's MLflow name and id
+        assert number.split() == [f"#{tr['number']}", tr["run"].info.run_name, tr["run_id"]], number
+        assert state == {"KILLED": "pruned", "FAILED": "failed"}[tr["status"]]
         check_strategy(strategy, tr, t.epochs)
         assert float(lr) == pytest.approx(tr["params"]["lr"], rel=5e-3)
         assert epoch == tr["tags"].get("harness.pruned_epoch", tr["tags"].get("harness.failed_epoch"))

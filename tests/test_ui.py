@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from harness import ui
 
 
@@ -57,3 +59,55 @@ def test_bad_input_exits_2(workdir, capsys):
     assert ui.main(["--tracking-uri", "file:///tmp/x"], execv=never) == 2
     assert ui.main(["--tracking-uri", "http://127.0.0.1:5000"], execv=never) == 0
     assert "already a tracking server" in capsys.readouterr().out
+
+
+def test_optuna_dashboard_serves_the_study_on_loopback_and_stops(workdir):
+    """`python -m harness.ui --optuna --storage URL --port P` (a real subprocess): optuna-dashboard answers on
+    127.0.0.1:P with the study in /api/studies, listens on loopback only, and SIGTERM stops it within seconds."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import optuna
+    import psutil
+
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    s = optuna.create_study(study_name="dash", storage=storage, direction="maximize")
+    s.optimize(lambda t: t.suggest_float("lr", 1e-3, 1e-1, log=True), n_trials=3)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "harness.ui", "--optuna", "--storage", storage, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert studies is not None, proc.stdout.read() if proc.poll() is not None else "no answer in 60 s"
+        assert [(st["study_name"], st["directions"]) for st in studies] == [("dash", ["maximize"])]
+        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections("inet") if c.status == "LISTEN"]
+        assert listening and all(a.ip == "127.0.0.1" and a.port == port for a in listening)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=15) is not None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with pytest.raises(ConnectionRefusedError):  # nothing listens any more: no server left running
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_optuna_flag_bad_input_exits_2(workdir, capsys):
+    """--optuna without a storage file: exit 2 naming --storage, nothing started."""
+    never = lambda *a: (_ for _ in ()).throw(AssertionError("must not exec"))
+    assert ui.main(["--optuna"], execv=never) == 2
+    assert "--storage" in capsys.readouterr().err

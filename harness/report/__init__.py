@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from harness import numbers, results, store
+from harness import links, numbers, results, store
 from harness.report import study_page, sustain_page
 from harness.report.kit import slug
 
@@ -29,7 +29,7 @@ def _clean(obj):
 
 
 def build(study_names: list[str], tracking_uri: str, storage: str | None = None, out_dir="reports",
-          log=print) -> Path:
+          log=print, ui_url: str | None = None) -> Path:
     """Read the studies from MLflow (and Optuna), write <out_dir>/<study>/index.html (several studies:
     <a>+<b>/index.html) and report.json next to it, log both on each study's parent run, return the HTML path.
     Raises results.StudyNotFound for an unknown study or store."""
@@ -39,6 +39,8 @@ def build(study_names: list[str], tracking_uri: str, storage: str | None = None,
     storage = storage or store.default_storage()
     studies = [results.load(n, tracking_uri, storage) for n in names]
     summaries = [numbers.summarize(st) for st in studies]
+    for s in summaries:  # trials link to their runs in the MLflow UI when there is one (http server or --ui-url)
+        s["ui_base"] = links.ui_base(tracking_uri, ui_url)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sustain = any(s.get("kind") == "sustain" for s in summaries)  # harness.sustain studies have their own page
     # redacted whole: the page quotes the tracking URI and the logged config (older studies logged it unredacted)

@@ -20,6 +20,9 @@ def main(argv=None) -> int:
     ap.add_argument("--storage", help="Optuna storage URL (default: sqlite:///mlruns/optuna.db in the current "
                     "directory; used for the trial states, optional)")
     ap.add_argument("--out", default="reports", help="output folder (default: reports)")
+    ap.add_argument("--ui-url", help="base URL of an MLflow UI on this store (e.g. http://127.0.0.1:5000, what "
+                    "python -m harness.ui serves): every trial links to its run there (default: the tracking URI "
+                    "when it is an http(s) server, else no links)")
     args = ap.parse_args(argv)
     uri = args.tracking_uri or store.default_tracking_uri()
     if not uri.startswith(store.TRACKING_SCHEMES):
@@ -30,7 +33,7 @@ def main(argv=None) -> int:
         return 2
     try:
         store.check_reachable(uri)
-        out = build(args.study_name, uri, args.storage, args.out)
+        out = build(args.study_name, uri, args.storage, args.out, ui_url=args.ui_url)
     except results.StudyNotFound as e:
         print(store.redact(f"error: {e.args[0] if e.args else e}"), file=sys.stderr)
         return 2

@@ -124,6 +124,7 @@ small.ci{color:var(--mut);font-size:11px}
 .chip.full_ft{color:#1f77b4;border-color:#1f77b4}.chip.linear_probe{color:#c25e00;border-color:#ff7f0e}
 .chip.lp_ft{color:#2ca02c;border-color:#2ca02c}.chip.best{color:#fff;background:#d62728;border-color:#d62728}
 .chip.pareto{color:var(--mut);border-color:#c8d0d8}
+small.run{color:var(--mut);white-space:nowrap}span.run-id{font-family:monospace;font-size:10px}
 .banner{padding:12px 14px;border-radius:8px;margin:8px 0;font-weight:600}
 .banner.warn{background:#fff8c5;border:1px solid #d4a72c}
 td.bar{position:relative;min-width:160px}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import schema
+from harness import links, schema
 from harness.report import figures
 from harness.report.kit import Raw, ci, esc, heading, img, lr_text, num, page, pct, pts, table, td
 
@@ -18,6 +18,17 @@ def chips(r: dict, s: dict) -> Raw:
     if r["number"] in s["pareto"]:
         out.append('<span class="chip pareto" title="on the ID/OOD Pareto front">Pareto</span>')
     return Raw("".join(out))
+
+
+def trial_cell(r: dict, s: dict) -> Raw:
+    """A trial's cell: #N (its Optuna number), its MLflow run name and run id, linked to its run page in the MLflow UI
+    when the report knows the UI (s["ui_base"]: an http tracking server or --ui-url), and its chips."""
+    name = esc(r.get("run_name") or "")
+    if s.get("ui_base") and r.get("run_id"):
+        name = Raw(f'<a class="run" href="{esc(links.run_url(s["ui_base"], s["experiment_id"], r["run_id"]))}" '
+                   f'title="open the run in the MLflow UI">{name}</a>')
+    return Raw(f'<td><span data-key="number">#{esc(r["number"])}</span> {chips(r, s)}<br><small class="run">{name} '
+               f'<span class="run-id">{esc(r.get("run_id") or "")}</span></small></td>')
 
 
 def _cards(s: dict) -> Raw:
@@ -139,7 +150,7 @@ def leaderboard(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
         if not done:
             body.append(Raw(f'<p class="empty">{esc(s["message"])}</p>'))
             continue
-        rows = [[td(r["rank"]), Raw(f'<td><span data-key="number">#{esc(r["number"])}</span> {chips(r, s)}</td>'),
+        rows = [[td(r["rank"]), trial_cell(r, s),
                  td(r["text"] or "-", cls="wrap"), td(lr_text(r["lr"]), "lr"), td(pct(r["objective"]), "objective"),
                  _with_ci(r, "id_acc"), _with_ci(r, "ood_acc_mean"),
                  Raw(f'<td><span data-key="ood_acc_worst">{esc(pct(r["ood_acc_worst"]))}</span> '
@@ -303,7 +314,8 @@ def failures_section(studies: list[dict], summaries: list[dict]) -> tuple[str, R
             body.append(Raw('<p class="empty">None: every trial completed.</p>'))
             continue
         body.append(table(["trial", "state", "strategy", "lr", "stopped at epoch", "reason"],
-                          [[f"#{r['number']}", Raw(f'<td><span class="badge {esc(r["state"])}">{esc(r["state"])}</span></td>'),
+                          [[Raw(f'<td>#{esc(r["number"])} <small class="run">{esc(r.get("run_name") or "")} '
+                                f'<span class="run-id">{esc(r.get("run_id") or "")}</span></small></td>'), Raw(f'<td><span class="badge {esc(r["state"])}">{esc(r["state"])}</span></td>'),
                             r["text"] or "-", lr_text(r["lr"]), r["stopped_epoch"] if r["stopped_epoch"] is not None else "-",
                             td(r["reason"] or "-", "reason")] for r in bad], "failures",
                           [{"data-run-id": r["run_id"]} for r in bad]))
@@ -327,7 +339,8 @@ def metrics_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Ra
         trials = figures.shown(s)
         if not trials:
             continue
-        keys = sorted({k for r in trials for k in r["final"]})
+        # system/* samples (CPU, memory, GPU over time) are not results; MLflow's system-metrics tab shows them
+        keys = sorted({k for r in trials for k in r["final"] if not k.startswith("system/")})
         body.append(heading(summaries, s))
         body.append(table(["metric"] + [figures.trial_label(r, s["best"]) for r in trials],
                           [[k] + [td(num(r["final"].get(k), ".4g"), k) for r in trials] for k in keys], "metrics"))

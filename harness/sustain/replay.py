@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from harness import config, context, schema, store, tracking, train, trial as trialmod
-from harness.sustain import policies, streams
+from harness.sustain import policies, streams, versions
 
 VERSION = 2  # part of harness.sustain_key and of the deployed model's cache key: bump when the protocol changes
 # (2: the deployed model trains on one half of the train split, the stream draws from the other; forgetting metric)
@@ -61,9 +61,11 @@ def _accuracy_on(model, x, y, batch_size, device) -> float:
     return (train.predict(model, x, batch_size, device).argmax(1) == y).double().mean().item()
 
 
-def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: config.Train, device, seed: int) -> dict:
+def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: config.Train, device, seed: int,
+           on_update=None) -> dict:
     """Run one policy over the stream, in place on `model` (the deployed model). Returns R, initial, stream_acc,
-    labelled_acc, updated, monitor, monitor_threshold, update_seconds, update_examples (see harness.sustain.cli)."""
+    labelled_acc, updated, monitor, monitor_threshold, update_seconds, update_examples (see harness.sustain.cli).
+    on_update(t, model, stat, threshold) runs after each update, outside the timed update (model versions)."""
     bs = tcfg.eval_batch_size
     head = groups["head"]
     decide = policies.POLICIES[spec["policy"]].decide
@@ -101,6 +103,8 @@ def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: con
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - t0
             examples += len(x) * spec["epochs"]
+            if on_update is not None:
+                on_update(t, model, stat, used)
             current = row()
             ref_x, ref_cache, since = p["eval_x"], {}, []
         updated.append(int(fire))
@@ -130,7 +134,9 @@ def sustain_key(cfg: config.Config, spec: dict, seed: int, device: str) -> str:
                    "init_lr")}
     return store.cache_key({"data": cfg.data.__dict__, "model": cfg.model.__dict__, "pretrain": cfg.pretrain.__dict__,
                             "train": cfg.train.__dict__, "study_seed": cfg.study.seed, "stream": st, "spec": spec,
-                            "seed": seed, "device": device, "pool": cfg.stream.pool_fraction, "v": VERSION})
+                            "seed": seed, "device": device, "pool": cfg.stream.pool_fraction, "v": VERSION,
+                            # a run replayed without registering its models is not reused by one that registers them
+                            **({"register_models": True} if getattr(cfg.stream, "register_models", False) else {})})
 
 
 # ---------------------------------------------------------------------------------------------------- seeds
@@ -238,7 +244,11 @@ def _replay_into(run: SustainRun, spec: dict, seed: int, run_id: str) -> tuple[d
     model, groups = trialmod.fresh_model(cfg.model, len(ctx.data_cpu["classes"]), ctx.pretrained, ctx.device, seed,
                                          compile=cfg.train.compile)
     model.load_state_dict(sc.init)
-    res = replay(model, groups, sc.stream, spec, run.reference_x, cfg.train, ctx.device, seed)
+    registry = versions.start(ctx, run_id, policies.label(spec), seed)  # None unless stream.register_models
+    versions.register(registry, model, -1, "deployed")
+    res = replay(model, groups, sc.stream, spec, run.reference_x, cfg.train, ctx.device, seed,
+                 on_update=None if registry is None else
+                 lambda t, m, stat, used: versions.register(registry, m, t, versions.trigger(spec, stat, used)))
     m = stream_metrics(res["R"], res["initial"])
     totals = {**m, "n_updates": sum(res["updated"]), "update_seconds": res["update_seconds"],
               "update_examples": res["update_examples"]}
@@ -255,5 +265,9 @@ def _replay_into(run: SustainRun, spec: dict, seed: int, run_id: str) -> tuple[d
     used = sorted({v for v in res["monitor_threshold"] if v is not None})
     tags = {"harness.threshold_used": ",".join(f"{v:.4g}" for v in used)} if used else {}
     when = [str(t) for t, u in enumerate(res["updated"]) if u]
+    if registry is not None:
+        tags.update({"harness.registered_model": registry.name, "harness.model_version": registry.versions[-1]})
+        run.log(f"seed {seed} {policies.label(spec):<10} {len(registry.versions)} model versions of {registry.name} "
+                f"in {registry.seconds:.1f} s (alias {versions.ALIAS} on version {registry.versions[-1]})")
     tracking.end_run(client, run_id, "FINISHED", {"harness.update_periods": ",".join(when), **tags})
     return final, when
