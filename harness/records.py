@@ -39,8 +39,10 @@ def dataset_inputs(cfg, data: dict, suite: dict | None) -> list:
     for split in ("train", "val", "test", "subpop"):
         if split in data:
             x, y = data[split]
-            out.append(tracking.dataset_input(f"{base}/{split}", digest(x, y), src, SPLIT_CONTEXT[split],
-                                              {schema.INPUT_SPLIT: split, schema.INPUT_IMAGES: len(y)},
+            tags = {schema.INPUT_SPLIT: split, schema.INPUT_IMAGES: len(y)}
+            if cfg.data.target_shift and split != "subpop":  # the target domain the study adapts to
+                tags[schema.INPUT_TARGET_SHIFT] = ",".join(cfg.data.target_shift)
+            out.append(tracking.dataset_input(f"{base}/{split}", digest(x, y), src, SPLIT_CONTEXT[split], tags,
                                               shape=[-1, *x.shape[1:]]))
     for part, split in (("selection", "val"), ("test", "test")):
         for name, sev in (suite or {}).get(part, {}).items():
@@ -72,7 +74,12 @@ def lr_words(lr: float) -> str:
 def strategy(params: dict, epochs: int, n_groups: int, baseline: str = "") -> str:
     """A trial's fine-tuning strategy in words, e.g. "freeze 2 groups, unfreeze at epoch 1, lr 0.18"."""
     k, e, lr = int(params.get("freeze_layers", 0)), int(params.get("unfreeze_epoch", 0)), float(params["lr"])
-    if k == 0:
+    if "tune_group" in params:  # surgical (Lee et al. 2023): one group, with or without the head
+        head = str(params.get("tune_head")).lower() in ("true", "1", "1.0")
+        words = f"tune only group {int(float(params['tune_group']))}" + (" and the head" if head else "")
+    elif "gradual_every" in params:  # gradual (ULMFiT): head first, then one group more every n epochs
+        words = f"unfreeze one group every {int(float(params['gradual_every']))} epochs, head first"
+    elif k == 0:
         words = "train everything"  # the report's words (numbers.py)
     else:
         groups = f"freeze {k} group{'s' if k != 1 else ''}"

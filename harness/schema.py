@@ -185,7 +185,8 @@ INPUT_TAGS = {
     INPUT_SPLIT: "the split the images come from (train, val, test, subpop)",
     INPUT_SHIFT: "shifted evaluation sets: the shift", INPUT_SEVERITY: "shifted evaluation sets: the severity",
     INPUT_SEED: "shifted evaluation sets: shifts.seed (each set is built from it, the shift and the severity)",
-    INPUT_IMAGES: "number of images", INPUT_TARGET_SHIFT: "the label-shift test set: its class-prior distribution",
+    INPUT_IMAGES: "number of images", INPUT_TARGET_SHIFT: "the target domain's shift (data.target_shift) on the clean splits; the label-shift "
+                        "test set's class-prior distribution",
 }
 
 # Tags of registered model versions (champion.py: the selected trial; sustain: one version per update)

@@ -335,7 +335,7 @@ def selected_trial(ctx: context.Context, study: optuna.Study) -> dict | None:
     if not run_id:
         return None
     run = ctx.client.get_run(run_id)
-    params = {k: float(v) for k, v in run.data.params.items() if k in schema.TRIAL_PARAMS}
+    params = {k: v for k, v in run.data.params.items() if k in schema.TRIAL_PARAMS}  # strings; strategy() casts
     return {"run_id": run_id, "run_name": run.info.run_name,
             "strategy": records.strategy(params, ctx.cfg.train.epochs, ctx.n_groups,
                                          run.data.tags.get("harness.baseline", "")),
