@@ -50,6 +50,10 @@ class Study:
     workers: int = 1
     timeout: float = 0.0  # seconds; 0 = no limit
     report: bool = True
+    # the lr sweep every baseline with an lr gets (full FT, LP-FT), enqueued before the search; [] = 3 log-spaced
+    # values inside search.lr (the centres of three equal log bins)
+    baseline_lrs: list[float] = field(default_factory=list)
+    replicates: int = 1  # training seeds of the selected configuration and of each baseline family's best (1 = none added)
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,9 @@ def _check_study(cfg: Config) -> None:
     _positive("study.timeout", s.timeout, allow_zero=True)
     if s.seed < 0:
         raise ConfigError("study.seed", f"must be >= 0, got {s.seed}")
+    _positive("study.replicates", s.replicates)
+    if any(not (math.isfinite(v) and v > 0) for v in s.baseline_lrs):
+        raise ConfigError("study.baseline_lrs", f"every lr must be finite and > 0, got {s.baseline_lrs}")
 
 
 def _check_data(cfg: Config) -> None:

@@ -30,6 +30,10 @@ LEARNING_CURVES = tuple(k for k in EPOCH if k != "rss_mb")
 
 ID_ACC, OOD_ACC_MEAN, OOD_ACC_WORST, OOD_VAL_ACC = "id_acc", "ood_acc_mean", "ood_acc_worst", "ood_val_acc"
 VAL_ACC_FINAL = "val_acc_final"
+CLEAN_SUBSET_ACC, CLEAN_SUBSET_ECE = "clean_subset_acc", "clean_subset_ece"
+# per-image correctness of a trial or replicate run (artifact, JSON): {"clean": "0110...", "shifts": {name: {sev: ...}}},
+# one character per image of the shifted test sets' fixed subset, the same images at every severity
+CORRECT_ARTIFACT = "correct.json"
 FINAL = {
     ID_ACC: "accuracy on the clean test split",
     "id_nll": "mean negative log-likelihood on the clean test split",
@@ -39,10 +43,13 @@ FINAL = {
     OOD_ACC_WORST: "the worst held-out test shift's accuracy (averaged over its severities)",
     "ood_ece_mean": "ECE averaged over every test shift and severity",
     "ood_nll_mean": "NLL averaged over every test shift and severity",
+    CLEAN_SUBSET_ACC: "accuracy on the clean images of the shifted test sets (the same subset as every severity)",
+    CLEAN_SUBSET_ECE: "ECE on the clean images of the shifted test sets",
     OOD_VAL_ACC: "mean accuracy on the selection shifts of the validation split (the only shifts selection reads)",
     VAL_ACC_FINAL: "val_acc after the last epoch",
-    "mce": "mean corruption error over the test corruptions (Hendrycks & Dietterich 2019; reference: see ce)",
-    "relative_mce": "mean relative corruption error over the test corruptions",
+    "mce": "corruption error pooled over the test corruptions: sum_c sum_s E / sum_c sum_s E_ref (reference: see ce)",
+    "relative_mce": "relative corruption error pooled over the test corruptions (clean error of the same images "
+                    "subtracted): sum_c sum_s (E - E_clean) / sum_c sum_s (E_ref - E_ref_clean)",
     "train_seconds": "wall seconds of the training epochs",
     "eval_seconds": "wall seconds of the evaluation on the clean test split and every shift",
     "peak_rss_mb": "peak resident memory of the process, MiB",
@@ -52,7 +59,8 @@ FINAL = {
     "label_shift/prior_l1_error": "L1 error of the BBSE class-prior estimate",
     "label_shift/w_sq_error": "squared error of the BBSE importance weights",
     "ood_acc/{family}": "mean test-shift accuracy of one shift family (noise, blur, weather, digital, geometric, ...)",
-    "shift/{shift}/ce": "corruption error of one test corruption: sum of errors over severities / the reference's",
+    "shift/{shift}/ce": "corruption error of one test corruption: sum of errors over severities / the reference's; the "
+                        "reference is the tuned full fine-tuning baseline (tag harness.ce_reference: its run id)",
     "shift/{shift}/rce": "relative corruption error of one test corruption (clean error subtracted)",
 }
 
@@ -99,6 +107,7 @@ TRIAL_PARAMS = {
     "lr": "peak learning rate",
     "freeze_layers": "leading layer groups frozen until unfreeze_epoch (number of groups = linear probe)",
     "unfreeze_epoch": "epoch from which every group trains (>= train.epochs: never; 0 when nothing is frozen)",
+    "probe_c": "linear probe and LP-FT: the logistic regression's C (inverse L2 strength) chosen on validation",
 }
 POLICY_PARAMS = {
     "policy": "update policy (never, every, accuracy, embedding, mmd)",
@@ -114,13 +123,15 @@ PARENT_PARAM = re.compile(r"^[a-z_]+\.[a-z_0-9]+$")
 # ----------------------------------------------------------------------------------------------- tags
 TAGS = {
     # every run
-    "harness.role": "study | sustain (parent runs), trial | sustain_policy (child runs)",
+    "harness.role": "study | sustain (parent runs), trial | replicate | sustain_policy (child runs)",
     "optuna.study_name": "the Optuna study (= MLflow experiment name)",
     "optuna.trial_number": "the Optuna trial number of a child run (-1 for sustain policy runs outside search)",
     "mlflow.parentRunId": "the parent run of a child run",
     "mlflow.runName": "run name: trial-NNNN, policy-<label>-seed<s>, or the study name",
     # trial runs
-    "harness.baseline": "full_ft | linear_probe | lp_ft on the enqueued baselines",
+    "harness.baseline": "full_ft | linear_probe | lp_ft on the enqueued baselines (and their replicates)",
+    "harness.ce_reference": "run id of the corruption-error reference (the tuned full FT baseline) the CE metrics use",
+    "harness.replicate_of": "replicate runs: the Optuna trial number whose configuration they re-run",
     "harness.fail_reason": "why a run FAILED",
     "harness.failed_epoch": "epoch at which a trial failed (-1: before training)",
     "harness.pruned_epoch": "epoch at which a trial was pruned",
@@ -130,7 +141,7 @@ TAGS = {
     "harness.git_sha": "git commit of the harness (-dirty with local changes)",
     "harness.device": "the resolved device",
     "harness.sampler": "Optuna sampler", "harness.pruner": "Optuna pruner (none in multi-objective studies)",
-    "harness.objective": "study objective", "harness.seed": "study seed (policy runs: replicate seed)",
+    "harness.objective": "study objective", "harness.seed": "study seed (policy and replicate runs: the run's training seed)",
     "harness.n_trials_target": "the requested number of finished trials",
     "harness.optuna_storage": "Optuna storage URL, password redacted",
     "harness.shifts.selection": "selection shifts", "harness.shifts.test": "held-out test shifts",
@@ -140,6 +151,7 @@ TAGS = {
     "harness.n_shift_eval": "images per shifted test set (sample size of shift accuracies)",
     "harness.pretrain": "cache key of the source-task pretraining",
     "harness.best_trial": "number of the best completed trial", "harness.best_run_id": "its run id",
+    "harness.replicates": "seeds of the replicate runs, comma-separated (the study seed's run is the trial itself)",
     "harness.version.{package}": "package versions (torch, optuna, mlflow, python)",
     "harness.study_name": "experiment tag: the experiment holds a harness study",
     # sustain parent and policy runs

@@ -261,7 +261,7 @@ def summary(ctx: context.Context, study: optuna.Study, wall: float, log=print) -
     log(f"\n{'trial':>5} {'baseline':<13} {'lr':>9} {'freeze':>6} {'unfreeze':>8} {obj:>12} {'id_acc':>7} {'ood_acc':>7}")
     for t in done[:8]:
         e = t.params.get("unfreeze_epoch", 0)
-        log(f"{t.number:>5} {t.user_attrs.get('baseline', ''):<13} {t.params['lr']:>9.2e} {t.params['freeze_layers']:>6} "
+        log(f"{t.number:>5} {t.user_attrs.get('baseline', ''):<13} {t.params.get('lr', float('nan')):>9.2e} {t.params['freeze_layers']:>6} "
             f"{('never' if e >= cfg.train.epochs else e) if t.params['freeze_layers'] else '-':>8} "
             f"{', '.join(f'{v:.4f}' for v in t.values):>12} {t.user_attrs.get(schema.ID_ACC, float('nan')):>7.4f} "
             f"{t.user_attrs.get(schema.OOD_ACC_MEAN, float('nan')):>7.4f}")
@@ -308,10 +308,14 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
         timed_out = bool(cfg.study.timeout) and time.perf_counter() - t0 > cfg.study.timeout
     else:
         timed_out = workers.work(ctx, study, 0, log)["stopped"] == "timeout"
-    workers.backfill(ctx, study, log)  # trials that finished before the linear probe, e.g. in another worker or run
+    workers.backfill(ctx, study, log)  # trials that finished before the CE reference, e.g. in another worker or run
     workers.tag_best(ctx, study)
     finished = bookkeeping.counts(study)[0]
     short = finished < cfg.study.n_trials and not timed_out
+    if not short and not timed_out:
+        if ctx.data is None:  # the workers had them; the replicates run here, in the launcher
+            ctx = context.open_context(cfg, n_groups, log=lambda *_: None)
+        workers.replicate(ctx, study, log)
     tracking.end_run(ctx.client, ctx.parent_id, "FAILED" if short else "FINISHED")
     summary(ctx, study, time.perf_counter() - t0, log)
     if cfg.study.report:

@@ -173,3 +173,47 @@ def test_multi_objective_pareto_without_pruning(tiny_config, workdir):
         assert (m["val_acc_final"], m["ood_val_acc"]) == pytest.approx(tuple(t.values))
     page = (workdir / "reports" / "tiny" / "index.html").read_text()
     assert "val_acc (1st objective)" in page
+
+
+def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, workdir):
+    """The default sweep (3 lrs) with --n-trials 8 and study.replicates = 2:
+    - trials 0-6 are the baselines (full FT x 3 lrs, linear probe, LP-FT x 3 lrs), trial 7 is TPE's: the sweep counts
+      toward n_trials (8 finished trials, no more);
+    - after the search, one replicate run (seed = study seed + 1) of the selected trial and of the best of each
+      baseline family on validation, each a child run tagged with its source trial and seed, with the source's params
+      exactly (replicates differ in the seed and nothing else), and no Optuna trial of its own;
+    - a re-run adds neither trials nor replicates."""
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "8", "--set", "study.baseline_lrs=[]",
+            "--set", "study.replicates=2", "--set", 'study.pruner="none"']
+    assert study.main(args) == 0
+    s = _study(workdir)
+    trials = s.get_trials()
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.user_attrs.get("baseline", "") for t in trials] == \
+        ["full_ft"] * 3 + ["linear_probe"] + ["lp_ft"] * 3 + [""]
+    assert "lr" not in trials[3].params  # the probe has no lr
+    assert [t.params["lr"] for t in trials[:3]] == [t.params["lr"] for t in trials[4:7]]
+
+    def best(ts):
+        return min(ts, key=lambda t: (-t.value, t.number))
+
+    selected = min(trials, key=lambda t: (-t.value, t.datetime_complete))
+    sources = {selected.number} | {best([t for t in trials if t.user_attrs.get("baseline") == f]).number
+                                   for f in ("full_ft", "linear_probe", "lp_ft")}
+    client = _client(workdir)
+    exp = client.get_experiment_by_name("tiny")
+    parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+    reps = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")
+    assert sorted(int(r.data.tags["harness.replicate_of"]) for r in reps) == sorted(sources)
+    for r in reps:
+        src = trials[int(r.data.tags["harness.replicate_of"])]
+        src_run = client.get_run(src.user_attrs["mlflow_run_id"])
+        assert r.info.status == "FINISHED" and r.data.tags["harness.seed"] == "1"
+        assert r.data.tags.get("harness.baseline", "") == src.user_attrs.get("baseline", "")
+        assert r.data.params == src_run.data.params  # same lr, freeze_layers, unfreeze_epoch (and probe C)
+        assert "optuna.trial_number" not in r.data.tags and r.info.run_name.endswith("-seed1")
+        assert {"id_acc", "ood_acc_mean", "ood_acc_worst"} <= set(r.data.metrics)
+    assert parent.data.tags["harness.replicates"] == "1"
+    assert study.main(args) == 0  # resume: nothing left to run
+    assert len(_study(workdir).get_trials()) == 8
+    assert len(client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")) == len(reps)

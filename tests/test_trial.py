@@ -21,12 +21,35 @@ def test_suggest_conditional_space():
 
 
 def test_baselines_are_full_ft_linear_probe_lp_ft():
+    """The default sweep: 3 lrs at the centres of three equal log bins of search.lr, full FT at each, the converged
+    linear probe (no lr, every group frozen, never unfrozen), LP-FT at each lr (every group trains from the probe's
+    head); study.baseline_lrs replaces the sweep."""
     cfg = config.load()
-    b = {x["name"]: x["params"] for x in trial.baselines(cfg, 4)}
-    assert list(b) == ["full_ft", "linear_probe", "lp_ft"]
-    assert b["full_ft"]["freeze_layers"] == 0
-    assert b["linear_probe"] == {**b["linear_probe"], "freeze_layers": 4, "unfreeze_epoch": cfg.train.epochs}
-    assert b["lp_ft"]["unfreeze_epoch"] == cfg.train.epochs // 2
+    b = trial.baselines(cfg, 4)
+    assert [x["name"] for x in b] == ["full_ft"] * 3 + ["linear_probe"] + ["lp_ft"] * 3
+    lo, hi = cfg.search.lr
+    want = [lo * (hi / lo) ** (q / 6) for q in (1, 3, 5)]
+    assert [x["params"]["lr"] for x in b[:3]] == pytest.approx(want) == [x["params"]["lr"] for x in b[4:]]
+    assert all(x["params"]["freeze_layers"] == 0 for x in b[:3] + b[4:])
+    assert b[3]["params"] == {"freeze_layers": 4, "unfreeze_epoch": cfg.train.epochs}
+    mine = trial.baselines(config.load(None, ["study.baseline_lrs=[0.01, 0.05]"]), 4)
+    assert [x["params"].get("lr") for x in mine] == [0.01, 0.05, None, 0.01, 0.05]
+
+
+def test_baseline_sweep_enqueues_once_with_lp_ft_apart_from_full_ft(tmp_path):
+    """Enqueued as study.launch does (skip_if_exists), twice: the sweep is there once, in order, each trial with its
+    baseline user attr; LP-FT and full FT at the same lr are both there (skip_if_exists compares params), and the
+    first trial asked is the first full FT."""
+    cfg = config.load(None, ["study.baseline_lrs=[0.01, 0.1]"])
+    st = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="s")
+    for _ in range(2):
+        for b in trial.baselines(cfg, 4):
+            st.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
+    waiting = st.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs["baseline"] for t in waiting] == ["full_ft", "full_ft", "linear_probe", "lp_ft", "lp_ft"]
+    t = st.ask()  # the first ask takes the first enqueued baseline
+    p = trial.suggest(t, cfg, 4)
+    assert t.user_attrs["baseline"] == "full_ft" and p == {"lr": 0.01, "freeze_layers": 0, "unfreeze_epoch": 0}
 
 
 def test_pruning_waits_for_one_epoch_after_the_unfreeze():
@@ -95,18 +118,39 @@ def test_test_metrics_means_worst_families_and_label_shift():
         sum(abs(a - b) for a, b in zip(label["priors"]["bbse"], label["priors"]["true"])))
 
 
-def test_corruption_errors_against_the_linear_probe():
-    """CE_c = sum_s E_s,c / sum_s E_lp_s,c and relative CE subtracts clean errors (Hendrycks & Dietterich 2019, with
-    the study's linear probe in AlexNet's place): the probe itself scores 1; nothing without a reference."""
-    ref = {"id_acc": 0.8, "shift_acc": {"fog": {"1": 0.6, "3": 0.4}}}
-    curves = {"fog": {1: {"acc": 0.7}, 3: {"acc": 0.5}}}
+def test_corruption_errors_against_the_tuned_reference():
+    """CE_c = sum_s E_s,c / sum_s E_ref_s,c and relative CE subtracts the clean errors of the same images (Hendrycks &
+    Dietterich 2019, the tuned full FT baseline in AlexNet's place); mce and relative_mce pool the sums over
+    corruptions; the reference itself scores 1; a corruption the reference does not degrade gets no rce."""
+    ref = {"clean_acc": 0.8, "shift_acc": {"fog": {"1": 0.6, "3": 0.4}, "blur": {"1": 0.8, "3": 0.8}}}
+    curves = {"fog": {1: {"acc": 0.7}, 3: {"acc": 0.5}}, "blur": {1: {"acc": 0.9}, 3: {"acc": 0.7}}}
     out = trial.corruption_errors(0.9, curves, ref)
     assert out["shift/fog/ce"] == pytest.approx((0.3 + 0.5) / (0.4 + 0.6))
     assert out["shift/fog/rce"] == pytest.approx((0.2 + 0.4) / (0.2 + 0.4))
-    assert out["mce"] == out["shift/fog/ce"] and out["relative_mce"] == out["shift/fog/rce"]
-    probe = {"fog": {int(s): {"acc": a} for s, a in ref["shift_acc"]["fog"].items()}}
-    assert trial.corruption_errors(0.8, probe, ref)["mce"] == pytest.approx(1.0)
+    assert out["shift/blur/ce"] == pytest.approx((0.1 + 0.3) / (0.2 + 0.2)) and "shift/blur/rce" not in out
+    assert out["mce"] == pytest.approx((0.3 + 0.5 + 0.1 + 0.3) / (0.4 + 0.6 + 0.2 + 0.2))
+    assert out["relative_mce"] == pytest.approx((0.2 + 0.4 + 0.0 + 0.2) / (0.2 + 0.4 + 0 + 0))
+    own = {n: {int(s): {"acc": a} for s, a in v.items()} for n, v in ref["shift_acc"].items()}
+    assert trial.corruption_errors(0.8, own, ref)["mce"] == pytest.approx(1.0)
     assert trial.corruption_errors(0.9, curves, None) == {}
+
+
+def test_ce_reference_is_the_best_full_ft_once_the_sweep_is_done(tmp_path):
+    """The reference is the full_ft trial with the highest val_acc_final (ties: the lower number), and none while a
+    full_ft trial still waits or runs."""
+    st = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="r", direction="maximize")
+    for lr in (0.01, 0.1, 0.3):
+        st.enqueue_trial({"lr": lr, "freeze_layers": 0}, user_attrs={"baseline": "full_ft"})
+    attrs = lambda v, n: {"val_acc_final": v, "id_acc": 0.9, "clean_subset_acc": 0.85, "mlflow_run_id": f"run{n}",
+                          "shift_acc": {"fog": {"1": 0.5}}}
+    for n, v in enumerate((0.8, 0.9, 0.9)):
+        t = st.ask()
+        assert trial.ce_reference(st.get_trials()) is None  # this one runs, later ones wait
+        for k, a in attrs(v, n).items():
+            t.set_user_attr(k, a)
+        st.tell(t, v)
+    ref = trial.ce_reference(st.get_trials())
+    assert ref["number"] == 1 and ref["run_id"] == "run1" and ref["clean_acc"] == 0.85
 
 
 @pytest.mark.slow
