@@ -104,8 +104,8 @@ def _row(t: dict, shifts: dict, epochs, objective: str) -> dict:
     worst = min(held, key=held.get) if held else None
     # the objective's value as Optuna saw it: validation accuracy, or the mean over selection shifts
     obj_key = {"val_acc": schema.VAL_ACC_FINAL, "ood_val_acc": schema.OOD_VAL_ACC}.get(objective, schema.VAL_ACC_FINAL)
-    finals = {k: _float(v) for k, v in m.items()
-              if k not in schema.LEARNING_CURVES and not (k.startswith("shift/") and k.rsplit("/", 1)[-1] in ("acc", "ece", "nll"))
+    finals = {k: _float(v) for k, v in m.items()  # per-epoch keys are curves even where one epoch ran (the probe)
+              if k not in schema.EPOCH and not (k.startswith("shift/") and k.rsplit("/", 1)[-1] in ("acc", "ece", "nll"))
               and len(c.get(k, ())) <= 1}  # a series (label_shift/prior_*: step = class index) is not one final value
     strategy = _strategy(p.get("freeze_layers"), p.get("unfreeze_epoch"), epochs)
     if t["baseline"] == "linear_probe":
@@ -508,6 +508,7 @@ def summarize_sustain(study: dict) -> dict:
             "bwt": "GEM backward transfer: mean over i < T-1 of R[T-1][i] - R[i][i] (negative = forgetting)",
             "forgetting": "Chaudhry et al. 2018: mean over i < T-1 of max_{i<=l<T-1} R[l][i] - R[T-1][i] "
                           "(positive = forgetting)",
-            "fwt": "GEM forward transfer: mean over i >= 1 of R[i-1][i] - initial[i] (initial = the deployed model)",
+            "fwt": "forward transfer against the never-updated deployed model: mean over i >= 1 of R[i-1][i] - "
+                   "initial[i] (initial = the deployed model before any update; GEM's FWT uses a random init instead)",
             "update_examples": "images x epochs trained by the updates"},
     }

@@ -87,14 +87,16 @@ STREAM_FINAL = {
     "stream_acc_worst": "minimum over periods of stream_acc",
     "bwt": "GEM backward transfer: 1/(T-1) sum_{i<T-1} (R[T-1][i] - R[i][i]); negative = forgetting",
     "forgetting": "Chaudhry et al. 2018: 1/(T-1) sum_{i<T-1} (max_{i<=l<T-1} R[l][i] - R[T-1][i])",
-    "fwt": "GEM forward transfer: 1/(T-1) sum_{i>=1} (R[i-1][i] - initial[i])",
+    "fwt": "forward transfer against the never-updated deployed model (not GEM's random-init baseline): "
+           "1/(T-1) sum_{i>=1} (R[i-1][i] - initial[i]), initial = the deployed model before any update",
     "n_updates": "number of update fine-tunes",
     "update_seconds": "wall seconds of the update fine-tunes",
     "update_examples": "images x epochs trained by the updates",
 }
 PERIOD = {
     "stream_acc": "R[t-1][t] (initial[0] at t = 0): the model in service meets period t, before any update on it",
-    "labelled_acc": "accuracy on period t's labelled batch before any update on it",
+    "labelled_acc": "accuracy on period t's labelled batch before any update on it, counting only the images no "
+                    "update has trained on (the accuracy monitor's input); absent when every image was trained on",
     "updated": "1 when the policy updated the model at period t",
     "monitor": "the monitor's statistic at period t (drop in points, ROC AUC or MMD^2; triggered policies)",
     "monitor_threshold": "what the monitor was compared with at period t (triggered policies)",

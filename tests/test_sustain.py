@@ -114,6 +114,37 @@ def test_never_does_not_update_every_k_updates_floor_t_over_k(data, deployed):
         assert m["stream_acc"][1:] == [res["R"][t - 1][t] for t in range(1, 7)]
 
 
+def test_no_accuracy_monitor_image_was_trained_on(data, deployed, monkeypatch):
+    """The accuracy monitor's labelled accuracy (its reference period included) is measured only on images no update
+    has trained on: on a 10-period severity ramp drawing 50 labelled images a period from a 60-image pool, updates at
+    every second period with replay 2 (so pool images come back after being trained on), no image the accuracy is
+    computed on is pixel-identical to an image of any earlier update; and later periods do hold such images (the check
+    can fail)."""
+    pool = {"train": (data["train"][0][:200], data["train"][1][:200]), "test": data["test"]}
+    s = Stream(periods=10, labelled=50, eval_size=30, epochs=1, replay=2, drop=-100.0, window=1)
+    stream = streams.make_stream(pool, streams.schedule(s, 5, 0), s.labelled, s.eval_size, 0)
+    trained, measured = set(), []
+    key = lambda img: img.contiguous().numpy().tobytes()
+    real_fine_tune, real_acc = replay.fine_tune, replay._accuracy_on
+
+    def fine_tune(model, groups, x, y, *a, **k):
+        trained.update(key(img) for img in x)
+        return real_fine_tune(model, groups, x, y, *a, **k)
+
+    def accuracy_on(model, x, y, bs, device):
+        if len(x) <= s.labelled and not any(torch.equal(x, p["eval_x"]) for p in stream):  # a labelled batch
+            measured.append({key(img) for img in x} & trained)
+        return real_acc(model, x, y, bs, device)
+
+    monkeypatch.setattr(replay, "fine_tune", fine_tune)
+    monkeypatch.setattr(replay, "_accuracy_on", accuracy_on)
+    res = replay.replay(*_restore(deployed), stream, policies.policy_spec(s, "accuracy"), data["val"][0], TRAIN, CPU, 0)
+    assert sum(res["updated"]) >= 3 and len(measured) >= 5
+    assert all(not overlap for overlap in measured), [len(o) for o in measured]
+    pixel_repeats = sum(key(img) in trained for p in stream[3:] for img in p["x"])
+    assert pixel_repeats > 0  # without the filter the monitor would have read trained images
+
+
 def test_metrics_follow_gem_and_chaudhry_definitions():
     """stream_acc[t] = R[t-1][t] (initial[0] at t = 0); bwt = mean over i < T-1 of R[T-1][i] - R[i][i] (GEM);
     forgetting = mean over i < T-1 of max_{i<=l<T-1} R[l][i] - R[T-1][i] (Chaudhry et al. 2018); fwt = mean over
