@@ -165,6 +165,8 @@ TAGS = {
     "harness.sustain_key": "hash of everything that determines a policy run's result (reused when equal)",
     "harness.update_periods": "periods at which the policy updated, comma-separated",
     "harness.threshold_used": "the distinct monitor thresholds used",
+    "harness.search_trial": "a searched policy reported on the reported seeds: the Optuna trial that selected it on the "
+                            "search seeds (reported seed + 10000)",
 }
 
 # Optuna trial system attrs written by the bookkeeping (not MLflow, listed so every name lives here)

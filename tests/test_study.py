@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import study
+from harness import schema, study
 
 pytestmark = pytest.mark.slow
 
@@ -213,6 +213,10 @@ def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, wor
         assert r.data.params == src_run.data.params  # same lr, freeze_layers, unfreeze_epoch (and probe C)
         assert "optuna.trial_number" not in r.data.tags and r.info.run_name.endswith("-seed1")
         assert {"id_acc", "ood_acc_mean", "ood_acc_worst"} <= set(r.data.metrics)
+        # every name a replicate writes is declared (tests/test_schema.py runs no replicates)
+        assert all(map(schema.is_metric, r.data.metrics)) and all(map(schema.is_param, r.data.params))
+        assert all(schema.is_tag(k) for k in r.data.tags if not k.startswith("mlflow."))
+        assert schema.CORRECT_ARTIFACT in {a.path for a in client.list_artifacts(r.info.run_id)}
     assert parent.data.tags["harness.replicates"] == "1"
     assert study.main(args) == 0  # resume: nothing left to run
     assert len(_study(workdir).get_trials()) == 8

@@ -291,8 +291,9 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
       accuracy_matrix.json holding a 4x4 R; never has 0 updates and bwt 0, every2 has floor(4/2) = 2 at periods
       1 and 3;
     - running it again replays nothing (finished runs are reused) and adds no run;
-    - stream.search = true runs an Optuna study of 2 trials (the first enqueued: never) whose child runs are named
-      trial-NNNN-<label>-seed0 and tagged with the trial number."""
+    - stream.search = true runs an Optuna study of 2 trials (the first enqueued: never) on the search seed (10000)
+      whose child runs are named trial-NNNN-<label>-seed10000 and tagged with the trial number; the best trial is
+      then replayed on the reported seed 0 (tag harness.search_trial)."""
     path = workdir / "sustain.toml"
     path.write_text(SUSTAIN_TINY.replace('name = "sustain-tiny"', 'name = "sustain-tiny"\nreport = false'))
     assert cli.main(["--config", str(path), "--seeds", "0,1"]) == 0
@@ -347,8 +348,16 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     assert len(done) == 2 and done[0].params == {"policy": "never"}
     exp2 = client.get_experiment_by_name("sustain-search")
     kids = [r for r in client.search_runs([exp2.experiment_id]) if r.data.tags.get("harness.role") == "sustain_policy"]
-    assert sorted(r.data.tags["optuna.trial_number"] for r in kids) == ["0", "1"]
-    assert any(r.info.run_name == "trial-0000-never-seed0" for r in kids)
+    # the search selects on other streams (seed + 10000) than the ones it reports: the best trial is replayed on seed
+    # 0 as a run of its own, tagged with the trial that selected it
+    searched = [r for r in kids if r.data.tags["optuna.trial_number"] != "-1"]
+    assert sorted(r.data.tags["optuna.trial_number"] for r in searched) == ["0", "1"]
+    assert {r.data.tags["harness.seed"] for r in searched} == {"10000"}
+    assert any(r.info.run_name == "trial-0000-never-seed10000" for r in searched)
+    reported = [r for r in kids if r.data.tags["optuna.trial_number"] == "-1"]
+    best = {str(t.number) for t in study.best_trials}
+    assert {r.data.tags["harness.search_trial"] for r in reported} == best
+    assert {r.data.tags["harness.seed"] for r in reported} == {"0"}
 
 
 @pytest.mark.slow

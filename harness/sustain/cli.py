@@ -51,7 +51,9 @@ MLflow layout (written only through harness.tracking):
                   (harness.study) is refused (exit 2). At the end the report is written and logged as
                   report/index.html and report/report.json (`python -m harness.report --study-name NAME` rebuilds it).
   child run       one per (policy, seed), run name policy-<label>-seed<s> (label: never, every<k>, accuracy,
-                  embedding, mmd); in search mode trial-<NNNN>-<label>-seed<s>. Tags mlflow.parentRunId,
+                  embedding, mmd); in search mode trial-<NNNN>-<label>-seed<s> on the search seeds (each reported
+                  seed + 10000: selection never sees the reported streams), then the best trial(s) replayed on the
+                  reported seeds as policy-<label>-seed<s> with tag harness.search_trial. Tags mlflow.parentRunId,
                   harness.role=sustain_policy, harness.policy=<label>, harness.seed, harness.sustain_key (hash of
                   everything that determines the result), harness.update_periods ("2,5,8"), optuna.study_name,
                   optuna.trial_number (-1 outside search mode).

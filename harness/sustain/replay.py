@@ -213,7 +213,7 @@ def finished_children(ctx: context.Context) -> dict:
     return {r.data.tags["harness.sustain_key"]: r for r in runs if "harness.sustain_key" in r.data.tags}
 
 
-def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1) -> dict:
+def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1, tags: dict | None = None) -> dict:
     """Replay one policy on one seed's stream into its own child run. Returns the final metrics. On any error the
     child run ends FAILED with tag harness.fail_reason and the error is raised again for the caller to record."""
     ctx, st, lab = run.ctx, run.ctx.cfg.stream, policies.label(spec)
@@ -227,7 +227,7 @@ def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1) -
     params = {k: "none" if values[k] is None else values[k] for k in schema.POLICY_PARAMS}
     run_id = tracking.child_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, trial_number, params,
                                 {"harness.role": "sustain_policy", "harness.policy": lab, "harness.seed": str(seed),
-                                 "harness.sustain_key": key})
+                                 "harness.sustain_key": key, **(tags or {})})
     tracking.set_tags(ctx.client, run_id, {"mlflow.runName": name})  # child_run names runs trial-NNNN
     try:
         final, when = _replay_into(run, spec, seed, run_id)

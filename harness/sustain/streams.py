@@ -58,6 +58,15 @@ def seeds_of(cfg: config.Config) -> list[int]:
     return list(cfg.stream.seeds) or [cfg.study.seed]
 
 
+SEARCH_SEED_OFFSET = 10_000  # the policy search selects on other streams (and head inits, batch orders) than it reports
+
+
+def search_seeds(cfg: config.Config) -> list[int]:
+    """The seeds a policy search selects on: each reported seed + SEARCH_SEED_OFFSET, so the reported accuracy of the
+    selected policy is measured on streams the selection never saw (a winner's curse otherwise)."""
+    return [s + SEARCH_SEED_OFFSET for s in seeds_of(cfg)]
+
+
 def _draw(x, y, n, prior, gen):
     if prior is not None:
         idx = shifts.resample_to_prior(y, torch.tensor(prior, dtype=torch.float64), n, gen)
