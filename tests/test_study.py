@@ -47,7 +47,9 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     assert [t.user_attrs.get("baseline") for t in trials[:3]] == ["full_ft", "linear_probe", "lp_ft"]
     assert trials[0].params["freeze_layers"] == 0
     assert trials[1].params["freeze_layers"] == 4 and trials[1].params["unfreeze_epoch"] >= 3  # never
-    assert trials[2].params["freeze_layers"] == 4 and trials[2].params["unfreeze_epoch"] == 1  # half of 3 epochs
+    assert "lr" not in trials[1].params  # the probe is a logistic regression (harness.probe): no lr
+    # LP-FT (issue 11): every group trains from the probe's converged head, at its own lr
+    assert trials[2].params["freeze_layers"] == 0 and trials[2].params["lr"] == pytest.approx(0.01)
 
     client = _client(workdir)
     exp = client.get_experiment_by_name("tiny")
@@ -77,7 +79,9 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
         assert run.info.run_name == f"trial-{t.number:04d}"
         assert run.data.tags["optuna.study_name"] == "tiny"
         assert t.user_attrs["mlflow_run_id"] == run.info.run_id
-        assert {"lr", "freeze_layers", "unfreeze_epoch"} <= set(run.data.params)
+        # params: lr (the linear probe has none: probe_c, its logistic regression's C), freeze_layers, unfreeze_epoch
+        assert ({"probe_c"} if t.user_attrs.get("baseline") == "linear_probe" else {"lr"}) | \
+            {"freeze_layers", "unfreeze_epoch"} <= set(run.data.params)
         hist = client.get_metric_history(run.info.run_id, "val_acc")
         assert [m.step for m in hist] == list(range(len(hist))) and len(hist) >= 1
         assert client.get_metric_history(run.info.run_id, "train_loss")
@@ -132,7 +136,8 @@ def test_same_seed_same_val_acc_sequence(tiny_config, workdir, monkeypatch):
 
     a, b = curves("a"), curves("b")
     assert len(a[0]) == 2  # the tiny config pretrains 2 epochs, logged once
-    assert len(a) == 5 and all(len(c) == 3 for c in a[1:])
+    # trial 1 is the linear probe: one step-0 record (a logistic regression, no epochs)
+    assert len(a) == 5 and [len(c) for c in a[1:]] == [3, 1, 3, 3]
     assert a == b
 
 
