@@ -312,7 +312,7 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     workers.tag_best(ctx, study)
     finished = bookkeeping.counts(study)[0]
     short = finished < cfg.study.n_trials and not timed_out
-    if not short and not timed_out:
+    if not short and not timed_out and cfg.study.replicates > 1:
         if ctx.data is None:  # the workers had them; the replicates run here, in the launcher
             ctx = context.open_context(cfg, n_groups, log=lambda *_: None)
         workers.replicate(ctx, study, log)
