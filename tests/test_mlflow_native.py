@@ -264,9 +264,14 @@ def test_every_report_row_names_its_run_and_links_to_the_ui(tmp_path_factory, sh
 
     from harness.report import build
 
-    out = build(["tiny"], shared["uri"], shared["storage"], out_dir=str(tmp_path_factory.mktemp("linked")),
-                log=lambda *_: None, ui_url="http://127.0.0.1:5999/")
-    linked = Path(out).read_text(encoding="utf-8")
+    try:
+        out = build(["tiny"], shared["uri"], shared["storage"], out_dir=str(tmp_path_factory.mktemp("linked")),
+                    log=lambda *_: None, ui_url="http://127.0.0.1:5999/")
+        linked = Path(out).read_text(encoding="utf-8")
+    finally:  # build logs its page on the shared parent run: put back the CLI's, which tests/test_report.py compares
+        for name in ("index.html", "report.json"):
+            tracking.log_text(shared["client"], shared["parent"].info.run_id,
+                              (Path(info["html"]).parent / name).read_text(encoding="utf-8"), f"report/{name}")
     for run in shared["trials"]:
         href = (f'http://127.0.0.1:5999/#/experiments/{shared["exp"].experiment_id}/runs/{run.info.run_id}'
                 f'?workflowType=machine_learning')
