@@ -283,7 +283,7 @@ def register_model(client, name: str, model_id: str, run_id: str, tags: dict, al
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
     # source = the LoggedModel's storage location, not models:/<id>: the sqlite registry resolves a models:/ source
-    # through a fresh MlflowClient() on the global tracking URI (its own TODO), i.e. ./mlflow.db in the cwd
+    # through a fresh MlflowClient() on the global tracking URI (an open to-do in MLflow), i.e. ./mlflow.db in the cwd
     source = client.get_logged_model(model_id).artifact_location
     mv = client.create_model_version(name, source=source, run_id=run_id, model_id=model_id,
                                      tags={k: str(v)[:5000] for k, v in tags.items()}, await_creation_for=0)

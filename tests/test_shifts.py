@@ -300,7 +300,7 @@ def reference_package():
     import types
 
     if importlib.util.find_spec("imagecorruptions") is None:
-        pytest.skip("imagecorruptions (dev dependency) not installed")
+        pytest.skip("imagecorruptions (a dependency in pyproject.toml) is not installed in this environment")
     if "pkg_resources" not in sys.modules:
         stub = types.ModuleType("pkg_resources")
         stub.resource_filename = lambda pkg, path: str(
