@@ -197,19 +197,28 @@ def test_passwords_reach_no_output_file_or_artifact(auth_proxy, tiny_config, wor
     assert not _secrets_in_files(workdir, secrets)  # mlruns/ (caches), reports/, the server's db and artifacts (tmp)
     assert (workdir / "reports" / name / "index.html").is_file()
 
+    import mlflow
+
     client = MlflowClient(tracking_uri=gate)  # authenticated by MLFLOW_TRACKING_USERNAME/PASSWORD, set by the study
     exp = client.get_experiment_by_name(name)
-    for run in client.search_runs([exp.experiment_id]):
-        for text in (str(run.data.tags), str(run.data.params)):
-            assert not [s for s in secrets if s in text]
-        stack = [a for a in client.list_artifacts(run.info.run_id)]
-        while stack:
-            a = stack.pop()
-            if a.is_dir:
-                stack += client.list_artifacts(run.info.run_id, a.path)
-            else:
-                data = results.artifact(client, run.info.run_id, a.path)
-                assert not [s for s in secrets if s.encode() in data], a.path
+    # MLflow lists the selected trial's logged model (the champion) among its run's artifacts and resolves it through
+    # the global tracking URI, not the client's: point that at the server for the walk
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(gate)
+    try:
+        for run in client.search_runs([exp.experiment_id]):
+            for text in (str(run.data.tags), str(run.data.params)):
+                assert not [s for s in secrets if s in text]
+            stack = [a for a in client.list_artifacts(run.info.run_id)]
+            while stack:
+                a = stack.pop()
+                if a.is_dir:
+                    stack += client.list_artifacts(run.info.run_id, a.path)
+                else:
+                    data = results.artifact(client, run.info.run_id, a.path)
+                    assert not [s for s in secrets if s.encode() in data], a.path
+    finally:
+        mlflow.set_tracking_uri(old)
     engine = sqlalchemy.create_engine(pg)  # every row of the Optuna storage, as text
     with engine.connect() as conn:
         for table in sqlalchemy.inspect(engine).get_table_names():
