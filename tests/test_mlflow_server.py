@@ -64,18 +64,23 @@ def server(tmp_path):
         log.close()
 
 
-def test_study_and_report_over_http(server, tiny_config, workdir, capsys):
-    """harness.study with --tracking-uri http://127.0.0.1:PORT: exit 0; through the server's API there is the
-    experiment, the parent run (tags, config artifact), one child run per trial with its per-epoch and final metrics,
-    and the report (report/index.html, report/report.json) logged on the parent run by the study's end; the
-    downloaded report equals the file written under reports/."""
+def _study_over_http(server, tiny_config, workdir, capsys):
+    """One trial of the tiny study through the server; exit 0. Returns (stdout, client, experiment, parent run)."""
     rc = study.main(["--config", str(tiny_config), "--n-trials", "1", "--tracking-uri", server,
                      "--storage", f"sqlite:///{workdir / 'optuna.db'}"])
     out = capsys.readouterr().out
     assert rc == 0, out[-2000:]
     client = MlflowClient(tracking_uri=server)
     exp = client.get_experiment_by_name("tiny")
-    parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+    return out, client, exp, client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+
+
+def test_study_and_report_over_http(server, tiny_config, workdir, capsys):
+    """harness.study with --tracking-uri http://127.0.0.1:PORT: exit 0; through the server's API there is the
+    experiment, the parent run (tags, config artifact), one child run per trial with its per-epoch and final metrics,
+    and the report (report/index.html, report/report.json) logged on the parent run by the study's end; the
+    downloaded report equals the file written under reports/."""
+    out, client, exp, parent = _study_over_http(server, tiny_config, workdir, capsys)
     assert parent.info.run_name == "tiny" and parent.data.tags["harness.shifts.test"] == "gaussian_noise,contrast"
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 1 and children[0].info.status == "FINISHED"
@@ -236,13 +241,7 @@ def test_mlflow_native_records_over_http(server, tiny_config, workdir, capsys):
 
     from harness import config, data as datamod
 
-    rc = study.main(["--config", str(tiny_config), "--n-trials", "1", "--tracking-uri", server,
-                     "--storage", f"sqlite:///{workdir / 'optuna.db'}"])
-    out = capsys.readouterr().out
-    assert rc == 0, out[-2000:]
-    client = MlflowClient(tracking_uri=server)
-    exp = client.get_experiment_by_name("tiny")
-    parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+    out, client, exp, parent = _study_over_http(server, tiny_config, workdir, capsys)
     child = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")[0]
     assert client.get_model_version_by_alias("tiny", "champion").run_id == child.info.run_id
     names = {d.dataset.name for d in client.get_run(child.info.run_id).inputs.dataset_inputs}
