@@ -291,8 +291,10 @@ def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) 
     out = {}
     for pruner in ("none", "median"):
         name = f"bench-{pruner}"
+        # trials per minute: the seed replicates after the search are no trials, so none here
         argv = ["--study-name", name, "--n-trials", str(n_trials), "--no-report", "--device", device,
-                "--set", f'study.pruner="{pruner}"'] + [a for o in overrides for a in ("--set", o)]
+                "--set", f'study.pruner="{pruner}"', "--set", "study.replicates=1"] + \
+            [a for o in overrides for a in ("--set", o)]
         buf = io.StringIO()
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
@@ -331,7 +333,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
     t_start = time.perf_counter()
     overrides = QUICK if quick else []
     cfg = config.load(None, overrides, **{"study.name": "bench-trial", "study.device": device_name})
-    repeats, n_trials = (3, 2) if quick else (7, cfg.study.n_trials)  # (c): the default study's 12 trials
+    repeats, n_trials = (3, 2) if quick else (7, cfg.study.n_trials)  # (c): the default study's 16 trials
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
         tmp = Path(tmp)

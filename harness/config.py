@@ -55,6 +55,10 @@ class Study:
     # "" = the study name, "none" = not logged
     registered_model: str = ""
     system_metrics: float = 10.0  # seconds between system-metric samples of a trial (+ one at its end); 0 = off
+    # the lr sweep every baseline with an lr gets (full FT, LP-FT), enqueued before the search; [] = 3 log-spaced
+    # values inside search.lr (the centres of three equal log bins)
+    baseline_lrs: list[float] = field(default_factory=list)
+    replicates: int = 1  # training seeds of the selected configuration and of each baseline family's best (1 = none added)
 
 
 @dataclass(frozen=True)
@@ -366,6 +370,9 @@ def _check_study(cfg: Config) -> None:
     if len(s.registered_model) > 200 or any(c in s.registered_model for c in "/\\\0:@"):
         raise ConfigError("study.registered_model", f"must be at most 200 characters without / \\ : @, "
                           f"got {s.registered_model!r}")
+    _positive("study.replicates", s.replicates)
+    if any(not (math.isfinite(v) and v > 0) for v in s.baseline_lrs):
+        raise ConfigError("study.baseline_lrs", f"every lr must be finite and > 0, got {s.baseline_lrs}")
 
 
 def _check_data(cfg: Config) -> None:

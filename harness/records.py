@@ -73,8 +73,12 @@ def lr_words(lr: float) -> str:
 
 def strategy(params: dict, epochs: int, n_groups: int, baseline: str = "") -> str:
     """A trial's fine-tuning strategy in words, e.g. "freeze 2 groups, unfreeze at epoch 1, lr 0.18"."""
-    k, e, lr = int(params.get("freeze_layers", 0)), int(params.get("unfreeze_epoch", 0)), float(params["lr"])
-    if "tune_group" in params:  # surgical (Lee et al. 2023): one group, with or without the head
+    k, e, lr = int(params.get("freeze_layers", 0)), int(params.get("unfreeze_epoch", 0)), params.get("lr")
+    if baseline == "linear_probe":  # no lr: a logistic regression fit on the frozen features (harness.probe)
+        words = "logistic-regression head on the frozen body's features, C chosen on validation"
+    elif baseline == "lp_ft":
+        words = "train everything from the linear probe's head"
+    elif "tune_group" in params:  # surgical (Lee et al. 2023): one group, with or without the head
         head = str(params.get("tune_head")).lower() in ("true", "1", "1.0")
         words = f"tune only group {int(float(params['tune_group']))}" + (" and the head" if head else "")
     elif "gradual_every" in params:  # gradual (ULMFiT): head first, then one group more every n epochs
@@ -84,7 +88,8 @@ def strategy(params: dict, epochs: int, n_groups: int, baseline: str = "") -> st
     else:
         groups = f"freeze {k} group{'s' if k != 1 else ''}"
         words = f"{groups}, never unfreeze" if e >= epochs else f"{groups}, unfreeze at epoch {e}"
-    words += f", lr {lr_words(lr)}"
+    if lr is not None:
+        words += f", lr {lr_words(float(lr))}"
     if baseline:
         words += f" (baseline: {schema.BASELINES.get(baseline, baseline)})"
     return words

@@ -114,7 +114,9 @@ def _trial(run, curves: dict) -> dict:
     return {"number": int(number) if number is not None and number.isdigit() else None,
             "run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
             "state": STATES.get(run.info.status, run.info.status.lower()),
-            "baseline": tags.get("harness.baseline", ""),
+            "baseline": tags.get("harness.baseline", ""), "role": tags.get("harness.role", "trial"),
+            "replicate_of": int(tags["harness.replicate_of"]) if tags.get("harness.replicate_of", "").isdigit() else None,
+            "seed": int(tags["harness.seed"]) if tags.get("harness.seed", "").isdigit() else None,
             "params": {k: _typed(v) for k, v in run.data.params.items()},
             "metrics": dict(run.data.metrics),  # the latest value of every key (MLflow's own summary)
             "curves": curves,  # key -> [(step, value)]: epochs for train/val keys, severities for shift/*
@@ -134,13 +136,19 @@ def _children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
 
 
 def trials(client: MlflowClient, exp_id: str, parent_id: str) -> list[dict]:
-    """Every child run of the parent, with its full metric histories, ordered by trial number."""
+    """Every child run of the parent (trials and seed replicates), with its full metric histories and, for FINISHED
+    runs, its per-image correctness (correct.json, None when absent), ordered by trial number (replicates last)."""
     runs = _children(client, exp_id, parent_id)
     jobs = [(r.info.run_id, k) for r in runs for k in r.data.metrics]
+    finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
     with ThreadPoolExecutor(THREADS) as pool:
         hists = dict(zip(jobs, pool.map(lambda j: _history(client, *j), jobs)))
-    out = [_trial(r, {k: hists[(r.info.run_id, k)] for k in r.data.metrics}) for r in runs]
-    return sorted(out, key=lambda t: (t["number"] is None, t["number"] if t["number"] is not None else 0))
+        correct = dict(zip(finished, pool.map(
+            lambda rid: _json_or_none(artifact(client, rid, schema.CORRECT_ARTIFACT)), finished)))
+    out = [{**_trial(r, {k: hists[(r.info.run_id, k)] for k in r.data.metrics}), "correct": correct.get(r.info.run_id)}
+           for r in runs]
+    return sorted(out, key=lambda t: (t["number"] is None, t["number"] if t["number"] is not None else 0,
+                                      t["seed"] or 0))
 
 
 def optuna_study(study_name: str, storage: str | None) -> dict:
@@ -182,6 +190,7 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
     pid = parent.info.run_id
     arts = _list_artifacts(client, pid)
     texts = _texts(client, pid, arts, TEXT_ARTIFACTS)
+    runs = trials(client, exp.experiment_id, pid)
     pretrain = [p for p in arts if p.startswith("pretrain/") and p.endswith(".json")]
     if pretrain:
         raw = artifact(client, pid, pretrain[-1])
@@ -194,7 +203,8 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
                    "curves": {k: _history(client, pid, k) for k in parent.data.metrics},
                    "artifacts": arts, "texts": texts,
                    "shift_examples": artifact(client, pid, "shift_examples.png") if "shift_examples.png" in arts else None},
-        "trials": trials(client, exp.experiment_id, pid),
+        "trials": [t for t in runs if t["role"] != "replicate"],
+        "replicates": [t for t in runs if t["role"] == "replicate"],  # seed replicates (harness.trial.replicate)
         "optuna": optuna_study(study_name, storage),
     }
 

@@ -30,6 +30,10 @@ LEARNING_CURVES = tuple(k for k in EPOCH if k != "rss_mb")
 
 ID_ACC, OOD_ACC_MEAN, OOD_ACC_WORST, OOD_VAL_ACC = "id_acc", "ood_acc_mean", "ood_acc_worst", "ood_val_acc"
 VAL_ACC_FINAL = "val_acc_final"
+CLEAN_SUBSET_ACC, CLEAN_SUBSET_ECE = "clean_subset_acc", "clean_subset_ece"
+# per-image correctness of a trial or replicate run (artifact, JSON): {"clean": "0110...", "shifts": {name: {sev: ...}}},
+# one character per image of the shifted test sets' fixed subset, the same images at every severity
+CORRECT_ARTIFACT = "correct.json"
 FINAL = {
     ID_ACC: "accuracy on the clean test split",
     "id_nll": "mean negative log-likelihood on the clean test split",
@@ -39,14 +43,17 @@ FINAL = {
     OOD_ACC_WORST: "the worst held-out test shift's accuracy (averaged over its severities)",
     "ood_ece_mean": "ECE averaged over every test shift and severity",
     "ood_nll_mean": "NLL averaged over every test shift and severity",
+    CLEAN_SUBSET_ACC: "accuracy on the clean images of the shifted test sets (the same subset as every severity)",
+    CLEAN_SUBSET_ECE: "ECE on the clean images of the shifted test sets",
     OOD_VAL_ACC: "mean accuracy on the selection shifts of the validation split (the only shifts selection reads)",
     VAL_ACC_FINAL: "val_acc after the last epoch",
-    "mce": "mean corruption error over the test corruptions (Hendrycks & Dietterich 2019; reference: see ce)",
-    "relative_mce": "mean relative corruption error over the test corruptions",
     "mce_benchmark": "mCE over CIFAR-10-C's 15 benchmark corruptions (shifts.BENCHMARK); only when all 15 are test shifts",
     "relative_mce_benchmark": "relative mCE over the 15 benchmark corruptions; only when all 15 are test shifts",
     "mce_benchmark_files": "mCE over the 15 benchmark corruptions read from shifts.files (c10c.<corruption>)",
     "relative_mce_benchmark_files": "relative mCE over the 15 benchmark corruptions read from shifts.files",
+    "mce": "corruption error pooled over the test corruptions: sum_c sum_s E / sum_c sum_s E_ref (reference: see ce)",
+    "relative_mce": "relative corruption error pooled over the test corruptions (clean error of the same images "
+                    "subtracted): sum_c sum_s (E - E_clean) / sum_c sum_s (E_ref - E_ref_clean)",
     "train_seconds": "wall seconds of the training epochs",
     "eval_seconds": "wall seconds of the evaluation on the clean test split and every shift",
     "peak_rss_mb": "peak resident memory of the process, MiB",
@@ -56,7 +63,8 @@ FINAL = {
     "label_shift/prior_l1_error": "L1 error of the BBSE class-prior estimate",
     "label_shift/w_sq_error": "squared error of the BBSE importance weights",
     "ood_acc/{family}": "mean test-shift accuracy of one shift family (noise, blur, weather, digital, geometric, ...)",
-    "shift/{shift}/ce": "corruption error of one test corruption: sum of errors over severities / the reference's",
+    "shift/{shift}/ce": "corruption error of one test corruption: sum of errors over severities / the reference's; the "
+                        "reference is the tuned full fine-tuning baseline (tag harness.ce_reference: its run id)",
     "shift/{shift}/rce": "relative corruption error of one test corruption (clean error subtracted)",
 }
 
@@ -83,14 +91,16 @@ STREAM_FINAL = {
     "stream_acc_worst": "minimum over periods of stream_acc",
     "bwt": "GEM backward transfer: 1/(T-1) sum_{i<T-1} (R[T-1][i] - R[i][i]); negative = forgetting",
     "forgetting": "Chaudhry et al. 2018: 1/(T-1) sum_{i<T-1} (max_{i<=l<T-1} R[l][i] - R[T-1][i])",
-    "fwt": "GEM forward transfer: 1/(T-1) sum_{i>=1} (R[i-1][i] - initial[i])",
+    "fwt": "forward transfer against the never-updated deployed model (not GEM's random-init baseline): "
+           "1/(T-1) sum_{i>=1} (R[i-1][i] - initial[i]), initial = the deployed model before any update",
     "n_updates": "number of update fine-tunes",
     "update_seconds": "wall seconds of the update fine-tunes",
     "update_examples": "images x epochs trained by the updates",
 }
 PERIOD = {
     "stream_acc": "R[t-1][t] (initial[0] at t = 0): the model in service meets period t, before any update on it",
-    "labelled_acc": "accuracy on period t's labelled batch before any update on it",
+    "labelled_acc": "accuracy on period t's labelled batch before any update on it, counting only the images no "
+                    "update has trained on (the accuracy monitor's input); absent when every image was trained on",
     "updated": "1 when the policy updated the model at period t",
     "monitor": "the monitor's statistic at period t (drop in points, ROC AUC or MMD^2; triggered policies)",
     "monitor_threshold": "what the monitor was compared with at period t (triggered policies)",
@@ -120,6 +130,7 @@ TRIAL_PARAMS = {
     "tune_group": "surgical: the one group (index from the input, 0 = first) that trains",
     "tune_head": "surgical: whether the head trains with it (True/False)",
     "gradual_every": "gradual: epochs between two unfreezings, head first, then the groups from the top down",
+    "probe_c": "linear probe and LP-FT: the logistic regression's C (inverse L2 strength) chosen on validation",
 }
 POLICY_PARAMS = {
     "policy": "update policy (never, every, accuracy, embedding, mmd)",
@@ -135,13 +146,15 @@ PARENT_PARAM = re.compile(r"^[a-z_]+\.[a-z_0-9]+$")
 # ----------------------------------------------------------------------------------------------- tags
 TAGS = {
     # every run
-    "harness.role": "study | sustain (parent runs), trial | sustain_policy (child runs)",
+    "harness.role": "study | sustain (parent runs), trial | replicate | sustain_policy (child runs)",
     "optuna.study_name": "the Optuna study (= MLflow experiment name)",
     "optuna.trial_number": "the Optuna trial number of a child run (-1 for sustain policy runs outside search)",
     "mlflow.parentRunId": "the parent run of a child run",
     "mlflow.runName": "run name: trial-NNNN, policy-<label>-seed<s>, or the study name",
     # trial runs
-    "harness.baseline": "full_ft | linear_probe | lp_ft on the enqueued baselines",
+    "harness.baseline": "full_ft | linear_probe | lp_ft on the enqueued baselines (and their replicates)",
+    "harness.ce_reference": "run id of the corruption-error reference (the tuned full FT baseline) the CE metrics use",
+    "harness.replicate_of": "replicate runs: the Optuna trial number whose configuration they re-run",
     "harness.fail_reason": "why a run FAILED",
     "harness.failed_epoch": "epoch at which a trial failed (-1: before training)",
     "harness.pruned_epoch": "epoch at which a trial was pruned",
@@ -151,7 +164,7 @@ TAGS = {
     "harness.git_sha": "git commit of the harness (-dirty with local changes)",
     "harness.device": "the resolved device",
     "harness.sampler": "Optuna sampler", "harness.pruner": "Optuna pruner (none in multi-objective studies)",
-    "harness.objective": "study objective", "harness.seed": "study seed (policy runs: replicate seed)",
+    "harness.objective": "study objective", "harness.seed": "study seed (policy and replicate runs: the run's training seed)",
     "harness.n_trials_target": "the requested number of finished trials",
     "harness.optuna_storage": "Optuna storage URL, password redacted",
     "harness.shifts.selection": "selection shifts", "harness.shifts.test": "held-out test shifts",
@@ -161,6 +174,7 @@ TAGS = {
     "harness.n_shift_eval": "images per shifted test set (sample size of shift accuracies)",
     "harness.pretrain": "cache key of the source-task pretraining",
     "harness.best_trial": "number of the best completed trial", "harness.best_run_id": "its run id",
+    "harness.replicates": "seeds of the replicate runs, comma-separated (the study seed's run is the trial itself)",
     "harness.version.{package}": "package versions (torch, optuna, mlflow, python)",
     "harness.study_name": "experiment tag: the experiment holds a harness study",
     # sustain parent and policy runs
@@ -172,6 +186,8 @@ TAGS = {
     "harness.sustain_key": "hash of everything that determines a policy run's result (reused when equal)",
     "harness.update_periods": "periods at which the policy updated, comma-separated",
     "harness.threshold_used": "the distinct monitor thresholds used",
+    "harness.search_trial": "a searched policy reported on the reported seeds: the Optuna trial that selected it on the "
+                            "search seeds (reported seed + 10000)",
     # MLflow-native records (records.py, champion.py)
     "mlflow.note.content": "the run's description in the MLflow UI: a trial's strategy in words, the study's summary",
     "harness.registered_model": "study parent: the registered model its selected trial's model is a version of",

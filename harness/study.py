@@ -167,7 +167,7 @@ def launch(ctx: context.Context, study: optuna.Study, log=print) -> None:
             for b in trialmod.baselines(cfg, ctx.n_groups):
                 study.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
             for params in trialmod.surgical_sweep(cfg, ctx.n_groups):
-                study.enqueue_trial(params, skip_if_exists=True)
+                study.enqueue_trial(params, user_attrs={"surgical_sweep": True}, skip_if_exists=True)
     suite = info["suite"]
     log(f"data: {len(data['train'][0])} train / {len(data['val'][0])} val / {len(data['test'][0])} test "
         f"images, {len(data['classes'])} classes; shifts: {suite['n_sets']} sets "
@@ -291,7 +291,7 @@ def summary(ctx: context.Context, study: optuna.Study, wall: float, log=print) -
                                                            else f"/{t.params.get('gradual_every', '?')}ep")
         else:
             when = ('never' if e >= cfg.train.epochs else e) if k else '-'
-        log(f"{t.number:>5} {t.user_attrs.get('baseline', ''):<13} {t.params['lr']:>9.2e} {k:>6} {when:>8} "
+        log(f"{t.number:>5} {t.user_attrs.get('baseline', ''):<13} {t.params.get('lr', float('nan')):>9.2e} {k:>6} {when:>8} "
             f"{', '.join(f'{v:.4f}' for v in t.values):>12} {t.user_attrs.get(schema.ID_ACC, float('nan')):>7.4f} "
             f"{t.user_attrs.get(schema.OOD_ACC_MEAN, float('nan')):>7.4f}")
     base = links.ui_base(ctx.uri)
@@ -413,12 +413,16 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
         timed_out = bool(cfg.study.timeout) and time.perf_counter() - t0 > cfg.study.timeout
     else:
         crashed, timed_out = [], workers.work(ctx, study, 0, log)["stopped"] == "timeout"
-    workers.backfill(ctx, study, log)  # trials that finished before the linear probe, e.g. in another worker or run
+    workers.backfill(ctx, study, log)  # trials that finished before the CE reference, e.g. in another worker or run
     workers.tag_best(ctx, study)
     model = publish_model(ctx, log)
     describe_parent(ctx, study, model)
     finished = bookkeeping.counts(study)[0]
     short = finished < cfg.study.n_trials and not timed_out
+    if not short and not timed_out and cfg.study.replicates > 1:
+        if ctx.data is None:  # the workers had them; the replicates run here, in the launcher
+            ctx = context.open_context(cfg, n_groups, log=lambda *_: None)
+        workers.replicate(ctx, study, log)
     tracking.end_run(ctx.client, ctx.parent_id, "FAILED" if short else "FINISHED")
     summary(ctx, study, time.perf_counter() - t0, log)
     if cfg.study.workers > 1:

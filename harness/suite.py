@@ -67,8 +67,8 @@ def read_files(cfg: Shifts, size: int, num_classes: int) -> dict[str, dict[int, 
     return out
 
 
-TARGET_SPLITS = ("train", "val", "test")
-TARGET_VERSION = 1
+TARGET_SPLITS = ("train", "val", "test", "subpop")  # subpop (classes held out of fine-tuning) when the data has it
+TARGET_VERSION = 2  # 2: the subpopulation set is in the target domain too
 
 
 def _shift_split(x: torch.Tensor, pairs: list[tuple[str, int]], seed: int) -> torch.Tensor:
@@ -86,9 +86,11 @@ def _shift_split(x: torch.Tensor, pairs: list[tuple[str, int]], seed: int) -> to
 
 
 def target_domain(cfg: Data, data: dict, seed: int, cache_dir: Path | None) -> dict:
-    """The study's target domain (data.target_shift): train, val and test images shifted by their registry shifts
-    (deterministic per seed, cached), the clean val/test images kept as clean_val/clean_test for the OOD suite, and
-    a data key that names the domain (so the suite's cache differs). No target shift: data unchanged."""
+    """The study's target domain (data.target_shift): train, val and test images (and the subpopulation set, so that
+    subpopulation shift is measured inside the target domain, not mixed with the return to clean images) shifted by
+    their registry shifts (deterministic per seed, cached), the clean val/test images kept as clean_val/clean_test for
+    the OOD suite, and a data key that names the domain (so the suite's cache differs). No target shift: data
+    unchanged."""
     pairs = target_shifts(cfg)
     if not pairs:
         return data
@@ -100,11 +102,12 @@ def target_domain(cfg: Data, data: dict, seed: int, cache_dir: Path | None) -> d
         flat = loaded[0]
     else:
         # one seed per split, so train, val and test draw independent corruptions
-        flat = {split: _shift_split(data[split][0], pairs, seed * 1000 + i) for i, split in enumerate(TARGET_SPLITS)}
+        flat = {split: _shift_split(data[split][0], pairs, seed * 1000 + i) for i, split in enumerate(TARGET_SPLITS)
+                if split in data}
         if path:
             store.save_tensors(flat, path)
     out = {**data, "key": f"{data['key']}-target-{key}", "target_shift": [f"{n}:{s}" for n, s in pairs]}
-    for split in TARGET_SPLITS:
+    for split in (s for s in TARGET_SPLITS if s in data):
         out[f"clean_{split}"] = data[split]
         out[split] = (flat[split].float() / 255, data[split][1])
     return out

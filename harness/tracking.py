@@ -91,6 +91,18 @@ def child_run(client, exp_id, parent_id, study_name, number, params: dict, tags:
     return run.info.run_id
 
 
+def replicate_run(client, exp_id, parent_id, study_name, number: int, seed: int, params: dict, baseline: str) -> str:
+    """A seed replicate of trial `number` (harness.trial.replicate): run name trial-NNNN-seedS, role replicate, tags
+    harness.replicate_of and harness.seed, no optuna.trial_number (it is no Optuna trial and counts toward none)."""
+    tags = {"mlflow.parentRunId": parent_id, "harness.role": "replicate", "optuna.study_name": study_name,
+            "harness.replicate_of": str(number), "harness.seed": str(seed)}
+    if baseline:
+        tags["harness.baseline"] = baseline
+    run = client.create_run(exp_id, run_name=f"trial-{number:04d}-seed{seed}", tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
 def log_metrics(client, run_id: str, metrics: dict, step: int = 0, series: dict | None = None,
                 wait: bool = True) -> None:
     """Many metrics in one request (MLflow caps a batch at 1000): `metrics` at `step`, and `series`
@@ -163,6 +175,14 @@ def running_children(client, exp_id: str, parent_id: str) -> list[tuple[int, str
     runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
                               max_results=10000)
     return [(int(r.data.tags.get("optuna.trial_number", -1)), r.info.run_id) for r in runs]
+
+
+def replicate_runs(client, exp_id: str, parent_id: str) -> list[dict]:
+    """The parent's replicate runs: [{"run_id", "status", "of" (source trial number), "seed"}]."""
+    runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}' and tags.`harness.role` = 'replicate'",
+                              max_results=10000)
+    return [{"run_id": r.info.run_id, "status": r.info.status, "of": int(r.data.tags["harness.replicate_of"]),
+             "seed": int(r.data.tags["harness.seed"])} for r in runs]
 
 
 def fail_runs(client, run_ids: list[str], reason: str) -> None:

@@ -13,7 +13,7 @@ import optuna
 import psutil
 import torch
 
-from harness import metrics, models, records, schema, shifts, store, tracking, train
+from harness import metrics, models, probe as probemod, records, schema, shifts, store, tracking, train
 from harness.config import Config, Model
 
 
@@ -21,12 +21,14 @@ def suggest(trial: optuna.Trial, cfg: Config, n_groups: int) -> dict:
     """The conditional space from [search]. With more than one search.strategy, `strategy` is a categorical and
     each strategy's parameters exist only for it: prefix -> freeze_layers, and unfreeze_epoch only when some groups
     are frozen; surgical -> tune_group (0..n_groups-1), tune_head; gradual -> gradual_every. Baselines are prefix
-    trials whatever the strategies. A prefix-only study (the default) samples and returns what it always did."""
+    trials whatever the strategies. A prefix-only study (the default) samples and returns what it always did. The
+    linear probe has no lr (its head is a logistic regression, see harness.probe): lr is None there, never sampled."""
     q = cfg.search
+    baseline = trial.user_attrs.get("baseline")
     with warnings.catch_warnings():  # enqueued baselines may sit outside the bounds on purpose (e.g. never)
         warnings.simplefilter("ignore", UserWarning)
-        lr = trial.suggest_float("lr", q.lr[0], q.lr[1], log=True)
-        if trial.user_attrs.get("baseline") or q.strategy == ["prefix"]:
+        lr = None if baseline == "linear_probe" else trial.suggest_float("lr", q.lr[0], q.lr[1], log=True)
+        if baseline or q.strategy == ["prefix"]:
             strategy = "prefix"
         elif len(q.strategy) == 1:
             strategy = q.strategy[0]
@@ -51,7 +53,7 @@ def recipe_settings(p: dict) -> dict:
         return {"strategy": strategy, "tune_group": p["tune_group"], "tune_head": bool(p["tune_head"])}
     if strategy == "gradual":
         return {"strategy": strategy, "gradual_every": p["gradual_every"]}
-    return {"strategy": "prefix", "freeze_layers": p["freeze_layers"], "unfreeze_epoch": p["unfreeze_epoch"]}
+    return {"strategy": "prefix", "freeze_layers": p["freeze_layers"], "unfreeze_epoch": p.get("unfreeze_epoch", 0)}
 
 
 def first_prune(warmup: int, p: dict, epochs: int, n_groups: int) -> int:
@@ -63,28 +65,41 @@ def first_prune(warmup: int, p: dict, epochs: int, n_groups: int) -> int:
     if strategy == "gradual":
         last = n_groups * p["gradual_every"]
         return max(warmup, last + 1 if last < epochs else 0)
-    return prune_from(warmup, p["freeze_layers"], p["unfreeze_epoch"], epochs)
+    return prune_from(warmup, p["freeze_layers"], p.get("unfreeze_epoch", 0), epochs)
+
+
+def baseline_lrs(cfg: Config) -> list[float]:
+    """The lr sweep every baseline with an lr gets: study.baseline_lrs, else the centres of three equal bins of
+    search.lr on a log scale (default [1e-3, 0.3]: 2.6e-3, 1.7e-2, 0.12). One guess per baseline against TPE over lr
+    is not a fair comparison (issue 11); Kumar et al. 2022 sweep 10 lrs for FT and LP-FT alike."""
+    if cfg.study.baseline_lrs:
+        lrs = cfg.study.baseline_lrs
+    else:
+        lo, hi = math.log(cfg.search.lr[0]), math.log(cfg.search.lr[1])
+        lrs = [math.exp(lo + (hi - lo) * (2 * i + 1) / 6) for i in range(3)]
+    return list(dict.fromkeys(lrs))  # a fixed search.lr = [a, a] gives one lr, enqueued once
 
 
 def baselines(cfg: Config, n_groups: int) -> list[dict]:
-    """Full fine-tuning, linear probe, LP-FT (Kumar et al. 2022), all at the geometric middle of the lr range."""
-    lr = math.sqrt(cfg.search.lr[0] * cfg.search.lr[1])
-    epochs = cfg.train.epochs
-    return [
-        {"name": "full_ft", "params": {"lr": lr, "freeze_layers": 0}},
-        {"name": "linear_probe", "params": {"lr": lr, "freeze_layers": n_groups, "unfreeze_epoch": epochs}},
-        {"name": "lp_ft", "params": {"lr": lr, "freeze_layers": n_groups, "unfreeze_epoch": max(1, epochs // 2)}},
-    ]
+    """The enqueued baselines, in order: full fine-tuning at each sweep lr, the converged linear probe (no lr), LP-FT
+    (Kumar et al. 2022: every group fine-tuned from the probe's head) at each sweep lr. LP-FT's params carry
+    unfreeze_epoch 0 (never sampled when nothing is frozen) so that Optuna's skip_if_exists, which compares the
+    enqueued params, tells it from full FT at the same lr."""
+    lrs = baseline_lrs(cfg)
+    return ([{"name": "full_ft", "params": {"lr": lr, "freeze_layers": 0}} for lr in lrs]
+            + [{"name": "linear_probe", "params": {"freeze_layers": n_groups, "unfreeze_epoch": cfg.train.epochs}}]
+            + [{"name": "lp_ft", "params": {"lr": lr, "freeze_layers": 0, "unfreeze_epoch": 0}} for lr in lrs])
 
 
 def surgical_sweep(cfg: Config, n_groups: int) -> list[dict]:
-    """search.surgical_sweep: one trial per group, that group alone (head frozen), at the baselines' lr; Lee et al.
-    2023's question of which block to tune. Enqueued after the baselines; [] when the key is off."""
+    """search.surgical_sweep: for each group, that group alone (head frozen) at each of the baselines' sweep lrs (the
+    same tuning budget as full FT, issue 11); Lee et al. 2023's question of which block to tune. Enqueued after the
+    baselines; [] when the key is off. The replicates re-run the best lr of each group (workers.sources)."""
     if not cfg.search.surgical_sweep:
         return []
-    lr = math.sqrt(cfg.search.lr[0] * cfg.search.lr[1])
     named = {"strategy": "surgical"} if len(cfg.search.strategy) > 1 else {}
-    return [{"lr": lr, **named, "tune_group": j, "tune_head": False} for j in range(n_groups)]
+    return [{"lr": lr, **named, "tune_group": j, "tune_head": False} for j in range(n_groups)
+            for lr in baseline_lrs(cfg)]
 
 
 def prune_from(warmup: int, k: int, e: int, epochs: int) -> int:
@@ -116,19 +131,33 @@ def selection_metrics(model, suite: dict, val_y, batch_size, device) -> dict:
     return {"ood_val_acc": sum(flat) / len(flat) if flat else float("nan"), "per_shift": accs}
 
 
-def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[dict, dict]:
-    """Held-out evaluation: clean test set and every test shift. Returns (final metrics, per-shift curves)."""
+def _summary(logits, y) -> dict:
+    """metrics.summarize plus the per-image correctness (bool, on the CPU) that paired comparisons resample."""
+    return {**metrics.summarize(logits, y), "correct": (logits.argmax(1) == y).cpu()}
+
+
+def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[dict, dict, dict | None]:
+    """Held-out evaluation: clean test set, the clean images of the shifted sets (the same subset every severity is
+    measured on: a curve's severity-0 point and every drop use it) and every test shift. Returns (final metrics,
+    per-shift curves {name: {severity: {acc, ece, nll, brier, correct}}}, the clean subset's summary or None). A
+    target-domain study's "clean" test set is a curve like any other; the clean subset is not one."""
     x, y = data["test"]
     final = {f"id_{k}": v for k, v in metrics.summarize(train.predict(model, x, batch_size, device), y).items()}
     y = suite.get("labels", {}).get("test", y)  # shifted sets hold a fixed subset of the test split
-    curves = {}  # name -> {severity: {acc, ece, nll}}
+    curves = {}  # name -> {severity: {acc, ece, nll, brier, correct}}
+    clean = suite.get("clean", {}).get("test")
+    clean_summary = None
+    if clean is not None and suite.get("test"):
+        clean_summary = _summary(train.predict(model, clean, batch_size, device), y)
+        final[schema.CLEAN_SUBSET_ACC] = clean_summary["acc"]
+        final[schema.CLEAN_SUBSET_ECE] = clean_summary["ece"]
     for name, sev in suite.get("test", {}).items():
-        curves[name] = {s: metrics.summarize(train.predict(model, xs, batch_size, device), y) for s, xs in sev.items()}
+        curves[name] = {s: _summary(train.predict(model, xs, batch_size, device), y) for s, xs in sev.items()}
     for name, sev in suite.get("files", {}).items():  # real corruption files (shifts.files): own labels per severity
-        curves[name] = {s: metrics.summarize(train.predict(model, xs, batch_size, device), ys) for s, (xs, ys) in sev.items()}
+        curves[name] = {s: _summary(train.predict(model, xs, batch_size, device), ys) for s, (xs, ys) in sev.items()}
     for name, (xs, ys) in suite.get("test_sets", {}).items():  # label / subpopulation shifts: own labels
         logits = train.predict(model, xs, batch_size, device)
-        curves[name] = {1: metrics.summarize(logits, ys)}
+        curves[name] = {1: _summary(logits, ys)}
     if curves:
         means = {n: sum(c["acc"] for c in cv.values()) / len(cv) for n, cv in curves.items()}
         final[schema.OOD_ACC_MEAN] = sum(means.values()) / len(means)
@@ -140,7 +169,17 @@ def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[di
         for n, m in means.items():
             families.setdefault(suite.get("family", {}).get(n, n), []).append(m)
         final.update({schema.family_key(f): sum(v) / len(v) for f, v in families.items()})
-    return final, curves
+    return final, curves, clean_summary
+
+
+def correctness(curves: dict, names, clean: dict | None) -> dict:
+    """The per-image correctness of the severity shifts `names` and of their clean subset, as '0'/'1' strings (one
+    character per image, in the fixed order of the shifted sets, the same images at every severity):
+    {"clean": ..., "shifts": {name: {severity: ...}}}. The report's paired bootstrap resamples these images
+    (harness.stats.paired_bootstrap); 11 shifts x 5 severities x 200 images is ~11 kB a trial."""
+    bits = lambda c: "".join("1" if v else "0" for v in c["correct"].tolist())
+    return {"clean": bits(clean) if clean is not None else None,
+            "shifts": {n: {str(s): bits(c) for s, c in curves[n].items()} for n in names if n in curves}}
 
 
 def label_shift_metrics(model, suite: dict, data: dict, batch_size, device, val_logits=None) -> dict:
@@ -168,69 +207,103 @@ def label_shift_metrics(model, suite: dict, data: dict, batch_size, device, val_
             "priors": {"true": true.tolist(), "bbse": est.tolist()}}  # logged per class (step = class index)
 
 
-def corruption_errors(id_acc: float, curves: dict, reference: dict | None) -> dict:
-    """CE and relative CE per test shift (Hendrycks & Dietterich 2019), normalized by the study's linear-probe
-    baseline instead of AlexNet: CE_c = sum_s E_s,c / sum_s E_lp_s,c; rCE_c subtracts each model's clean error.
-    reference = {"id_acc": ..., "shift_acc": {name: {sev: acc}}} of the linear probe; None until it finished."""
+def corruption_errors(clean_acc: float, curves: dict, reference: dict | None, id_acc: float | None = None,
+                      files=()) -> dict:
+    """Corruption errors per test shift (Hendrycks & Dietterich 2019) with the study's tuned full fine-tuning baseline
+    in AlexNet's place (ce_reference): CE_c = sum_s E_s,c / sum_s E_ref_s,c, and relative CE_c = sum_s (E_s,c -
+    E_clean) / sum_s (E_ref_s,c - E_ref_clean), the clean error measured on the same images as the shifted sets
+    (for `files`, the real CIFAR-10-C sets, whose images are the whole test split: id_acc's error, the reference's
+    likewise). mce and relative_mce pool the sums over corruptions (sum_c sum_s E / sum_c sum_s E_ref) rather than
+    averaging per-corruption ratios: a tuned reference can be nearly perfect on one corruption of a few hundred
+    images, and a ratio over 1-2 errors (or a degradation near 0) is noise, which made relative mCE 6-10 in the
+    default study before issue 11. rce is logged only where the reference degrades (sum of drops > 0). The
+    *_benchmark versions pool CIFAR-10-C's 15 corruptions (shifts.BENCHMARK), only when all 15 are test shifts (and
+    *_benchmark_files the same over shifts.files' c10c.<corruption> sets).
+    reference = {"clean_acc", "id_acc", "shift_acc": {name: {sev: acc}}}; None until it is settled: {}."""
     if not reference:
         return {}
-    out, ces, rces = {}, [], []
+    out, sums = {}, {}  # name -> (errors, reference errors, drops, reference drops), each summed over severities
     for name, cv in curves.items():
         ref = reference["shift_acc"].get(name)
         if not ref or set(map(str, cv)) != set(ref):
             continue
-        err = sum(1 - c["acc"] for c in cv.values())
-        ref_err = sum(1 - a for a in ref.values())
-        rel = sum((1 - c["acc"]) - (1 - id_acc) for c in cv.values())
-        ref_rel = sum((1 - a) - (1 - reference["id_acc"]) for a in ref.values())
+        own_clean, ref_clean = ((id_acc, reference.get("id_acc")) if name in files
+                                else (clean_acc, reference["clean_acc"]))
+        err, ref_err = sum(1 - c["acc"] for c in cv.values()), sum(1 - a for a in ref.values())
+        if own_clean is None or ref_clean is None:
+            rel = ref_rel = 0.0
+        else:
+            rel, ref_rel = sum(own_clean - c["acc"] for c in cv.values()), sum(ref_clean - a for a in ref.values())
+        sums[name] = (err, ref_err, rel, ref_rel)
         if ref_err > 0:
             out[schema.shift_key(name, "ce")] = err / ref_err
-            ces.append(out[schema.shift_key(name, "ce")])
-        if abs(ref_rel) > 1e-9:
+        if ref_rel > 0:
             out[schema.shift_key(name, "rce")] = rel / ref_rel
-            rces.append(out[schema.shift_key(name, "rce")])
-    if ces:
-        out["mce"] = sum(ces) / len(ces)
-    if rces:
-        out["relative_mce"] = sum(rces) / len(rces)
-    # CIFAR-10-C's mCE proper: over its 15 benchmark corruptions, only when every one of them is a test shift
-    # (and the same over the real files' c10c.<corruption> sets when shifts.files holds all 15)
-    for prefix, suffix in (("", ""), ("c10c.", "_files")):
-        for key, name in (("ce", "mce_benchmark"), ("rce", "relative_mce_benchmark")):
-            vals = [out.get(schema.shift_key(prefix + c, key)) for c in shifts.BENCHMARK]
-            if all(v is not None for v in vals):
-                out[name + suffix] = sum(vals) / len(vals)
+
+    def pooled(names, suffix):
+        err, ref_err, rel, ref_rel = (sum(x) for x in zip(*(sums[n] for n in names)))
+        if ref_err > 0:
+            out["mce" + suffix] = err / ref_err
+        if ref_rel > 0:
+            out["relative_mce" + suffix] = rel / ref_rel
+
+    if sums:
+        pooled(list(sums), "")
+    for prefix, suffix in (("", "_benchmark"), ("c10c.", "_benchmark_files")):
+        names = [prefix + c for c in shifts.BENCHMARK]
+        if all(n in sums for n in names):
+            pooled(names, suffix)
     return out
 
 
-def _linear_probe_reference(trials) -> dict | None:
-    for t in trials:
-        if t.user_attrs.get("baseline") == "linear_probe" and "shift_acc" in t.user_attrs:
-            return {"id_acc": t.user_attrs["id_acc"], "shift_acc": t.user_attrs["shift_acc"]}
-    return None
+def ce_reference(trials) -> dict | None:
+    """The corruption-error reference: the tuned full fine-tuning baseline, i.e. of the full_ft sweep the completed
+    trial with the highest val_acc_final (ties: the lower number). None while a full_ft trial is still waiting or
+    running (the best is not known yet) or when none completed."""
+    fam = [t for t in trials if t.user_attrs.get("baseline") == "full_ft"]
+    live = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
+    if not fam or any(t.state in live for t in fam):
+        return None
+    done = [t for t in fam if t.state == optuna.trial.TrialState.COMPLETE and "shift_acc" in t.user_attrs
+            and schema.VAL_ACC_FINAL in t.user_attrs]
+    if not done:
+        return None
+    best = min(done, key=lambda t: (-t.user_attrs[schema.VAL_ACC_FINAL], t.number))
+    a = best.user_attrs
+    return {"number": best.number, "run_id": a.get("mlflow_run_id"), "shift_acc": a["shift_acc"],
+            "clean_acc": a.get(schema.CLEAN_SUBSET_ACC, a[schema.ID_ACC]), "id_acc": a[schema.ID_ACC]}
 
 
-def backfill_corruption_errors(study: optuna.Study, client, corruptions: list[str]) -> int:
-    """CE needs the linear probe's errors, so trials that finished before it (full FT is trial 0; with --workers any
-    trial may) got none. Once the linear probe has completed, log CE/mCE on their runs too. Returns how many."""
+def _ce_curves(shift_acc: dict, corruptions) -> dict:
+    return {name: {sev: {"acc": a} for sev, a in accs.items()} for name, accs in shift_acc.items() if name in corruptions}
+
+
+def backfill_corruption_errors(study: optuna.Study, client, corruptions: list[str], files=()) -> int:
+    """CE needs the settled reference (ce_reference), so trials that finished before the full_ft sweep did (full FT
+    itself, and with --workers any trial) got none. Log CE/mCE on every completed trial whose run does not carry the
+    reference's run id yet (tag harness.ce_reference). Returns how many runs got theirs."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    ref = _linear_probe_reference(done)
+    ref = ce_reference(study.get_trials(deepcopy=False))
     if ref is None:
         return 0
     n = 0
     for t in done:
         run_id = t.user_attrs.get("mlflow_run_id")
-        if t.user_attrs.get("ce_logged") or "shift_acc" not in t.user_attrs or not run_id:
+        if t.user_attrs.get("ce_reference") == ref["run_id"] or "shift_acc" not in t.user_attrs or not run_id:
             continue
-        if "mce" in client.get_run(run_id).data.metrics:  # an earlier backfill did it
+        if client.get_run(run_id).data.tags.get("harness.ce_reference") == ref["run_id"]:  # an earlier backfill did it
             continue
-        curves = {name: {sev: {"acc": a} for sev, a in accs.items()}
-                  for name, accs in t.user_attrs["shift_acc"].items() if name in corruptions}
-        ce = corruption_errors(t.user_attrs["id_acc"], curves, ref)
+        clean = t.user_attrs.get(schema.CLEAN_SUBSET_ACC, t.user_attrs[schema.ID_ACC])
+        ce = corruption_errors(clean, _ce_curves(t.user_attrs["shift_acc"], corruptions), ref,
+                               t.user_attrs[schema.ID_ACC], files)
         if ce:
             tracking.log_metrics(client, run_id, ce)
+            tracking.set_tags(client, run_id, {"harness.ce_reference": ref["run_id"]})
             n += 1
     return n
+
+
+PROBE_HEAD = ("linear_probe", "lp_ft")  # baselines that start from the converged probe's head (harness.probe)
 
 
 @dataclasses.dataclass
@@ -241,30 +314,51 @@ class Progress:
     train_seconds: float = 0.0
 
 
-def train_trial(trial: optuna.Trial, ctx, p: dict, run_id: str, at: Progress, progress=None):
-    """Fine-tune the trial's model: per epoch, validate, log, show progress, report and maybe prune. Returns
-    (model, groups) after the last epoch; raises optuna.TrialPruned or FloatingPointError (a diverged loss)."""
+def _epoch_metrics(loss, val, frozen, lr=None) -> dict:
+    # rss_mb after each epoch, pruned trials too: it must not grow across trials (optuna#1224)
+    return {"train_loss": loss, "val_acc": val["acc"], "val_loss": val["loss"], "frozen_layers": frozen,
+            "rss_mb": psutil.Process().memory_info().rss / 2**20, "lr": lr}
+
+
+def train_trial(trial: optuna.Trial | None, ctx, p: dict, run_id: str, at: Progress, progress=None,
+                baseline: str = "", seed: int | None = None):
+    """Fine-tune the trial's model: per epoch, validate, log, show progress, report and maybe prune (trial None: a
+    seed replicate, never pruned). The linear probe fits its head by logistic regression instead (no epochs: one
+    step-0 record); LP-FT fine-tunes from that head. Returns (model, groups) after the last epoch; raises
+    optuna.TrialPruned or FloatingPointError (a diverged loss)."""
     cfg, device, t = ctx.cfg, ctx.device, ctx.cfg.train
+    seed = cfg.study.seed if seed is None else seed
+    number = trial.number if trial is not None else -1
+    prunes = trial is not None and cfg.study.objective != "multi"  # Optuna cannot prune multi-objective studies
     t0 = time.perf_counter()
-    model, groups = fresh_model(cfg.model, len(ctx.data["classes"]), ctx.pretrained, device, cfg.study.seed,
-                                compile=t.compile)
+    # Every trial sees the same head init and batch order (the study seed): differences between trials come from
+    # the hyperparameters alone, and a re-run reproduces the same curve on CPU. Replicates change the seed only.
+    model, groups = fresh_model(cfg.model, len(ctx.data["classes"]), ctx.pretrained, device, seed, compile=t.compile)
+    if baseline in PROBE_HEAD:
+        probe = probemod.fitted(ctx, model, groups)
+        probemod.set_head(groups, probe)
+        tracking.log_params(ctx.client, run_id, {"probe_c": probe.c})
+        if baseline == "linear_probe":
+            at.epoch, at.val = 0, train.evaluate(model, *ctx.data["val"], t.eval_batch_size, device)
+            tracking.log_metrics(ctx.client, run_id, _epoch_metrics(probe.train_loss, at.val, ctx.n_groups), step=0,
+                                 wait=False)
+            if progress is not None:
+                progress(number, 0, probe.train_loss, at.val["acc"])
+            if prunes:
+                trial.report(at.val["acc"], 0)
+            at.train_seconds = time.perf_counter() - t0
+            return model, groups
     recipe = train.Recipe(lr=p["lr"], epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
                           momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, **recipe_settings(p))
     prune_at = first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
-    # Every trial sees the same head init and batch order (the study seed): differences between trials come from
-    # the hyperparameters alone, and a re-run reproduces the same curve on CPU.
-    for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, cfg.study.seed, device):
+    for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, seed, device):
         at.epoch = epoch
         at.val = train.evaluate(model, *ctx.data["val"], t.eval_batch_size, device)
-        # async: off the training loop (bench (b)); rss_mb after each epoch, pruned trials too: it must not grow
-        # across trials (optuna#1224)
-        tracking.log_metrics(ctx.client, run_id, {"train_loss": loss, "val_acc": at.val["acc"],
-                                                  "val_loss": at.val["loss"], "frozen_layers": frozen,
-                                                  "rss_mb": psutil.Process().memory_info().rss / 2**20, "lr": lr},
-                             step=epoch, wait=False)
+        # async: off the training loop (bench (b))
+        tracking.log_metrics(ctx.client, run_id, _epoch_metrics(loss, at.val, frozen, lr), step=epoch, wait=False)
         if progress is not None:
-            progress(trial.number, epoch, loss, at.val["acc"])
-        if cfg.study.objective != "multi":  # Optuna cannot prune multi-objective studies
+            progress(number, epoch, loss, at.val["acc"])
+        if prunes:
             trial.report(at.val["acc"], epoch)
             if epoch + 1 >= prune_at and epoch + 1 < t.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_acc {at.val['acc']:.4f} below the median")
@@ -272,22 +366,24 @@ def train_trial(trial: optuna.Trial, ctx, p: dict, run_id: str, at: Progress, pr
     return model, groups
 
 
-def evaluate_trial(model, ctx, val: dict, baseline: str, study: optuna.Study) -> tuple[dict, dict, dict]:
-    """Selection shifts, the clean test split, every test shift, label shift and corruption errors.
-    Returns (final metrics, series {key: {step: value}}, the selection metrics)."""
+def evaluate_trial(model, ctx, val: dict, reference: dict | None) -> tuple[dict, dict, dict]:
+    """Selection shifts, the clean test split, every test shift (and their clean subset), label shift and corruption
+    errors against `reference` (ce_reference; None: none yet). Returns (final metrics, series {key: {step: value}},
+    the selection metrics with shift_acc, the per-image correctness and the CE reference's run id)."""
     device, bs, suite, data = ctx.device, ctx.cfg.train.eval_batch_size, ctx.suite, ctx.data
     t1 = time.perf_counter()
     sel = selection_metrics(model, suite, data["val"][1], bs, device)
-    final, curves = test_metrics(model, suite, data, bs, device)
+    final, curves, clean = test_metrics(model, suite, data, bs, device)
     label = label_shift_metrics(model, suite, data, bs, device, val["logits"])
     priors = label.pop("priors", None)
     final.update(label)
+    correct = correctness(curves, suite["test"], clean)
     shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
-    own = {"id_acc": final["id_acc"], "shift_acc": shift_acc}
-    ref = own if baseline == "linear_probe" else _linear_probe_reference(
-        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    corrupted = set(suite["test"]) | set(suite.get("files", {}))
-    final.update(corruption_errors(final["id_acc"], {n: cv for n, cv in curves.items() if n in corrupted}, ref))
+    files = set(suite.get("files", {}))
+    ce = corruption_errors(final.get(schema.CLEAN_SUBSET_ACC, final[schema.ID_ACC]),
+                           {n: cv for n, cv in curves.items() if n in suite["test"] or n in files}, reference,
+                           final[schema.ID_ACC], files)
+    final.update(ce)
     final.update(val_acc_final=val["acc"], eval_seconds=time.perf_counter() - t1,
                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if device.type == "cuda":
@@ -298,22 +394,39 @@ def evaluate_trial(model, ctx, val: dict, baseline: str, study: optuna.Study) ->
     series.update({schema.shift_key(name, key): {s: c[key] for s, c in cv.items()}
                    for name, cv in curves.items() for key in ("acc", "ece", "nll")})
     series.update({f"label_shift/prior_{key}": dict(enumerate(prior)) for key, prior in (priors or {}).items()})
-    return final, series, {**sel, "shift_acc": shift_acc}
+    return final, series, {**sel, "shift_acc": shift_acc, "correct": correct,
+                           "ce_reference": reference["run_id"] if ce and reference else None}
+
+
+def log_run(ctx, run_id: str, final: dict, series: dict, sel: dict) -> None:
+    """A finished trial's or replicate's final metrics, series, per-image correctness (correct.json) and CE reference
+    tag on its run."""
+    tracking.log_metrics(ctx.client, run_id, final, series=series)
+    tracking.log_json(ctx.client, run_id, sel["correct"], schema.CORRECT_ARTIFACT)
+    if sel["ce_reference"]:
+        tracking.set_tags(ctx.client, run_id, {"harness.ce_reference": sel["ce_reference"]})
 
 
 def log_trial(trial: optuna.Trial, ctx, run_id: str, final: dict, series: dict, sel: dict):
-    """Final metrics and series on the trial's run, what later trials need in its user attrs; returns the
-    objective value: val_acc, ood_val_acc, or both (multi), all from validation data."""
-    tracking.log_metrics(ctx.client, run_id, final, series=series)
-    trial.set_user_attr(schema.ID_ACC, final[schema.ID_ACC])
-    trial.set_user_attr("ce_logged", "mce" in final or "relative_mce" in final)
-    if schema.OOD_ACC_MEAN in final:
-        trial.set_user_attr(schema.OOD_ACC_MEAN, final[schema.OOD_ACC_MEAN])
+    """The run (log_run), what later trials need in the trial's user attrs; returns the objective value: val_acc,
+    ood_val_acc, or both (multi), all from validation data."""
+    log_run(ctx, run_id, final, series, sel)
+    for key in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.VAL_ACC_FINAL, schema.CLEAN_SUBSET_ACC):
+        if key in final:
+            trial.set_user_attr(key, final[key])
+    trial.set_user_attr("ce_reference", sel["ce_reference"])
     trial.set_user_attr("shift_acc", sel["shift_acc"])
     objective = ctx.cfg.study.objective
     if objective == "multi":
         return final[schema.VAL_ACC_FINAL], sel["ood_val_acc"]
     return sel["ood_val_acc"] if objective == "ood_val_acc" else final[schema.VAL_ACC_FINAL]
+
+
+def _free(ctx) -> None:
+    # free this trial's model now: memory must not grow across trials (optuna#1224)
+    gc.collect()
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
@@ -323,7 +436,8 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
     cfg, client = ctx.cfg, ctx.client
     p = suggest(trial, cfg, ctx.n_groups)
     baseline = trial.user_attrs.get("baseline", "")
-    run_id = tracking.child_run(client, ctx.exp_id, ctx.parent_id, cfg.study.name, trial.number, p,
+    run_id = tracking.child_run(client, ctx.exp_id, ctx.parent_id, cfg.study.name, trial.number,
+                                {k: v for k, v in p.items() if v is not None},
                                 {"harness.baseline": baseline} if baseline else {})
     trial.set_user_attr("mlflow_run_id", run_id)
     sampler = records.start(ctx, run_id, p, baseline)  # description, dataset inputs, system metrics
@@ -331,8 +445,9 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)  # gpu_peak_mb is this trial's peak, not the process's
     try:
-        model, groups = train_trial(trial, ctx, p, run_id, at, progress)
-        final, series, sel = evaluate_trial(model, ctx, at.val, baseline, trial.study)
+        model, groups = train_trial(trial, ctx, p, run_id, at, progress, baseline)
+        ref = ce_reference(trial.study.get_trials(deepcopy=False))
+        final, series, sel = evaluate_trial(model, ctx, at.val, ref)
         final["train_seconds"] = at.train_seconds
         value = log_trial(trial, ctx, run_id, final, series, sel)
         if on_complete is not None:
@@ -352,8 +467,34 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
         raise
     finally:
         records.stop(sampler)  # no-op when already stopped
-        # free this trial's model now: memory must not grow across trials (optuna#1224)
         model = groups = None  # groups holds the modules too
-        gc.collect()
-        if ctx.device.type == "cuda":
-            torch.cuda.empty_cache()
+        _free(ctx)
+
+
+def replicate(ctx, source: dict, seed: int, reference: dict | None) -> str:
+    """Re-run a finished trial with another training seed (head init and batch order; the data, suite, pretrained
+    body, params and recipe stay), on its own child run tagged with the source trial and the seed. source = {"number",
+    "params", "baseline"}. Returns the run id; the run ends FINISHED, or FAILED with the reason (re-raised)."""
+    p = {"lr": None, **source["params"]}  # the linear probe has no lr
+    if "freeze_layers" in p:  # a prefix trial with nothing frozen never sampled unfreeze_epoch
+        p.setdefault("unfreeze_epoch", 0)
+    run_id = tracking.replicate_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, source["number"], seed,
+                                    {k: v for k, v in p.items() if v is not None}, source["baseline"])
+    sampler = records.start(ctx, run_id, p, source["baseline"])
+    at, model = Progress(), None
+    try:
+        model, _ = train_trial(None, ctx, p, run_id, at, baseline=source["baseline"], seed=seed)
+        final, series, sel = evaluate_trial(model, ctx, at.val, reference)
+        final["train_seconds"] = at.train_seconds
+        log_run(ctx, run_id, final, series, sel)
+        records.stop(sampler)
+        tracking.end_run(ctx.client, run_id, "FINISHED")
+        return run_id
+    except Exception as err:
+        tracking.end_run(ctx.client, run_id, "FAILED", {"harness.fail_reason": f"{type(err).__name__}: {err}",
+                                                        "harness.failed_epoch": at.epoch})
+        raise
+    finally:
+        records.stop(sampler)
+        model = None
+        _free(ctx)

@@ -62,9 +62,10 @@ def save_if_best(ctx, study: optuna.Study):
 
 
 def backfill(ctx, study: optuna.Study, log=print) -> None:
-    """Corruption errors of trials that finished before the linear probe (their reference)."""
+    """Corruption errors of trials that finished before their reference (the tuned full FT baseline) was settled."""
     try:
-        trialmod.backfill_corruption_errors(study, ctx.client, ctx.cfg.shifts.test + list((ctx.suite or {}).get("files", {})))
+        files = list((ctx.suite or {}).get("files", {}))
+        trialmod.backfill_corruption_errors(study, ctx.client, ctx.cfg.shifts.test + files, files)
     except Exception as e:  # a missing CE is worth a line, never a finished study
         log(f"warning: corruption errors not backfilled ({type(e).__name__}: {e})")
 
@@ -113,7 +114,7 @@ def work(ctx, study: optuna.Study, worker: int = 0, log=print) -> dict:
                 done["failed"] += 1
                 fails_in_row += 1
                 log(store.redact(f"{prefix}trial {trial.number} FAILED: {type(e).__name__}: {e}"))
-        if trial.user_attrs.get("baseline") == "linear_probe" and done["complete"]:  # the CE reference exists now
+        if trial.user_attrs.get("baseline") == "full_ft":  # the CE reference may be settled now
             backfill(ctx, study, log)
     return done
 
@@ -128,3 +129,57 @@ def tag_best(ctx, study: optuna.Study) -> None:
         best = min(done, key=lambda t: (-t.values[0], t.datetime_complete))
         tracking.set_tags(ctx.client, ctx.parent_id, {"harness.best_trial": best.number,
                                                       "harness.best_run_id": best.user_attrs["mlflow_run_id"]})
+
+
+def sources(study: optuna.Study) -> list:
+    """The trials seed replicates re-run: the selected one (the best objective value, ties to the earliest completed,
+    as tag_best), the best of each baseline family on validation (the same objective, ties to the lower number) and,
+    with search.surgical_sweep, the best lr of each group's sweep: the reproduction of Lee et al. compares groups over
+    seeds."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and "mlflow_run_id" in t.user_attrs]
+    if not done:
+        return []
+    out = [min(done, key=lambda t: (-t.values[0], t.datetime_complete))]
+    families = {f: [t for t in done if t.user_attrs.get("baseline") == f] for f in ("full_ft", "linear_probe", "lp_ft")}
+    for t in done:
+        if t.user_attrs.get("surgical_sweep"):
+            families.setdefault(f"surgical {t.params['tune_group']}", []).append(t)
+    for fam in families.values():
+        if fam:
+            best = min(fam, key=lambda t: (-t.values[0], t.number))
+            if best.number not in {t.number for t in out}:
+                out.append(best)
+    return out
+
+
+def replicate(ctx, study: optuna.Study, log=print) -> int:
+    """After the search: study.replicates - 1 more training seeds (study seed + 1, + 2, ...) of every source trial,
+    each its own child run (harness.trial.replicate); the trial itself is the study seed's replicate. Resumable: a
+    (trial, seed) with a FINISHED replicate run is not run again; a RUNNING one left by a dead process ends FAILED.
+    Returns the number of runs made."""
+    cfg = ctx.cfg
+    seeds = [cfg.study.seed + i for i in range(1, cfg.study.replicates)]
+    if not seeds:
+        return 0
+    runs = tracking.replicate_runs(ctx.client, ctx.exp_id, ctx.parent_id)
+    for r in runs:
+        if r["status"] == "RUNNING" and cfg.study.workers == 1:
+            tracking.end_run(ctx.client, r["run_id"], "FAILED",
+                             {"harness.fail_reason": "the process died before the replicate finished"})
+    have = {(r["of"], r["seed"]) for r in runs if r["status"] == "FINISHED"}
+    ref = trialmod.ce_reference(study.get_trials(deepcopy=False))
+    n = 0
+    for t in sources(study):
+        for seed in seeds:
+            if (t.number, seed) in have:
+                continue
+            log(f"replicate: trial {t.number} ({t.user_attrs.get('baseline') or 'searched'}) with seed {seed}")
+            src = {"number": t.number, "params": dict(t.params), "baseline": t.user_attrs.get("baseline", "")}
+            try:
+                trialmod.replicate(ctx, src, seed, ref)
+                n += 1
+            except Exception as e:  # a failed replicate is a line and a FAILED run, never a failed study
+                log(f"warning: replicate of trial {t.number} with seed {seed} failed ({type(e).__name__}: {e})")
+    tracking.set_tags(ctx.client, ctx.parent_id, {"harness.replicates": ",".join(map(str, seeds))})
+    return n

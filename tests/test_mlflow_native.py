@@ -239,8 +239,9 @@ def test_descriptions_experiment_kind_and_ui_urls(shared):
     ID/OOD accuracy, the registered model, the report); the experiment is of kind finetuning."""
     client, parent = shared["client"], shared["parent"]
     assert shared["exp"].tags["mlflow.experimentKind"] == "finetuning"
-    words = {"full_ft": "train everything, lr 0.01", "linear_probe": "freeze 4 groups, never unfreeze, lr 0.01",
-             "lp_ft": "freeze 4 groups, unfreeze at epoch 1, lr 0.01"}
+    words = {"full_ft": "train everything, lr 0.01",
+             "linear_probe": "logistic-regression head on the frozen body's features, C chosen on validation (baseline",
+             "lp_ft": "train everything from the linear probe's head, lr 0.01"}
     for run in shared["trials"]:
         note = run.data.tags["mlflow.note.content"]
         assert note.startswith(words[run.data.tags["harness.baseline"]]), note

@@ -134,6 +134,7 @@ def test_study_on_real_cifar10_jpegs_with_real_resnet20_weights_as_a_custom_mode
             "--set", "model.name=byo_cifar.nets:resnet20", "--set", f"model.weights={RESNET20}",
             "--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", "search.freeze_layers=[0, 4]",
             "--set", "search.unfreeze_epoch=[1, 2]", "--set", "search.lr=[1e-3, 1e-2]",
+            "--set", "study.baseline_lrs=[3e-3]",  # one lr: trials 0 and 1 are full FT and the linear probe
             "--set", 'shifts.selection=["gaussian_blur"]', "--set", 'shifts.test=["gaussian_noise"]',
             "--set", "shifts.severities=[3]", "--set", "shifts.label_alpha=0", "--set", "shifts.eval_images=0"]
     try:

@@ -105,7 +105,8 @@ def test_load_reads_parent_trials_curves_and_optuna(shared, loaded):
         run = client.get_run(t["run_id"])
         assert t["metrics"] == run.data.metrics  # final metrics: exactly MLflow's values
         assert t["params"]["freeze_layers"] == int(run.data.params["freeze_layers"])
-        assert [s for s, _ in t["curves"]["val_acc"]] == [0, 1, 2]
+        # the linear probe is a logistic regression (harness.probe): one step-0 record, no epochs
+        assert [s for s, _ in t["curves"]["val_acc"]] == ([0] if t["baseline"] == "linear_probe" else [0, 1, 2])
         assert [s for s, _ in t["curves"]["shift/gaussian_noise/acc"]] == [1, 3]
         assert [v for _, v in t["curves"]["shift/contrast/ece"]] == \
             [m.value for m in sorted(client.get_metric_history(t["run_id"], "shift/contrast/ece"), key=lambda m: m.step)]

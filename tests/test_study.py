@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import study
+from harness import schema, study
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,9 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     assert [t.user_attrs.get("baseline") for t in trials[:3]] == ["full_ft", "linear_probe", "lp_ft"]
     assert trials[0].params["freeze_layers"] == 0
     assert trials[1].params["freeze_layers"] == 4 and trials[1].params["unfreeze_epoch"] >= 3  # never
-    assert trials[2].params["freeze_layers"] == 4 and trials[2].params["unfreeze_epoch"] == 1  # half of 3 epochs
+    assert "lr" not in trials[1].params  # the probe is a logistic regression (harness.probe): no lr
+    # LP-FT (issue 11): every group trains from the probe's converged head, at its own lr
+    assert trials[2].params["freeze_layers"] == 0 and trials[2].params["lr"] == pytest.approx(0.01)
 
     client = _client(workdir)
     exp = client.get_experiment_by_name("tiny")
@@ -78,7 +80,9 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
         assert run.info.run_name == f"trial-{t.number:04d}"
         assert run.data.tags["optuna.study_name"] == "tiny"
         assert t.user_attrs["mlflow_run_id"] == run.info.run_id
-        assert {"lr", "freeze_layers", "unfreeze_epoch"} <= set(run.data.params)
+        # params: lr (the linear probe has none: probe_c, its logistic regression's C), freeze_layers, unfreeze_epoch
+        assert ({"probe_c"} if t.user_attrs.get("baseline") == "linear_probe" else {"lr"}) | \
+            {"freeze_layers", "unfreeze_epoch"} <= set(run.data.params)
         hist = client.get_metric_history(run.info.run_id, "val_acc")
         assert [m.step for m in hist] == list(range(len(hist))) and len(hist) >= 1
         assert client.get_metric_history(run.info.run_id, "train_loss")
@@ -136,7 +140,8 @@ def test_same_seed_same_val_acc_sequence(tiny_config, workdir, monkeypatch):
 
     a, b = curves("a"), curves("b")
     assert len(a[0]) == 2  # the tiny config pretrains 2 epochs, logged once
-    assert len(a) == 5 and all(len(c) == 3 for c in a[1:])
+    # trial 1 is the linear probe: one step-0 record (a logistic regression, no epochs)
+    assert len(a) == 5 and [len(c) for c in a[1:]] == [3, 1, 3, 3]
     assert a == b
 
 
@@ -146,7 +151,10 @@ def test_nan_loss_fails_trial_with_reason_and_study_goes_on(tiny_config, workdir
     assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "3"]) == 0  # the 3 baselines
     s = _study(workdir)
     s.enqueue_trial({"lr": 1e6, "freeze_layers": 0})
-    assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "4"]) == 0
+    # no pruner: its first epoch (loss ~3e11, still finite) is below the converged probe's median and would be pruned
+    # before the loss overflows in its second
+    assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "4",
+                       "--set", 'study.pruner="none"']) == 0
     s = _study(workdir)
     failed = [t for t in s.get_trials() if t.state == TrialState.FAIL]
     assert len(failed) == 1
@@ -177,3 +185,51 @@ def test_multi_objective_pareto_without_pruning(tiny_config, workdir):
         assert (m["val_acc_final"], m["ood_val_acc"]) == pytest.approx(tuple(t.values))
     page = (workdir / "reports" / "tiny" / "index.html").read_text()
     assert "val_acc (1st objective)" in page
+
+
+def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, workdir):
+    """The default sweep (3 lrs) with --n-trials 8 and study.replicates = 2:
+    - trials 0-6 are the baselines (full FT x 3 lrs, linear probe, LP-FT x 3 lrs), trial 7 is TPE's: the sweep counts
+      toward n_trials (8 finished trials, no more);
+    - after the search, one replicate run (seed = study seed + 1) of the selected trial and of the best of each
+      baseline family on validation, each a child run tagged with its source trial and seed, with the source's params
+      exactly (replicates differ in the seed and nothing else), and no Optuna trial of its own;
+    - a re-run adds neither trials nor replicates."""
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "8", "--set", "study.baseline_lrs=[]",
+            "--set", "study.replicates=2", "--set", 'study.pruner="none"']
+    assert study.main(args) == 0
+    s = _study(workdir)
+    trials = s.get_trials()
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.user_attrs.get("baseline", "") for t in trials] == \
+        ["full_ft"] * 3 + ["linear_probe"] + ["lp_ft"] * 3 + [""]
+    assert "lr" not in trials[3].params  # the probe has no lr
+    assert [t.params["lr"] for t in trials[:3]] == [t.params["lr"] for t in trials[4:7]]
+
+    def best(ts):
+        return min(ts, key=lambda t: (-t.value, t.number))
+
+    selected = min(trials, key=lambda t: (-t.value, t.datetime_complete))
+    sources = {selected.number} | {best([t for t in trials if t.user_attrs.get("baseline") == f]).number
+                                   for f in ("full_ft", "linear_probe", "lp_ft")}
+    client = _client(workdir)
+    exp = client.get_experiment_by_name("tiny")
+    parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+    reps = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")
+    assert sorted(int(r.data.tags["harness.replicate_of"]) for r in reps) == sorted(sources)
+    for r in reps:
+        src = trials[int(r.data.tags["harness.replicate_of"])]
+        src_run = client.get_run(src.user_attrs["mlflow_run_id"])
+        assert r.info.status == "FINISHED" and r.data.tags["harness.seed"] == "1"
+        assert r.data.tags.get("harness.baseline", "") == src.user_attrs.get("baseline", "")
+        assert r.data.params == src_run.data.params  # same lr, freeze_layers, unfreeze_epoch (and probe C)
+        assert "optuna.trial_number" not in r.data.tags and r.info.run_name.endswith("-seed1")
+        assert {"id_acc", "ood_acc_mean", "ood_acc_worst"} <= set(r.data.metrics)
+        # every name a replicate writes is declared (tests/test_schema.py runs no replicates)
+        assert all(map(schema.is_metric, r.data.metrics)) and all(map(schema.is_param, r.data.params))
+        assert all(schema.is_tag(k) for k in r.data.tags if not k.startswith("mlflow."))
+        assert schema.CORRECT_ARTIFACT in {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert parent.data.tags["harness.replicates"] == "1"
+    assert study.main(args) == 0  # resume: nothing left to run
+    assert len(_study(workdir).get_trials()) == 8
+    assert len(client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")) == len(reps)

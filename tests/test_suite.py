@@ -69,7 +69,7 @@ def _contrast5(x):
 
 
 def test_target_shift_applies_to_train_val_and_test(tmp_path):
-    """data.target_shift = "contrast:5": train, val and test images are the shifted images (stored as uint8 by
+    """data.target_shift = "contrast:5": train, val, test and subpopulation images are the shifted images (uint8 by
     truncation, as CIFAR-10-C's files), labels unchanged, the clean val/test kept; cached, and the same per seed."""
     cfg, data = _setup(tmp_path)
     d = dataclasses.replace(cfg.data, target_shift=["contrast:5"])
@@ -87,6 +87,12 @@ def test_target_shift_applies_to_train_val_and_test(tmp_path):
     a, b, c = (suite.target_domain(noise, data, seed, None)["test"][0] for seed in (0, 0, 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert suite.target_domain(cfg.data, data, 0, None) is data  # no target shift: nothing changes
+    # digits held out of fine-tuning (the subpopulation set) are in the target domain too
+    par = dataclasses.replace(d, task="parity", holdout_classes=[9])
+    pdata = datamod.load(par, cfg.study.seed)
+    pout = suite.target_domain(par, pdata, 0, None)
+    assert len(pdata["subpop"][1]) > 0 and torch.equal(pout["subpop"][1], pdata["subpop"][1])
+    assert torch.allclose(pout["subpop"][0], torch.floor(_contrast5(pdata["subpop"][0]) * 255) / 255, atol=1.5 / 255)
 
 
 def test_target_shift_mixture_deals_images_between_shifts(tmp_path):
@@ -194,7 +200,7 @@ def test_corruption_files_are_evaluated_like_shifts(tmp_path):
         def forward(self, x):
             return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 5).float()
 
-    final, curves = trial.test_metrics(Oracle(), s, data, 8, torch.device("cpu"))
+    final, curves, _ = trial.test_metrics(Oracle(), s, data, 8, torch.device("cpu"))
     # labels 0..4 twice: predicting class 0 everywhere is right on 2 of 10
     assert curves["c10c.frost"][2]["acc"] == pytest.approx(0.2) and curves["c10c.gaussian_noise"][2]["acc"] == pytest.approx(0.2)
     assert final["ood_acc/weather"] == pytest.approx(0.2)

@@ -114,6 +114,37 @@ def test_never_does_not_update_every_k_updates_floor_t_over_k(data, deployed):
         assert m["stream_acc"][1:] == [res["R"][t - 1][t] for t in range(1, 7)]
 
 
+def test_no_accuracy_monitor_image_was_trained_on(data, deployed, monkeypatch):
+    """The accuracy monitor's labelled accuracy (its reference period included) is measured only on images no update
+    has trained on: on a 10-period severity ramp drawing 50 labelled images a period from a 60-image pool, updates at
+    every second period with replay 2 (so pool images come back after being trained on), no image the accuracy is
+    computed on is pixel-identical to an image of any earlier update; and later periods do hold such images (the check
+    can fail)."""
+    pool = {"train": (data["train"][0][:200], data["train"][1][:200]), "test": data["test"]}
+    s = Stream(periods=10, labelled=50, eval_size=30, epochs=1, replay=2, drop=-100.0, window=1)
+    stream = streams.make_stream(pool, streams.schedule(s, 5, 0), s.labelled, s.eval_size, 0)
+    trained, measured = set(), []
+    key = lambda img: img.contiguous().numpy().tobytes()
+    real_fine_tune, real_acc = replay.fine_tune, replay._accuracy_on
+
+    def fine_tune(model, groups, x, y, *a, **k):
+        trained.update(key(img) for img in x)
+        return real_fine_tune(model, groups, x, y, *a, **k)
+
+    def accuracy_on(model, x, y, bs, device):
+        if len(x) <= s.labelled and not any(torch.equal(x, p["eval_x"]) for p in stream):  # a labelled batch
+            measured.append({key(img) for img in x} & trained)
+        return real_acc(model, x, y, bs, device)
+
+    monkeypatch.setattr(replay, "fine_tune", fine_tune)
+    monkeypatch.setattr(replay, "_accuracy_on", accuracy_on)
+    res = replay.replay(*_restore(deployed), stream, policies.policy_spec(s, "accuracy"), data["val"][0], TRAIN, CPU, 0)
+    assert sum(res["updated"]) >= 3 and len(measured) >= 5
+    assert all(not overlap for overlap in measured), [len(o) for o in measured]
+    pixel_repeats = sum(key(img) in trained for p in stream[3:] for img in p["x"])
+    assert pixel_repeats > 0  # without the filter the monitor would have read trained images
+
+
 def test_metrics_follow_gem_and_chaudhry_definitions():
     """stream_acc[t] = R[t-1][t] (initial[0] at t = 0); bwt = mean over i < T-1 of R[T-1][i] - R[i][i] (GEM);
     forgetting = mean over i < T-1 of max_{i<=l<T-1} R[l][i] - R[T-1][i] (Chaudhry et al. 2018); fwt = mean over
@@ -260,8 +291,9 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
       accuracy_matrix.json holding a 4x4 R; never has 0 updates and bwt 0, every2 has floor(4/2) = 2 at periods
       1 and 3;
     - running it again replays nothing (finished runs are reused) and adds no run;
-    - stream.search = true runs an Optuna study of 2 trials (the first enqueued: never) whose child runs are named
-      trial-NNNN-<label>-seed0 and tagged with the trial number."""
+    - stream.search = true runs an Optuna study of 2 trials (the first enqueued: never) on the search seed (10000)
+      whose child runs are named trial-NNNN-<label>-seed10000 and tagged with the trial number; the best trial is
+      then replayed on the reported seed 0 (tag harness.search_trial)."""
     path = workdir / "sustain.toml"
     path.write_text(SUSTAIN_TINY.replace('name = "sustain-tiny"', 'name = "sustain-tiny"\nreport = false'))
     assert cli.main(["--config", str(path), "--seeds", "0,1"]) == 0
@@ -316,8 +348,16 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     assert len(done) == 2 and done[0].params == {"policy": "never"}
     exp2 = client.get_experiment_by_name("sustain-search")
     kids = [r for r in client.search_runs([exp2.experiment_id]) if r.data.tags.get("harness.role") == "sustain_policy"]
-    assert sorted(r.data.tags["optuna.trial_number"] for r in kids) == ["0", "1"]
-    assert any(r.info.run_name == "trial-0000-never-seed0" for r in kids)
+    # the search selects on other streams (seed + 10000) than the ones it reports: the best trial is replayed on seed
+    # 0 as a run of its own, tagged with the trial that selected it
+    searched = [r for r in kids if r.data.tags["optuna.trial_number"] != "-1"]
+    assert sorted(r.data.tags["optuna.trial_number"] for r in searched) == ["0", "1"]
+    assert {r.data.tags["harness.seed"] for r in searched} == {"10000"}
+    assert any(r.info.run_name == "trial-0000-never-seed10000" for r in searched)
+    reported = [r for r in kids if r.data.tags["optuna.trial_number"] == "-1"]
+    best = {str(t.number) for t in study.best_trials}
+    assert {r.data.tags["harness.search_trial"] for r in reported} == best
+    assert {r.data.tags["harness.seed"] for r in reported} == {"0"}
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ def test_suggest_conditional_space():
 def test_sampler_sees_the_conditional_strategy_space():
     """With three strategies the sampler gets a categorical `strategy`, and each trial's distributions are exactly
     its strategy's: prefix -> freeze_layers (+ unfreeze_epoch when k > 0), surgical -> tune_group in 0..n-1 and
-    tune_head, gradual -> gradual_every. Enqueued baselines stay prefix trials."""
+    tune_head, gradual -> gradual_every. Enqueued baselines stay prefix trials (the linear probe without an lr)."""
     cfg = config.load(None, ['search.strategy=["prefix", "surgical", "gradual"]', "search.gradual_every=[1, 3]"])
     st = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     st.enqueue_trial({"lr": 0.01, "freeze_layers": 4, "unfreeze_epoch": 6}, user_attrs={"baseline": "linear_probe"})
@@ -34,8 +34,8 @@ def test_sampler_sees_the_conditional_strategy_space():
         st.tell(t, 0.5)
         space = set(t.distributions)
         if i == 0:
-            assert p == {"lr": 0.01, "strategy": "prefix", "freeze_layers": 4, "unfreeze_epoch": 6}
-            assert "strategy" not in space
+            assert p == {"lr": None, "strategy": "prefix", "freeze_layers": 4, "unfreeze_epoch": 6}
+            assert "strategy" not in space and "lr" not in space  # the probe's head is a logistic regression
             continue
         assert isinstance(t.distributions["strategy"], optuna.distributions.CategoricalDistribution)
         assert t.distributions["strategy"].choices == ("prefix", "surgical", "gradual")
@@ -75,12 +75,35 @@ def test_strategy_config_is_checked():
 
 
 def test_baselines_are_full_ft_linear_probe_lp_ft():
+    """The default sweep: 3 lrs at the centres of three equal log bins of search.lr, full FT at each, the converged
+    linear probe (no lr, every group frozen, never unfrozen), LP-FT at each lr (every group trains from the probe's
+    head); study.baseline_lrs replaces the sweep."""
     cfg = config.load()
-    b = {x["name"]: x["params"] for x in trial.baselines(cfg, 4)}
-    assert list(b) == ["full_ft", "linear_probe", "lp_ft"]
-    assert b["full_ft"]["freeze_layers"] == 0
-    assert b["linear_probe"] == {**b["linear_probe"], "freeze_layers": 4, "unfreeze_epoch": cfg.train.epochs}
-    assert b["lp_ft"]["unfreeze_epoch"] == cfg.train.epochs // 2
+    b = trial.baselines(cfg, 4)
+    assert [x["name"] for x in b] == ["full_ft"] * 3 + ["linear_probe"] + ["lp_ft"] * 3
+    lo, hi = cfg.search.lr
+    want = [lo * (hi / lo) ** (q / 6) for q in (1, 3, 5)]
+    assert [x["params"]["lr"] for x in b[:3]] == pytest.approx(want) == [x["params"]["lr"] for x in b[4:]]
+    assert all(x["params"]["freeze_layers"] == 0 for x in b[:3] + b[4:])
+    assert b[3]["params"] == {"freeze_layers": 4, "unfreeze_epoch": cfg.train.epochs}
+    mine = trial.baselines(config.load(None, ["study.baseline_lrs=[0.01, 0.05]"]), 4)
+    assert [x["params"].get("lr") for x in mine] == [0.01, 0.05, None, 0.01, 0.05]
+
+
+def test_baseline_sweep_enqueues_once_with_lp_ft_apart_from_full_ft(tmp_path):
+    """Enqueued as study.launch does (skip_if_exists), twice: the sweep is there once, in order, each trial with its
+    baseline user attr; LP-FT and full FT at the same lr are both there (skip_if_exists compares params), and the
+    first trial asked is the first full FT."""
+    cfg = config.load(None, ["study.baseline_lrs=[0.01, 0.1]"])
+    st = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="s")
+    for _ in range(2):
+        for b in trial.baselines(cfg, 4):
+            st.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
+    waiting = st.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs["baseline"] for t in waiting] == ["full_ft", "full_ft", "linear_probe", "lp_ft", "lp_ft"]
+    t = st.ask()  # the first ask takes the first enqueued baseline
+    p = trial.suggest(t, cfg, 4)
+    assert t.user_attrs["baseline"] == "full_ft" and p == {"lr": 0.01, "freeze_layers": 0, "unfreeze_epoch": 0}
 
 
 def test_pruning_waits_for_one_epoch_after_the_unfreeze():
@@ -132,7 +155,7 @@ def test_test_metrics_means_worst_families_and_label_shift():
     suite, model, cpu = _tiny_suite(g), _linear(1), torch.device("cpu")
     data = {"test": (torch.rand(20, 3, 4, 4, generator=g), torch.randint(0, 3, (20,), generator=g)),
             "val": (torch.rand(30, 3, 4, 4, generator=g), torch.arange(30) % 3), "classes": ["a", "b", "c"]}
-    final, curves = trial.test_metrics(model, suite, data, 8, cpu)
+    final, curves, _ = trial.test_metrics(model, suite, data, 8, cpu)
     logits = model(data["test"][0])
     assert final["id_acc"] == pytest.approx((logits.argmax(1) == data["test"][1]).double().mean().item())
     assert set(curves) == {"gaussian_noise", "contrast", "label_shift"} and set(curves["contrast"]) == {1, 3}
@@ -149,33 +172,54 @@ def test_test_metrics_means_worst_families_and_label_shift():
         sum(abs(a - b) for a, b in zip(label["priors"]["bbse"], label["priors"]["true"])))
 
 
-def test_corruption_errors_against_the_linear_probe():
-    """CE_c = sum_s E_s,c / sum_s E_lp_s,c and relative CE subtracts clean errors (Hendrycks & Dietterich 2019, with
-    the study's linear probe in AlexNet's place): the probe itself scores 1; nothing without a reference."""
-    ref = {"id_acc": 0.8, "shift_acc": {"fog": {"1": 0.6, "3": 0.4}}}
-    curves = {"fog": {1: {"acc": 0.7}, 3: {"acc": 0.5}}}
+def test_corruption_errors_against_the_tuned_reference():
+    """CE_c = sum_s E_s,c / sum_s E_ref_s,c and relative CE subtracts the clean errors of the same images (Hendrycks &
+    Dietterich 2019, the tuned full FT baseline in AlexNet's place); mce and relative_mce pool the sums over
+    corruptions; the reference itself scores 1; a corruption the reference does not degrade gets no rce."""
+    ref = {"clean_acc": 0.8, "shift_acc": {"fog": {"1": 0.6, "3": 0.4}, "blur": {"1": 0.8, "3": 0.8}}}
+    curves = {"fog": {1: {"acc": 0.7}, 3: {"acc": 0.5}}, "blur": {1: {"acc": 0.9}, 3: {"acc": 0.7}}}
     out = trial.corruption_errors(0.9, curves, ref)
     assert out["shift/fog/ce"] == pytest.approx((0.3 + 0.5) / (0.4 + 0.6))
     assert out["shift/fog/rce"] == pytest.approx((0.2 + 0.4) / (0.2 + 0.4))
-    assert out["mce"] == out["shift/fog/ce"] and out["relative_mce"] == out["shift/fog/rce"]
-    probe = {"fog": {int(s): {"acc": a} for s, a in ref["shift_acc"]["fog"].items()}}
-    assert trial.corruption_errors(0.8, probe, ref)["mce"] == pytest.approx(1.0)
+    assert out["shift/blur/ce"] == pytest.approx((0.1 + 0.3) / (0.2 + 0.2)) and "shift/blur/rce" not in out
+    assert out["mce"] == pytest.approx((0.3 + 0.5 + 0.1 + 0.3) / (0.4 + 0.6 + 0.2 + 0.2))
+    assert out["relative_mce"] == pytest.approx((0.2 + 0.4 + 0.0 + 0.2) / (0.2 + 0.4 + 0 + 0))
+    own = {n: {int(s): {"acc": a} for s, a in v.items()} for n, v in ref["shift_acc"].items()}
+    assert trial.corruption_errors(0.8, own, ref)["mce"] == pytest.approx(1.0)
     assert trial.corruption_errors(0.9, curves, None) == {}
 
 
 def test_mce_over_the_15_benchmark_corruptions_only_when_all_are_tested():
-    """mce_benchmark is the mean CE over CIFAR-10-C's 15 corruptions when all 15 are test shifts (extra shifts such
+    """mce_benchmark is the CE pooled over CIFAR-10-C's 15 corruptions when all 15 are test shifts (extra shifts such
     as rotate do not enter it), and is absent when one of the 15 is missing."""
     names = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
              "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression"]
-    ref = {"id_acc": 0.8, "shift_acc": {n: {"1": 0.5} for n in names + ["rotate"]}}
+    ref = {"clean_acc": 0.8, "id_acc": 0.8, "shift_acc": {n: {"1": 0.5} for n in names + ["rotate"]}}
     curves = {n: {1: {"acc": 0.5 + 0.01 * i}} for i, n in enumerate(names)}
     curves["rotate"] = {1: {"acc": 0.0}}
     out = trial.corruption_errors(0.9, curves, ref)
     assert out["mce_benchmark"] == pytest.approx(sum((0.5 - 0.01 * i) / 0.5 for i in range(15)) / 15)
-    assert out["mce"] != out["mce_benchmark"]  # mce averages every test corruption, rotate included
+    assert out["mce"] != out["mce_benchmark"]  # mce pools every test corruption, rotate included
     del curves["frost"]
     assert "mce_benchmark" not in trial.corruption_errors(0.9, curves, ref)
+
+
+def test_ce_reference_is_the_best_full_ft_once_the_sweep_is_done(tmp_path):
+    """The reference is the full_ft trial with the highest val_acc_final (ties: the lower number), and none while a
+    full_ft trial still waits or runs."""
+    st = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="r", direction="maximize")
+    for lr in (0.01, 0.1, 0.3):
+        st.enqueue_trial({"lr": lr, "freeze_layers": 0}, user_attrs={"baseline": "full_ft"})
+    attrs = lambda v, n: {"val_acc_final": v, "id_acc": 0.9, "clean_subset_acc": 0.85, "mlflow_run_id": f"run{n}",
+                          "shift_acc": {"fog": {"1": 0.5}}}
+    for n, v in enumerate((0.8, 0.9, 0.9)):
+        t = st.ask()
+        assert trial.ce_reference(st.get_trials()) is None  # this one runs, later ones wait
+        for k, a in attrs(v, n).items():
+            t.set_user_attr(k, a)
+        st.tell(t, v)
+    ref = trial.ce_reference(st.get_trials())
+    assert ref["number"] == 1 and ref["run_id"] == "run1" and ref["clean_acc"] == 0.85
 
 
 @pytest.mark.slow
@@ -196,17 +240,20 @@ def test_test_shifts_never_steer_selection(workdir):
 
 
 def test_surgical_sweep_enqueues_each_group_alone():
-    """search.surgical_sweep: one enqueued trial per group, head frozen, at the baselines' lr; through suggest each
-    becomes that surgical trial. Without "surgical" among the strategies the key is refused (exit 2)."""
-    cfg = config.load(None, ['search.strategy=["prefix", "surgical"]', "search.surgical_sweep=true"])
+    """search.surgical_sweep: for each group, that group alone (head frozen) at each lr of full FT's sweep (the same
+    tuning budget); through suggest each becomes that surgical trial. Without "surgical" among the strategies the
+    key is refused (exit 2)."""
+    cfg = config.load(None, ['search.strategy=["prefix", "surgical"]', "search.surgical_sweep=true",
+                             "study.baseline_lrs=[0.01, 0.1]"])
     sweep = trial.surgical_sweep(cfg, 4)
-    lr = trial.baselines(cfg, 4)[0]["params"]["lr"]
-    assert [p["tune_group"] for p in sweep] == [0, 1, 2, 3] and all(p["lr"] == lr and not p["tune_head"] for p in sweep)
+    full = [b["params"]["lr"] for b in trial.baselines(cfg, 4) if b["name"] == "full_ft"]
+    assert full == [0.01, 0.1]
+    want = [{"lr": lr, "strategy": "surgical", "tune_group": j, "tune_head": False} for j in range(4) for lr in full]
+    assert sweep == want
     st = optuna.create_study()
     for p in sweep:
         st.enqueue_trial(p)
-    got = [trial.suggest(st.ask(), cfg, 4) for _ in sweep]
-    assert got == [{"lr": lr, "strategy": "surgical", "tune_group": j, "tune_head": False} for j in range(4)]
+    assert [trial.suggest(st.ask(), cfg, 4) for _ in sweep] == want
     assert trial.surgical_sweep(config.load(), 4) == []
     with pytest.raises(config.ConfigError) as err:
         config.load(None, ["search.surgical_sweep=true"])

@@ -42,14 +42,17 @@ def _color(r: dict, s: dict, i: int) -> str:
 
 def severity_curves(s: dict, key: str = "acc") -> dict:
     """{trial number: {family: [[severity, mean over the family's shifts]]}} of the shown trials; severity 0 is the
-    clean test set (id_acc or id_ece). Held-out shifts with severities only (label shift has none)."""
+    clean images of the shifted sets (clean_subset_acc or clean_subset_ece: the same images as every severity; the
+    whole clean test set for studies that predate them). Held-out shifts with severities only (label shift has
+    none)."""
     fams = {}
     for n in s["shifts"]["test"]:
         fams.setdefault(s["shifts"]["families"].get(n, n), []).append(n)
     per = {}
     for r in shown(s):
         src = r["shift_acc"] if key == "acc" else r["shift_ece"]
-        clean = r["id_acc"] if key == "acc" else r["id_ece"]
+        sub = r.get("clean_subset_acc" if key == "acc" else "clean_subset_ece")
+        clean = sub if sub is not None else (r["id_acc"] if key == "acc" else r["id_ece"])
         curves = {}
         for fam, names in fams.items():
             pts_ = [[0, clean]] if clean is not None else []
@@ -88,7 +91,7 @@ def fig_severity(summaries: list[dict], key: str) -> Raw | None:
             ax.set_title(drawn(fam))
             sevs = sorted({0, *(v for s in summaries for v in s["shifts"]["severities"])})
             ax.set_xticks(sevs)
-            ax.set_xlabel("severity (0 = clean)")
+            ax.set_xlabel("severity (0 = the same images, clean)")
             ax.set_ylabel("accuracy (%)" if key == "acc" else "ECE")
         for ax in list(axes.flat)[len(fams):]:
             ax.set_visible(False)
@@ -98,16 +101,27 @@ def fig_severity(summaries: list[dict], key: str) -> Raw | None:
         return png(fig, f"{'accuracy' if key == 'acc' else 'ECE'} versus severity per shift family")
 
 
-def fig_heatmap(s: dict) -> Raw | None:
-    """Trials (rows, best first) x shifts (columns: ID, held-out shifts, then selection shifts), each cell the
-    shift's accuracy averaged over its severities: one readable column per shift (11 shifts x 5 severities would be
-    56 columns too narrow for their numbers); per severity, see the curves and the JSON."""
+def heatmap(s: dict) -> dict:
+    """What fig_heatmap draws: trials (rows, best first, at most MAX_HEATMAP_ROWS) x columns (ID, held-out shifts,
+    then selection shifts), each cell the shift's accuracy averaged over its severities (the whole clean test set for
+    ID). {"rows": [trial numbers], "cols": [names], "cells": [[accuracy or None]]}."""
     done = sorted((r for r in s["trials"] if r.get("rank")), key=lambda r: r["rank"])[:MAX_HEATMAP_ROWS]
     sh = s["shifts"]
     cols = ["ID"] + [n for n in sh["test"] + sh["sets"] + sh["selection"] if any(n in r["shift_mean"] for r in done)]
+    return {"rows": [r["number"] for r in done], "cols": cols,
+            "cells": [[(r["id_acc"] if n == "ID" else r["shift_mean"].get(n)) for n in cols] for r in done]}
+
+
+def fig_heatmap(s: dict) -> Raw | None:
+    """Trials (rows, best first) x shifts (columns: ID, held-out shifts, then selection shifts), each cell the
+    shift's accuracy averaged over its severities: one readable column per shift (11 shifts x 5 severities would be
+    56 columns too narrow for their numbers); per severity, see the curves and the JSON. Draws s["heatmap"]."""
+    hm = s["heatmap"]
+    rows = {r["number"]: r for r in s["trials"]}
+    done, cols, grid = [rows[n] for n in hm["rows"]], hm["cols"], hm["cells"]
+    sh = s["shifts"]
     if not done or len(cols) == 1:
         return None
-    grid = [[(r["id_acc"] if n == "ID" else r["shift_mean"].get(n)) for n in cols] for r in done]
     with rc():
         import numpy as np
 

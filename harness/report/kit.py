@@ -72,7 +72,8 @@ def num(v, fmt: str = ".3f") -> str:
 
 
 def lr_text(v) -> str:
-    return f"{v:.3g}" if isinstance(v, (int, float)) else str(v)
+    """An lr with 3 significant digits; '\u2013' where there is none (the linear probe)."""
+    return "\u2013" if v is None else f"{v:.3g}" if isinstance(v, (int, float)) else str(v)
 
 
 # ----------------------------------------------------------------------------------------------- page
@@ -115,7 +116,7 @@ tr.selected{background:#fff3f2}
 .card .d{font-size:12px;color:var(--mut)}
 .card .v small{font-size:13px;font-weight:500;color:var(--mut)}
 .card .v.list{font-size:15px;line-height:1.45}
-small.ci{color:var(--mut);font-size:11px}
+small.ci{color:var(--mut);font-size:11px}small.seeds{color:#333;font-size:11px}
 .grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:20px}
 .badge{display:inline-block;white-space:nowrap;min-width:44px;text-align:center;padding:1px 7px;border-radius:10px;font-size:11.5px;font-weight:600;color:#fff}
 .badge.pass{background:#1a7f37}.badge.warn{background:#bf8700}.badge.fail,.badge.failed{background:#cf222e}

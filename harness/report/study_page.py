@@ -31,27 +31,61 @@ def trial_cell(r: dict, s: dict) -> Raw:
                f'<span class="run-id">{esc(r.get("run_id") or "")}</span></small></td>')
 
 
+def _vs(s: dict, rows: dict, b: dict) -> Raw:
+    """The headline's comparison with each baseline family's best: the paired difference of mean OOD accuracy (held-out
+    severity shifts, the same images, averaged over seeds) with its 95% bootstrap interval, or, for studies without
+    per-image correctness, the plain difference."""
+    fams = (s.get("paired") or {}).get("baselines", {})
+    lines = []
+    for fam, n in s["baselines"].items():
+        r = rows.get(n)
+        if r is None or n == b["number"]:
+            continue
+        c = fams.get(fam)
+        name = esc(f"{schema.BASELINES[fam]} #{n}")
+        if c and c["ood"]:
+            o = c["ood"]
+            verdict = "significant" if o["significant"] else "not significant"
+            lines.append(f'{esc(pts(o["diff"]))} <small>[{esc(pts(o["ci"][0]))}, {esc(pts(o["ci"][1]))}] vs {name} '
+                         f'({verdict})</small>')
+        elif r["ood_acc_mean"] is not None and b["ood_acc_mean"] is not None:
+            lines.append(f"{esc(pts(b['ood_acc_mean'] - r['ood_acc_mean']))} <small>vs {esc(schema.BASELINES[fam])}</small>")
+    return Raw("<br>".join(lines))
+
+
+def _acc_card(s: dict, b: dict, key: str, n, ci_key: str) -> tuple[str, str]:
+    """(value, description) of an accuracy card: the mean over seeds with its 95% t interval when the configuration is
+    replicated, else the trial's value with its Wilson interval over n images."""
+    rep = (b.get("replicates") or {}).get(key)
+    if rep and rep.get("ci"):
+        return (f"{pct(rep['mean'])}%", f"mean of {rep['n']} seeds, 95% CI {ci(rep['ci'])} over seeds (sd "
+                                          f"{100 * rep['sd']:.1f} points); one seed: 95% CI {ci(b[ci_key])} over n = {n or '?'} images")
+    return f"{pct(b[key])}%", f"95% CI {ci(b[ci_key])} (n = {n or '?'})"
+
+
 def _cards(s: dict) -> Raw:
     rows = {r["number"]: r for r in s["trials"]}
     b = rows.get(s["best"])
     if b is None:
         return Raw(f'<div class="banner warn" id="no-completed">{esc(s["message"])}</div>')
     worst = b["worst_shift"]
-    base = [rows[n] for n in s["baselines"].values() if n is not None and n != b["number"]]
-    vs = Raw("<br>".join(f"{esc(pts(b['ood_acc_mean'] - r['ood_acc_mean']))} <small>vs {esc(schema.BASELINES[r['baseline']])}</small>"
-                         for r in base if r["ood_acc_mean"] is not None and b["ood_acc_mean"] is not None))
+    vs = _vs(s, rows, b)
     o = rows.get(s["oracle"])
     hindsight = ("the same trial is also the best under shift" if o is None or o["number"] == b["number"] else
                  f"in hindsight trial #{o['number']} is best under shift ({pct(o['ood_acc_mean'])}%, "
                  f"{pts(o['ood_acc_mean'] - b['ood_acc_mean'])} points)")
+    id_v, id_d = _acc_card(s, b, "id_acc", s["n_test"], "id_acc_ci")
+    ood_v, ood_d = _acc_card(s, b, "ood_acc_mean", s["n_shift_eval"], "ood_acc_ci")
+    clean = b["clean_subset_acc"] if b["clean_subset_acc"] is not None else b["id_acc"]
     cards = [
         ("Selected configuration", f"trial #{b['number']}",
          f"{b['text'] or '-'}, lr {lr_text(b['lr'])}" + (f" ({schema.BASELINES[b['baseline']]} baseline)" if b['baseline'] else "")),
-        ("ID test accuracy", f"{pct(b['id_acc'])}%", f"95% CI {ci(b['id_acc_ci'])} (n = {s['n_test'] or '?'})"),
-        ("Mean OOD accuracy", f"{pct(b['ood_acc_mean'])}%",
-         f"95% CI {ci(b['ood_acc_ci'])}; OOD \u2212 ID {pts((b['ood_acc_mean'] or 0) - (b['id_acc'] or 0))} points"),
+        ("ID test accuracy", id_v, id_d),
+        ("Mean OOD accuracy", ood_v,
+         f"{ood_d}; OOD \u2212 clean (same images) {pts((b['ood_acc_mean'] or 0) - (clean or 0))} points"),
         ("Worst shift", f"{worst or '-'}", f"{pct(b['ood_acc_worst'])}% accuracy"),
-        ("Against the baselines", vs or "-", "points of mean OOD accuracy"),
+        ("Against the baselines", vs or "-",
+         "points of mean OOD accuracy, paired on the same images, 95% bootstrap interval; each family's best on validation"),
     ]
     html_ = "".join(f'<div class="card"><div class="k">{esc(k)}</div>'
                     f'<div class="v{" list" if isinstance(v, Raw) else ""}" data-key="{esc(k)}">{esc(v)}</div>'
@@ -72,14 +106,53 @@ def _conditions(s: dict) -> Raw:
     return table(["status", "condition", "value", "why"], rows, "conditions")
 
 
+def _comparisons(s: dict) -> Raw:
+    """The selected configuration against each baseline family's best and the OOD-best trial: paired differences on
+    the same images with their 95% bootstrap intervals and n."""
+    p = s.get("paired") or {}
+    rows, attrs = [], []
+    trials = {r["number"]: r for r in s["trials"]}
+
+    def diff(c):
+        return ("\u2013", "\u2013") if not c else (pts(c["diff"]), f"{pts(c['ci'][0])} to {pts(c['ci'][1])}")
+
+    for fam, c in p.get("baselines", {}).items():
+        r = trials[c["number"]]
+        o, cl = diff(c["ood"]), diff(c["clean"])
+        rows.append([f"selected #{p['selected']} vs {schema.BASELINES[fam]} #{c['number']} (lr {lr_text(r['lr'])})",
+                     f"{p['selected_seeds']} / {c['seeds']}", o[0], o[1], cl[0], cl[1], c["ood"]["n"],
+                     "yes" if c["ood"]["significant"] else "no"])
+        attrs.append({"data-compare": fam})
+    o = p.get("oracle")
+    if o:
+        d = diff(o["ood"])
+        rows.append([f"OOD-best #{o['number']} vs selected #{p['selected']}", f"{o['seeds']} / {p['selected_seeds']}",
+                     d[0], d[1], "\u2013", "\u2013", o["ood"]["n"], "yes" if o["ood"]["significant"] else "no"])
+        attrs.append({"data-compare": "oracle"})
+    if not rows:
+        return Raw("")
+    return Raw("<h3>Paired comparisons (same images)</h3>" + table(
+        ["comparison", "seeds", "OOD diff (pts)", "OOD 95% CI", "clean diff (pts)", "clean 95% CI", "images n",
+         "significant"], rows, "compare", attrs) + f'<p class="note">{esc(COMPARE_RULE)}</p>')
+
+
+COMPARE_RULE = ("Rule: one configuration beats another only when the 95% interval of the paired difference excludes 0. "
+                "Each difference is the mean over the n images of the shifted test sets of the per-image accuracy "
+                "(averaged over every held-out severity shift and severity, and over each side's seeds) of one side "
+                "minus the other; the interval is a paired bootstrap over those images (2000 resamples). It covers "
+                "image sampling; training randomness shows in the seed intervals of the leaderboard.")
+
+
 def headline(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
     blocks = []
     for s in summaries:
         banner = f'<div class="banner warn" id="no-completed">{esc(s["message"])}</div>' if s["message"] and s["best"] is not None else ""
-        blocks.append(f'<div class="study">{heading(summaries, s)}{banner}{_cards(s)}{_conditions(s)}</div>')
+        blocks.append(f'<div class="study">{heading(summaries, s)}{banner}{_cards(s)}{_comparisons(s)}'
+                      f'{_conditions(s)}</div>')
     grid = "grid2" if len(summaries) > 1 else ""
     return ("the configuration the study selected, its accuracy on the clean test set (ID) and under the held-out "
-            "shifts (OOD) with 95% Wilson intervals, and pass/warn/fail checks on it.",
+            "shifts (OOD) with 95% intervals (over seeds when replicated, else Wilson over n images), how it compares "
+            "with the best of each baseline family on the same images, and pass/warn/fail checks on it.",
             Raw(f'<div class="{grid}">{"".join(blocks)}</div>'))
 
 
@@ -105,6 +178,9 @@ def _provenance_fields(s: dict) -> list[tuple[str, str]]:
         ("platform", v.get("platform", "-")),
         ("test-set size", f"{s['n_test'] or '?'} images ({s['n_test_source']}); each shifted test set "
                           f"{s['n_shift_eval'] or '?'} images (a fixed stratified subset)"),
+        ("corruption-error reference", "-" if not s.get("ce_reference") else
+         f"trial #{s['ce_reference']['number']} (the tuned full FT baseline, lr {lr_text(s['ce_reference']['lr'])}): "
+         f"ce, mce and relative_mce divide by its errors"),
         ("held-out test shifts", ", ".join(s["shifts"]["test"] + s["shifts"]["sets"]) or "-"),
         ("selection shifts (validation)", ", ".join(s["shifts"]["selection"]) or "-"),
         ("severities", ", ".join(map(str, s["shifts"]["severities"]))),
@@ -134,10 +210,19 @@ def provenance(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
             "MLflow run states and are checked against Optuna.", Raw("".join(body)))
 
 
+def _seeds(r: dict, key: str) -> str:
+    """A replicated row's mean over seeds with the 95% t half-width, under the trial's own value."""
+    rep = (r.get("replicates") or {}).get(key)
+    if not rep or rep.get("half") is None:
+        return ""
+    return (f'<br><small class="seeds" data-key="{esc(key)}_seeds">{esc(pct(rep["mean"]))} \u00b1 '
+            f'{esc(format(100 * rep["half"], ".1f"))} ({esc(rep["n"])} seeds)</small>')
+
+
 def _with_ci(r: dict, key: str) -> Raw:
     cik = {"id_acc": "id_acc_ci", "ood_acc_mean": "ood_acc_ci"}[key]
     return Raw(f'<td><span data-key="{esc(key)}">{esc(pct(r[key]))}</span> '
-               f'<small class="ci" data-key="{esc(cik)}">{esc(ci(r[cik]))}</small></td>')
+               f'<small class="ci" data-key="{esc(cik)}">{esc(ci(r[cik]))}</small>{_seeds(r, key)}</td>')
 
 
 def leaderboard(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
@@ -154,7 +239,7 @@ def leaderboard(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
                  td(r["text"] or "-", cls="wrap"), td(lr_text(r["lr"]), "lr"), td(pct(r["objective"]), "objective"),
                  _with_ci(r, "id_acc"), _with_ci(r, "ood_acc_mean"),
                  Raw(f'<td><span data-key="ood_acc_worst">{esc(pct(r["ood_acc_worst"]))}</span> '
-                     f'<small class="ci">{esc(r["worst_shift"] or "")}</small></td>'),
+                     f'<small class="ci">{esc(r["worst_shift"] or "")}</small>{_seeds(r, "ood_acc_worst")}</td>'),
                  td(pts(r["effective_robustness"]), "effective_robustness"),
                  td(num(r["id_ece"]), "id_ece"), td(num(r["ood_ece_mean"]), "ood_ece_mean")] for r in done]
         attrs = [{"data-run-id": r["run_id"], "data-trial": r["number"],
@@ -163,8 +248,10 @@ def leaderboard(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
     return ("completed trials ranked by the study objective (validation data). ID and OOD accuracies are on the "
             "held-out test images; the 95% Wilson interval uses n = the clean test-set size for ID and n = one shifted "
             "set's size for the OOD mean, conservative since the mean pools many (correlated) sets of the same "
-            "images. Effective robustness is the OOD accuracy above the accuracy-on-the-line fit. Baselines carry a "
-            "coloured tag.", Raw("".join(body)))
+            "images. The selected configuration and the best of each baseline family (on validation) are re-trained "
+            "with more seeds when study.replicates > 1: under their value, the mean over seeds \u00b1 the 95% t "
+            "half-width over seeds (training randomness). Effective robustness is the OOD accuracy above the "
+            "accuracy-on-the-line fit. Baselines carry a coloured tag.", Raw("".join(body)))
 
 
 def shifts_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
@@ -180,7 +267,7 @@ def shifts_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw
             body.append(hm)
     if not body:
         body.append(Raw('<p class="empty">No completed trial with shift metrics.</p>'))
-    return ("top: mean accuracy over each family's held-out shifts at each severity (0 = clean test set) for the "
+    return ("top: mean accuracy over each family's held-out shifts at each severity (0 = the same images, clean) for the "
             "baselines and the best configurations; bottom: every completed trial (rows, best first) on every shift "
             "(columns, accuracy averaged over the severities; '(sel)' marks selection shifts, on validation images). "
             "Red is low accuracy.", Raw("".join(body)))
@@ -290,7 +377,7 @@ def calibration_section(studies: list[dict], summaries: list[dict]) -> tuple[str
                           [[f"#{r['number']}", td(chips(r, s))] + [td(num(r["final"].get(k)), k) for k in keys] for r in trials],
                           "calib"))
     return ("expected calibration error (15 equal-width bins, lower is better) per shift family against severity (0 "
-            "= clean) for the baselines and the best configurations. Ovadia et al. 2019: calibration usually degrades "
+            "= the same images, clean) for the baselines and the best configurations. Ovadia et al. 2019: calibration usually degrades "
             "as the shift intensifies.", Raw("".join(body)))
 
 
@@ -363,8 +450,10 @@ SECTIONS = {
 def render(studies: list[dict], summaries: list[dict], generated: str) -> str:
     """The page. Adds the plotted severity curves to each summary, so the JSON holds them too."""
     for s in summaries:
-        s["severity_curves"] = {"note": "mean over each family's held-out shifts; severity 0 = clean test set",
+        s["severity_curves"] = {"note": "mean over each family's held-out shifts; severity 0 = the clean images of the "
+                                        "shifted sets (the same images as every severity)",
                                 "acc": figures.severity_curves(s, "acc"), "ece": figures.severity_curves(s, "ece")}
+        s["heatmap"] = figures.heatmap(s)
     names = " + ".join(s["name"] for s in summaries)
     sub = (f"{'Studies' if len(summaries) > 1 else 'Study'} {names} \u00b7 generated {generated} \u00b7 "
            f"MLflow {summaries[0]['tracking_uri']} \u00b7 numbers also in report.json next to this file")

@@ -22,7 +22,8 @@ Metrics (0-based, T periods):
   forgetting      = Chaudhry et al. 2018 (RWalk) forgetting, 1/(T-1) sum_{i<T-1} (max_{i<=l<T-1} R[l][i] - R[T-1][i]),
                     against the best accuracy on period i at any point after it arrived; positive = forgetting, and
                     >= -bwt (equal when the accuracy on every period peaked right after it).
-  fwt             = GEM forward transfer, 1/(T-1) sum_{i>=1} (R[i-1][i] - initial[i]), relative to the deployed
+  fwt             = forward transfer against the never-updated deployed model (not GEM's random-init baseline),
+                    1/(T-1) sum_{i>=1} (R[i-1][i] - initial[i]), relative to the deployed
                     (pretrained and fine-tuned, never updated) model instead of a random init. never: bwt = fwt = 0.
   n_updates, update_seconds (wall clock of the update fine-tunes), update_examples (images x epochs trained).
 A policy run that raises (a diverging update: non-finite loss, FloatingPointError; or any other error) ends its child
@@ -50,7 +51,9 @@ MLflow layout (written only through harness.tracking):
                   (harness.study) is refused (exit 2). At the end the report is written and logged as
                   report/index.html and report/report.json (`python -m harness.report --study-name NAME` rebuilds it).
   child run       one per (policy, seed), run name policy-<label>-seed<s> (label: never, every<k>, accuracy,
-                  embedding, mmd); in search mode trial-<NNNN>-<label>-seed<s>. Tags mlflow.parentRunId,
+                  embedding, mmd); in search mode trial-<NNNN>-<label>-seed<s> on the search seeds (each reported
+                  seed + 10000: selection never sees the reported streams), then the best trial(s) replayed on the
+                  reported seeds as policy-<label>-seed<s> with tag harness.search_trial. Tags mlflow.parentRunId,
                   harness.role=sustain_policy, harness.policy=<label>, harness.seed, harness.sustain_key (hash of
                   everything that determines the result), harness.update_periods ("2,5,8"), optuna.study_name,
                   optuna.trial_number (-1 outside search mode).

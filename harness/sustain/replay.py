@@ -12,8 +12,9 @@ import torch
 from harness import config, context, schema, store, tracking, train, trial as trialmod
 from harness.sustain import policies, streams, versions
 
-VERSION = 2  # part of harness.sustain_key and of the deployed model's cache key: bump when the protocol changes
-# (2: the deployed model trains on one half of the train split, the stream draws from the other; forgetting metric)
+VERSION = 3  # part of harness.sustain_key and of the deployed model's cache key: bump when the protocol changes
+# (2: the deployed model trains on one half of the train split, the stream draws from the other; forgetting metric;
+# 3: the accuracy monitor reads only labelled images no update trained on)
 
 # accuracy_matrix.json's definitions: R's own, the metrics' from the schema (one wording in the store)
 DEFINITIONS = {"definition": "R[i][j] = accuracy on period j's evaluation set of the model after period i (after its "
@@ -77,10 +78,17 @@ def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: con
     ref_x, ref_cache = reference_x, {}
     R, stream_acc, labelled_acc, updated, monitor, threshold, since = [], [], [], [], [], [], []
     seconds, examples = 0.0, 0
+    trained = set()  # pool positions of every labelled image an update has trained on
     for t, p in enumerate(stream):
         stream_acc.append(current[t])  # test on the near future: before any update on period t
-        labelled_acc.append(_accuracy_on(model, p["x"], p["y"], bs, device))
-        since.append(labelled_acc[-1])
+        # the labelled accuracy the accuracy monitor reads (its reference included) counts only images no update has
+        # trained on: pool images come back over the stream, and with replay 5-11 of a period's 50 were pixel-identical
+        # training images, which flatter the model and hide a drop (issue 11). None when every image was trained on.
+        fresh = torch.tensor([int(i) not in trained for i in p["idx"].tolist()], device=p["y"].device) \
+            if "idx" in p else torch.ones(len(p["y"]), dtype=torch.bool, device=p["y"].device)
+        labelled_acc.append(_accuracy_on(model, p["x"][fresh], p["y"][fresh], bs, device) if fresh.any() else None)
+        if labelled_acc[-1] is not None:
+            since.append(labelled_acc[-1])
 
         def ref_features():  # cached until the next update changes the model and the reference
             if "f" not in ref_cache:
@@ -96,6 +104,7 @@ def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: con
             window = stream[max(0, t - spec["replay"]):t + 1]
             x = torch.cat([w["x"] for w in window])
             y = torch.cat([w["y"] for w in window])
+            trained |= {int(i) for w in window if "idx" in w for i in w["idx"].tolist()}
             t0 = time.perf_counter()
             fine_tune(model, groups, x, y, spec["lr"], spec["freeze_layers"], spec["epochs"], tcfg, device,
                       seed * 1000 + t)
@@ -114,7 +123,8 @@ def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: con
 
 
 def stream_metrics(R: list[list[float]], initial: list[float]) -> dict:
-    """stream_acc per period, its mean and worst, GEM bwt and fwt, Chaudhry forgetting (harness.sustain.cli)."""
+    """stream_acc per period, its mean and worst, GEM bwt, Chaudhry forgetting and forward transfer against the
+    never-updated deployed model (harness.sustain.cli)."""
     T = len(R)
     acc = [initial[0]] + [R[t - 1][t] for t in range(1, T)]
     return {"stream_acc": acc, "stream_acc_mean": sum(acc) / T, "stream_acc_worst": min(acc),
@@ -123,6 +133,8 @@ def stream_metrics(R: list[list[float]], initial: list[float]) -> dict:
             # Chaudhry et al. 2018: against the best accuracy on period i since it arrived (l >= i: before that the
             # model had not met period i, and a drifting stream can make R[l][i] high for l < i by chance)
             "forgetting": sum(max(R[l][i] for l in range(i, T - 1)) - R[T - 1][i] for i in range(T - 1)) / (T - 1),
+            # not GEM's FWT (whose baseline is a randomly initialized model): the baseline here is the deployed model
+            # never updated, initial[i], so fwt is what the updates so far bought on the next period
             "fwt": sum(R[i - 1][i] - initial[i] for i in range(1, T)) / (T - 1)}
 
 
@@ -207,7 +219,7 @@ def finished_children(ctx: context.Context) -> dict:
     return {r.data.tags["harness.sustain_key"]: r for r in runs if "harness.sustain_key" in r.data.tags}
 
 
-def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1) -> dict:
+def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1, tags: dict | None = None) -> dict:
     """Replay one policy on one seed's stream into its own child run. Returns the final metrics. On any error the
     child run ends FAILED with tag harness.fail_reason and the error is raised again for the caller to record."""
     ctx, st, lab = run.ctx, run.ctx.cfg.stream, policies.label(spec)
@@ -221,7 +233,7 @@ def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1) -
     params = {k: "none" if values[k] is None else values[k] for k in schema.POLICY_PARAMS}
     run_id = tracking.child_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, trial_number, params,
                                 {"harness.role": "sustain_policy", "harness.policy": lab, "harness.seed": str(seed),
-                                 "harness.sustain_key": key})
+                                 "harness.sustain_key": key, **(tags or {})})
     tracking.set_tags(ctx.client, run_id, {"mlflow.runName": name})  # child_run names runs trial-NNNN
     try:
         final, when = _replay_into(run, spec, seed, run_id)

@@ -74,8 +74,10 @@ def _open(run: replay.SustainRun) -> optuna.Study:
 def run_search(run: replay.SustainRun) -> dict:
     """Optuna trials until study.n_trials have completed (at most that many attempts this run, and study.timeout).
     A trial whose replay raises fails (reason in its fail_reason system attr and on the child run) and the search
-    goes on. Returns results (label -> rows of this run's completed trials), failed (trial numbers) and complete
-    (how many trials of the study completed)."""
+    goes on. Trials replay on the search seeds (streams.search_seeds); the best trial(s) are then replayed on the
+    reported seeds (streams.seeds_of), tagged harness.search_trial. Returns results (label -> rows of this run's
+    completed trials and of the selected policies on the reported seeds), failed (trial numbers) and complete (how
+    many trials of the study completed)."""
     cfg, log = run.ctx.cfg, run.log
     opt_study = _open(run)
     results, failed, t0 = {}, [], time.perf_counter()
@@ -87,7 +89,8 @@ def run_search(run: replay.SustainRun) -> dict:
         trial = opt_study.ask()
         spec = suggest(trial, cfg.stream)
         try:
-            rows = [replay.run_policy(run, spec, seed, trial.number) for seed in streams.seeds_of(cfg)]
+            # selection on the search seeds' streams; the selected policy is reported on the others (below)
+            rows = [replay.run_policy(run, spec, seed, trial.number) for seed in streams.search_seeds(cfg)]
         except Exception as err:  # a diverging or broken policy fails its trial, not the search
             bookkeeping.fail(opt_study, trial, f"{type(err).__name__}: {err}")
             failed.append(trial.number)
@@ -97,12 +100,24 @@ def run_search(run: replay.SustainRun) -> dict:
         for k in ("stream_acc_mean", "n_updates", "update_seconds", "update_examples"):
             trial.set_user_attr(k, sum(r[k] for r in rows) / len(rows))
         trial.set_user_attr("mlflow_run_ids", [r["run_id"] for r in rows])
+        trial.set_user_attr("spec", spec)
         values = objective_values(cfg.stream, rows)
         opt_study.tell(trial, values[0] if len(values) == 1 else list(values))
     complete = [t for t in opt_study.trials if t.state == TrialState.COMPLETE]
     if complete:
         log("\nbest trial(s): " + "; ".join(f"#{t.number} {t.params} -> {[round(v, 4) for v in t.values]}"
                                              for t in opt_study.best_trials))
+        for t in opt_study.best_trials:  # the selected policies, replayed on the reported seeds' streams
+            spec = t.user_attrs.get("spec")
+            if not spec:
+                continue
+            try:
+                rows = [replay.run_policy(run, spec, seed, -1, {"harness.search_trial": str(t.number)})
+                        for seed in streams.seeds_of(cfg)]
+                results[f"selected-trial-{t.number:04d}-{policies.label(spec)}"] = rows
+            except Exception as err:
+                failed.append(t.number)
+                log(f"selected trial {t.number} FAILED on the reported seeds: {type(err).__name__}: {err}")
     if failed:
         log(f"{len(failed)} trial(s) failed this run: {', '.join(map(str, failed))} (reasons above and on their "
             f"MLflow runs)")

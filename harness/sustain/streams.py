@@ -58,6 +58,15 @@ def seeds_of(cfg: config.Config) -> list[int]:
     return list(cfg.stream.seeds) or [cfg.study.seed]
 
 
+SEARCH_SEED_OFFSET = 10_000  # the policy search selects on other streams (and head inits, batch orders) than it reports
+
+
+def search_seeds(cfg: config.Config) -> list[int]:
+    """The seeds a policy search selects on: each reported seed + SEARCH_SEED_OFFSET, so the reported accuracy of the
+    selected policy is measured on streams the selection never saw (a winner's curse otherwise)."""
+    return [s + SEARCH_SEED_OFFSET for s in seeds_of(cfg)]
+
+
 def _draw(x, y, n, prior, gen):
     if prior is not None:
         idx = shifts.resample_to_prior(y, torch.tensor(prior, dtype=torch.float64), n, gen)
@@ -65,7 +74,7 @@ def _draw(x, y, n, prior, gen):
         idx = torch.randperm(len(y), generator=gen)[:n]
     else:
         idx = torch.randint(len(y), (n,), generator=gen)
-    return x[idx], y[idx]
+    return x[idx], y[idx], idx
 
 
 # stream.pool_fraction, the share of the target train split held out as the stream pool. Half: the default's 537
@@ -84,17 +93,20 @@ def split_pool(labels: torch.Tensor, seed: int, fraction: float) -> tuple[torch.
 
 
 def make_stream(data: dict, recipes: list[dict], n_labelled: int, n_eval: int, seed: int) -> list[dict]:
-    """One dict per period: x, y (labelled batch from data['train']: pass the stream pool, see split_pool), eval_x,
-    eval_y (from data['test']), and the recipe. Pure and seeded: the same data, recipes and seed give identical
-    tensors."""
+    """One dict per period: x, y (labelled batch from data['train']: pass the stream pool, see split_pool) with idx,
+    the pool positions of its images (a pool image comes back in several periods: the accuracy monitor must know which
+    an update trained on), eval_x, eval_y (from data['test']), and the recipe. Pure and seeded: the same data, recipes
+    and seed give identical tensors."""
     gen = torch.Generator().manual_seed(seed)
     periods = []
     for r in recipes:
         p = dict(r)
         for (x_key, y_key), split, n in ((("x", "y"), "train", n_labelled), (("eval_x", "eval_y"), "test", n_eval)):
-            x, y = _draw(*data[split], n, r["prior"], gen)
+            x, y, idx = _draw(*data[split], n, r["prior"], gen)
             if r["shift"] != "none" and r["severity"] > 0:
                 x = shifts.SHIFTS[r["shift"]](x, r["severity"], gen)
             p[x_key], p[y_key] = x.contiguous(), y.contiguous()
+            if split == "train":
+                p["idx"] = idx
         periods.append(p)
     return periods
