@@ -9,7 +9,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from harness import bookkeeping, store, tracking, trial as trialmod
+from harness import bookkeeping, corruption_error, store, tracking, trial as trialmod
 
 
 def best_value(study: optuna.Study) -> float | None:
@@ -65,7 +65,7 @@ def backfill(ctx, study: optuna.Study, log=print) -> None:
     """Corruption errors of trials that finished before their reference (the tuned full FT baseline) was settled."""
     try:
         files = list((ctx.suite or {}).get("files", {}))
-        trialmod.backfill_corruption_errors(study, ctx.client, ctx.cfg.shifts.test + files, files)
+        corruption_error.backfill_corruption_errors(study, ctx.client, ctx.cfg.shifts.test + files, files)
     except Exception as e:  # a missing CE is worth a line, never a finished study
         log(f"warning: corruption errors not backfilled ({type(e).__name__}: {e})")
 
@@ -168,7 +168,7 @@ def replicate(ctx, study: optuna.Study, log=print) -> int:
             tracking.end_run(ctx.client, r["run_id"], "FAILED",
                              {"harness.fail_reason": "the process died before the replicate finished"})
     have = {(r["of"], r["seed"]) for r in runs if r["status"] == "FINISHED"}
-    ref = trialmod.ce_reference(study.get_trials(deepcopy=False))
+    ref = corruption_error.ce_reference(study.get_trials(deepcopy=False))
     n = 0
     for t in sources(study):
         for seed in seeds:
