@@ -108,10 +108,14 @@ def lr_at(step: int, total: int, base: float, schedule: str) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * step / max(1, total)))
 
 
-def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, total, base_lr, schedule, device):
-    """One pass over (x, y) in a seeded random order. Returns (mean loss, next step); NaN if it diverged."""
+def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, total, base_lr, schedule, device,
+                    forward=None):
+    """One pass over (x, y) in a seeded random order. Returns (mean loss, next step); NaN if it diverged.
+    forward: what a batch of x is fed to, the model unless x holds cached prefix outputs (prefix.inputs: then the
+    rest of the model)."""
     model.train()
     set_frozen(model, groups, frozen)
+    forward = model if forward is None else forward
     order = torch.randperm(len(x), generator=gen).to(x.device)
     total_loss, seen = torch.zeros((), device=device), 0
     for i in range(0, len(x), batch_size):
@@ -120,7 +124,7 @@ def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, tot
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, base_lr, schedule)
         with autocast(device):
-            loss = F.cross_entropy(model(xb), yb)
+            loss = F.cross_entropy(forward(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -176,22 +180,40 @@ def n_frozen(frozen) -> int:
     return frozen if isinstance(frozen, int) else len(frozen)
 
 
-def fit(model, groups, x, y, recipe: Recipe, seed: int, device):
+def n_leading(frozen) -> int:
+    """How many groups from the input on a set_frozen argument freezes with no trained group between them: the
+    prefix whose output is fixed (a surgical set {0, 1, 3} -> 2)."""
+    if isinstance(frozen, int):
+        return frozen
+    k = 0
+    while k in frozen:
+        k += 1
+    return k
+
+
+def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
     """The training loop. Yields (epoch, mean train loss, number of frozen groups, lr at the epoch's end) after every
     epoch, so the caller validates, logs, reports and prunes between epochs (raising out of its loop stops training).
     Which groups train at each epoch is frozen_at(recipe, epoch).
 
     One optimizer for the whole run (frozen params get no grad and are skipped, so unfreezing needs no new param
     group); one seeded generator for the batch order of every epoch. Raises FloatingPointError on a non-finite
-    loss: a diverged run must fail with its reason, not train on NaNs."""
+    loss: a diverged run must fail with its reason, not train on NaNs.
+
+    view: the model seen through the prefix cache (prefix.View): while the first groups stay frozen, epochs train on
+    their cached outputs."""
     r = recipe
     opt = make_optimizer(model, r.optimizer, r.lr, r.momentum, r.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     total, step = r.epochs * -(-len(x) // r.batch_size), 0
     for epoch in range(r.epochs):
         frozen = frozen_at(r, epoch, len(groups) - 1)
-        loss, step = train_one_epoch(model, groups, frozen, opt, x, y, r.batch_size, gen, step, total, r.lr,
-                                     r.schedule, device)
+        xs, forward = x, model
+        if view is not None:
+            view.freeze(frozen)
+            xs, forward = view.inputs(x, r.batch_size, device, shuffled=True)
+        loss, step = train_one_epoch(model, groups, frozen, opt, xs, y, r.batch_size, gen, step, total, r.lr,
+                                     r.schedule, device, forward)
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch} (lr {r.lr:g})")
         yield epoch, loss, n_frozen(frozen), lr_at(step, total, r.lr, r.schedule)
@@ -199,13 +221,15 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device):
 
 @torch.inference_mode()
 def predict(model, x, batch_size, device) -> torch.Tensor:
-    """Logits (float32) for x in eval mode."""
+    """Logits (float32) for x in eval mode. `model` may be a prefix.View: then the outputs of its frozen groups on x
+    come from the cache when it holds them, and only the rest of the model runs."""
     model.eval()
+    x, forward = model.inputs(x, batch_size, device) if hasattr(model, "inputs") else (x, model)
     out = []
     for i in range(0, len(x), batch_size):
         xb = to_device_batch(x[i:i + batch_size], device)
         with autocast(device):
-            out.append(model(xb).float())
+            out.append(forward(xb).float())
     return torch.cat(out)
 
 

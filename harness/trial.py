@@ -13,7 +13,7 @@ import optuna
 import psutil
 import torch
 
-from harness import metrics, models, records, schema, shifts, store, tracking, train
+from harness import metrics, models, prefix, records, schema, shifts, store, tracking, train
 from harness.config import Config, Model
 
 
@@ -238,6 +238,7 @@ class Progress:
     """What the training of one trial has reached: the failure and pruning tags name the epoch."""
     epoch: int = -1
     val: dict | None = None  # the last epoch's validation: acc, loss, logits (reused by BBSE)
+    view: prefix.View | None = None  # the model seen through the prefix cache: what validation and evaluation run
     train_seconds: float = 0.0
 
 
@@ -253,9 +254,11 @@ def train_trial(trial: optuna.Trial, ctx, p: dict, run_id: str, at: Progress, pr
     prune_at = first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
     # Every trial sees the same head init and batch order (the study seed): differences between trials come from
     # the hyperparameters alone, and a re-run reproduces the same curve on CPU.
-    for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, cfg.study.seed, device):
+    at.view = prefix.for_trial(ctx, model, groups)  # frozen groups' outputs computed once per worker, not per epoch
+    for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, cfg.study.seed, device,
+                                             at.view):
         at.epoch = epoch
-        at.val = train.evaluate(model, *ctx.data["val"], t.eval_batch_size, device)
+        at.val = train.evaluate(at.view, *ctx.data["val"], t.eval_batch_size, device)
         # async: off the training loop (bench (b)); rss_mb after each epoch, pruned trials too: it must not grow
         # across trials (optuna#1224)
         tracking.log_metrics(ctx.client, run_id, {"train_loss": loss, "val_acc": at.val["acc"],
@@ -332,7 +335,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
         torch.cuda.reset_peak_memory_stats(ctx.device)  # gpu_peak_mb is this trial's peak, not the process's
     try:
         model, groups = train_trial(trial, ctx, p, run_id, at, progress)
-        final, series, sel = evaluate_trial(model, ctx, at.val, baseline, trial.study)
+        final, series, sel = evaluate_trial(at.view, ctx, at.val, baseline, trial.study)
         final["train_seconds"] = at.train_seconds
         value = log_trial(trial, ctx, run_id, final, series, sel)
         if on_complete is not None:
@@ -353,7 +356,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
     finally:
         records.stop(sampler)  # no-op when already stopped
         # free this trial's model now: memory must not grow across trials (optuna#1224)
-        model = groups = None  # groups holds the modules too
+        model = groups = at.view = None  # groups and the view hold the modules too
         gc.collect()
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
