@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TV_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 SOURCES = ("digits", "imagefolder") + TV_DATASETS
 STRATEGIES = ("prefix", "surgical", "gradual")  # harness.train.STRATEGIES
+AUGMENTS = ("none", "flip_crop")  # harness.train.AUGMENTS
 STREAM_KINDS = ("severity", "rotation", "prior", "recurring")  # harness.sustain.STREAMS
 STREAM_OBJECTIVES = ("penalized", "multi")
 # registry models that accept one input size only: ViT-B/16's position embeddings are for 14x14 patches of 16 px
@@ -105,6 +106,9 @@ class Train:
     # validation images, and 160 MiB more over the 2560 test and shifted images of a trial that never unfreezes:
     # every k of the default study fits in ~520 MiB
     cache_mb: int = 1024
+    # "flip_crop": every training batch flipped left-right and shifted by up to 4 px (train.flip_crop), seeded per
+    # trial; the training split's prefix is then recomputed every epoch (its images change), evaluation still cached
+    augment: str = "none"
 
 
 @dataclass(frozen=True)
@@ -440,6 +444,7 @@ def _check_model(cfg: Config) -> None:
     _choice("train.optimizer", t.optimizer, OPTIMIZERS)
     _choice("train.schedule", t.schedule, SCHEDULES)
     _positive("train.cache_mb", t.cache_mb, allow_zero=True)
+    _choice("train.augment", t.augment, AUGMENTS)
     if not 0 <= t.momentum < 1:
         raise ConfigError("train.momentum", f"must be in [0, 1), got {t.momentum}")
     _positive("train.weight_decay", t.weight_decay, allow_zero=True)

@@ -250,7 +250,8 @@ def train_trial(trial: optuna.Trial, ctx, p: dict, run_id: str, at: Progress, pr
     model, groups = fresh_model(cfg.model, len(ctx.data["classes"]), ctx.pretrained, device, cfg.study.seed,
                                 compile=t.compile)
     recipe = train.Recipe(lr=p["lr"], epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
-                          momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, **recipe_settings(p))
+                          momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, augment=t.augment,
+                          **recipe_settings(p))
     prune_at = first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
     # Every trial sees the same head init and batch order (the study seed): differences between trials come from
     # the hyperparameters alone, and a re-run reproduces the same curve on CPU.

@@ -19,14 +19,15 @@ def _data(n, size=16, classes=5, seed=0):
     return torch.rand(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
-def _trial(cache, k, unfreeze, train_set, sets, epochs=3, batch_size=16):
+def _trial(cache, k, unfreeze, train_set, sets, epochs=3, batch_size=16, augment="none"):
     """A trial as harness.trial runs one: fresh resnet8 (seed 0, channels_last), train.fit with per-epoch
     validation, then predictions on every set. Without a cache the model itself is passed everywhere, as before
     the cache existed. Returns (per-epoch loss and validation logits, final logits per set, final state_dict)."""
     model, groups = models.build("resnet8", 5, seed=0)
     model = train.prepare(model, CPU)
     seen = prefix.view(cache, model, groups, WEIGHTS) if cache is not None else model
-    recipe = train.Recipe(lr=0.05, epochs=epochs, batch_size=batch_size, freeze_layers=k, unfreeze_epoch=unfreeze)
+    recipe = train.Recipe(lr=0.05, epochs=epochs, batch_size=batch_size, freeze_layers=k, unfreeze_epoch=unfreeze,
+                          augment=augment)
     curve = [(loss, train.evaluate(seen, *sets[0], 16, CPU)["logits"])
              for _, loss, _, _ in train.fit(model, groups, *train_set, recipe, 0, CPU,
                                             seen if cache is not None else None)]
@@ -92,6 +93,16 @@ def test_a_last_batch_of_one_image_is_recomputed():
     cache = prefix.Cache(budget=2**30)
     assert _same(_trial(None, 3, 3, train_set, sets), _trial(cache, 3, 3, train_set, sets))
     assert [x for x, _ in cache.entries.values()] == [sets[0][0]]  # the validation set only
+
+
+def test_augmented_training_recomputes_the_prefix_and_evaluation_still_reads_the_cache():
+    """train.augment = "flip_crop": every epoch's training images differ, so the training split is never cached; the
+    validation and evaluation sets (not augmented) are, and the trial equals the augmented trial without a cache."""
+    train_set, sets = _data(70), [_data(40, seed=1), _data(37, seed=2)]
+    cache = prefix.Cache(budget=2**30)
+    assert _same(_trial(None, 2, 3, train_set, sets, augment="flip_crop"),
+                 _trial(cache, 2, 3, train_set, sets, augment="flip_crop"))
+    assert [x for x, _ in cache.entries.values()] == [sets[0][0], sets[1][0]]
 
 
 def test_a_cache_over_its_budget_recomputes_and_says_so_once():
