@@ -171,3 +171,54 @@ def test_cache_mb_is_checked(tmp_path):
     with pytest.raises(config.ConfigError, match=r"train\.cache_mb: expected an integer"):
         config.load(None, ["train.cache_mb=1.5"])
     assert config.load(None, ["train.cache_mb=0"]).train.cache_mb == 0
+
+
+# logged values that measure the machine, not the model
+MACHINE = ("train_seconds", "eval_seconds", "rss_mb", "peak_rss_mb", "gpu_peak_mb")
+
+
+@pytest.mark.slow
+def test_a_study_logs_the_same_metrics_with_and_without_the_cache(tiny_config, workdir, monkeypatch):
+    """The tiny study (full FT, linear probe, LP-FT, two sampled trials; no pruning) run through harness.study twice,
+    train.cache_mb = 0 and the default: every trial has the same params and objective value, and every metric its
+    run logged (every epoch's curves, the final test and shift metrics, label shift, corruption errors) is equal,
+    timings and memory aside. The cached run did read the cache; the other never did."""
+    from mlflow.tracking import MlflowClient
+    import optuna
+
+    from harness import data as datamod, store, study, suite as suitemod
+
+    served, real = [], prefix.inputs
+
+    def spy(v, x, batch_size, device, shuffled=False):
+        out = real(v, x, batch_size, device, shuffled)
+        served.append(out[1] is not v.model)
+        return out
+
+    monkeypatch.setattr(prefix, "inputs", spy)
+    # The study that builds the shifted sets holds them in config order, later ones load them from the cache sorted
+    # by name, and ood_ece_mean sums in that order (1 ulp apart): built here first, both studies load them.
+    cfg, cache = config.load(tiny_config), store.cache_dir()
+    cache.mkdir(parents=True)
+    data = datamod.load(cfg.data, cfg.study.seed, cache)
+    suitemod.build(cfg.shifts, suitemod.target_domain(cfg.data, data, cfg.study.seed, cache), cache)
+    runs = {}
+    for name, mb in (("plain", 0), ("cached", 1024)):
+        served.clear()
+        assert study.main(["--config", str(tiny_config), "--no-report", "--study-name", name, "--n-trials", "5",
+                           "--set", 'study.pruner="none"', "--set", f"train.cache_mb={mb}"]) == 0
+        assert any(served) == (mb > 0)
+        s = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
+        client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+        out = {}
+        for t in s.get_trials():
+            run = client.get_run(t.user_attrs["mlflow_run_id"])
+            curves = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
+                      for k in ("train_loss", "val_acc", "val_loss")}
+            out[t.number] = (t.params, t.values, curves,
+                             {k: v for k, v in run.data.metrics.items()
+                              if k not in MACHINE and not k.startswith("system/")})
+        runs[name] = out
+    assert len(runs["cached"]) == 5 and {p["freeze_layers"] for p, *_ in runs["cached"].values()} >= {0, 4}
+    for number, plain in runs["plain"].items():
+        assert runs["cached"][number] == plain, f"trial {number} differs with the cache"
