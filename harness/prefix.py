@@ -121,7 +121,8 @@ def _key(v: View, x: torch.Tensor, batch_size: int, device) -> tuple:
     first = next(v.model.parameters())
     conv = next((p for p in v.model.parameters() if p.dim() == 4), first)
     amp = torch.bfloat16 if device.type == "cuda" else None  # train.autocast
-    return (v.weights, v.k, id(x), x._version, tuple(x.shape), x.dtype, str(x.device), str(device), amp, first.dtype,
+    version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
+    return (v.weights, v.k, id(x), version, tuple(x.shape), x.dtype, str(x.device), str(device), amp, first.dtype,
             conv.is_contiguous(memory_format=torch.channels_last), batch_size)
 
 

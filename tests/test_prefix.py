@@ -151,6 +151,10 @@ def test_anything_that_changes_the_prefix_output_misses():
     assert cache.misses == 6
     keys = list(cache.entries)
     assert len(set(keys)) == 6 and {key[1] for key in keys} == {2, 4}
+    with torch.inference_mode():  # images made under inference mode (no version counter) are cached too
+        made = x * 1
+    check(v, made)
+    assert cache.misses == 7
 
 
 def test_unfreezing_lowers_the_view_and_never_raises_it():
