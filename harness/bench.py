@@ -377,7 +377,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
             ctx = trial_context(cfg)
             log(f"(a, b) throughput: {repeats} real trials and {repeats} bare loops alternating, "
                 f"{cfg.train.epochs} epochs each ...")
-            a = throughput(replace(ctx, prefix=None), repeats)  # the bare loop recomputes frozen groups: so does the trial
+            a = throughput(replace(ctx, prefix=None), repeats)  # no prefix cache: the bare loop recomputes too
             log(f"(g) prefix cache: linear-probe and freeze_layers = 2 trials, no / cold / warm cache, "
                 f"{cache_repeats} times ...")
             g = cache_trials(ctx, cache_repeats)
@@ -396,7 +396,8 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
          "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": bench_report.device_line(device), "versions": tracking.versions(),
          "model": cfg.model.name, "n_train": len(ctx.data["train"][0]), "image_size": cfg.data.image_size,
          "batch_size": cfg.train.batch_size, "throughput": a, "mlflow": mlflow_share(a["trials"]), "study": st,
-         "suite": suite, "trial_times": tt, "native": f, "cache": g, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+         "suite": suite, "trial_times": tt, "native": f, "cache": g,
+         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
          "rss_mb": psutil.Process().memory_info().rss / 2**20,
          "shift_lists": {"config": cfg.shifts.selection + cfg.shifts.test, "selection": cfg.shifts.selection,
                          "severities": cfg.shifts.severities, "eval_images": cfg.shifts.eval_images}}

@@ -234,7 +234,8 @@ def test_augmented_training_feeds_flipped_crops_in_the_same_order_deterministica
 def test_augment_is_checked():
     from harness import config
 
-    with pytest.raises(config.ConfigError, match=r"train\.augment: 'flip' is not allowed; choose one of: none, flip_crop"):
+    with pytest.raises(config.ConfigError,
+                       match=r"train\.augment: 'flip' is not allowed; choose one of: none, flip_crop"):
         config.load(None, ['train.augment="flip"'])
     assert config.load(None, ['train.augment="flip_crop"']).train.augment == "flip_crop"
     model, groups = models.build("resnet8", 5)
