@@ -153,9 +153,9 @@ def inputs(v: View, x: torch.Tensor, batch_size: int, device, shuffled: bool = F
 
     Exact on CPU: an image's prefix output does not depend on which other images share its batch (train.predict's
     chunks, fit's shuffled batches: equal floats, tests/test_prefix.py), as long as the batch holds more than one
-    image: oneDNN convolves a batch of one with another kernel (on resnet8, layer2 and up differ in the last bits
-    at batch 1 and never at 2..128). Shuffled training batches of one happen when len(x) % batch_size == 1: then x
-    is recomputed on CPU."""
+    image: oneDNN convolves a batch of one with another kernel (resnet8 from layer2 on, resnet18 from layer1 on,
+    differ in the last bits at batch 1, with 1 or 2 threads; never at any other size tried, 2..128 for resnet8).
+    Shuffled training batches of one happen when len(x) % batch_size == 1: then x is recomputed on CPU."""
     if v.segments is None or v.k == 0:
         return x, v.model
     if shuffled and device.type == "cpu" and len(x) % batch_size == 1:
