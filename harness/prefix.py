@@ -81,7 +81,8 @@ class Cache:
 class View:
     """One model seen through the cache. train.fit and train.predict take it where they take the model: its first k
     groups have stayed frozen since the weights named by `weights` were loaded, so their outputs come from the
-    cache; the rest of the model runs as usual. With no cache, no known split or k = 0 it is the model itself."""
+    cache; the rest of the model runs as usual. With no cache, no known split or k = 0 it is the model itself.
+    At k = len(groups) - 1 the cached outputs are the head's input: the penultimate features a linear probe fits on."""
     model: nn.Module
     groups: dict
     segments: list | None
@@ -93,8 +94,8 @@ class View:
         self.model.eval()
         return self
 
-    def freeze(self, frozen) -> None:
-        """Training at an epoch with set_frozen(frozen): only the groups frozen now and at every epoch before stay
+    def train_with(self, frozen) -> None:
+        """An epoch trains with set_frozen(frozen): only the groups frozen now and at every epoch before stay
         untouched (no strategy refreezes a group, so this is the leading frozen groups of the epoch)."""
         self.k = min(self.k, train.n_leading(frozen))
 

@@ -241,7 +241,7 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
         frozen = frozen_at(r, epoch, len(groups) - 1)
         xs, forward = x, model
         if view is not None:
-            view.freeze(frozen)
+            view.train_with(frozen)
             if aug is None:
                 xs, forward = view.inputs(x, r.batch_size, device, shuffled=True)
         loss, step = train_one_epoch(model, groups, frozen, opt, xs, y, r.batch_size, gen, step, total, r.lr,

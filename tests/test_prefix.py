@@ -164,7 +164,7 @@ def test_unfreezing_lowers_the_view_and_never_raises_it():
     v = prefix.view(prefix.Cache(budget=2**30), model, groups, WEIGHTS)
     assert v.k == 4
     for frozen, k in ((4, 4), (3, 3), (frozenset({0, 1, 3, 4}), 2), (4, 2), (0, 0)):
-        v.freeze(frozen)
+        v.train_with(frozen)
         assert v.k == k
     assert train.n_leading(frozenset({1, 2})) == 0 and train.n_leading(frozenset({0, 1, 2, 4})) == 3
 
