@@ -7,8 +7,10 @@ reports/bench.md and printed, each against its target (ok / MISSED):
 (c) trials per minute of the default study with and without pruning,
 (d) shift-suite build, the config's shifts and every registered one (< 30 s), and shift evaluation per trial,
     eval_seconds / train_seconds (<= 25%), (e) peak memory, (f) MLflow-native records: dataset inputs per trial,
-    system metrics as a share of a trial (< 1%), the selected model's logging and registration per study; with device,
-    versions, command line.
+    system metrics as a share of a trial (< 1%), the selected model's logging and registration per study,
+(g) the frozen-prefix cache (harness.prefix): trials per minute of the default study with and without it (>= 1.5x),
+    and the speed-up of a linear-probe trial (>= 5x) and of a freeze_layers = 2 trial; with device, versions,
+    command line.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from harness import bench_report, config, context, data as datamod, models, store, suite as suitemod, tracking
+from harness import bench_report, config, context, data as datamod, models, prefix, store, suite as suitemod, tracking
 
 # --quick shrinks every workload (seconds, for the test suite); the figures worth quoting come from the full run.
 QUICK = ["data.labels_per_class=12", "data.image_size=16", "pretrain.epochs=1", "train.epochs=2",
@@ -41,7 +43,8 @@ QUICK = ["data.labels_per_class=12", "data.image_size=16", "pretrain.epochs=1", 
 # then everything trains; lr inside the default search range [1e-3, 0.3].
 PARAMS = {"lr": 0.05, "freeze_layers": 2, "unfreeze_epoch": 1}
 # DESIGN §10 and the issue's targets
-TARGETS = {"ratio": 0.95, "mlflow_share": 0.02, "suite_seconds": 30.0, "eval_share": 0.25, "system_share": 0.01}
+TARGETS = {"ratio": 0.95, "mlflow_share": 0.02, "suite_seconds": 30.0, "eval_share": 0.25, "system_share": 0.01,
+           "cache_study": 1.5, "cache_probe": 5.0}
 
 
 def _sync(device):
@@ -89,7 +92,7 @@ def time_client(client) -> dict:
     return spent
 
 
-def harness_trial(ctx: context.Context, spent: dict, n: int, keep_state: bool = False) -> dict:
+def harness_trial(ctx: context.Context, spent: dict, n, keep_state: bool = False, params: dict = PARAMS) -> dict:
     """One trial through harness.trial.objective with PARAMS enqueued, in a study of its own (sqlite storage, the
     config's sampler and median pruner: with one trial it never prunes, so every measured trial runs whole; and the
     study's best-weights upload runs for every trial, the worst case). The progress line and best-weights upload
@@ -108,7 +111,7 @@ def harness_trial(ctx: context.Context, spent: dict, n: int, keep_state: bool = 
             out["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         save(trial, value, model, run_id)
 
-    study.enqueue_trial(PARAMS)
+    study.enqueue_trial(params)
     trial = study.ask()
     with contextlib.redirect_stdout(io.StringIO()):  # progress lines, as a non-tty study would print them
         progress = workers.Progress(study, cfg.study.n_trials, cfg.train.epochs, log=lambda *a: None)
@@ -219,6 +222,36 @@ def throughput(ctx: context.Context, repeats: int) -> dict:
     return out
 
 
+def cache_trials(ctx: context.Context, repeats: int) -> dict:
+    """(g) The prefix cache on single trials that never unfreeze: the linear probe (every group frozen) and
+    freeze_layers = 2, at PARAMS' lr. Each runs with no cache (cache_mb = 0), with a fresh cache (cold: the trial
+    computes its own prefix outputs, as the first trial of a study with that k does) and with a cache an earlier
+    trial filled (warm: what the study's later trials of that k read), the three back to back in an order that
+    rotates with the repeat, after one warm-up that fills the warm cache. Times: each trial's wall time through
+    harness.trial.objective (training, validation, the final evaluation of every shifted set, MLflow); speed-ups
+    are medians over the repeats of the paired ratios no cache / cache."""
+    budget, epochs = ctx.cfg.train.cache_mb * 2**20, ctx.cfg.train.epochs
+    out = {}
+    for name, k in (("linear_probe", ctx.n_groups), ("freeze_2", 2)):
+        params = {"lr": PARAMS["lr"], "freeze_layers": k, "unfreeze_epoch": epochs}  # epochs = never
+        warm = prefix.Cache(budget=budget)
+        caches = {"off": lambda: None, "cold": lambda: prefix.Cache(budget=budget), "warm": lambda: warm}
+        harness_trial(replace(ctx, prefix=warm), {}, f"cache-{name}-warmup", params=params)
+        runs = {side: [] for side in caches}
+        for r in range(repeats):
+            for side in list(caches)[r % 3:] + list(caches)[:r % 3]:
+                _sync(ctx.device)
+                runs[side].append(harness_trial(replace(ctx, prefix=caches[side]()), {}, f"cache-{name}-{side}-{r}",
+                                                params=params))
+        wall = {side: [t["wall"] for t in ts] for side, ts in runs.items()}
+        out[name] = {"params": params, "wall": wall, "repeats": repeats, "held_mb": warm.used / 2**20,
+                     "train": {side: [t["train_seconds"] for t in ts] for side, ts in runs.items()},
+                     "eval": {side: [t["eval_seconds"] for t in ts] for side, ts in runs.items()},
+                     **{side: statistics.median(o / c for o, c in zip(wall["off"], wall[side]))
+                        for side in ("cold", "warm")}}
+    return out
+
+
 def mlflow_share(trials: list[dict]) -> dict:
     """Every MLflow call of a trial (child run creation, per-epoch log_batch, end-of-trial metrics and per-severity
     steps, the best-weights upload, end_run) as a share of the trial's wall time; medians over the trials."""
@@ -282,19 +315,21 @@ def suite_builds(cfg, data) -> dict:
 
 
 def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) -> dict:
-    """The default study run twice through harness.study.main in `workdir`: pruner none, then median.
-    Trials per minute count finished trials over the span from the first trial's start to the last one's end."""
+    """The default study run three times through harness.study.main in `workdir`: pruner none, median, then median
+    without the prefix cache (train.cache_mb = 0: (g), back to back with the median run). Trials per minute count
+    finished trials over the span from the first trial's start to the last one's end."""
     import optuna
 
     from harness import study as studymod
 
     out = {}
-    for pruner in ("none", "median"):
-        name = f"bench-{pruner}"
+    for key, pruner, cache in (("none", "none", ""), ("median", "median", ""), ("median-nocache", "median", "0")):
+        name = f"bench-{key}"
         # trials per minute: the seed replicates after the search are no trials, so none here
         argv = ["--study-name", name, "--n-trials", str(n_trials), "--no-report", "--device", device,
                 "--set", f'study.pruner="{pruner}"', "--set", "study.replicates=1"] + \
             [a for o in overrides for a in ("--set", o)]
+        argv += ["--set", f"train.cache_mb={cache}"] if cache else []
         buf = io.StringIO()
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
@@ -306,7 +341,7 @@ def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) 
         trials = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}").trials
         done = [t for t in trials if t.state.is_finished() and t.datetime_complete]
         span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
-        out[pruner] = {"argv": argv, "wall": wall, "span": span, "finished": len(done),
+        out[key] = {"argv": argv, "wall": wall, "span": span, "finished": len(done),
                        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
                        "per_minute": 60 * len(done) / span, "load": (load0, os.getloadavg()[0])}
     return out
@@ -334,6 +369,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
     overrides = QUICK if quick else []
     cfg = config.load(None, overrides, **{"study.name": "bench-trial", "study.device": device_name})
     repeats, n_trials = (3, 2) if quick else (7, cfg.study.n_trials)  # (c): the default study's 16 trials
+    cache_repeats = 1 if quick else 5
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
         tmp = Path(tmp)
@@ -343,10 +379,13 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
             ctx = trial_context(cfg)
             log(f"(a, b) throughput: {repeats} real trials and {repeats} bare loops alternating, "
                 f"{cfg.train.epochs} epochs each ...")
-            a = throughput(ctx, repeats)
+            a = throughput(replace(ctx, prefix=None), repeats)  # no prefix cache: the bare loop recomputes too
+            log(f"(g) prefix cache: linear-probe and freeze_layers = 2 trials, no / cold / warm cache, "
+                f"{cache_repeats} times ...")
+            g = cache_trials(ctx, cache_repeats)
             log("(d) shift suite builds (no cache) ...")
             suite = suite_builds(cfg, datamod.load(cfg.data, cfg.study.seed, store.cache_dir(tmp)))
-            log(f"(c) two studies of {n_trials} trials (pruner none, median) ...")
+            log(f"(c, g) three studies of {n_trials} trials (pruner none, median, median without the prefix cache) ...")
             st = study_runs(overrides, n_trials, tmp, device_name)
             tt = trial_times(store.default_tracking_uri(tmp), "bench-none")
             log("(f) MLflow-native records: dataset inputs, system metrics, model logging and registration ...")
@@ -359,7 +398,8 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
          "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": bench_report.device_line(device), "versions": tracking.versions(),
          "model": cfg.model.name, "n_train": len(ctx.data["train"][0]), "image_size": cfg.data.image_size,
          "batch_size": cfg.train.batch_size, "throughput": a, "mlflow": mlflow_share(a["trials"]), "study": st,
-         "suite": suite, "trial_times": tt, "native": f, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+         "suite": suite, "trial_times": tt, "native": f, "cache": g,
+         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
          "rss_mb": psutil.Process().memory_info().rss / 2**20,
          "shift_lists": {"config": cfg.shifts.selection + cfg.shifts.test, "selection": cfg.shifts.selection,
                          "severities": cfg.shifts.severities, "eval_images": cfg.shifts.eval_images}}

@@ -82,7 +82,26 @@ def _table(r: dict) -> list[str]:
         f"<= {100 * targets['eval_share']:.0f}% | {ok(ev_study <= targets['eval_share'])} |",
         f"| (e) peak RSS | {r['peak_rss_mb']:.0f} MB | no growth across trials | |",
         *_table_f(r),
+        *_table_g(r),
         "",
+    ]
+
+
+def _table_g(r: dict) -> list[str]:
+    """The prefix cache: the default study's trials per minute and single trials' speed-ups (section (g))."""
+    st, g, targets = r["study"], r["cache"], r["targets"]
+    with_, without = st["median"]["per_minute"], st["median-nocache"]["per_minute"]
+    lp, k2 = g["linear_probe"], g["freeze_2"]
+    return [
+        f"| (g) prefix cache: trials per minute of the default study (median pruning), with / without the cache | "
+        f"{with_:.2f} / {without:.2f} = {with_ / without:.2f}x | >= {targets['cache_study']}x | "
+        f"{_ok(with_ / without >= targets['cache_study'])} |",
+        f"| (g) linear-probe trial (every group frozen for good): wall time without the cache / with a fresh one "
+        f"(median of {lp['repeats']} pairs) | {lp['cold']:.2f}x | >= {targets['cache_probe']}x | "
+        f"{_ok(lp['cold'] >= targets['cache_probe'])} |",
+        f"| (g) same, with a cache an earlier linear probe filled | {lp['warm']:.2f}x | | |",
+        f"| (g) freeze_layers = 2 trial, never unfrozen: without / with a fresh cache, with a filled one | "
+        f"{k2['cold']:.2f}x, {k2['warm']:.2f}x | | |",
     ]
 
 
@@ -154,8 +173,8 @@ def _sections_cde(r: dict) -> list[str]:
     ev, ev_study = _eval_shares(r)
     ev_s, tr_s = [t["eval_seconds"] for t in tr], [t["train_seconds"] for t in tr]
     lines = ["## (c) trials per minute (harness.study.main in a temp working dir)"]
-    for pruner, v in st.items():
-        lines.append(f"- pruner {pruner}: {v['finished']} finished ({v['pruned']} pruned) in {v['span']:.1f} s "
+    for key, v in st.items():
+        lines.append(f"- study bench-{key}: {v['finished']} finished ({v['pruned']} pruned) in {v['span']:.1f} s "
                      f"of trials -> {v['per_minute']:.2f} trials/min; whole command {v['wall']:.1f} s "
                      f"(setup included); load average {v['load'][0]:.1f} before, {v['load'][1]:.1f} after; "
                      f"`{shlex.join(['python', '-m', 'harness.study', *v['argv']])}`")
@@ -204,6 +223,32 @@ def _section_f(r: dict) -> list[str]:
     ]
 
 
+def _section_g(r: dict) -> list[str]:
+    st, g = r["study"], r["cache"]
+    fmt = lambda vs: ", ".join(f"{v:.2f}" for v in vs)  # noqa: E731
+    lines = [
+        "## (g) the frozen-prefix cache (harness.prefix, train.cache_mb)",
+        "(a) runs without it, since its bare loop recomputes the frozen groups; (c)'s other studies run with it.",
+        f"- the default study with median pruning, back to back: with the cache {st['median']['per_minute']:.2f} "
+        f"trials/min ({st['median']['finished']} finished, {st['median']['pruned']} pruned, "
+        f"{st['median']['span']:.1f} s), without (train.cache_mb = 0) {st['median-nocache']['per_minute']:.2f} "
+        f"({st['median-nocache']['finished']} finished, {st['median-nocache']['pruned']} pruned, "
+        f"{st['median-nocache']['span']:.1f} s); commands in (c).",
+        "- single trials through harness.trial.objective, never unfrozen, at lr "
+        f"{g['linear_probe']['params']['lr']}: no cache, a fresh cache (cold: the trial computes the prefix outputs "
+        "of the training, validation, test and shifted sets itself, as the first trial of its k in a study does) and "
+        "a cache an earlier trial filled (warm: later trials of that k), in rotating order; wall seconds per trial "
+        "(train_seconds / eval_seconds in brackets):",
+    ]
+    for name, v in g.items():
+        lines.append(f"  - {name} {v['params']}: " + "; ".join(
+            f"{side} {fmt(v['wall'][side])} ({fmt(v['train'][side])} / {fmt(v['eval'][side])})"
+            for side in ("off", "cold", "warm"))
+            + f"; speed-up cold {v['cold']:.2f}x, warm {v['warm']:.2f}x; the filled cache held {v['held_mb']:.1f} MiB")
+    return lines + [""]
+
+
 def render(r: dict) -> str:
     """reports/bench.md from bench.run's result: header, the table of targets, then each measure's details."""
-    return "\n".join(_header(r) + _table(r) + _section_a(r) + _section_b(r) + _sections_cde(r) + _section_f(r))
+    return "\n".join(_header(r) + _table(r) + _section_a(r) + _section_b(r) + _sections_cde(r) + _section_f(r)
+                     + _section_g(r))

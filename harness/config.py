@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TV_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 SOURCES = ("digits", "imagefolder") + TV_DATASETS
 STRATEGIES = ("prefix", "surgical", "gradual")  # harness.train.STRATEGIES
+AUGMENTS = ("none", "flip_crop")  # harness.train.AUGMENTS
 STREAM_KINDS = ("severity", "rotation", "prior", "recurring")  # harness.sustain.STREAMS
 STREAM_OBJECTIVES = ("penalized", "multi")
 # registry models that accept one input size only: ViT-B/16's position embeddings are for 14x14 patches of 16 px
@@ -104,6 +105,14 @@ class Train:
     schedule: str = "cosine"
     eval_batch_size: int = 64  # resnet8 on 2 CPU cores: 4400 img/s at 64, 2900-3300 at 128-256 (cache); GPUs want more
     compile: bool = False  # torch.compile each trial's model: pays off on a GPU for trials of minutes, not seconds
+    # MiB of frozen-prefix outputs a worker keeps across its trials (harness.prefix); 0 = off. The default study's
+    # largest prefixes (k = 1, 2: 16 x 32 x 32 floats, 64 KiB an image) take 45 MiB over its 537 training and 179
+    # validation images, and 160 MiB more over the 2560 test and shifted images of a trial that never unfreezes:
+    # every k of the default study fits in ~520 MiB
+    cache_mb: int = 1024
+    # "flip_crop": every training batch flipped left-right and shifted by up to 4 px (train.flip_crop), seeded per
+    # trial; the training split's prefix is then recomputed every epoch (its images change), evaluation still cached
+    augment: str = "none"
 
 
 @dataclass(frozen=True)
@@ -441,6 +450,8 @@ def _check_model(cfg: Config) -> None:
     _positive("train.eval_batch_size", t.eval_batch_size)
     _choice("train.optimizer", t.optimizer, OPTIMIZERS)
     _choice("train.schedule", t.schedule, SCHEDULES)
+    _positive("train.cache_mb", t.cache_mb, allow_zero=True)
+    _choice("train.augment", t.augment, AUGMENTS)
     if not 0 <= t.momentum < 1:
         raise ConfigError("train.momentum", f"must be in [0, 1), got {t.momentum}")
     _positive("train.weight_decay", t.weight_decay, allow_zero=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness import bookkeeping, config, data as datamod, pretrain, store, suite as suitemod, tracking, train
+from harness import bookkeeping, config, data as datamod, prefix, pretrain, store, suite as suitemod, tracking, train
 
 
 @dataclasses.dataclass
@@ -33,6 +33,7 @@ class Context:
     created: bool  # the parent run was created by this open (first invocation of the study)
     cache: Path
     info: dict  # "pretrain", "suite" (build info) and "seconds" (time to open), for the launcher's log
+    prefix: prefix.Cache | None = None  # frozen-prefix outputs kept across this worker's trials (train.cache_mb)
 
 
 def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_suite: bool = True,
@@ -72,4 +73,5 @@ def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_su
     parent_id, created = tracking.parent_run(client, exp_id, cfg.study.name, role=role)
     return Context(cfg=cfg, device=device, data=datamod.to_device(data, device), data_cpu=data, suite=suite,
                    pretrained=pre_state, weights_key=weights_key, n_groups=n_groups, client=client, uri=uri,
-                   storage=storage, exp_id=exp_id, parent_id=parent_id, created=created, cache=cache, info=info)
+                   storage=storage, exp_id=exp_id, parent_id=parent_id, created=created, cache=cache, info=info,
+                   prefix=prefix.Cache(budget=cfg.train.cache_mb * 2**20))

@@ -108,19 +108,47 @@ def lr_at(step: int, total: int, base: float, schedule: str) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * step / max(1, total)))
 
 
-def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, total, base_lr, schedule, device):
-    """One pass over (x, y) in a seeded random order. Returns (mean loss, next step); NaN if it diverged."""
+AUGMENTS = ("none", "flip_crop")
+# He et al. 2016 (section 4.2, the CIFAR ResNets of harness.models) translate by up to 4 px; reflect padding as
+# airbench's loader (F.pad(images, (pad,) * 4, "reflect") in cifar10-airbench's airbench94_muon.py): zero padding
+# would give training images black borders that no test image has
+CROP_PAD = 4
+
+
+def flip_crop(xb: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> torch.Tensor:
+    """Each image flipped left-right with probability 1/2 and shifted by -pad..pad pixels on each axis (a random crop
+    of the reflect-padded image), batched on the batch's device as airbench's batch_flip_lr and batch_crop. The draws
+    come from `gen`, a CPU generator: one seed gives the same augmentation on every device."""
+    n, c, h, w = xb.shape
+    flip = (torch.rand(n, generator=gen) < 0.5).to(xb.device)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=gen).to(xb.device)
+    xb = F.pad(torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb), (pad,) * 4, mode="reflect")
+    rows = (dy + torch.arange(h, device=xb.device))[:, None, :, None]  # n x 1 x h x 1: the crop's rows per image
+    cols = (dx + torch.arange(w, device=xb.device))[:, None, None, :]
+    out = xb[torch.arange(n, device=xb.device)[:, None, None, None], torch.arange(c, device=xb.device)[:, None, None],
+             rows, cols]
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, total, base_lr, schedule, device,
+                    forward=None, augment=None):
+    """One pass over (x, y) in a seeded random order. Returns (mean loss, next step); NaN if it diverged.
+    forward: what a batch of x is fed to, the model unless x holds cached prefix outputs (prefix.inputs: then the
+    rest of the model); augment: a generator to flip_crop every batch with (None: no augmentation)."""
     model.train()
     set_frozen(model, groups, frozen)
+    forward = model if forward is None else forward
     order = torch.randperm(len(x), generator=gen).to(x.device)
     total_loss, seen = torch.zeros((), device=device), 0
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
         xb, yb = to_device_batch(x[idx], device), y[idx.to(y.device)].to(device, non_blocking=True)
+        if augment is not None:
+            xb = flip_crop(xb, augment)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, base_lr, schedule)
         with autocast(device):
-            loss = F.cross_entropy(model(xb), yb)
+            loss = F.cross_entropy(forward(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -149,6 +177,7 @@ class Recipe:
     tune_group: int = 0  # surgical: the one group (0 = the first, before the head) that trains
     tune_head: bool = True  # surgical: whether the head trains too
     gradual_every: int = 1  # gradual: epochs between two unfreezings
+    augment: str = "none"  # "flip_crop": every training batch flipped and cropped (flip_crop), else as it is
 
 
 def frozen_at(recipe: Recipe, epoch: int, n_groups: int):
@@ -176,22 +205,47 @@ def n_frozen(frozen) -> int:
     return frozen if isinstance(frozen, int) else len(frozen)
 
 
-def fit(model, groups, x, y, recipe: Recipe, seed: int, device):
+def n_leading(frozen) -> int:
+    """How many groups from the input on a set_frozen argument freezes with no trained group between them: the
+    prefix whose output is fixed (a surgical set {0, 1, 3} -> 2)."""
+    if isinstance(frozen, int):
+        return frozen
+    k = 0
+    while k in frozen:
+        k += 1
+    return k
+
+
+def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
     """The training loop. Yields (epoch, mean train loss, number of frozen groups, lr at the epoch's end) after every
     epoch, so the caller validates, logs, reports and prunes between epochs (raising out of its loop stops training).
     Which groups train at each epoch is frozen_at(recipe, epoch).
 
     One optimizer for the whole run (frozen params get no grad and are skipped, so unfreezing needs no new param
     group); one seeded generator for the batch order of every epoch. Raises FloatingPointError on a non-finite
-    loss: a diverged run must fail with its reason, not train on NaNs."""
+    loss: a diverged run must fail with its reason, not train on NaNs.
+
+    view: the model seen through the prefix cache (prefix.View): while the first groups stay frozen, epochs train on
+    their cached outputs. Not with augmentation, whose images differ every epoch (the view still serves the
+    caller's evaluation sets: those are not augmented)."""
     r = recipe
+    if r.augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {r.augment!r}")
     opt = make_optimizer(model, r.optimizer, r.lr, r.momentum, r.weight_decay)
     gen = torch.Generator().manual_seed(seed)
+    # augmentation draws from a stream of its own (seed + 1): the batch order stays that of augment = "none", and
+    # the flips are not drawn from the numbers that drew the order
+    aug = torch.Generator().manual_seed(seed + 1) if r.augment == "flip_crop" else None
     total, step = r.epochs * -(-len(x) // r.batch_size), 0
     for epoch in range(r.epochs):
         frozen = frozen_at(r, epoch, len(groups) - 1)
-        loss, step = train_one_epoch(model, groups, frozen, opt, x, y, r.batch_size, gen, step, total, r.lr,
-                                     r.schedule, device)
+        xs, forward = x, model
+        if view is not None:
+            view.train_with(frozen)
+            if aug is None:
+                xs, forward = view.inputs(x, r.batch_size, device, shuffled=True)
+        loss, step = train_one_epoch(model, groups, frozen, opt, xs, y, r.batch_size, gen, step, total, r.lr,
+                                     r.schedule, device, forward, aug)
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch} (lr {r.lr:g})")
         yield epoch, loss, n_frozen(frozen), lr_at(step, total, r.lr, r.schedule)
@@ -199,13 +253,15 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device):
 
 @torch.inference_mode()
 def predict(model, x, batch_size, device) -> torch.Tensor:
-    """Logits (float32) for x in eval mode."""
+    """Logits (float32) for x in eval mode. `model` may be a prefix.View: then the outputs of its frozen groups on x
+    come from the cache when it holds them, and only the rest of the model runs."""
     model.eval()
+    x, forward = model.inputs(x, batch_size, device) if hasattr(model, "inputs") else (x, model)
     out = []
     for i in range(0, len(x), batch_size):
         xb = to_device_batch(x[i:i + batch_size], device)
         with autocast(device):
-            out.append(model(xb).float())
+            out.append(forward(xb).float())
     return torch.cat(out)
 
 

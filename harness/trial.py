@@ -13,7 +13,7 @@ import optuna
 import psutil
 import torch
 
-from harness import corruption_error, metrics, models, probe as probemod, records, schema, store, tracking, train
+from harness import corruption_error, metrics, models, prefix, probe as probemod, records, schema, store, tracking, train
 from harness.config import Config, Model
 
 
@@ -215,6 +215,7 @@ class Progress:
     """What the training of one trial has reached: the failure and pruning tags name the epoch."""
     epoch: int = -1
     val: dict | None = None  # the last epoch's validation: acc, loss, logits (reused by BBSE)
+    view: prefix.View | None = None  # the model seen through the prefix cache: what validation and evaluation run
     train_seconds: float = 0.0
 
 
@@ -238,12 +239,13 @@ def train_trial(trial: optuna.Trial | None, ctx, p: dict, run_id: str, at: Progr
     # Every trial sees the same head init and batch order (the study seed): differences between trials come from
     # the hyperparameters alone, and a re-run reproduces the same curve on CPU. Replicates change the seed only.
     model, groups = fresh_model(cfg.model, len(ctx.data["classes"]), ctx.pretrained, device, seed, compile=t.compile)
+    at.view = prefix.for_trial(ctx, model, groups, seed)  # frozen groups' outputs computed once per worker, not per epoch
     if baseline in PROBE_HEAD:
         probe = probemod.fitted(ctx, model, groups)
         probemod.set_head(groups, probe)
         tracking.log_params(ctx.client, run_id, {"probe_c": probe.c})
         if baseline == "linear_probe":
-            at.epoch, at.val = 0, train.evaluate(model, *ctx.data["val"], t.eval_batch_size, device)
+            at.epoch, at.val = 0, train.evaluate(at.view, *ctx.data["val"], t.eval_batch_size, device)
             tracking.log_metrics(ctx.client, run_id, _epoch_metrics(probe.train_loss, at.val, ctx.n_groups), step=0,
                                  wait=False)
             if progress is not None:
@@ -253,11 +255,12 @@ def train_trial(trial: optuna.Trial | None, ctx, p: dict, run_id: str, at: Progr
             at.train_seconds = time.perf_counter() - t0
             return model, groups
     recipe = train.Recipe(lr=p["lr"], epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
-                          momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, **recipe_settings(p))
+                          momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, augment=t.augment,
+                          **recipe_settings(p))
     prune_at = first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
-    for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, seed, device):
+    for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, seed, device, at.view):
         at.epoch = epoch
-        at.val = train.evaluate(model, *ctx.data["val"], t.eval_batch_size, device)
+        at.val = train.evaluate(at.view, *ctx.data["val"], t.eval_batch_size, device)
         # async: off the training loop (bench (b))
         tracking.log_metrics(ctx.client, run_id, _epoch_metrics(loss, at.val, frozen, lr), step=epoch, wait=False)
         if progress is not None:
@@ -351,7 +354,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
     try:
         model, groups = train_trial(trial, ctx, p, run_id, at, progress, baseline)
         ref = corruption_error.ce_reference(trial.study.get_trials(deepcopy=False))
-        final, series, sel = evaluate_trial(model, ctx, at.val, ref)
+        final, series, sel = evaluate_trial(at.view, ctx, at.val, ref)
         final["train_seconds"] = at.train_seconds
         value = log_trial(trial, ctx, run_id, final, series, sel)
         if on_complete is not None:
@@ -371,7 +374,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
         raise
     finally:
         records.stop(sampler)  # no-op when already stopped
-        model = groups = None  # groups holds the modules too
+        model = groups = at.view = None  # groups and the view hold the modules too
         _free(ctx)
 
 
@@ -388,7 +391,7 @@ def replicate(ctx, source: dict, seed: int, reference: dict | None) -> str:
     at, model = Progress(), None
     try:
         model, _ = train_trial(None, ctx, p, run_id, at, baseline=source["baseline"], seed=seed)
-        final, series, sel = evaluate_trial(model, ctx, at.val, reference)
+        final, series, sel = evaluate_trial(at.view, ctx, at.val, reference)
         final["train_seconds"] = at.train_seconds
         log_run(ctx, run_id, final, series, sel)
         records.stop(sampler)
@@ -400,5 +403,5 @@ def replicate(ctx, source: dict, seed: int, reference: dict | None) -> str:
         raise
     finally:
         records.stop(sampler)
-        model = None
+        model = at.view = None
         _free(ctx)

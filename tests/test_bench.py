@@ -54,9 +54,13 @@ def test_quick_bench_writes_the_report(workdir):
                  "| (e) peak RSS |", "- command: `python -m harness.bench --quick --device cpu`", "- device: cpu",
                  "| (f) dataset inputs (", "| (f) system metrics (every 10 s + one at the end) / trial wall time |",
                  "| (f) selected model: pytorch-flavour logging + registration, once a study", "## (f) MLflow-native",
-                 "torch 2."):
+                 "torch 2.", "| (g) prefix cache: trials per minute of the default study (median pruning), with / "
+                 "without the cache |", "| (g) linear-probe trial (every group frozen for good): wall time without the "
+                 "cache / with a fresh one (median of 1 pairs) |", "| (g) same, with a cache an earlier linear probe "
+                 "filled |", "| (g) freeze_layers = 2 trial, never unfrozen:", "## (g) the frozen-prefix cache",
+                 "  - linear_probe {'lr': 0.05, 'freeze_layers': 4, 'unfreeze_epoch': 2}: off "):
         assert line in text, line
-    assert text.count(" | ok |") + text.count(" | MISSED |") == 9  # every target judged
+    assert text.count(" | ok |") + text.count(" | MISSED |") == 11  # every target judged
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -98,7 +98,7 @@ def test_lp_ft_starts_from_exactly_the_probe_head(ctx, monkeypatch):
     class Stop(Exception):
         pass
 
-    def fake_fit(model, groups, x, y, recipe, seed, device):
+    def fake_fit(model, groups, x, y, recipe, seed, device, view=None):
         seen.update(weight=groups["head"].weight.detach().clone(), bias=groups["head"].bias.detach().clone(),
                     recipe=recipe)
         raise Stop

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harness import models, train
 
@@ -170,3 +171,73 @@ def test_set_frozen_rejects_bad_sets():
         train.set_frozen(model, groups, set(range(5)))
     train.set_frozen(model, groups, {0, 1, 2, 4})  # surgical layer3 without the head: allowed
     assert [p.requires_grad for p in groups["head"].parameters()] == [False, False]
+
+
+def _flips_and_crops(x, pad=train.CROP_PAD):
+    """Every flip (no, yes) x vertical shift x horizontal shift of one C x H x W image, written out one at a time:
+    F.pad of the (flipped) image, then a plain slice. -> {(flip, dy, dx): image}."""
+    h, w = x.shape[-2:]
+    out = {}
+    for flip in (False, True):
+        padded = F.pad((x.flip(-1) if flip else x)[None], (pad,) * 4, mode="reflect")[0]
+        for dy in range(2 * pad + 1):
+            for dx in range(2 * pad + 1):
+                out[flip, dy, dx] = padded[:, dy:dy + h, dx:dx + w]
+    return out
+
+
+def test_flip_crop_is_a_seeded_flip_and_crop_of_every_image():
+    """Each augmented image is one of the 2 x 9 x 9 flips and 4-px reflect-padded crops of its own image (checked
+    against each candidate written out one image at a time); over 64 images both flips and many shifts occur and
+    most images change; the same generator seed gives the same batch, another seed another one."""
+    x = _data(n=64)[0]
+    out = train.flip_crop(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+    drawn = []
+    for i in range(len(x)):
+        match = [t for t, img in _flips_and_crops(x[i]).items() if torch.equal(img, out[i])]
+        assert match, f"image {i} is no flip and crop of its input"
+        drawn.append(match[0])
+    assert {f for f, _, _ in drawn} == {False, True}
+    assert len({(dy, dx) for _, dy, dx in drawn}) > 20
+    assert sum(not torch.equal(out[i], x[i]) for i in range(len(x))) > 55
+    assert torch.equal(out, train.flip_crop(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, train.flip_crop(x, torch.Generator().manual_seed(1)))
+
+
+def test_augmented_training_feeds_flipped_crops_in_the_same_order_deterministically():
+    """Through fit with augment = "flip_crop": the batches the model sees are flips and crops of the very images
+    augment = "none" feeds at the same step (its own generator leaves the batch order alone), so they differ from
+    them; the same seed trains the same weights bit for bit, another seed other weights, and none others again."""
+    x, y = _data(n=48)
+
+    def run(augment, seed=0):
+        model, groups = models.build("resnet8", 5, seed=0)
+        seen = []
+        model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+        recipe = train.Recipe(lr=0.05, epochs=2, batch_size=16, freeze_layers=2, unfreeze_epoch=1, augment=augment)
+        list(train.fit(model, groups, x, y, recipe, seed, CPU))
+        return seen, _snapshot(model)
+
+    plain, w_plain = run("none")
+    aug, w_aug = run("flip_crop")
+    assert len(aug) == len(plain) == 6
+    for a, p in zip(aug, plain):
+        assert not torch.equal(a, p)
+        for i in range(len(a)):
+            assert any(torch.equal(img, a[i]) for img in _flips_and_crops(p[i]).values())
+    again, w_again = run("flip_crop")
+    assert all(torch.equal(a, b) for a, b in zip(aug, again)) and _same(w_aug, w_again)
+    assert not _same(w_aug, w_plain) and not _same(w_aug, run("flip_crop", seed=1)[1])
+
+
+def test_augment_is_checked():
+    from harness import config
+
+    with pytest.raises(config.ConfigError,
+                       match=r"train\.augment: 'flip' is not allowed; choose one of: none, flip_crop"):
+        config.load(None, ['train.augment="flip"'])
+    assert config.load(None, ['train.augment="flip_crop"']).train.augment == "flip_crop"
+    model, groups = models.build("resnet8", 5)
+    with pytest.raises(ValueError, match="augment must be one of none, flip_crop"):
+        list(train.fit(model, groups, *_data(), train.Recipe(lr=0.1, epochs=1, batch_size=16, augment="crop"), 0, CPU))
