@@ -379,8 +379,9 @@ def summarize(study: dict) -> dict:
     # the best of each baseline family on validation (the study objective; ties: the lower trial number)
     baselines = {b: next((r for r in done if r["baseline"] == b), None) for b in schema.BASELINES}
     reps = study.get("replicates", [])
+    replicated = {r["replicate_of"] for r in reps}  # the selected trial, each baseline family's best, sweep groups' best
     for r in done:
-        if r["number"] in {best["number"] if best else None} | {v["number"] for v in baselines.values() if v}:
+        if r["number"] in replicated:
             r["replicates"] = _replicated(r, reps)
     paired = _paired(best, oracle, baselines, study["trials"], reps, shifts["test"])
     fits = _fits(rows, done, with_ood, shifts, n_test)
