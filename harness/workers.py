@@ -7,6 +7,7 @@ import sys
 import time
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from harness import bookkeeping, store, tracking, trial as trialmod
@@ -19,8 +20,9 @@ def best_value(study: optuna.Study) -> float | None:
 
 @dataclasses.dataclass
 class Progress:
-    """The progress line of a worker: trial, epoch, loss, val_acc and the best value so far. The storage is read
-    once a trial (at its first epoch), not every epoch: each read is a query, ~10 ms on sqlite."""
+    """The progress line of a worker: trial, epoch, loss, val_acc, the best value so far and the worker's thread
+    budget (its torch CPU threads, harness.study.thread_budget). The storage is read once a trial (at its first
+    epoch), not every epoch: each read is a query, ~10 ms on sqlite."""
     study: optuna.Study
     n_trials: int
     epochs: int
@@ -29,14 +31,16 @@ class Progress:
     log: object = print
     finished: int = 0
     best: float | None = None
+    threads: int = 0  # torch CPU threads of this worker; 0 = not stated
 
     def __call__(self, number: int, epoch: int, loss: float, val_acc: float) -> None:
         if epoch == 0:
             self.finished = bookkeeping.counts(self.study)[0]
             self.best = best_value(self.study)
         best_txt = f"  best so far {self.best:.4f}" if self.best is not None else ""
+        budget = f"  [{self.threads} thread{'s' if self.threads > 1 else ''}]" if self.threads else ""
         line = (f"{self.prefix}trial {number} ({self.finished + 1} of {self.n_trials})  epoch {epoch + 1}/"
-                f"{self.epochs}  train_loss {loss:.4f}  val_acc {val_acc:.4f}{best_txt}")
+                f"{self.epochs}  train_loss {loss:.4f}  val_acc {val_acc:.4f}{best_txt}{budget}")
         if self.tty:
             sys.stdout.write("\r\033[K" + line + ("\n" if epoch + 1 == self.epochs else ""))
             sys.stdout.flush()
@@ -76,7 +80,8 @@ def work(ctx, study: optuna.Study, worker: int = 0, log=print) -> dict:
     done = {"complete": 0, "pruned": 0, "failed": 0, "stopped": "target"}
     fails_in_row = 0
     prefix = f"[w{worker}] " if cfg.study.workers > 1 else ""
-    progress = Progress(study, target, cfg.train.epochs, prefix, sys.stdout.isatty() and cfg.study.workers == 1, log)
+    progress = Progress(study, target, cfg.train.epochs, prefix, sys.stdout.isatty() and cfg.study.workers == 1, log,
+                        threads=torch.get_num_threads())  # the budget the caller applied (harness.study)
     on_complete = save_if_best(ctx, study)
     while True:
         if cfg.study.timeout and time.perf_counter() - t0 > cfg.study.timeout:
