@@ -342,7 +342,7 @@ def _worker_main(cfg, n_groups, worker):
     device, share = train.pick_device(cfg.study.device), 1.0
     if device.type == "cuda":
         share = GPU_SHARE / cfg.study.workers
-        torch.cuda.set_per_process_memory_fraction(share, device)
+        torch.cuda.set_per_process_memory_fraction(share, device.index)  # None: the current device
     env = " ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"))
     print(f"[w{worker}] pid {os.getpid()}: {torch.get_num_threads()} torch thread{'s' if threads > 1 else ''} ({why}), "
           f"{env}" + (f", {share:.2f} of the GPU's memory" if share < 1 else ""), flush=True)
