@@ -439,7 +439,9 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
             log(f"(c) two studies of {n_trials} trials (pruner none, median) ...")
             st = study_runs(overrides, n_trials, tmp, device_name)
             tt = trial_times(store.default_tracking_uri(tmp), "bench-none")
-            n_w = 4 if quick else 6
+            # full: twice the default study's 12 trials, ~100 s of trials idle at (c)'s 14.5 trials/min, so a worker's
+            # start-up (~2 s idle) and last poll (1 s) weigh a few percent
+            n_w = 4 if quick else 2 * n_trials
             log(f"(g) cores: studies of {n_w} trials with --workers 1, --workers 2, and --workers 1 next to a "
                 f"CPU-bound process, on 2 cores ...")
             w = workers_runs(overrides, n_w, tmp, device_name)
