@@ -2,7 +2,8 @@
 reports/bench.md and printed, each against its target (ok / MISSED):
 
 (a) a real trial's training part (harness.trial.objective: model build, training, per-epoch validation, MLflow
-    logging and pruning checks; its train_seconds) against a bare PyTorch loop doing identical work (>= 0.95x),
+    logging and pruning checks; its train_seconds) against a bare PyTorch loop doing identical work (>= 0.97x; a
+    median of 7 interleaved pairs with its range, printed only where it can be trusted: ratio_trust),
 (b) every MLflow call of a trial as a share of the trial's wall time (< 2%),
 (c) trials per minute of the default study with and without pruning,
 (d) shift-suite build, the config's shifts and every registered one (< 30 s), and shift evaluation per trial,
@@ -11,17 +12,21 @@ reports/bench.md and printed, each against its target (ok / MISSED):
 (g) the frozen-prefix cache (harness.prefix): trials per minute of the default study with and without it (>= 1.5x),
     and the speed-up of a linear-probe trial (>= 5x) and of a freeze_layers = 2 trial; with device, versions,
     command line.
+(h) packed trials on 2 CPU cores: trials per minute of --workers 2 against --workers 1 (>= 1x, goal 1.3x), and the
+    slow-down of a study next to one competing CPU-bound process (<= 2x); with device, versions, command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,8 +48,21 @@ QUICK = ["data.labels_per_class=12", "data.image_size=16", "pretrain.epochs=1", 
 # then everything trains; lr inside the default search range [1e-3, 0.3].
 PARAMS = {"lr": 0.05, "freeze_layers": 2, "unfreeze_epoch": 1}
 # DESIGN §10 and the issue's targets
-TARGETS = {"ratio": 0.95, "mlflow_share": 0.02, "suite_seconds": 30.0, "eval_share": 0.25, "system_share": 0.01,
+TARGETS = {"ratio": 0.97, "mlflow_share": 0.02, "suite_seconds": 30.0, "eval_share": 0.25, "system_share": 0.01,
+           "workers_gain": 1.0, "rival_slowdown": 2.0,
            "cache_study": 1.5, "cache_probe": 5.0}
+# (a)'s ratio is a median over PAIRS interleaved pairs (the side that goes first alternates), and it is printed only
+# when it can be trusted. Each side must last MIN_SIDE_SECONDS: --quick's sides are 30-60 ms of work (4 SGD steps
+# and 2 validation passes), where one scheduler time slice or one sqlite commit (7-16 ms here) is a fifth of a side;
+# on a busy 2-core machine its pairs ranged 0.07-5.1 (load 3.8-4.2) and printed 6.308 once (load ~19). And the
+# middle of the pairs (2nd smallest to 2nd largest of 7) must lie within MAX_SPREAD of their median: on an idle
+# machine they spanned 0.85-1.06 around 1.004 (README), next to other jobs 0.94-1.26 around 1.0, where a 0.97 target
+# cannot be judged.
+PAIRS, MIN_SIDE_SECONDS, MAX_SPREAD = 7, 1.0, 0.15
+# (h)'s ratios are judged only on studies whose trials span MIN_STUDY_SECONDS: a worker's start (imports, context
+# from the caches: 5-20 s here) and its 1 s poll while the last trials finish are fixed costs, which decide the
+# ratio of --quick's 5 s studies (their --workers 2 ran at 0.28x of --workers 1, load 6-8)
+MIN_STUDY_SECONDS = 60.0
 
 
 def _sync(device):
@@ -194,31 +212,58 @@ def bare_run(ctx: context.Context) -> tuple[float, torch.nn.Module, list[float]]
     return time.perf_counter() - t0, model, val_acc
 
 
-def throughput(ctx: context.Context, repeats: int) -> dict:
-    """Real trials and bare loops alternated (which one goes first alternates too) after one warm-up each. On a
-    shared machine the load changes from one minute to the next, so the headline ratio is the median over
-    back-to-back pairs, each pair run under about the same load; ratios of the medians and of the bests too.
-    Also collects, per trial, its MLflow calls (b) and its eval_seconds / train_seconds (d)."""
+def _same_start(device) -> None:
+    """What each side of (a) starts from: no garbage of the other side left to collect (the trial collects its own at
+    its end, the bare loop does not) and an idle device."""
+    gc.collect()
+    _sync(device)
+
+
+def ratio_trust(a: dict) -> str | None:
+    """Why (a)'s ratio cannot be trusted at this scale or on this machine now, or None when it can."""
+    short = min(statistics.median(a["times"]["harness"]), statistics.median(a["times"]["bare"]))
+    if short < MIN_SIDE_SECONDS:
+        return (f"a side lasts {1000 * short:.0f} ms (median), under {MIN_SIDE_SECONDS:.0f} s: fixed costs and the "
+                f"scheduler decide the ratio at this scale; run the full benchmark")
+    r = sorted(a["ratios"])
+    lo, hi = (r[1], r[-2]) if len(r) >= 5 else (r[0], r[-1])
+    med = statistics.median(r)
+    if (hi - lo) / med > MAX_SPREAD:
+        return (f"the pairs disagree: their middle spans {lo:.2f}-{hi:.2f} around {med:.2f}, wider than "
+                f"{100 * MAX_SPREAD:.0f}% (load average {a['load'][0]:.1f} before, {a['load'][1]:.1f} after); "
+                f"re-run on a quiet machine")
+    return None
+
+
+def throughput(ctx: context.Context, pairs: int = PAIRS) -> dict:
+    """Real trials and bare loops in interleaved pairs (which one goes first alternates) after one warm-up each, both
+    in this process, so with the same threads, OpenMP wait policy, allocator and memory format; each side starts from
+    _same_start. On a shared machine the load changes from one minute to the next, so the headline ratio is the
+    median over the pairs, each run under about the same load, with their range; ratio_trust says when it is not to
+    be printed. Also collects, per trial, its MLflow calls (b) and its eval_seconds / train_seconds (d)."""
     spent = time_client(ctx.client)
-    harness_trial(ctx, spent, 0), bare_run(ctx)
-    times, trials = {"harness": [], "bare": []}, []
-    for r in range(repeats):
+    _same_start(ctx.device)
+    harness_trial(ctx, spent, 0)
+    _same_start(ctx.device)
+    bare_run(ctx)
+    times, trials, load0 = {"harness": [], "bare": []}, [], os.getloadavg()[0]
+    for r in range(pairs):
         for name in (("harness", "bare") if r % 2 == 0 else ("bare", "harness")):
-            _sync(ctx.device)  # each side starts on an idle device
+            _same_start(ctx.device)
             if name == "harness":
                 trials.append(harness_trial(ctx, spent, r + 1))
                 times["harness"].append(trials[-1]["train_seconds"])
             else:
                 times["bare"].append(bare_run(ctx)[0])
     images = ctx.cfg.train.epochs * len(ctx.data["train"][0])
-    out = {"images": images, "epochs": ctx.cfg.train.epochs, "repeats": repeats, "times": times, "trials": trials}
+    out = {"images": images, "epochs": ctx.cfg.train.epochs, "repeats": pairs, "times": times, "trials": trials,
+           "load": (load0, os.getloadavg()[0]), "threads": torch.get_num_threads(),
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
     for name, ts in times.items():
         out[f"{name}_median"] = images / statistics.median(ts)
-        out[f"{name}_best"] = images / min(ts)
-    out["ratio_median"] = out["harness_median"] / out["bare_median"]
-    out["ratio_best"] = out["harness_best"] / out["bare_best"]
     out["ratios"] = [b / h for h, b in zip(times["harness"], times["bare"])]
     out["ratio_paired"] = statistics.median(out["ratios"])
+    out["untrusted"] = ratio_trust(out)
     return out
 
 
@@ -347,6 +392,55 @@ def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) 
     return out
 
 
+def _span_per_minute(storage: str, name: str) -> tuple[int, float]:
+    """(finished trials, trials per minute over the span from the first trial's start to the last one's end)."""
+    import optuna
+
+    done = [t for t in optuna.load_study(study_name=name, storage=storage).trials
+            if t.state.is_finished() and t.datetime_complete]
+    span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+    return len(done), 60 * len(done) / span
+
+
+def workers_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) -> dict:
+    """The default study (no pruning) as `python -m harness.study` processes on 2 cores (the first two this process
+    may use): --workers 1, --workers 2 (each with its thread budget, harness.study.thread_budget), and --workers 1
+    next to one competing CPU-bound process (a Python busy loop on the same 2 cores, started before the study and
+    stopped after it). Each in a fresh study on the caches (c) built; trials per minute as in (c)."""
+    two = set(sorted(os.sched_getaffinity(0))[:2])
+    pin = lambda: os.sched_setaffinity(0, two)  # noqa: E731 - in the child, before it execs
+    storage = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
+    out = {"cores": sorted(two)}
+    for key, workers, rival in (("workers1", 1, False), ("workers2", 2, False), ("rival", 1, True)):
+        name = f"bench-{key}"
+        argv = ["--study-name", name, "--n-trials", str(n_trials), "--no-report", "--device", device,
+                "--workers", str(workers), "--set", 'study.pruner="none"', "--set", "study.replicates=1"] + \
+            [a for o in overrides for a in ("--set", o)]  # replicates are no trials: none here, as in (c)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin) if rival else None
+        try:
+            load0, t0 = os.getloadavg()[0], time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "harness.study", *argv], preexec_fn=pin, cwd=workdir,
+                                  capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        if done.returncode != 0:
+            raise RuntimeError(f"study {name} exited {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}")
+        finished, per_minute = _span_per_minute(storage, name)
+        budget = next((line for line in done.stdout.splitlines() if line.startswith("cores: ")), "cores: ?")[7:]
+        out[key] = {"argv": argv, "wall": wall, "finished": finished, "per_minute": per_minute, "budget": budget,
+                    "load": (load0, os.getloadavg()[0])}
+    out["gain"] = out["workers2"]["per_minute"] / out["workers1"]["per_minute"]
+    out["slowdown"] = out["workers1"]["per_minute"] / out["rival"]["per_minute"]
+    span = 60 * out["workers1"]["finished"] / out["workers1"]["per_minute"]
+    out["untrusted"] = (f"the --workers 1 study's trials span {span:.0f} s, under {MIN_STUDY_SECONDS:.0f} s: worker "
+                        f"start-up and polling decide the ratios at this scale; run the full benchmark"
+                        if span < MIN_STUDY_SECONDS else None)
+    return out
+
+
 def trial_times(uri: str, study_name: str) -> dict:
     """Median train_seconds and eval_seconds that the completed trials of a study logged, and the RSS each trial
     logged at its end, in trial order (memory must not grow across trials)."""
@@ -368,7 +462,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
     t_start = time.perf_counter()
     overrides = QUICK if quick else []
     cfg = config.load(None, overrides, **{"study.name": "bench-trial", "study.device": device_name})
-    repeats, n_trials = (3, 2) if quick else (7, cfg.study.n_trials)  # (c): the default study's 16 trials
+    n_trials = 2 if quick else cfg.study.n_trials  # (c): the default study's 16 trials
     cache_repeats = 1 if quick else 5
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
@@ -377,9 +471,9 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
         try:
             log("setup: data, pretrained weights, shift suite, MLflow store (harness.context.open_context) ...")
             ctx = trial_context(cfg)
-            log(f"(a, b) throughput: {repeats} real trials and {repeats} bare loops alternating, "
+            log(f"(a, b) throughput: {PAIRS} pairs of a real trial and a bare loop, interleaved, "
                 f"{cfg.train.epochs} epochs each ...")
-            a = throughput(replace(ctx, prefix=None), repeats)  # no prefix cache: the bare loop recomputes too
+            a = throughput(replace(ctx, prefix=None))  # no prefix cache: the bare loop recomputes too
             log(f"(g) prefix cache: linear-probe and freeze_layers = 2 trials, no / cold / warm cache, "
                 f"{cache_repeats} times ...")
             g = cache_trials(ctx, cache_repeats)
@@ -388,6 +482,12 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
             log(f"(c, g) three studies of {n_trials} trials (pruner none, median, median without the prefix cache) ...")
             st = study_runs(overrides, n_trials, tmp, device_name)
             tt = trial_times(store.default_tracking_uri(tmp), "bench-none")
+            # full: twice the default study's 12 trials, ~100 s of trials idle at (c)'s 14.5 trials/min, so a worker's
+            # start-up (~2 s idle) and last poll (1 s) weigh a few percent
+            n_w = 4 if quick else 2 * n_trials
+            log(f"(h) cores: studies of {n_w} trials with --workers 1, --workers 2, and --workers 1 next to a "
+                f"CPU-bound process, on 2 cores ...")
+            w = workers_runs(overrides, n_w, tmp, device_name)
             log("(f) MLflow-native records: dataset inputs, system metrics, model logging and registration ...")
             f = native_costs(ctx, a["trials"], st["none"]["wall"])
         finally:
@@ -398,7 +498,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
          "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": bench_report.device_line(device), "versions": tracking.versions(),
          "model": cfg.model.name, "n_train": len(ctx.data["train"][0]), "image_size": cfg.data.image_size,
          "batch_size": cfg.train.batch_size, "throughput": a, "mlflow": mlflow_share(a["trials"]), "study": st,
-         "suite": suite, "trial_times": tt, "native": f, "cache": g,
+         "suite": suite, "trial_times": tt, "workers": w, "native": f, "cache": g,
          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
          "rss_mb": psutil.Process().memory_info().rss / 2**20,
          "shift_lists": {"config": cfg.shifts.selection + cfg.shifts.test, "selection": cfg.shifts.selection,

@@ -50,6 +50,9 @@ class Study:
     tracking_uri: str = ""  # MLflow tracking URI; "" = sqlite:///mlruns/mlflow.db
     device: str = "auto"
     workers: int = 1
+    # torch CPU threads of each trial-running process; 0 = the cores this process may use divided among the workers
+    # (harness.study.thread_budget), as Ray Tune's CPUs per trial
+    threads_per_worker: int = 0
     timeout: float = 0.0  # seconds; 0 = no limit
     report: bool = True
     # the selected trial's model is logged (pytorch flavour) and registered under this name with alias champion;
@@ -372,6 +375,9 @@ def _check_study(cfg: Config) -> None:
     _positive("study.prune_warmup", s.prune_warmup, allow_zero=True)
     _choice("study.device", s.device, DEVICES)
     _positive("study.workers", s.workers)
+    if s.threads_per_worker < 0:
+        raise ConfigError("study.threads_per_worker", f"must be 0 (the cores divided among the workers) or a number "
+                          f"of threads >= 1, got {s.threads_per_worker}")
     _positive("study.timeout", s.timeout, allow_zero=True)
     if not 0 <= s.seed < 2**32:  # numpy's and the samplers' seed range
         raise ConfigError("study.seed", f"must be in 0..{2**32 - 1} (numpy's seed range), got {_short(s.seed)}")

@@ -37,10 +37,12 @@ class Context:
 
 
 def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_suite: bool = True,
-                 with_storage: bool = True, log=print) -> Context:
+                 with_storage: bool = True, log=print, memory_share: float = 1.0) -> Context:
     """Everything a worker needs, from the caches when they exist: the stores first (a dead tracking server or
     Optuna storage fails in seconds, before any training), then data, pretraining, shift suite and the MLflow
-    experiment and parent run (role "study" or "sustain"). `log` receives the pretraining's progress."""
+    experiment and parent run (role "study" or "sustain"). `log` receives the pretraining's progress.
+    `memory_share`: the fraction of the GPU's memory this process may allocate (packed workers, harness.study):
+    the data stays on the device only when it fits half of what is free of that share."""
     root, device = store.home(), train.pick_device(cfg.study.device)
     train.setup_device(device)
     torch.manual_seed(cfg.study.seed)
@@ -71,7 +73,11 @@ def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_su
 
     exp_id = tracking.experiment(client, cfg.study.name, root if uri.startswith(store.SQLITE) else None)
     parent_id, created = tracking.parent_run(client, exp_id, cfg.study.name, role=role)
-    return Context(cfg=cfg, device=device, data=datamod.to_device(data, device), data_cpu=data, suite=suite,
+    budget = 0.5  # data.to_device's default: half the free memory, the rest for model, activations, shift suite
+    if device.type == "cuda" and memory_share < 1.0:  # a packed worker: half of its own share at most
+        free, total = torch.cuda.mem_get_info(device)
+        budget *= min(1.0, memory_share * total / free)
+    return Context(cfg=cfg, device=device, data=datamod.to_device(data, device, budget), data_cpu=data, suite=suite,
                    pretrained=pre_state, weights_key=weights_key, n_groups=n_groups, client=client, uri=uri,
                    storage=storage, exp_id=exp_id, parent_id=parent_id, created=created, cache=cache, info=info,
                    prefix=prefix.Cache(budget=cfg.train.cache_mb * 2**20))
