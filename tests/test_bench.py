@@ -50,7 +50,7 @@ def test_quick_bench_writes_the_report(workdir):
                  "| create_run | 1 |", "| set_terminated | 1 |", "| (c) trials per minute, no pruning |",
                  "| (c) trials per minute, median pruning |", "| (d) shift-suite build, the config's 2 shifts (4 sets) |",
                  "| (d) shift-suite build, all 21 registered shifts (42 sets) |",
-                 "| (d) shift evaluation: eval_seconds / train_seconds of a trial (median of 7) |",
+                 "| (d) shift evaluation's share of a trial: eval_seconds / (train_seconds + eval_seconds), median of 7 |",
                  "| (e) peak RSS |", "- command: `python -m harness.bench --quick --device cpu`", "- device: cpu",
                  "| (f) dataset inputs (", "| (f) system metrics (every 10 s + one at the end) / trial wall time |",
                  "| (f) selected model: pytorch-flavour logging + registration, once a study", "## (f) MLflow-native",
