@@ -498,6 +498,22 @@ def _verify_provenance(page: str, t) -> set:
     return {r.cells[1].pos for r in rows} | {r.cells[0].pos for r in rows}
 
 
+
+def test_corruption_errors_are_finite_and_of_sensible_magnitude(truth):
+    """Against the tuned full FT reference (issue 11), every completed trial of the study logs a finite mce and
+    relative_mce; the reference's are exactly 1 and the others lie within a factor of 10 of it (the unconverged
+    linear probe as reference had made relative mCE 6-10 for every trial); each per-corruption ce agrees with its
+    pooled definition recomputed from the logged accuracies: sum of errors over sum of the reference's."""
+    t, ref = truth, truth.fam_best["full_ft"]
+    for r in t.done:
+        for key in ("mce", "relative_mce"):
+            assert math.isfinite(r["m"][key]) and 0.1 <= r["m"][key] <= 10, (r["number"], key, r["m"][key])
+        for name in t.test:
+            mine, theirs = r["shift_acc"][name], ref["shift_acc"][name]
+            want = sum(1 - a for a in mine.values()) / sum(1 - a for a in theirs.values())
+            assert r["m"][f"shift/{name}/ce"] == pytest.approx(want, rel=1e-9)
+    assert ref["m"]["mce"] == pytest.approx(1.0) and ref["m"]["relative_mce"] == pytest.approx(1.0)
+
 def _verify_fits(page: str, t) -> set:
     _, rows = _table(page, "fits")
     want = {"mean over held-out shifts": t.line}
