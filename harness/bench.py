@@ -404,7 +404,7 @@ def _span_per_minute(storage: str, name: str) -> tuple[int, float]:
 
 def workers_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) -> dict:
     """The default study (no pruning) as `python -m harness.study` processes on 2 cores (the first two this process
-    may use): --workers 1, --workers 2 (each with its thread budget, harness.study.thread_budget), and --workers 1
+    may use): --workers 1, --workers 2 (each with its thread budget, harness.cores.thread_budget), and --workers 1
     next to one competing CPU-bound process (a Python busy loop on the same 2 cores, started before the study and
     stopped after it). Each in a fresh study on the caches (c) built; trials per minute as in (c)."""
     two = set(sorted(os.sched_getaffinity(0))[:2])

@@ -51,7 +51,7 @@ class Study:
     device: str = "auto"
     workers: int = 1
     # torch CPU threads of each trial-running process; 0 = the cores this process may use divided among the workers
-    # (harness.study.thread_budget), as Ray Tune's CPUs per trial
+    # (harness.cores.thread_budget), as Ray Tune's CPUs per trial
     threads_per_worker: int = 0
     timeout: float = 0.0  # seconds; 0 = no limit
     report: bool = True

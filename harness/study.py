@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -15,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from harness import bookkeeping, config, context, data as datamod, models, schema, shifts, store, tracking, train
-from harness import champion, links, records, trial as trialmod, workers
+from harness import champion, cores, links, records, trial as trialmod, workers
 from harness.config import ConfigError
 
 
@@ -95,26 +94,10 @@ def preflight(cfg: config.Config) -> int:
         store.check_uris(cfg.study.storage, cfg.study.tracking_uri)
     except ValueError as e:
         raise ConfigError(*str(e).split(": ", 1)) from None
-    bound, why = max_workers()
+    bound, why = cores.max_workers()
     if cfg.study.workers > bound:
         raise ConfigError("study.workers", f"at most {bound} on this machine ({why}), got {cfg.study.workers}")
     return n_groups
-
-
-# A worker's resident memory: 1069-1124 MB after trials 2-29 of the default study (README "Measured"), so 1.2 GiB
-# each. Two workers a core: a worker waits on the stores (MLflow writes, sqlite locks) part of each trial, and
-# --workers 3 on 2 cores finishes the tests' study; beyond that workers only queue for the CPU.
-WORKER_BYTES, WORKERS_PER_CORE = int(1.2 * 2**30), 2
-
-
-def max_workers() -> tuple[int, str]:
-    """(the most --workers this machine holds, the bound in words): min(2 x CPU cores, available memory / 1.2 GiB)."""
-    import psutil
-
-    cores, free = os.cpu_count() or 1, psutil.virtual_memory().available
-    bound = max(1, min(WORKERS_PER_CORE * cores, free // WORKER_BYTES))
-    return bound, (f"min of {WORKERS_PER_CORE} per CPU core x {cores} cores and {free / 2**30:.1f} GiB available "
-                   f"memory / {WORKER_BYTES / 2**30:.1f} GiB per worker")
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -268,80 +251,14 @@ def _report(cfg: config.Config, uri: str, log) -> None:
 
 # ------------------------------------------------------------------------------------- cores, packing
 
-# OpenMP threads waiting at a barrier sleep (PASSIVE) instead of spinning (libgomp's default spins 300000 times
-# first): a spinning thread holds a core that another process, or its own sibling thread, needs. Measured on this
-# 2-core machine next to other engineers' jobs (load average 3-4), the bench's bare loop of the default study (6
-# epochs, 2 threads) took a median 20.3 s (2.0-37.6 s over 5 runs) with the default policy, 5.0 s (4.7-6.5) with
-# PASSIVE and 2.9 s with 1 thread; 1.5 s on an idle machine.
-WAIT_POLICY = "PASSIVE"
-# Packed trials on one GPU: each of N workers' caching allocators is capped at GPU_SHARE / N of the card's memory
-# (torch.cuda.set_per_process_memory_fraction); the rest holds the N + 1 CUDA contexts (~0.5 GB each), which the
-# allocator does not count. A trial that needs more than its share fails with CUDA's out-of-memory error (its reason
-# in Optuna and MLflow) and the study goes on.
-GPU_SHARE = 0.9
-
-
-def cores() -> int:
-    """The CPU cores this process may run on (its affinity mask: taskset, cpusets), else os.cpu_count()."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
-def thread_budget(cfg: config.Config) -> tuple[int, str]:
-    """(torch CPU threads of each worker, why in words): study.threads_per_worker when set, else the cores divided
-    among the workers (Ray Tune's CPUs per trial), at least 1. Two workers of 2 threads each on 2 cores ran 6 trials
-    in 125 s where one worker took 41 s (issue 13): threads beyond the cores only queue and spin."""
-    if cfg.study.threads_per_worker:
-        return cfg.study.threads_per_worker, "study.threads_per_worker"
-    n, w = cores(), cfg.study.workers
-    return max(1, n // w), f"{n} cores / {w} worker{'s' if w > 1 else ''}"
-
-
-def worker_env(threads: int) -> dict:
-    """The environment a spawned worker starts with. OpenMP and MKL read it once, when torch loads them, i.e. when
-    the worker's interpreter imports torch, before any code of ours runs there; so it goes into the environment the
-    process is started with, not into the worker's own code. An OMP_WAIT_POLICY already set by the user wins."""
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", WAIT_POLICY)}
-
-
-@contextlib.contextmanager
-def _environment(env: dict):
-    """os.environ with `env` set, for starting child processes (they copy it at start), restored afterwards."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def budget_line(cfg: config.Config) -> str:
-    """The thread budget (and GPU memory split) in words, for the launcher's log."""
-    (threads, why), w = thread_budget(cfg), cfg.study.workers
-    # one worker runs in this process, whose OpenMP read the environment when torch was imported
-    policy = worker_env(threads)["OMP_WAIT_POLICY"] if w > 1 else os.environ.get("OMP_WAIT_POLICY", "unset")
-    line = (f"{w} worker process{'es' if w > 1 else ''} x {threads} torch thread{'s' if threads > 1 else ''} "
-            f"({why}), OMP_WAIT_POLICY={policy}")
-    if w > 1 and train.pick_device(cfg.study.device).type == "cuda":
-        line += f", each capped at {GPU_SHARE / w:.2f} of the GPU's memory"
-    return line
-
-
 def _worker_main(cfg, n_groups, worker):
     """Entry point of a spawned worker process: its thread budget (OMP_NUM_THREADS and OMP_WAIT_POLICY came with its
-    environment, see worker_env) and GPU memory share, then the context from the caches, then trials."""
-    threads, why = thread_budget(cfg)
+    environment, see cores.worker_env) and GPU memory share, then the context from the caches, then trials."""
+    threads, why = cores.thread_budget(cfg)
     torch.set_num_threads(threads)
     device, share = train.pick_device(cfg.study.device), 1.0
     if device.type == "cuda":
-        share = GPU_SHARE / cfg.study.workers
+        share = cores.GPU_SHARE / cfg.study.workers
         torch.cuda.set_per_process_memory_fraction(share, device.index)  # None: the current device
     env = " ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY"))
     print(f"[w{worker}] pid {os.getpid()}: {torch.get_num_threads()} torch thread{'s' if threads > 1 else ''} ({why}), "
@@ -454,7 +371,7 @@ def _run_workers(cfg: config.Config, n_groups: int, log) -> list[str]:
 
     spawn = mp.get_context("spawn")  # fresh interpreters: no forked torch threads or sqlite handles
     procs = [spawn.Process(target=_worker_main, args=(cfg, n_groups, i)) for i in range(cfg.study.workers)]
-    with _environment(worker_env(thread_budget(cfg)[0])):
+    with cores.environment(cores.worker_env(cores.thread_budget(cfg)[0])):
         for p in procs:
             p.start()
     for p in procs:
@@ -483,7 +400,7 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     if n_dead or n_orphans:
         log(f"resume: {n_dead} trial(s) of dead workers failed and re-queued with the same params; "
             f"{n_orphans} orphan MLflow run(s) ended FAILED")
-    log(f"cores: {budget_line(cfg)}")
+    log(f"cores: {cores.budget_line(cfg)}")
     if cfg.study.workers > 1:
         ctx.data = ctx.suite = None  # the workers load their own: no idle copy on the GPU meanwhile
         if ctx.device.type == "cuda":
@@ -494,7 +411,7 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
         timed_out = bool(cfg.study.timeout) and time.perf_counter() - t0 > cfg.study.timeout
     else:
         before = torch.get_num_threads()
-        torch.set_num_threads(thread_budget(cfg)[0])
+        torch.set_num_threads(cores.thread_budget(cfg)[0])
         try:
             crashed, timed_out = [], workers.work(ctx, study, 0, log)["stopped"] == "timeout"
         finally:

@@ -21,7 +21,7 @@ def best_value(study: optuna.Study) -> float | None:
 @dataclasses.dataclass
 class Progress:
     """The progress line of a worker: trial, epoch, loss, val_acc, the best value so far and the worker's thread
-    budget (its torch CPU threads, harness.study.thread_budget). The storage is read once a trial (at its first
+    budget (its torch CPU threads, harness.cores.thread_budget). The storage is read once a trial (at its first
     epoch), not every epoch: each read is a query, ~10 ms on sqlite."""
     study: optuna.Study
     n_trials: int

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import config, study
+from harness import config, cores, study
 
 # every trial enqueued, so both studies run the same trials: four that learn, then (second invocation) a hopeless
 # one (lr 1e-7: chance accuracy) that the median pruner stops after its first epoch, next to LP-FT again (trial 6,
@@ -56,9 +56,9 @@ def test_thread_budget_divides_the_cores_unless_set(capsys):
     n = len(os.sched_getaffinity(0))
     for workers in (1, 2, 3):
         cfg = config.load(None, [], **{"study.workers": workers})
-        assert study.thread_budget(cfg) == (max(1, n // workers), f"{n} cores / {workers} worker{'s' * (workers > 1)}")
-    assert study.thread_budget(config.load(None, ["study.threads_per_worker=3"], **{"study.workers": 2}))[0] == 3
-    assert study.worker_env(3)["OMP_NUM_THREADS"] == "3"
+        assert cores.thread_budget(cfg) == (max(1, n // workers), f"{n} cores / {workers} worker{'s' * (workers > 1)}")
+    assert cores.thread_budget(config.load(None, ["study.threads_per_worker=3"], **{"study.workers": 2}))[0] == 3
+    assert cores.worker_env(3)["OMP_NUM_THREADS"] == "3"
     assert study.main(["--set", "study.threads_per_worker=-1"]) == 2
     assert "study.threads_per_worker: must be 0" in capsys.readouterr().err
 
