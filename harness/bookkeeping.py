@@ -33,6 +33,7 @@ def storage(url: str, client=None) -> optuna.storages.RDBStorage:
     """The RDB storage at `url` with heartbeats; a stale trial's MLflow run (through `client`) ends FAILED and its
     parameters are enqueued again. Raises ConnectionError naming the storage (never its password)."""
     if url.startswith("sqlite"):
+        store.quick_commits()
         # several local workers share one file: wait for the lock instead of failing (optuna FAQ, optuna#820)
         engine = {"connect_args": {"timeout": 60}}
     else:

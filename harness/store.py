@@ -256,6 +256,35 @@ def initialized(uri: str, make):
             time.sleep(INIT_BACKOFF_S * 2**attempt)
 
 
+def _sqlite_wal(dbapi_connection, _record) -> None:
+    """Every new sqlite connection of this process: write-ahead log, synced at checkpoints only. A trial commits
+    ~55 times (Optuna's params and per-epoch reports, MLflow's run, batches, inputs and tags); in the default
+    rollback journal each commit syncs the disk, 1 ms idle and 5 ms with the 2 cores busy, 0.28 s of a frozen-body
+    trial's 0.36 s fixed cost here (0.08 s with WAL). A killed process loses nothing (its commits are in the log);
+    a power cut may lose the last commits, never the database (sqlite.org/wal.html). WAL also lets readers (the
+    MLflow UI, the report) read while a worker writes. Other databases are left alone."""
+    import sqlite3
+
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")  # persistent in the file; a no-op once set
+            cursor.execute("PRAGMA synchronous=NORMAL")  # per connection
+        except sqlite3.OperationalError:  # locked by another process mid-transaction: its default stays, still safe
+            pass
+        finally:
+            cursor.close()
+
+
+def quick_commits() -> None:
+    """Register _sqlite_wal for every SQLAlchemy engine this process creates (MLflow's store and Optuna's storage
+    make their own); once, however often called."""
+    import sqlalchemy
+
+    if not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _sqlite_wal):
+        sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _sqlite_wal)
+
+
 class StoreNotFound(LookupError):
     """connect(..., existing=True) found no sqlite file: the reader's 'wrong path', not an empty new store."""
 
@@ -275,6 +304,7 @@ def connect(uri: str, existing: bool = False):
     if existing:
         return _client_class()(client_uri(uri))
     check_reachable(uri)
+    quick_commits()
 
     def make():
         client = _client_class()(client_uri(uri))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import gc
 import math
@@ -330,8 +331,17 @@ def log_trial(trial: optuna.Trial, ctx, run_id: str, final: dict, series: dict, 
 
 
 def _free(ctx) -> None:
-    # free this trial's model now: memory must not grow across trials (optuna#1224)
+    """Free this trial's model now (memory must not grow across trials, optuna#1224), then freeze what survives: the
+    context, stores and imported modules, ~630k objects here. A full collection scanned them all after every trial,
+    0.26 s of a frozen-body trial's 0.5 s (2 CPU cores); frozen, the next collections scan only the ~1k objects made
+    since. Frozen objects still die when their count drops to zero: only garbage cycles among them are never
+    collected, and what is alive after a full collection is the long-lived state that forms none."""
     gc.collect()
+    # unfreeze at exit, so that the last collection still finalizes them (else nanobind reports triton's objects as
+    # leaked); registered once (gc.get_freeze_count walks every frozen object: 50 ms)
+    atexit.unregister(gc.unfreeze)
+    atexit.register(gc.unfreeze)
+    gc.freeze()
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import optuna
 import pytest
 import torch
 
-from harness import config, study, trial
+from harness import config, context, study, trial
 
 from conftest import TINY
 
@@ -219,3 +222,25 @@ def test_surgical_cifar10_study_file_loads(tmp_path):
     cfg = config.load(path, [f"data.path={tmp_path}"])
     assert cfg.search.surgical_sweep and cfg.data.target_shift == ["gaussian_noise:5"]
     assert config.load(path, [f"data.path={tmp_path}", 'data.target_shift="rotate:3"']).data.target_shift == ["rotate:3"]
+
+
+def test_a_finished_trial_frees_its_model_even_in_a_reference_cycle(tiny_config):
+    """A trial's model is freed when objective returns, even when a reference cycle holds it (here made on purpose;
+    hooks and tracebacks make them): memory must not grow across trials (optuna#1224). The collection runs before
+    what survives is frozen (gc.freeze, so that later collections skip the long-lived context): frozen first, the
+    cycle would never be collected."""
+    cfg = config.load(tiny_config)
+    ctx = context.open_context(cfg, study.preflight(cfg), log=lambda *a: None)
+    s = study.open_study(cfg, ctx.storage, create=True)
+    refs = []
+
+    def on_complete(t, value, model, run_id):
+        model.cycle = [model]  # a plain attribute: model -> list -> model
+        refs.append(weakref.ref(model))
+
+    for _ in range(2):
+        s.enqueue_trial({"lr": 0.01, "freeze_layers": 1, "unfreeze_epoch": 1})
+        t = s.ask()
+        s.tell(t, trial.objective(t, ctx, None, on_complete))
+        assert refs[-1]() is None
+    assert gc.get_freeze_count() > 0
