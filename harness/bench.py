@@ -110,7 +110,8 @@ def time_client(client) -> dict:
     return spent
 
 
-def harness_trial(ctx: context.Context, spent: dict, n, keep_state: bool = False, params: dict = PARAMS) -> dict:
+def harness_trial(ctx: context.Context, spent: dict, n, keep_state: bool = False, params: dict = PARAMS,
+                  baseline: str = "") -> dict:
     """One trial through harness.trial.objective with PARAMS enqueued, in a study of its own (sqlite storage, the
     config's sampler and median pruner: with one trial it never prunes, so every measured trial runs whole; and the
     study's best-weights upload runs for every trial, the worst case). The progress line and best-weights upload
@@ -129,7 +130,7 @@ def harness_trial(ctx: context.Context, spent: dict, n, keep_state: bool = False
             out["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         save(trial, value, model, run_id)
 
-    study.enqueue_trial(params)
+    study.enqueue_trial(params, user_attrs={"baseline": baseline} if baseline else None)
     trial = study.ask()
     with contextlib.redirect_stdout(io.StringIO()):  # progress lines, as a non-tty study would print them
         progress = workers.Progress(study, cfg.study.n_trials, cfg.train.epochs, log=lambda *a: None)
@@ -268,28 +269,34 @@ def throughput(ctx: context.Context, pairs: int = PAIRS) -> dict:
 
 
 def cache_trials(ctx: context.Context, repeats: int) -> dict:
-    """(g) The prefix cache on single trials that never unfreeze: the linear probe (every group frozen) and
-    freeze_layers = 2, at PARAMS' lr. Each runs with no cache (cache_mb = 0), with a fresh cache (cold: the trial
-    computes its own prefix outputs, as the first trial of a study with that k does) and with a cache an earlier
-    trial filled (warm: what the study's later trials of that k read), the three back to back in an order that
-    rotates with the repeat, after one warm-up that fills the warm cache. Times: each trial's wall time through
-    harness.trial.objective (training, validation, the final evaluation of every shifted set, MLflow); speed-ups
-    are medians over the repeats of the paired ratios no cache / cache."""
+    """(g) What the caches save on single trials whose groups stay frozen: the linear-probe baseline (its head a
+    logistic regression, harness.probe), a frozen body whose head trains by SGD (every group frozen) and
+    freeze_layers = 2, the last two at PARAMS' lr. Each runs with no cache (train.cache_mb = 0 and, for the probe, an
+    empty cache folder: features and fit recomputed), with fresh caches (cold: the trial computes its own prefix
+    outputs, as the first trial of its k in a study does) and with caches an earlier trial filled (warm: what the
+    study's later trials of that k, and the probe's LP-FT trials, read), the three back to back in an order that
+    rotates with the repeat, after one warm-up that fills the warm caches. Times: each trial's wall time through
+    harness.trial.objective (training, validation, the final evaluation of every shifted set, MLflow); speed-ups are
+    medians over the repeats of the paired ratios no cache / cache."""
     budget, epochs = ctx.cfg.train.cache_mb * 2**20, ctx.cfg.train.epochs
     out = {}
-    for name, k in (("linear_probe", ctx.n_groups), ("freeze_2", 2)):
-        params = {"lr": PARAMS["lr"], "freeze_layers": k, "unfreeze_epoch": epochs}  # epochs = never
-        warm = prefix.Cache(budget=budget)
-        caches = {"off": lambda: None, "cold": lambda: prefix.Cache(budget=budget), "warm": lambda: warm}
-        harness_trial(replace(ctx, prefix=warm), {}, f"cache-{name}-warmup", params=params)
-        runs = {side: [] for side in caches}
+    kinds = (("linear_probe", "linear_probe", {"freeze_layers": ctx.n_groups, "unfreeze_epoch": epochs}),
+             ("frozen_body", "", {"lr": PARAMS["lr"], "freeze_layers": ctx.n_groups, "unfreeze_epoch": epochs}),
+             ("freeze_2", "", {"lr": PARAMS["lr"], "freeze_layers": 2, "unfreeze_epoch": epochs}))  # epochs = never
+    for name, baseline, params in kinds:
+        warm = replace(ctx, prefix=prefix.Cache(budget=budget), cache=Path(tempfile.mkdtemp(dir=ctx.cache)))
+        fresh = lambda cache: replace(ctx, prefix=cache, cache=Path(tempfile.mkdtemp(dir=ctx.cache)))  # noqa: E731
+        sides = {"off": lambda: fresh(None), "cold": lambda: fresh(prefix.Cache(budget=budget)), "warm": lambda: warm}
+        harness_trial(warm, {}, f"cache-{name}-warmup", params=params, baseline=baseline)
+        runs = {side: [] for side in sides}
         for r in range(repeats):
-            for side in list(caches)[r % 3:] + list(caches)[:r % 3]:
+            for side in list(sides)[r % 3:] + list(sides)[:r % 3]:
                 _sync(ctx.device)
-                runs[side].append(harness_trial(replace(ctx, prefix=caches[side]()), {}, f"cache-{name}-{side}-{r}",
-                                                params=params))
+                runs[side].append(harness_trial(sides[side](), {}, f"cache-{name}-{side}-{r}", params=params,
+                                                baseline=baseline))
         wall = {side: [t["wall"] for t in ts] for side, ts in runs.items()}
-        out[name] = {"params": params, "wall": wall, "repeats": repeats, "held_mb": warm.used / 2**20,
+        out[name] = {"params": params, "baseline": baseline, "wall": wall, "repeats": repeats,
+                     "held_mb": warm.prefix.used / 2**20,
                      "train": {side: [t["train_seconds"] for t in ts] for side, ts in runs.items()},
                      "eval": {side: [t["eval_seconds"] for t in ts] for side, ts in runs.items()},
                      **{side: statistics.median(o / c for o, c in zip(wall["off"], wall[side]))
@@ -388,8 +395,27 @@ def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) 
         span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
         out[key] = {"argv": argv, "wall": wall, "span": span, "finished": len(done),
                        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
-                       "per_minute": 60 * len(done) / span, "load": (load0, os.getloadavg()[0])}
+                       "per_minute": 60 * len(done) / span, "load": (load0, os.getloadavg()[0]),
+                       "seconds": [(t.datetime_complete - t.datetime_start).total_seconds() for t in done],
+                       "frozen": [_freezes(t) for t in done]}
     return out
+
+
+def cache_bound(off: dict) -> dict:
+    """(g)'s Amdahl bound from a no-cache study (study_runs' entry): the prefix cache removes work only in trials that
+    keep a group frozen, so the trials that freeze nothing keep their seconds whatever it does; the study cannot get
+    faster than its total trial seconds over theirs."""
+    unfrozen = sum(sec for sec, frozen in zip(off["seconds"], off["frozen"]) if not frozen)
+    return {"bound": sum(off["seconds"]) / unfrozen if unfrozen else math.inf,
+            "unfrozen_trials": off["frozen"].count(False), "trials": len(off["frozen"])}
+
+
+def _freezes(t) -> bool:
+    """Whether a trial keeps some group frozen for some epochs (what the prefix cache can serve): a prefix trial with
+    freeze_layers > 0, the linear probe (every group), a surgical or gradual trial (groups wait or stay frozen)."""
+    p = t.params
+    return (t.user_attrs.get("baseline") == "linear_probe" or p.get("freeze_layers", 0) > 0
+            or p.get("strategy", "prefix") != "prefix")
 
 
 def _span_per_minute(storage: str, name: str) -> tuple[int, float]:
@@ -499,6 +525,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
          "model": cfg.model.name, "n_train": len(ctx.data["train"][0]), "image_size": cfg.data.image_size,
          "batch_size": cfg.train.batch_size, "throughput": a, "mlflow": mlflow_share(a["trials"]), "study": st,
          "suite": suite, "trial_times": tt, "workers": w, "native": f, "cache": g,
+         "cache_bound": cache_bound(st["median-nocache"]),
          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
          "rss_mb": psutil.Process().memory_info().rss / 2**20,
          "shift_lists": {"config": cfg.shifts.selection + cfg.shifts.test, "selection": cfg.shifts.selection,

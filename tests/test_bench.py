@@ -3,6 +3,7 @@ asserts: DESIGN §10)."""
 
 from __future__ import annotations
 
+import optuna
 import pytest
 import torch
 
@@ -55,10 +56,13 @@ def test_quick_bench_writes_the_report(workdir):
                  "| (f) dataset inputs (", "| (f) system metrics (every 10 s + one at the end) / trial wall time |",
                  "| (f) selected model: pytorch-flavour logging + registration, once a study", "## (f) MLflow-native",
                  "torch 2.", "| (g) prefix cache: trials per minute of the default study (median pruning), with / "
-                 "without the cache |", "| (g) linear-probe trial (every group frozen for good): wall time without the "
-                 "cache / with a fresh one (median of 1 pairs) |", "| (g) same, with a cache an earlier linear probe "
-                 "filled |", "| (g) freeze_layers = 2 trial, never unfrozen:", "## (g) the frozen-prefix cache",
-                 "  - linear_probe {'lr': 0.05, 'freeze_layers': 4, 'unfreeze_epoch': 2}: off ",
+                 "without the cache |", "| (g) bound on that: no-cache study's trial seconds / those of its ",
+                 "| (g) linear-probe trial: wall time without caches / with warm ones (an earlier probe's prefix "
+                 "outputs, features and fit; median of 1 pairs) |", "| (g) same, with fresh caches (the study's first "
+                 "probe) |", "| (g) frozen body, head trained by SGD: without / with a fresh cache, with a filled one |",
+                 "| (g) freeze_layers = 2 trial, never unfrozen:", "## (g) the frozen-prefix cache",
+                 "  - linear_probe {'freeze_layers': 4, 'unfreeze_epoch': 2}: off ",
+                 "  - frozen_body {'lr': 0.05, 'freeze_layers': 4, 'unfreeze_epoch': 2}: off ",
                  "| (h) packed trials on 2 CPU cores: --workers 2 / --workers 1, and a study next to one "
                  "CPU-bound process | not printed: the --workers 1 study's trials span ",
                  "- --workers 2: 4 finished in ", "budget: 2 worker processes x 1 torch thread (2 cores / 2 workers), "
@@ -66,6 +70,24 @@ def test_quick_bench_writes_the_report(workdir):
         assert line in text, line
     # every target judged, but (a) and (h), whose ratios cannot be trusted at --quick's scale
     assert text.count(" | ok |") + text.count(" | MISSED |") == 8 and text.count(" | not judged |") == 2
+
+
+def test_cache_bound_counts_only_trials_that_freeze_nothing():
+    """(g)'s Amdahl bound splits trials by whether some group stays frozen (full FT and LP-FT, freeze_layers 0, never
+    do; the linear probe, any freeze_layers > 0, surgical and gradual trials do) and divides all trial seconds by
+    those of the trials that freeze nothing."""
+    make = lambda params, attrs=None: optuna.trial.create_trial(  # noqa: E731
+        params=params, distributions={k: optuna.distributions.FloatDistribution(0, 10) for k in params if k != "strategy"}
+        | ({"strategy": optuna.distributions.CategoricalDistribution(["prefix", "surgical"])}
+           if "strategy" in params else {}), user_attrs=attrs or {}, value=0.0)
+    assert not bench._freezes(make({"lr": 0.1, "freeze_layers": 0}, {"baseline": "full_ft"}))
+    assert not bench._freezes(make({"lr": 0.1, "freeze_layers": 0, "unfreeze_epoch": 0}, {"baseline": "lp_ft"}))
+    assert bench._freezes(make({"freeze_layers": 4, "unfreeze_epoch": 6}, {"baseline": "linear_probe"}))
+    assert bench._freezes(make({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 1}))
+    assert bench._freezes(make({"lr": 0.1, "strategy": "surgical", "tune_group": 1}))
+    # 60 trial seconds, 10 + 30 of them in trials that freeze nothing: at most 60 / 40 = 1.5x
+    assert bench.cache_bound({"seconds": [10.0, 20.0, 30.0], "frozen": [False, True, False]}) == \
+        {"bound": 1.5, "unfrozen_trials": 2, "trials": 3}
 
 
 def _pairs(harness, bare, load=(1.0, 1.0)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -80,13 +82,21 @@ def test_linear_probe_head_is_sklearn_on_the_cached_features(ctx):
     run = ctx.client.get_run(ctx.client.search_runs([ctx.exp_id], "tags.`harness.role` = 'trial'")[0].info.run_id)
     assert float(run.data.params["probe_c"]) == c
 
+    # the fit is cached too: a second probe neither recomputes features nor refits, and reads back the same probe
+    first = probe.fit(feats["train"], ytr, feats["val"], yval)
+
     def no_pass(*a, **k):
-        raise AssertionError("features recomputed despite the cache")
+        raise AssertionError("features recomputed or probe refitted despite the cache")
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(probe, "features", no_pass)
+        mp.setattr(probe, "fit", no_pass)
         again = probe.fitted(ctx, model, groups)
-    torch.testing.assert_close(again.weight, groups["head"].weight.detach())
+    assert torch.equal(again.weight, groups["head"].weight.detach()) and torch.equal(again.bias, first.bias)
+    assert dataclasses.asdict(again).keys() == dataclasses.asdict(first).keys()
+    assert (again.c, again.val_acc_by_c, again.train_loss, again.val_acc, again.val_loss) == \
+        (first.c, first.val_acc_by_c, first.train_loss, first.val_acc, first.val_loss)
+    assert len(list(ctx.cache.glob("probe-fit-*.safetensors"))) == 1
 
 
 def test_lp_ft_starts_from_exactly_the_probe_head(ctx, monkeypatch):
