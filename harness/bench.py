@@ -405,16 +405,36 @@ def _span_per_minute(storage: str, name: str) -> tuple[int, float]:
     return len(done), 60 * len(done) / span
 
 
-def workers_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) -> dict:
+WORKERS_RUNS = (("workers1", 1, False), ("workers2", 2, False), ("rival", 1, True))
+# --quick: no plain --workers 1 study. Its only use is as the denominator of (h)'s two ratios, which --quick's
+# studies (seconds of trials) can never support (MIN_STUDY_SECONDS); --workers 2 and the study next to a CPU-bound
+# process still run, each through its own code path.
+QUICK_WORKERS_RUNS = WORKERS_RUNS[1:]
+
+
+def workers_trust(w: dict) -> str | None:
+    """Why (h)'s ratios cannot be trusted, or None when they can: no plain --workers 1 study (--quick), or one whose
+    trials span under MIN_STUDY_SECONDS."""
+    if "workers1" not in w:
+        return (f"--quick runs no plain --workers 1 study: its studies span seconds, where worker start-up and "
+                f"polling decide the ratios (they need {MIN_STUDY_SECONDS:.0f} s); run the full benchmark")
+    span = 60 * w["workers1"]["finished"] / w["workers1"]["per_minute"]
+    return (f"the --workers 1 study's trials span {span:.0f} s, under {MIN_STUDY_SECONDS:.0f} s: worker start-up "
+            f"and polling decide the ratios at this scale; run the full benchmark" if span < MIN_STUDY_SECONDS
+            else None)
+
+
+def workers_runs(overrides: list[str], n_trials: int, workdir: Path, device: str, runs=WORKERS_RUNS) -> dict:
     """The default study (no pruning) as `python -m harness.study` processes on 2 cores (the first two this process
     may use): --workers 1, --workers 2 (each with its thread budget, harness.cores.thread_budget), and --workers 1
     next to one competing CPU-bound process (a Python busy loop on the same 2 cores, started before the study and
-    stopped after it). Each in a fresh study on the caches (c) built; trials per minute as in (c)."""
+    stopped after it); `runs` picks which (QUICK_WORKERS_RUNS: no plain --workers 1). Each in a fresh study on the
+    caches (c) built; trials per minute as in (c)."""
     two = set(sorted(os.sched_getaffinity(0))[:2])
     pin = lambda: os.sched_setaffinity(0, two)  # noqa: E731 - in the child, before it execs
     storage = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
     out = {"cores": sorted(two)}
-    for key, workers, rival in (("workers1", 1, False), ("workers2", 2, False), ("rival", 1, True)):
+    for key, workers, rival in runs:
         name = f"bench-{key}"
         argv = ["--study-name", name, "--n-trials", str(n_trials), "--no-report", "--device", device,
                 "--workers", str(workers), "--set", 'study.pruner="none"', "--set", "study.replicates=1"] + \
@@ -435,12 +455,10 @@ def workers_runs(overrides: list[str], n_trials: int, workdir: Path, device: str
         budget = next((line for line in done.stdout.splitlines() if line.startswith("cores: ")), "cores: ?")[7:]
         out[key] = {"argv": argv, "wall": wall, "finished": finished, "per_minute": per_minute, "budget": budget,
                     "load": (load0, os.getloadavg()[0])}
-    out["gain"] = out["workers2"]["per_minute"] / out["workers1"]["per_minute"]
-    out["slowdown"] = out["workers1"]["per_minute"] / out["rival"]["per_minute"]
-    span = 60 * out["workers1"]["finished"] / out["workers1"]["per_minute"]
-    out["untrusted"] = (f"the --workers 1 study's trials span {span:.0f} s, under {MIN_STUDY_SECONDS:.0f} s: worker "
-                        f"start-up and polling decide the ratios at this scale; run the full benchmark"
-                        if span < MIN_STUDY_SECONDS else None)
+    if "workers1" in out:
+        out["gain"] = out["workers2"]["per_minute"] / out["workers1"]["per_minute"]
+        out["slowdown"] = out["workers1"]["per_minute"] / out["rival"]["per_minute"]
+    out["untrusted"] = workers_trust(out)
     return out
 
 
@@ -489,11 +507,11 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
             # full: twice the default study's 12 trials, ~100 s of trials idle at (c)'s 14.5 trials/min, so a worker's
             # start-up (~2 s idle) and last poll (1 s) weigh a few percent
             # --quick: 2 trials a study, one for each worker of --workers 2 (its ratios are never printed at this
-            # scale, see MIN_STUDY_SECONDS; the three studies still run, each through its own code path)
+            # scale, see MIN_STUDY_SECONDS), and no plain --workers 1 study (QUICK_WORKERS_RUNS)
             n_w = 2 if quick else 2 * n_trials
-            log(f"(h) cores: studies of {n_w} trials with --workers 1, --workers 2, and --workers 1 next to a "
-                f"CPU-bound process, on 2 cores ...")
-            w = workers_runs(overrides, n_w, tmp, device_name)
+            log(f"(h) cores: studies of {n_w} trials with " + ("" if quick else "--workers 1, ") + "--workers 2, and "
+                "--workers 1 next to a CPU-bound process, on 2 cores ...")
+            w = workers_runs(overrides, n_w, tmp, device_name, QUICK_WORKERS_RUNS if quick else WORKERS_RUNS)
             log("(f) MLflow-native records: dataset inputs, system metrics, model logging and registration ...")
             f = native_costs(ctx, a["trials"], st["none"]["wall"])
         finally:
