@@ -88,6 +88,8 @@ def test_ui_and_bench_run_as_subprocesses(workdir):
     assert list(out) == list(heavy)
     for module, (code, stdout, stderr) in out.items():
         assert code == 0 and f"python -m harness.{module}" in stdout, (module, code, stderr[-2000:])
+    # the sustain command's description comes from its module docstring (was tests/test_sustain_cli.py's own subprocess)
+    assert "replay a drifting data stream under re-fine-tuning policies" in out["sustain"][1]
     done = _cli("ui", cwd=workdir, timeout=120)
     assert done.returncode == 2 and "--tracking-uri" in done.stderr and "no MLflow store" in done.stderr
 
