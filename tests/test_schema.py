@@ -95,17 +95,19 @@ def test_ui_and_bench_run_as_subprocesses(workdir):
 
 
 @pytest.mark.slow
-def test_strategies_target_domain_and_files_write_only_declared_names(tiny_config, workdir):
+def test_strategies_target_domain_and_files_write_only_declared_names(tiny_config, workdir, capsys):
     """A study searching surgical and gradual fine-tuning on a shifted target domain, with a CIFAR-10-C-layout
-    folder as extra test shifts: the strategy params, the clean OOD set and the c10c.* sets are all declared names."""
+    folder as extra test shifts: the strategy params, the clean OOD set and the c10c.* sets are all declared names.
+    Run in this process (harness.study.main): the entry point as a subprocess is the test above's."""
+    from harness import study
+
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from test_suite import write_c10c
 
     write_c10c(workdir / "c10c", per=10)
-    done = _cli("study", "--config", str(tiny_config), "--no-report", "--n-trials", "5",
-                "--set", 'search.strategy=["surgical", "gradual"]', "--set", 'data.target_shift="impulse_noise:5"',
-                "--set", 'shifts.files="c10c"', cwd=workdir)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "5",
+                       "--set", 'search.strategy=["surgical", "gradual"]', "--set", 'data.target_shift="impulse_noise:5"',
+                       "--set", 'shifts.files="c10c"']) == 0, capsys.readouterr().err[-3000:]
     client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
@@ -114,5 +116,7 @@ def test_strategies_target_domain_and_files_write_only_declared_names(tiny_confi
     written = {k for r in runs for k in r.data.metrics}
     assert {"shift/clean/acc", "ood_acc/clean", "shift/c10c.frost/acc", "shift/c10c.frost/ce"} <= written
     assert undeclared(client, exp.experiment_id) == {"metric": set(), "param": set(), "tag": set()}
-    bad = _cli("study", "--config", str(tiny_config), "--set", 'data.target_shift="gaussian_noise:5"', cwd=workdir)
-    assert bad.returncode == 2 and "data.target_shift" in bad.stderr and "cannot also be a test shift" in bad.stderr
+    capsys.readouterr()
+    assert study.main(["--config", str(tiny_config), "--set", 'data.target_shift="gaussian_noise:5"']) == 2
+    err = capsys.readouterr().err
+    assert "data.target_shift" in err and "cannot also be a test shift" in err
