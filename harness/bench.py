@@ -59,6 +59,9 @@ TARGETS = {"ratio": 0.97, "mlflow_share": 0.02, "suite_seconds": 30.0, "eval_sha
 # machine they spanned 0.85-1.06 around 1.004 (README), next to other jobs 0.94-1.26 around 1.0, where a 0.97 target
 # cannot be judged.
 PAIRS, MIN_SIDE_SECONDS, MAX_SPREAD = 7, 1.0, 0.15
+# --quick's pairs: its sides never reach MIN_SIDE_SECONDS, so its ratio is never printed; 3 pairs still interleave
+# (each side goes first at least once) and feed (b) and (d) with 3 trials
+QUICK_PAIRS = 3
 # (h)'s ratios are judged only on studies whose trials span MIN_STUDY_SECONDS: a worker's start (imports, context
 # from the caches: 5-20 s here) and its 1 s poll while the last trials finish are fixed costs, which decide the
 # ratio of --quick's 5 s studies (their --workers 2 ran at 0.28x of --workers 1, load 6-8)
@@ -428,16 +431,36 @@ def _span_per_minute(storage: str, name: str) -> tuple[int, float]:
     return len(done), 60 * len(done) / span
 
 
-def workers_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) -> dict:
+WORKERS_RUNS = (("workers1", 1, False), ("workers2", 2, False), ("rival", 1, True))
+# --quick: no plain --workers 1 study. Its only use is as the denominator of (h)'s two ratios, which --quick's
+# studies (seconds of trials) can never support (MIN_STUDY_SECONDS); --workers 2 and the study next to a CPU-bound
+# process still run, each through its own code path.
+QUICK_WORKERS_RUNS = WORKERS_RUNS[1:]
+
+
+def workers_trust(w: dict) -> str | None:
+    """Why (h)'s ratios cannot be trusted, or None when they can: no plain --workers 1 study (--quick), or one whose
+    trials span under MIN_STUDY_SECONDS."""
+    if "workers1" not in w:
+        return (f"--quick runs no plain --workers 1 study: its studies span seconds, where worker start-up and "
+                f"polling decide the ratios (they need {MIN_STUDY_SECONDS:.0f} s); run the full benchmark")
+    span = 60 * w["workers1"]["finished"] / w["workers1"]["per_minute"]
+    return (f"the --workers 1 study's trials span {span:.0f} s, under {MIN_STUDY_SECONDS:.0f} s: worker start-up "
+            f"and polling decide the ratios at this scale; run the full benchmark" if span < MIN_STUDY_SECONDS
+            else None)
+
+
+def workers_runs(overrides: list[str], n_trials: int, workdir: Path, device: str, runs=WORKERS_RUNS) -> dict:
     """The default study (no pruning) as `python -m harness.study` processes on 2 cores (the first two this process
     may use): --workers 1, --workers 2 (each with its thread budget, harness.cores.thread_budget), and --workers 1
     next to one competing CPU-bound process (a Python busy loop on the same 2 cores, started before the study and
-    stopped after it). Each in a fresh study on the caches (c) built; trials per minute as in (c)."""
+    stopped after it); `runs` picks which (QUICK_WORKERS_RUNS: no plain --workers 1). Each in a fresh study on the
+    caches (c) built; trials per minute as in (c)."""
     two = set(sorted(os.sched_getaffinity(0))[:2])
     pin = lambda: os.sched_setaffinity(0, two)  # noqa: E731 - in the child, before it execs
     storage = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
     out = {"cores": sorted(two)}
-    for key, workers, rival in (("workers1", 1, False), ("workers2", 2, False), ("rival", 1, True)):
+    for key, workers, rival in runs:
         name = f"bench-{key}"
         argv = ["--study-name", name, "--n-trials", str(n_trials), "--no-report", "--device", device,
                 "--workers", str(workers), "--set", 'study.pruner="none"', "--set", "study.replicates=1"] + \
@@ -458,12 +481,10 @@ def workers_runs(overrides: list[str], n_trials: int, workdir: Path, device: str
         budget = next((line for line in done.stdout.splitlines() if line.startswith("cores: ")), "cores: ?")[7:]
         out[key] = {"argv": argv, "wall": wall, "finished": finished, "per_minute": per_minute, "budget": budget,
                     "load": (load0, os.getloadavg()[0])}
-    out["gain"] = out["workers2"]["per_minute"] / out["workers1"]["per_minute"]
-    out["slowdown"] = out["workers1"]["per_minute"] / out["rival"]["per_minute"]
-    span = 60 * out["workers1"]["finished"] / out["workers1"]["per_minute"]
-    out["untrusted"] = (f"the --workers 1 study's trials span {span:.0f} s, under {MIN_STUDY_SECONDS:.0f} s: worker "
-                        f"start-up and polling decide the ratios at this scale; run the full benchmark"
-                        if span < MIN_STUDY_SECONDS else None)
+    if "workers1" in out:
+        out["gain"] = out["workers2"]["per_minute"] / out["workers1"]["per_minute"]
+        out["slowdown"] = out["workers1"]["per_minute"] / out["rival"]["per_minute"]
+    out["untrusted"] = workers_trust(out)
     return out
 
 
@@ -490,6 +511,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
     cfg = config.load(None, overrides, **{"study.name": "bench-trial", "study.device": device_name})
     n_trials = 2 if quick else cfg.study.n_trials  # (c): the default study's 16 trials
     cache_repeats = 1 if quick else 5
+    pairs = QUICK_PAIRS if quick else PAIRS
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
         tmp = Path(tmp)
@@ -497,9 +519,9 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
         try:
             log("setup: data, pretrained weights, shift suite, MLflow store (harness.context.open_context) ...")
             ctx = trial_context(cfg)
-            log(f"(a, b) throughput: {PAIRS} pairs of a real trial and a bare loop, interleaved, "
+            log(f"(a, b) throughput: {pairs} pairs of a real trial and a bare loop, interleaved, "
                 f"{cfg.train.epochs} epochs each ...")
-            a = throughput(replace(ctx, prefix=None))  # no prefix cache: the bare loop recomputes too
+            a = throughput(replace(ctx, prefix=None), pairs)  # no prefix cache: the bare loop recomputes too
             log(f"(g) prefix cache: linear-probe and freeze_layers = 2 trials, no / cold / warm cache, "
                 f"{cache_repeats} times ...")
             g = cache_trials(ctx, cache_repeats)
@@ -510,10 +532,12 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
             tt = trial_times(store.default_tracking_uri(tmp), "bench-none")
             # full: twice the default study's 12 trials, ~100 s of trials idle at (c)'s 14.5 trials/min, so a worker's
             # start-up (~2 s idle) and last poll (1 s) weigh a few percent
-            n_w = 4 if quick else 2 * n_trials
-            log(f"(h) cores: studies of {n_w} trials with --workers 1, --workers 2, and --workers 1 next to a "
-                f"CPU-bound process, on 2 cores ...")
-            w = workers_runs(overrides, n_w, tmp, device_name)
+            # --quick: 2 trials a study, one for each worker of --workers 2 (its ratios are never printed at this
+            # scale, see MIN_STUDY_SECONDS), and no plain --workers 1 study (QUICK_WORKERS_RUNS)
+            n_w = 2 if quick else 2 * n_trials
+            log(f"(h) cores: studies of {n_w} trials with " + ("" if quick else "--workers 1, ") + "--workers 2, and "
+                "--workers 1 next to a CPU-bound process, on 2 cores ...")
+            w = workers_runs(overrides, n_w, tmp, device_name, QUICK_WORKERS_RUNS if quick else WORKERS_RUNS)
             log("(f) MLflow-native records: dataset inputs, system metrics, model logging and registration ...")
             f = native_costs(ctx, a["trials"], st["none"]["wall"])
         finally:

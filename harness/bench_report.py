@@ -119,11 +119,11 @@ def _row_a(a: dict, targets: dict) -> str:
 
 def _table_h(r: dict) -> list[str]:
     w, targets = r["workers"], r["targets"]
-    one, two, rival = w["workers1"], w["workers2"], w["rival"]
     if w["untrusted"]:
         return [f"| (h) packed trials on 2 CPU cores: --workers 2 / --workers 1, and a study next to one CPU-bound "
                 f"process | not printed: {w['untrusted']} | >= {targets['workers_gain']:.1f}x, <= "
                 f"{targets['rival_slowdown']:.0f}x | not judged |"]
+    one, two, rival = w["workers1"], w["workers2"], w["rival"]
     return [
         f"| (h) packed trials: trials per minute on 2 CPU cores, --workers 1 / --workers 2 "
         f"({two['budget'].split(' (')[0]}) | "
@@ -144,6 +144,8 @@ def _section_h(r: dict) -> list[str]:
              "on the same 2 cores, started before the study and stopped after it.", ""]
     for key, what in (("workers1", "--workers 1"), ("workers2", "--workers 2"),
                       ("rival", "--workers 1 next to a CPU-bound process")):
+        if key not in w:  # --quick runs no plain --workers 1 study
+            continue
         v = w[key]
         lines.append(f"- {what}: {v['finished']} finished in {60 * v['finished'] / v['per_minute']:.1f} s of trials -> "
                      f"{v['per_minute']:.2f} trials/min; whole command {v['wall']:.1f} s; budget: {v['budget']}; load "

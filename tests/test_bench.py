@@ -44,14 +44,14 @@ def test_quick_bench_writes_the_report(workdir):
     for each target; no figure is asserted (timings belong to the benchmark, not to tests)."""
     assert bench.main(["--quick", "--device", "cpu"]) == 0
     text = (workdir / "reports" / "bench.md").read_text()
-    for line in ("| (a) trial training / bare loop, throughput: median of 7 interleaved pairs (range) | not printed: "
+    for line in ("| (a) trial training / bare loop, throughput: median of 3 interleaved pairs (range) | not printed: "
                  "a side lasts ", "- ratio trial / bare: not printed: a side lasts ",
                  "| (b) MLflow logging the trial waits for / trial wall time |",
                  "| (b) same, on the logging thread (overlaps training; its CPU share is inside (a)) |",
                  "| create_run | 1 |", "| set_terminated | 1 |", "| (c) trials per minute, no pruning |",
                  "| (c) trials per minute, median pruning |", "| (d) shift-suite build, the config's 2 shifts (4 sets) |",
                  "| (d) shift-suite build, all 21 registered shifts (42 sets) |",
-                 "| (d) shift evaluation's share of a trial: eval_seconds / (train_seconds + eval_seconds), median of 7 |",
+                 "| (d) shift evaluation's share of a trial: eval_seconds / (train_seconds + eval_seconds), median of 3 |",
                  "| (e) peak RSS |", "- command: `python -m harness.bench --quick --device cpu`", "- device: cpu",
                  "| (f) dataset inputs (", "| (f) system metrics (every 10 s + one at the end) / trial wall time |",
                  "| (f) selected model: pytorch-flavour logging + registration, once a study", "## (f) MLflow-native",
@@ -64,10 +64,11 @@ def test_quick_bench_writes_the_report(workdir):
                  "  - linear_probe {'freeze_layers': 4, 'unfreeze_epoch': 2}: off ",
                  "  - frozen_body {'lr': 0.05, 'freeze_layers': 4, 'unfreeze_epoch': 2}: off ",
                  "| (h) packed trials on 2 CPU cores: --workers 2 / --workers 1, and a study next to one "
-                 "CPU-bound process | not printed: the --workers 1 study's trials span ",
-                 "- --workers 2: 4 finished in ", "budget: 2 worker processes x 1 torch thread (2 cores / 2 workers), "
-                 "OMP_WAIT_POLICY=PASSIVE", "- --workers 1 next to a CPU-bound process: 4 finished in "):
+                 "CPU-bound process | not printed: --quick runs no plain --workers 1 study: ",
+                 "- --workers 2: 2 finished in ", "budget: 2 worker processes x 1 torch thread (2 cores / 2 workers), "
+                 "OMP_WAIT_POLICY=PASSIVE", "- --workers 1 next to a CPU-bound process: 2 finished in "):
         assert line in text, line
+    assert "- --workers 1: " not in text  # (h)'s plain --workers 1 study is the full benchmark's only
     # every target judged, but (a) and (h), whose ratios cannot be trusted at --quick's scale
     assert text.count(" | ok |") + text.count(" | MISSED |") == 8 and text.count(" | not judged |") == 2
 
@@ -109,6 +110,17 @@ def test_ratio_is_printed_only_where_it_can_be_trusted():
     busy = _pairs([14.170, 11.644, 18.405, 11.166, 10.608, 14.427, 12.0],
                   [14.684, 11.073, 17.377, 19.581, 13.393, 13.159, 12.0], (4.8, 5.2))
     assert bench.ratio_trust(busy).startswith("the pairs disagree: their middle spans 0.94-1.26 around 1.00")
+
+
+def test_workers_ratios_are_printed_only_where_they_can_be_trusted():
+    """(h)'s ratios: trusted when the plain --workers 1 study's trials span >= MIN_STUDY_SECONDS; a shorter span is
+    refused with the reason, and so is a run without that study (--quick)."""
+    study = lambda finished, per_minute: {"finished": finished, "per_minute": per_minute}  # noqa: E731
+    assert bench.workers_trust({"workers1": study(32, 15.0)}) is None  # 128 s of trials
+    assert bench.workers_trust({"workers1": study(4, 60.0)}).startswith(
+        "the --workers 1 study's trials span 4 s, under 60 s")
+    assert bench.workers_trust({"workers2": study(2, 20.0), "rival": study(2, 30.0)}).startswith(
+        "--quick runs no plain --workers 1 study")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

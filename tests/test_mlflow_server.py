@@ -28,10 +28,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
-    """`mlflow server` of this venv on 127.0.0.1:<free port>, sqlite backend and proxied artifacts in tmp_path; waits
-    for /health (at most STARTUP_S) and always stops it, with its worker, at the end."""
+@pytest.fixture(scope="module")
+def server_dir(tmp_path_factory):
+    """Where the module's MLflow server keeps its sqlite database and proxied artifacts."""
+    return tmp_path_factory.mktemp("mlflow-server")
+
+
+@pytest.fixture(scope="module")
+def server(server_dir):
+    """`mlflow server` of this venv on 127.0.0.1:<free port>, sqlite backend and proxied artifacts in server_dir,
+    started once for the module (its tests use experiments of their own); waits for /health (at most STARTUP_S) and
+    always stops it, with its worker, at the end."""
+    tmp_path = server_dir
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
     mlflow = Path(sys.executable).with_name("mlflow")
@@ -75,11 +83,19 @@ def _study_over_http(server, tiny_config, workdir, capsys):
     return out, client, exp, client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
 
 
-def test_study_and_report_over_http(server, tiny_config, workdir, capsys):
-    """harness.study with --tracking-uri http://127.0.0.1:PORT: exit 0; through the server's API there is the
-    experiment, the parent run (tags, config artifact), one child run per trial with its per-epoch and final metrics,
-    and the report (report/index.html, report/report.json) logged on the parent run by the study's end; the
-    downloaded report equals the file written under reports/."""
+def test_study_report_and_native_records_over_http(server, tiny_config, workdir, capsys):
+    """harness.study with --tracking-uri http://127.0.0.1:PORT (one study, both checks on it): exit 0; through the
+    server's API there is the experiment, the parent run (tags, config artifact), one child run per trial with its
+    per-epoch and final metrics, and the report (report/index.html, report/report.json) logged on the parent run by
+    the study's end; the downloaded report equals the file written under reports/.
+    MLflow-native records: the study's end registers the selected trial's model, which loads through
+    models:/tiny@champion from the server and predicts the test images with the accuracy the trial logged; the trial
+    run holds its dataset inputs and system metrics; the report links each trial to its page in the server's UI."""
+    import mlflow
+    import torch
+
+    from harness import config, data as datamod
+
     out, client, exp, parent = _study_over_http(server, tiny_config, workdir, capsys)
     assert parent.info.run_name == "tiny" and parent.data.tags["harness.shifts.test"] == "gaussian_noise,contrast"
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -97,6 +113,26 @@ def test_study_and_report_over_http(server, tiny_config, workdir, capsys):
     assert results.artifact(client, parent.info.run_id, "report/report.json") is not None
     assert child.info.run_id in logged  # the leaderboard row of the trial, read back through the server
 
+    # the MLflow-native records (the former test_mlflow_native_records_over_http, on the same study)
+    child = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")[0]
+    assert client.get_model_version_by_alias("tiny", "champion").run_id == child.info.run_id
+    names = {d.dataset.name for d in client.get_run(child.info.run_id).inputs.dataset_inputs}
+    assert {"digits/train", "digits/val", "digits/test", "digits/test/contrast/s3"} <= names
+    assert "system/cpu_utilization_percentage" in child.data.metrics
+    assert f"{server}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out  # the summary's URL
+    page = results.artifact(client, parent.info.run_id, "report/index.html").decode()
+    assert (f'<a class="run" href="{server}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}'
+            f'?workflowType=machine_learning"') in page
+
+    cfg = config.load(tiny_config)
+    x, y = datamod.load(cfg.data, cfg.study.seed, workdir / "mlruns" / "cache")["test"]
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(server)
+    try:
+        logits = torch.as_tensor(mlflow.pyfunc.load_model("models:/tiny@champion").predict(x.numpy()))
+    finally:
+        mlflow.set_tracking_uri(old)
+    assert (logits.argmax(1) == y).double().mean().item() == pytest.approx(child.data.metrics["id_acc"], abs=1e-9)
 
 SECRET = "S3cretPW-http"
 
@@ -160,7 +196,7 @@ def _secrets_in_files(root: Path, secrets: list[str]) -> list[str]:
     return [f"{p}: {s}" for p in root.rglob("*") if p.is_file() for s in secrets if s.encode() in p.read_bytes()]
 
 
-def test_passwords_reach_no_output_file_or_artifact(auth_proxy, tiny_config, workdir, capfd, monkeypatch):
+def test_passwords_reach_no_output_file_or_artifact(auth_proxy, server_dir, tiny_config, workdir, capfd, monkeypatch):
     """Issue 15: a real study (report included) with a password in --tracking-uri (an MLflow server behind basic
     auth) and in --storage (PostgreSQL, when there): the password is in no console line, no file under the working
     directory (MLflow server database and artifacts, Optuna sqlite or PostgreSQL rows, report HTML and JSON, caches),
@@ -199,7 +235,8 @@ def test_passwords_reach_no_output_file_or_artifact(auth_proxy, tiny_config, wor
 
     expected = "Basic " + base64.b64encode(f"harness:{SECRET}".encode()).decode()
     assert len(seen) > 20 and set(seen) == {expected}  # every request of the study and the report carried it
-    assert not _secrets_in_files(workdir, secrets)  # mlruns/ (caches), reports/, the server's db and artifacts (tmp)
+    assert not _secrets_in_files(workdir, secrets)  # mlruns/ (caches), reports/
+    assert not _secrets_in_files(server_dir, secrets)  # the server's db and artifacts
     assert (workdir / "reports" / name / "index.html").is_file()
 
     import mlflow
@@ -230,34 +267,3 @@ def test_passwords_reach_no_output_file_or_artifact(auth_proxy, tiny_config, wor
             rows = str(conn.execute(sqlalchemy.text(f'SELECT * FROM "{table}"')).fetchall())
             assert not [s for s in secrets if s in rows], table
     engine.dispose()
-
-
-def test_mlflow_native_records_over_http(server, tiny_config, workdir, capsys):
-    """Through a real tracking server: the study's end registers the selected trial's model, which loads through
-    models:/tiny@champion from the server and predicts the test images with the accuracy the trial logged; the trial
-    run holds its dataset inputs and system metrics; the report links each trial to its page in the server's UI."""
-    import mlflow
-    import torch
-
-    from harness import config, data as datamod
-
-    out, client, exp, parent = _study_over_http(server, tiny_config, workdir, capsys)
-    child = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")[0]
-    assert client.get_model_version_by_alias("tiny", "champion").run_id == child.info.run_id
-    names = {d.dataset.name for d in client.get_run(child.info.run_id).inputs.dataset_inputs}
-    assert {"digits/train", "digits/val", "digits/test", "digits/test/contrast/s3"} <= names
-    assert "system/cpu_utilization_percentage" in child.data.metrics
-    assert f"{server}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in out  # the summary's URL
-    page = results.artifact(client, parent.info.run_id, "report/index.html").decode()
-    assert (f'<a class="run" href="{server}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}'
-            f'?workflowType=machine_learning"') in page
-
-    cfg = config.load(tiny_config)
-    x, y = datamod.load(cfg.data, cfg.study.seed, workdir / "mlruns" / "cache")["test"]
-    old = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(server)
-    try:
-        logits = torch.as_tensor(mlflow.pyfunc.load_model("models:/tiny@champion").predict(x.numpy()))
-    finally:
-        mlflow.set_tracking_uri(old)
-    assert (logits.argmax(1) == y).double().mean().item() == pytest.approx(child.data.metrics["id_acc"], abs=1e-9)

@@ -429,8 +429,12 @@ def test_refuses_the_experiment_of_a_regular_study(workdir, tiny_config, capsys)
     assert {e.name for e in client.search_experiments()} == before_exps
     assert {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])} \
         == before_runs
-    # and the other way round: a regular study refuses the experiment of a sustain study, exit 2, nothing run
-    assert cli.main(["--config", str(path), "--study-name", "drift", "--no-report"]) in (0, 1)
+    # and the other way round: a regular study refuses the experiment of a sustain study, exit 2, nothing run (the
+    # smallest sustain run that makes one: a single policy over 2 periods)
+    small = workdir / "sustain-small.toml"
+    small.write_text(SUSTAIN_TINY.replace("periods = 4", "periods = 2")
+                     .replace('policies = ["never", "every", "accuracy", "embedding"]', 'policies = ["never"]'))
+    assert cli.main(["--config", str(small), "--study-name", "drift", "--no-report"]) in (0, 1)
     capsys.readouterr()
     n_runs = len(client.search_runs([client.get_experiment_by_name("drift").experiment_id]))
     assert study.main(["--config", str(tiny_config), "--study-name", "drift", "--no-report"]) == 2
