@@ -522,7 +522,7 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
             log(f"(a, b) throughput: {pairs} pairs of a real trial and a bare loop, interleaved, "
                 f"{cfg.train.epochs} epochs each ...")
             a = throughput(replace(ctx, prefix=None), pairs)  # no prefix cache: the bare loop recomputes too
-            log(f"(g) prefix cache: linear-probe and freeze_layers = 2 trials, no / cold / warm cache, "
+            log(f"(g) prefix cache: linear-probe, frozen-body and freeze_layers = 2 trials, no / cold / warm cache, "
                 f"{cache_repeats} times ...")
             g = cache_trials(ctx, cache_repeats)
             log("(d) shift suite builds (no cache) ...")
