@@ -377,7 +377,7 @@ def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) 
 
     from harness import study as studymod
 
-    out = {}
+    out, epochs = {}, config.load(None, overrides).train.epochs
     for key, pruner, cache in (("none", "none", ""), ("median", "median", ""), ("median-nocache", "median", "0")):
         name = f"bench-{key}"
         # trials per minute: the seed replicates after the search are no trials, so none here
@@ -400,25 +400,34 @@ def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) 
                        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
                        "per_minute": 60 * len(done) / span, "load": (load0, os.getloadavg()[0]),
                        "seconds": [(t.datetime_complete - t.datetime_start).total_seconds() for t in done],
-                       "frozen": [_freezes(t) for t in done]}
+                       "frozen": [_frozen_share(t, epochs) for t in done]}
     return out
 
 
 def cache_bound(off: dict) -> dict:
-    """(g)'s Amdahl bound from a no-cache study (study_runs' entry): the prefix cache removes work only in trials that
-    keep a group frozen, so the trials that freeze nothing keep their seconds whatever it does; the study cannot get
-    faster than its total trial seconds over theirs."""
-    unfrozen = sum(sec for sec, frozen in zip(off["seconds"], off["frozen"]) if not frozen)
-    return {"bound": sum(off["seconds"]) / unfrozen if unfrozen else math.inf,
-            "unfrozen_trials": off["frozen"].count(False), "trials": len(off["frozen"])}
+    """(g)'s Amdahl bound from a no-cache study (study_runs' entry): the prefix cache can remove at most each trial's
+    frozen share of its seconds (_frozen_share), the rest stays whatever it does; the study cannot get faster than
+    its total trial seconds over what stays."""
+    total = sum(off["seconds"])
+    stays = total - sum(sec * share for sec, share in zip(off["seconds"], off["frozen"]))
+    return {"bound": total / stays if stays else math.inf, "unfrozen_trials": off["frozen"].count(0.0),
+            "trials": len(off["frozen"]), "frozen_share": 1 - stays / total}
 
 
-def _freezes(t) -> bool:
-    """Whether a trial keeps some group frozen for some epochs (what the prefix cache can serve): a prefix trial with
-    freeze_layers > 0, the linear probe (every group), a surgical or gradual trial (groups wait or stay frozen)."""
+def _frozen_share(t, epochs: int) -> float:
+    """At most which share of a finished trial's seconds the prefix cache could remove: all of them for a trial
+    frozen to its end (the linear probe, unfreeze_epoch past the epochs it ran, surgical and gradual trials: the
+    cache serves their evaluation too); for a prefix trial that unfroze at epoch e of its n epochs run, e / n (its
+    frozen epochs are its cheapest: no backward through the prefix; nothing after them can be served); none for a
+    trial that freezes nothing (full FT, LP-FT, TPE's freeze_layers = 0)."""
     p = t.params
-    return (t.user_attrs.get("baseline") == "linear_probe" or p.get("freeze_layers", 0) > 0
-            or p.get("strategy", "prefix") != "prefix")
+    if t.user_attrs.get("baseline") == "linear_probe" or p.get("strategy", "prefix") != "prefix":
+        return 1.0
+    if p.get("freeze_layers", 0) == 0:
+        return 0.0
+    ran = len(t.intermediate_values) or epochs
+    e = p.get("unfreeze_epoch", epochs)
+    return 1.0 if e >= ran else e / ran
 
 
 def _span_per_minute(storage: str, name: str) -> tuple[int, float]:

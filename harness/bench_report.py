@@ -94,8 +94,8 @@ def _table_g(r: dict) -> list[str]:
         f"| (g) prefix cache: trials per minute of the default study (median pruning), with / without the cache | "
         f"{with_:.2f} / {without:.2f} = {with_ / without:.2f}x | >= {targets['cache_study']}x | "
         f"{_ok(with_ / without >= targets['cache_study'])} |",
-        f"| (g) bound on that: no-cache study's trial seconds / those of its {cb['unfrozen_trials']} trials that freeze "
-        f"nothing (Amdahl) | {cb['bound']:.2f}x | | |",
+        f"| (g) bound on that (Amdahl): no-cache study's trial seconds / those no frozen epoch holds | "
+        f"{cb['bound']:.2f}x | | |",
         f"| (g) linear-probe trial: wall time without caches / with warm ones (an earlier probe's prefix outputs, "
         f"features and fit; median of {lp['repeats']} pairs) | {lp['warm']:.2f}x | >= {targets['cache_probe']}x | "
         f"{_ok(lp['warm'] >= targets['cache_probe'])} |",
@@ -290,10 +290,11 @@ def _section_g(r: dict) -> list[str]:
         f"{st['median']['span']:.1f} s), without (train.cache_mb = 0) {st['median-nocache']['per_minute']:.2f} "
         f"({st['median-nocache']['finished']} finished, {st['median-nocache']['pruned']} pruned, "
         f"{st['median-nocache']['span']:.1f} s); commands in (c).",
-        f"- the bound: the cache removes work only in trials that keep a group frozen; {cb['unfrozen_trials']} of "
-        f"the no-cache study's {cb['trials']} trials freeze nothing (full FT and LP-FT at every sweep lr, TPE's "
-        f"freeze_layers = 0) and took {100 / cb['bound']:.0f}% of its trial seconds, so no prefix cache can make "
-        f"that study more than {cb['bound']:.2f}x faster.",
+        f"- the bound: the cache removes work only while groups are frozen. {cb['unfrozen_trials']} of the no-cache "
+        f"study's {cb['trials']} trials freeze nothing (full FT and LP-FT at every sweep lr, TPE's freeze_layers = "
+        f"0); the others unfreeze after e of their n epochs, and those frozen epochs (e / n of a trial's seconds, "
+        f"all of them for a trial frozen to its end) hold at most {100 * cb['frozen_share']:.0f}% of the study's "
+        f"trial seconds, so no prefix cache can make that study more than {cb['bound']:.2f}x faster.",
         "- single trials through harness.trial.objective, never unfrozen: no cache (for the linear probe an empty "
         "cache folder too: features and fit recomputed), fresh caches (cold: the trial computes the prefix outputs "
         "of the training, validation, test and shifted sets itself, as the first trial of its k in a study does) and "

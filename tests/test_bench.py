@@ -56,7 +56,8 @@ def test_quick_bench_writes_the_report(workdir):
                  "| (f) dataset inputs (", "| (f) system metrics (every 10 s + one at the end) / trial wall time |",
                  "| (f) selected model: pytorch-flavour logging + registration, once a study", "## (f) MLflow-native",
                  "torch 2.", "| (g) prefix cache: trials per minute of the default study (median pruning), with / "
-                 "without the cache |", "| (g) bound on that: no-cache study's trial seconds / those of its ",
+                 "without the cache |",
+                 "| (g) bound on that (Amdahl): no-cache study's trial seconds / those no frozen epoch holds |",
                  "| (g) linear-probe trial: wall time without caches / with warm ones (an earlier probe's prefix "
                  "outputs, features and fit; median of 1 pairs) |", "| (g) same, with fresh caches (the study's first "
                  "probe) |", "| (g) frozen body, head trained by SGD: without / with a fresh cache, with a filled one |",
@@ -73,22 +74,27 @@ def test_quick_bench_writes_the_report(workdir):
     assert text.count(" | ok |") + text.count(" | MISSED |") == 8 and text.count(" | not judged |") == 2
 
 
-def test_cache_bound_counts_only_trials_that_freeze_nothing():
-    """(g)'s Amdahl bound splits trials by whether some group stays frozen (full FT and LP-FT, freeze_layers 0, never
-    do; the linear probe, any freeze_layers > 0, surgical and gradual trials do) and divides all trial seconds by
-    those of the trials that freeze nothing."""
-    make = lambda params, attrs=None: optuna.trial.create_trial(  # noqa: E731
-        params=params, distributions={k: optuna.distributions.FloatDistribution(0, 10) for k in params if k != "strategy"}
-        | ({"strategy": optuna.distributions.CategoricalDistribution(["prefix", "surgical"])}
-           if "strategy" in params else {}), user_attrs=attrs or {}, value=0.0)
-    assert not bench._freezes(make({"lr": 0.1, "freeze_layers": 0}, {"baseline": "full_ft"}))
-    assert not bench._freezes(make({"lr": 0.1, "freeze_layers": 0, "unfreeze_epoch": 0}, {"baseline": "lp_ft"}))
-    assert bench._freezes(make({"freeze_layers": 4, "unfreeze_epoch": 6}, {"baseline": "linear_probe"}))
-    assert bench._freezes(make({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 1}))
-    assert bench._freezes(make({"lr": 0.1, "strategy": "surgical", "tune_group": 1}))
-    # 60 trial seconds, 10 + 30 of them in trials that freeze nothing: at most 60 / 40 = 1.5x
-    assert bench.cache_bound({"seconds": [10.0, 20.0, 30.0], "frozen": [False, True, False]}) == \
-        {"bound": 1.5, "unfrozen_trials": 2, "trials": 3}
+def test_cache_bound_counts_only_what_frozen_epochs_could_save():
+    """(g)'s Amdahl bound: a trial that freezes nothing (full FT, LP-FT) keeps all its seconds; the linear probe,
+    surgical trials and a prefix trial frozen for every epoch it ran (pruned before its unfreeze epoch, or never
+    unfrozen) could lose all of them; a prefix trial unfrozen at epoch e of n run, at most e / n. The bound divides
+    all trial seconds by what stays."""
+    def make(params, attrs=None, ran=6):
+        dist = {k: optuna.distributions.FloatDistribution(0, 10) for k in params if k != "strategy"}
+        if "strategy" in params:
+            dist["strategy"] = optuna.distributions.CategoricalDistribution(["prefix", "surgical"])
+        return optuna.trial.create_trial(params=params, distributions=dist, user_attrs=attrs or {}, value=0.0,
+                                         intermediate_values={i: 0.5 for i in range(ran)})
+    share = lambda t: bench._frozen_share(t, 6)  # noqa: E731
+    assert share(make({"lr": 0.1, "freeze_layers": 0}, {"baseline": "full_ft"})) == 0.0
+    assert share(make({"lr": 0.1, "freeze_layers": 0, "unfreeze_epoch": 0}, {"baseline": "lp_ft"})) == 0.0
+    assert share(make({"freeze_layers": 4, "unfreeze_epoch": 6}, {"baseline": "linear_probe"}, ran=1)) == 1.0
+    assert share(make({"lr": 0.1, "strategy": "surgical", "tune_group": 1})) == 1.0
+    assert share(make({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 2})) == 2 / 6
+    assert share(make({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 3}, ran=2)) == 1.0  # pruned while frozen
+    # 60 trial seconds: 10 s stay whole, 20 s half, 30 s go: at most 60 / (10 + 10) = 3x
+    assert bench.cache_bound({"seconds": [10.0, 20.0, 30.0], "frozen": [0.0, 0.5, 1.0]}) == \
+        {"bound": 3.0, "unfrozen_trials": 1, "trials": 3, "frozen_share": 60 / 60 - 20 / 60}
 
 
 def _pairs(harness, bare, load=(1.0, 1.0)):
