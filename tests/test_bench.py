@@ -7,7 +7,7 @@ import optuna
 import pytest
 import torch
 
-from harness import bench, config, data, models, train
+from harness import bench, bench_studies, config, data, models, train
 
 
 # a trial of seconds on CPU: 8 images a class at 16 px, 1 pretraining epoch, 2 fine-tuning epochs, 2 shifted sets
@@ -85,7 +85,7 @@ def test_cache_bound_counts_only_what_frozen_epochs_could_save():
             dist["strategy"] = optuna.distributions.CategoricalDistribution(["prefix", "surgical"])
         return optuna.trial.create_trial(params=params, distributions=dist, user_attrs=attrs or {}, value=0.0,
                                          intermediate_values={i: 0.5 for i in range(ran)})
-    share = lambda t: bench._frozen_share(t, 6)  # noqa: E731
+    share = lambda t: bench_studies._frozen_share(t, 6)  # noqa: E731
     assert share(make({"lr": 0.1, "freeze_layers": 0}, {"baseline": "full_ft"})) == 0.0
     assert share(make({"lr": 0.1, "freeze_layers": 0, "unfreeze_epoch": 0}, {"baseline": "lp_ft"})) == 0.0
     assert share(make({"freeze_layers": 4, "unfreeze_epoch": 6}, {"baseline": "linear_probe"}, ran=1)) == 1.0
@@ -93,7 +93,7 @@ def test_cache_bound_counts_only_what_frozen_epochs_could_save():
     assert share(make({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 2})) == 2 / 6
     assert share(make({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 3}, ran=2)) == 1.0  # pruned while frozen
     # 60 trial seconds: 10 s stay whole, 20 s half, 30 s go: at most 60 / (10 + 10) = 3x
-    assert bench.cache_bound({"seconds": [10.0, 20.0, 30.0], "frozen": [0.0, 0.5, 1.0]}) == \
+    assert bench_studies.cache_bound({"seconds": [10.0, 20.0, 30.0], "frozen": [0.0, 0.5, 1.0]}) == \
         {"bound": 3.0, "unfrozen_trials": 1, "trials": 3, "frozen_share": 60 / 60 - 20 / 60}
 
 
@@ -122,10 +122,10 @@ def test_workers_ratios_are_printed_only_where_they_can_be_trusted():
     """(h)'s ratios: trusted when the plain --workers 1 study's trials span >= MIN_STUDY_SECONDS; a shorter span is
     refused with the reason, and so is a run without that study (--quick)."""
     study = lambda finished, per_minute: {"finished": finished, "per_minute": per_minute}  # noqa: E731
-    assert bench.workers_trust({"workers1": study(32, 15.0)}) is None  # 128 s of trials
-    assert bench.workers_trust({"workers1": study(4, 60.0)}).startswith(
+    assert bench_studies.workers_trust({"workers1": study(32, 15.0)}) is None  # 128 s of trials
+    assert bench_studies.workers_trust({"workers1": study(4, 60.0)}).startswith(
         "the --workers 1 study's trials span 4 s, under 60 s")
-    assert bench.workers_trust({"workers2": study(2, 20.0), "rival": study(2, 30.0)}).startswith(
+    assert bench_studies.workers_trust({"workers2": study(2, 20.0), "rival": study(2, 30.0)}).startswith(
         "--quick runs no plain --workers 1 study")
 
 
