@@ -82,16 +82,18 @@ def fit(ftr: torch.Tensor, ytr: torch.Tensor, fval: torch.Tensor, yval: torch.Te
     return Probe(weight=w, bias=b, c=c, val_acc_by_c=accs, train_loss=train_loss, val_acc=acc, val_loss=loss)
 
 
-def cache_key(weights_key: str, data_key: str, model_name: str) -> str:
-    return store.cache_key({"weights": weights_key, "data": data_key, "model": model_name, "grid": C_GRID,
-                            "v": VERSION})
+def cache_key(ctx) -> str:
+    """The key of a study's probe caches (features and fit): its pretrained body, data and model, and the fit's grid
+    and iteration cap (a fit read back must be the fit this code would compute)."""
+    return store.cache_key({"weights": ctx.weights_key, "data": ctx.data_cpu["key"], "model": ctx.cfg.model.name,
+                            "grid": C_GRID, "max_iter": MAX_ITER, "v": VERSION})
 
 
 def cached_features(ctx, model, groups) -> dict:
     """{'train': features, 'val': features} of the study's frozen pretrained body, from the cache
     (probe-features-<key>.safetensors) or computed once and cached: every probe and LP-FT trial, every worker and
     resume reads the same tensors."""
-    key = cache_key(ctx.weights_key, ctx.data_cpu["key"], ctx.cfg.model.name)
+    key = cache_key(ctx)
     path = Path(ctx.cache) / f"probe-features-{key}.safetensors"
     loaded = store.load_tensors(path)
     if loaded is not None:
@@ -107,7 +109,7 @@ def fitted(ctx, model, groups) -> Probe:
     itself (probe-fit-<key>.safetensors, its C and accuracies in the sidecar). L-BFGS on a convex loss is
     deterministic, so the fit read back is the fit recomputed; the six fits took 0.7-1.1 s (2 CPU cores) in the
     default study's linear probe and again in each LP-FT trial and replicate."""
-    key = cache_key(ctx.weights_key, ctx.data_cpu["key"], ctx.cfg.model.name)
+    key = cache_key(ctx)
     path = Path(ctx.cache) / f"probe-fit-{key}.safetensors"
     loaded = store.load_tensors(path)
     if loaded is not None and loaded[1] is not None:
