@@ -90,6 +90,14 @@ def test_sigkill_mid_trial_then_resume(tiny_config, workdir):
                 # kill once the trial has its MLflow run and is between epochs 1 and 5 of 6
                 if t.number >= 1 and "mlflow_run_id" in t.user_attrs and t.intermediate_values:
                     victim = t
+            if victim is not None:
+                # a tiny trial lasts well under a second: stop the process, then make sure the trial is still
+                # running before the kill (else it may have completed since the read above; let it go on)
+                os.kill(proc.pid, signal.SIGSTOP)
+                now = optuna.load_study(study_name="tiny", storage=storage).trials[victim.number]
+                if now.state != TrialState.RUNNING:
+                    victim = None
+                    os.kill(proc.pid, signal.SIGCONT)
         assert victim is not None, "no running trial to kill"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -221,8 +229,15 @@ def test_sigkill_one_of_three_workers(tiny_config, workdir):
                 # a worker's trial (not the launcher's), with its MLflow run, between epochs 1 and 5 of 6
                 if t.system_attrs.get("harness.pid") in workers and "mlflow_run_id" in t.user_attrs \
                         and t.intermediate_values:
+                    # stopped first, killed only if its trial is still running (it may have completed since the read)
+                    pid = t.system_attrs["harness.pid"]
+                    os.kill(pid, signal.SIGSTOP)
+                    if optuna.load_study(study_name="tiny", storage=storage).trials[t.number].state \
+                            != TrialState.RUNNING:
+                        os.kill(pid, signal.SIGCONT)
+                        continue
                     victim = t
-                    os.kill(t.system_attrs["harness.pid"], signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                     break
         assert victim is not None, "no running worker trial to kill"
         out = proc.communicate(timeout=300)[0]
