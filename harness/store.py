@@ -106,11 +106,13 @@ def check_uris(storage: str, tracking_uri: str) -> None:
 def _check_sqlite_writable(flag: str, path: Path) -> None:
     """A sqlite file we could not create or write fails late (after mlruns/ and the MLflow store exist); say so now.
     Tried, not inferred from permission bits (root passes os.access everywhere, /proc and read-only mounts refuse
-    anyway): the file opened for update, or a nameless temporary file in its nearest existing folder (the folders
+    anyway): the file opened for update, and a nameless temporary file in its nearest existing folder (the folders
     below it are created, as mlruns/ is), which vanishes when closed."""
     import tempfile
 
-    folder = path if path.exists() else path.parent
+    # the folder is always the file's parent: sqlite writes its journal (-wal, -shm) beside the file, so an existing
+    # file in a read-only folder cannot be written either (a resumed study reopens its files)
+    folder = path.parent
     while not folder.exists():
         folder = folder.parent
     try:
@@ -120,9 +122,8 @@ def _check_sqlite_writable(flag: str, path: Path) -> None:
         if path.exists():
             with open(path, "r+b"):
                 pass
-        else:
-            with tempfile.TemporaryFile(dir=folder):
-                pass
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as e:
         raise ValueError(f"{flag}: cannot write the sqlite file {path} ({e.strerror or e}); give a file in a folder "
                          f"this user can write") from None

@@ -254,3 +254,31 @@ def test_sigkill_one_of_three_workers(tiny_config, workdir):
     assert len(seen) >= 3  # the three workers were seen, and none of them (nor anything they started) is left
     alive = [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == [], alive
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_resume_and_extend_with_explicit_stores(tiny_config, workdir, backend):
+    """Issue 20 item 0: the documented resume with both stores named (--storage, --tracking-uri) runs the same
+    command twice, the second with a larger --n-trials: both exit 0, the second adds trials to the same study and
+    the same parent run. On today's store check an existing sqlite file was refused as 'not a folder' (exit 2)."""
+    if backend == "postgresql":
+        need_service(bool(POSTGRES), "PostgreSQL (HARNESS_TEST_POSTGRES, set by .ci/run)")
+    stores = workdir / "stores"
+    stores.mkdir()
+    storage = POSTGRES if backend == "postgresql" else f"sqlite:///{stores / 'o.db'}"
+    tracking = f"sqlite:///{stores / 'm.db'}"
+    name = f"explicit-{backend}-{int(time.time())}"
+    argv = ["--config", str(tiny_config), "--no-report", "--study-name", name, "--storage", storage,
+            "--tracking-uri", tracking]
+    assert study.main([*argv, "--n-trials", "3"]) == 0
+    assert study.main([*argv, "--n-trials", "4"]) == 0  # the resume: both files exist now
+    s = optuna.load_study(study_name=name, storage=storage)
+    assert sum(t.state in FINISHED for t in s.get_trials()) == 4
+    client = MlflowClient(tracking_uri=tracking)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("harness.role") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == [0, 1, 2, 3]
+    assert not (workdir / "mlruns" / "mlflow.db").exists()  # nothing was written to the default stores

@@ -86,6 +86,20 @@ def test_scheme_checks_accept_the_documented_stores():
     store.check_uris("sqlite:///a/optuna.db", "sqlite:///a/mlflow.db")
 
 
+def test_existing_sqlite_files_are_accepted_for_a_resume_and_folders_refused(tmp_path):
+    """A resumed study names files that exist: each is writable (opened for update, its folder takes a journal).
+    A folder given as the file, or a file whose 'folder' is a file, is refused naming the flag."""
+    import sqlite3
+
+    for name in ("o.db", "m.db"):
+        sqlite3.connect(tmp_path / name).close()
+    store.check_uris(f"sqlite:///{tmp_path / 'o.db'}", f"sqlite:///{tmp_path / 'm.db'}")
+    with pytest.raises(ValueError, match="--tracking-uri: .* is a folder"):
+        store.check_uris("", f"sqlite:///{tmp_path}")
+    with pytest.raises(ValueError, match="--storage: .* is not a folder"):
+        store.check_uris(f"sqlite:///{tmp_path / 'o.db' / 'x.db'}", f"sqlite:///{tmp_path / 'm.db'}")
+
+
 def test_cache_key_is_sha256_of_sorted_json():
     """Independent computation: the key is the first 16 hex digits of sha256 over the sorted JSON plus extra text,
     so dict order never changes a key and any value change does."""
