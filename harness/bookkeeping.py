@@ -104,17 +104,97 @@ def counts(study: optuna.Study) -> tuple[int, int]:
     return sum(t.state in FINISHED for t in trials), sum(t.state == TrialState.RUNNING for t in trials)
 
 
-def ask(study: optuna.Study, worker: int) -> optuna.Trial:
-    """A new trial that says which process runs it (host, pid and its start time: recover_dead's evidence), with a
-    first heartbeat at once: Optuna never calls a trial stale before its first beat, so a worker dying in its first
-    HEARTBEAT_S seconds would otherwise leave a RUNNING trial forever."""
+# psutil's create_time is boot time + the process's start ticks; the boot time is derived from the wall clock, so
+# it moves when the clock is adjusted (a live pid read 1796651722.27, then 1796651723.27). Start times closer than
+# this are the same process; a reused pid starts later than the dead one by far more (pids wrap after 2^22 forks).
+START_TOLERANCE_S = 5.0
+
+
+def start_ticks(pid: int) -> int | None:
+    """The kernel's start time of a process in clock ticks since boot (field 22 of /proc/PID/stat): exact and never
+    moved by the wall clock. None where /proc cannot tell (not Linux, no such process, no permission)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])  # after the command name, which may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def identity() -> dict:
+    """This process as the system attrs of the trials it runs: host, pid, start time (seconds, psutil) and kernel
+    start ticks (Linux); the evidence recover_dead weighs."""
     me = psutil.Process()
+    return {"harness.host": socket.gethostname(), "harness.pid": me.pid, "harness.pid_start": me.create_time(),
+            "harness.pid_ticks": start_ticks(me.pid)}
+
+
+def process_state(attrs: dict) -> str:
+    """'alive', 'dead' or 'unknown' for the process a trial's system attrs name (on this host). Dead only when
+    provably gone (no such pid, or a zombie) or provably another process (other kernel start ticks, or a start
+    time more than START_TOLERANCE_S apart); whatever cannot be read is 'unknown', which the caller must treat as
+    alive until the heartbeat grace period says otherwise."""
+    pid = attrs.get("harness.pid")
+    if not isinstance(pid, int):
+        return "unknown"
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # a killed --workers process until its launcher joins it
+            return "dead"
+        ticks, recorded = start_ticks(pid), attrs.get("harness.pid_ticks")
+        if ticks is not None and isinstance(recorded, int):
+            return "alive" if ticks == recorded else "dead"
+        started = attrs.get("harness.pid_start")
+        if not isinstance(started, (int, float)):
+            return "unknown"
+        return "alive" if abs(proc.create_time() - started) <= START_TOLERANCE_S else "dead"
+    except psutil.NoSuchProcess:
+        return "dead"
+    except psutil.Error:  # AccessDenied and the like: cannot tell
+        return "unknown"
+
+
+def ask(study: optuna.Study, worker: int) -> optuna.Trial:
+    """A new trial that says which process runs it (identity(): recover_dead's evidence), with a first heartbeat at
+    once: Optuna never calls a trial stale before its first beat, so a worker dying in its first HEARTBEAT_S seconds
+    would otherwise leave a RUNNING trial forever."""
     trial = study.ask()
     study._storage.record_heartbeat(trial._trial_id)
-    for k, v in (("harness.host", socket.gethostname()), ("harness.pid", me.pid),
-                 ("harness.pid_start", me.create_time()), ("harness.worker", worker)):
-        study._storage.set_trial_system_attr(trial._trial_id, k, v)
+    for k, v in {**identity(), "harness.worker": worker}.items():
+        if v is not None:
+            study._storage.set_trial_system_attr(trial._trial_id, k, v)
     return trial
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, values=None, state=TrialState.COMPLETE) -> str | None:
+    """Tell the trial's outcome; None when told, else why not: another process finished it first (recover_dead or a
+    heartbeat check that judged this worker dead), which must never take this live worker down. Optuna refuses a
+    finished trial with ValueError ("Cannot tell a FAIL trial") or, when it finishes between Optuna's check and its
+    write, UpdateFinishedTrialError; either is re-read from the storage, and raised again if the trial still runs."""
+    try:
+        study.tell(trial, values, state=state)
+        return None
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        frozen = study._storage.get_trial(trial._trial_id)
+        if not frozen.state.is_finished():
+            raise
+        return finished_elsewhere(frozen)
+
+
+class TrialTaken(Exception):
+    """The trial this worker runs was finished by another process (it judged this worker dead): the worker drops its
+    outcome and goes on with the next trial."""
+
+
+def taken(trial: optuna.Trial) -> TrialTaken:
+    """The TrialTaken for a trial whose write raised UpdateFinishedTrialError, with what the storage says of it."""
+    return TrialTaken(finished_elsewhere(trial.study._storage.get_trial(trial._trial_id)))
+
+
+def finished_elsewhere(frozen) -> str:
+    """Why a trial this worker was running is already finished: its state and the fail reason another process gave."""
+    reason = frozen.system_attrs.get("fail_reason")
+    return f"{frozen.state.name} by another process" + (f" ({reason})" if reason else "")
 
 
 @contextlib.contextmanager
@@ -159,8 +239,10 @@ def fail_running(study: optuna.Study, reason: str) -> int:
 
 
 def recover_dead(study: optuna.Study, client) -> int:
-    """RUNNING trials whose worker process on this host is gone (kill -9, OOM, reboot): FAIL them now (not after
-    the heartbeat grace period), end their MLflow runs FAILED, and enqueue the same params again."""
+    """RUNNING trials whose worker process on this host is provably gone (kill -9, OOM, reboot) or provably another
+    process (process_state): FAIL them now (not after the heartbeat grace period), end their MLflow runs FAILED, and
+    enqueue the same params again. A process that cannot be judged is left to the heartbeat (fail_stale), so a
+    clock adjustment or an unreadable /proc never fails a live worker's trial."""
     host, n, callback = socket.gethostname(), 0, _retry_callback(client)
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -169,20 +251,30 @@ def recover_dead(study: optuna.Study, client) -> int:
             if t.datetime_start is None or (now - t.datetime_start).total_seconds() < GRACE_S:
                 continue
             reason = "worker died before it started the trial"
-        elif owner != host:
-            continue  # another machine's: failed by heartbeat (fail_stale_trials)
+        elif owner != host or process_state(t.system_attrs) != "dead":
+            continue  # another machine's, or alive, or cannot tell: the heartbeat decides (fail_stale)
         else:
-            pid, started = t.system_attrs.get("harness.pid"), t.system_attrs.get("harness.pid_start")
-            alive = False
-            with contextlib.suppress(psutil.Error, TypeError):
-                # a killed --workers process stays a zombie until the launcher joins it: dead all the same
-                proc = psutil.Process(pid)
-                alive = proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE
-            if alive:
-                continue
-            reason = f"worker pid {pid} on {host} died"
+            reason = f"worker pid {t.system_attrs.get('harness.pid')} on {host} died"
         if _fail(study, t._trial_id, reason):
             callback(study, study._storage.get_trial(t._trial_id))
+            n += 1
+    return n
+
+
+def fail_stale(study: optuna.Study, client) -> int:
+    """Optuna's heartbeat check (fail_stale_trials) with a reason: a RUNNING trial whose worker has not beaten for
+    GRACE_S seconds (another machine's, or one recover_dead could not judge) is failed with fail_reason naming its
+    worker, its MLflow run ends FAILED, and its params are enqueued again. Returns how many."""
+    n, callback = 0, _retry_callback(client)
+    rdb = getattr(study._storage, "_backend", study._storage)  # RDBStorage behind Optuna's cache
+    grace = getattr(rdb, "grace_period", None) or 2 * (getattr(rdb, "heartbeat_interval", None) or HEARTBEAT_S)
+    for trial_id in study._storage._get_stale_trial_ids(study._study_id):
+        frozen = study._storage.get_trial(trial_id)
+        who = frozen.system_attrs
+        reason = (f"no heartbeat for {grace} s from worker pid {who.get('harness.pid', '?')} on "
+                  f"{who.get('harness.host', '?')} (stale heartbeat: dead or cut off)")
+        if _fail(study, trial_id, reason):
+            callback(study, study._storage.get_trial(trial_id))
             n += 1
     return n
 

@@ -218,7 +218,8 @@ REGISTERED_MODEL_ALIASES = {"champion": "the selected trial of the latest study 
                             "production": "sustain: the policy's model in service now"}
 
 # Optuna trial system attrs written by the bookkeeping (not MLflow, listed so every name lives here)
-TRIAL_SYSTEM_ATTRS = ("harness.host", "harness.pid", "harness.pid_start", "harness.worker", "fail_reason")
+TRIAL_SYSTEM_ATTRS = ("harness.host", "harness.pid", "harness.pid_start", "harness.pid_ticks", "harness.worker",
+                      "fail_reason")
 
 # The enqueued baselines and how the report names them
 BASELINES = {"full_ft": "full FT", "linear_probe": "linear probe", "lp_ft": "LP-FT"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import gc
 import math
@@ -14,7 +15,7 @@ import optuna
 import psutil
 import torch
 
-from harness import corruption_error, metrics, models, prefix, probe as probemod, records, schema, store, tracking, train
+from harness import bookkeeping, corruption_error, metrics, models, prefix, probe as probemod, records, schema, store, tracking, train
 from harness.config import Config, Model
 
 
@@ -374,13 +375,23 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
         tracking.end_run(client, run_id, "FINISHED")
         return value
     except optuna.TrialPruned as err:
-        trial.set_user_attr("pruned_epoch", at.epoch)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # the worker's tell says why
+            trial.set_user_attr("pruned_epoch", at.epoch)
         tracking.end_run(client, run_id, "KILLED", {"harness.pruned_epoch": at.epoch,
                                                     "harness.pruned_reason": str(err)})
         raise
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # another process finished this trial while it trained (it judged this worker dead): the run ends FAILED
+        # with that truth, and the worker goes on (its retry, enqueued by that process, re-runs these params)
+        taken = bookkeeping.taken(trial)
+        tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": f"the Optuna trial was finished {taken} "
+                                                                           f"while this worker ran it",
+                                                    "harness.failed_epoch": at.epoch})
+        raise taken from None
     except Exception as err:
         reason = f"{type(err).__name__}: {err}"
-        trial.set_user_attr("fail_reason", store.redact(reason))
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            trial.set_user_attr("fail_reason", store.redact(reason))
         tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": reason, "harness.failed_epoch": at.epoch})
         raise
     finally:

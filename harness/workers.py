@@ -96,7 +96,7 @@ def work(ctx, study: optuna.Study, worker: int = 0, log=print) -> dict:
             break
         with bookkeeping.host_lock(cfg.study.name):
             bookkeeping.recover_dead(study, ctx.client)
-            optuna.storages.fail_stale_trials(study)  # other machines' dead workers, by heartbeat silence
+            bookkeeping.fail_stale(study, ctx.client)  # other machines' dead workers, by heartbeat silence
             # one read of the storage for the loop and the progress line (two more queries a trial otherwise, ~20
             # ms on sqlite at load 6 here, inside the trial's training time)
             trials = study.get_trials(deepcopy=False)
@@ -112,21 +112,24 @@ def work(ctx, study: optuna.Study, worker: int = 0, log=print) -> dict:
         done_values = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
         progress.primed, progress.finished = trial.number, finished
         progress.best = max(done_values) if done_values else None
+        values, line = None, None
         with bookkeeping.beating(study, trial):
             try:
-                study.tell(trial, trialmod.objective(trial, ctx, progress, on_complete))
-                done["complete"] += 1
-                fails_in_row = 0
+                values, state = trialmod.objective(trial, ctx, progress, on_complete), TrialState.COMPLETE
             except optuna.TrialPruned as e:
-                study.tell(trial, state=TrialState.PRUNED)
-                done["pruned"] += 1
-                fails_in_row = 0
-                log(f"{prefix}trial {trial.number} {e}")
+                state, line = TrialState.PRUNED, f"{prefix}trial {trial.number} {e}"
+            except bookkeeping.TrialTaken as e:
+                state, line = None, f"{prefix}trial {trial.number} was finished {e} while this worker ran it; going on"
             except Exception as e:  # one trial's failure never stops the study
-                study.tell(trial, state=TrialState.FAIL)
-                done["failed"] += 1
-                fails_in_row += 1
-                log(store.redact(f"{prefix}trial {trial.number} FAILED: {type(e).__name__}: {e}"))
+                state, line = TrialState.FAIL, f"{prefix}trial {trial.number} FAILED: {type(e).__name__}: {e}"
+            taken = state is not None and bookkeeping.tell(study, trial, values, state)
+        if taken:  # finished elsewhere between the last write and the tell
+            state, line = None, f"{prefix}trial {trial.number} was finished {taken} while this worker ran it; going on"
+        if line:
+            log(store.redact(line))
+        if state is not None:
+            done[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[state]] += 1
+            fails_in_row = fails_in_row + 1 if state == TrialState.FAIL else 0
         if trial.user_attrs.get("baseline") == "full_ft":  # the CE reference may be settled now
             backfill(ctx, study, log)
     return done

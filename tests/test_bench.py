@@ -3,6 +3,8 @@ asserts: DESIGN §10)."""
 
 from __future__ import annotations
 
+import re
+
 import optuna
 import pytest
 import torch
@@ -44,9 +46,12 @@ def test_quick_bench_writes_the_report(workdir):
     for each target; no figure is asserted (timings belong to the benchmark, not to tests)."""
     assert bench.main(["--quick", "--device", "cpu"]) == 0
     text = (workdir / "reports" / "bench.md").read_text()
-    for line in ("| (a) trial training / bare loop, throughput: median of 3 interleaved pairs (range) | not printed: "
-                 "a side lasts ", "- ratio trial / bare: not printed: a side lasts ",
-                 "| (b) MLflow logging the trial waits for / trial wall time |",
+    # (a) is timing-dependent: at --quick's scale it declines to print, and then any reason will do (which one the
+    # machine gives, short sides or scattered pairs, is ratio_trust's business, tested below)
+    assert re.search(r"\| \(a\) trial training / bare loop, throughput: median of 3 interleaved pairs \(range\) \| "
+                     r"(not printed: \S[^|]*|[0-9.]+ \([0-9.]+-[0-9.]+\)) \|", text), text
+    assert re.search(r"- ratio trial / bare: (not printed: \S|[0-9.]+)", text)
+    for line in ("| (b) MLflow logging the trial waits for / trial wall time |",
                  "| (b) same, on the logging thread (overlaps training; its CPU share is inside (a)) |",
                  "| create_run | 1 |", "| set_terminated | 1 |", "| (c) trials per minute, no pruning |",
                  "| (c) trials per minute, median pruning |", "| (d) shift-suite build, the config's 2 shifts (4 sets) |",
@@ -70,8 +75,9 @@ def test_quick_bench_writes_the_report(workdir):
                  "OMP_WAIT_POLICY=PASSIVE", "- --workers 1 next to a CPU-bound process: 2 finished in "):
         assert line in text, line
     assert "- --workers 1: " not in text  # (h)'s plain --workers 1 study is the full benchmark's only
-    # every target judged, but (a) and (h), whose ratios cannot be trusted at --quick's scale
-    assert text.count(" | ok |") + text.count(" | MISSED |") == 8 and text.count(" | not judged |") == 2
+    # every target judged, or not judged where its ratio declined to print: (h) always at --quick, (a) as it comes
+    assert text.count(" | ok |") + text.count(" | MISSED |") + text.count(" | not judged |") == 10
+    assert text.count(" | not judged |") == 1 + ("(range) | not printed: " in text)
 
 
 def test_cache_bound_counts_only_what_frozen_epochs_could_save():
