@@ -53,13 +53,22 @@ def trial_seed(seed: int, number: int) -> int:
 
 
 def seed_per_trial(sampler, seed: int):
-    """Reseed the sampler's random state (TPE's own and its startup RandomSampler's) from (seed, trial number) as
-    each trial starts (Optuna calls before_trial with the number it assigned, unique within the storage). Seeded
-    once per process instead, two processes of one study drew identical parameters (issue 15: trials 2 and 3)."""
-    states = [obj._rng for obj in (sampler, getattr(sampler, "_random_sampler", None)) if hasattr(obj, "_rng")]
-    original = sampler.before_trial
+    """Make what a sampler draws a function of (seed, trial number) alone, as each trial starts (Optuna calls
+    before_trial with the number it assigned, unique within the storage), for every sampler the config offers:
+    - the random states: TPE's own and its startup RandomSampler's, RandomSampler's, QMC's independent sampler
+      (which draws its first trial and the conditional parameters QMC cannot handle). Seeded once per process
+      instead, two processes of one study drew identical parameters (issue 15: trials 2 and 3);
+    - QMC's point: the trial number is its index in the one scrambled sequence. Optuna's own index is a counter in
+      the study's system attrs, read then written without a transaction, so two processes could read one value
+      and draw the same point (QMCSampler._find_sample_id says so in its TODO)."""
+    states = [obj._rng for obj in (sampler, getattr(sampler, "_random_sampler", None),
+                                   getattr(sampler, "_independent_sampler", None)) if hasattr(obj, "_rng")]
+    original, number = sampler.before_trial, [0]
+    if hasattr(sampler, "_find_sample_id"):  # QMC: point = trial number (its relative sample runs inside the trial)
+        sampler._find_sample_id = lambda study, search_space: number[0]
 
     def before_trial(study, trial):
+        number[0] = trial.number
         base = trial_seed(seed, trial.number)
         for i, state in enumerate(states):
             state.rng.seed((base + i) % 2**32)

@@ -110,8 +110,9 @@ def sampler(cfg: config.Config, worker: int = 0):
     s = cfg.study
     if s.sampler == "random":
         return bookkeeping.seed_per_trial(optuna.samplers.RandomSampler(seed=s.seed), s.seed)
-    if s.sampler == "qmc":  # one scrambled sequence for the study: each process takes the next point of it
-        return optuna.samplers.QMCSampler(seed=s.seed, scramble=True, warn_independent_sampling=False)
+    if s.sampler == "qmc":  # one scrambled sequence for the study: trial n takes its point n, whichever process runs it
+        return bookkeeping.seed_per_trial(optuna.samplers.QMCSampler(seed=s.seed, scramble=True,
+                                                                     warn_independent_sampling=False), s.seed)
     # group=True splits the conditional space (unfreeze_epoch exists only when freeze_layers > 0). constant_liar
     # always: any process may share the study unannounced (the same command on another machine), and the liar
     # ignores the trial being sampled, so a process alone samples exactly as without it (no other trial RUNNING)

@@ -29,7 +29,7 @@ def _trial(s: optuna.Study) -> tuple:
     return t.number, lr, k
 
 
-@pytest.mark.parametrize("kind", ["tpe", "random"])
+@pytest.mark.parametrize("kind", config.SAMPLERS)
 def test_one_process_draws_the_same_sequence_on_every_run(kind):
     """Past TPE's 4 startup trials too: two runs of one process on two fresh storages draw identical parameters."""
     runs = [[_trial(s) for _ in range(10)] for s in
@@ -37,7 +37,7 @@ def test_one_process_draws_the_same_sequence_on_every_run(kind):
     assert runs[0] == runs[1]
 
 
-@pytest.mark.parametrize("kind", ["tpe", "random"])
+@pytest.mark.parametrize("kind", config.SAMPLERS)
 def test_independent_processes_on_one_storage_draw_distinct_parameters(kind):
     """Two samplers built alike (as two processes started with the same command would build them) alternate on one
     storage: every trial's parameters differ. Seeded per process instead, trials 0 and 1 were identical."""
@@ -47,6 +47,28 @@ def test_independent_processes_on_one_storage_draw_distinct_parameters(kind):
     drawn = [_trial(s) for _ in range(5) for s in (a, b)]
     assert [n for n, _, _ in drawn] == list(range(10))
     assert len({lr for _, lr, _ in drawn}) == 10
+
+
+def test_qmc_trial_n_takes_point_n_of_the_scrambled_sequence():
+    """Issue 20: QMC's point index was a counter in the study's system attrs, read then written without a transaction,
+    so two processes could draw the same point. Now trial n (after the first, which QMC leaves to its independent
+    sampler) takes point n of the study seed's scrambled Sobol sequence, computed here with scipy: the trial number
+    is unique in the storage, so no two trials of any processes share a point, and a process joining a study whose
+    first trials were made elsewhere (enqueued baselines) does not start again at point 0."""
+    from scipy.stats import qmc
+
+    s = optuna.create_study(sampler=study.sampler(_cfg("qmc")), direction="maximize")
+    for _ in range(3):  # made elsewhere: fixed params, as the enqueued baselines are
+        s.enqueue_trial({"lr": 0.01, "freeze_layers": 0})
+        _trial(s)
+    for n in range(3, 8):
+        number, lr, k = _trial(s)
+        engine = qmc.Sobol(2, seed=0, scramble=True)
+        engine.fast_forward(n)
+        u = engine.random(1)[0]  # dimensions in the order of the first trial's params: lr, freeze_layers
+        assert number == n
+        assert lr == pytest.approx(math.exp(math.log(LR[0]) + u[0] * (math.log(LR[1]) - math.log(LR[0]))), rel=1e-9)
+        assert k == round(-0.5 + u[1] * 5)
 
 
 def test_startup_trial_draws_what_its_seed_says():
