@@ -78,9 +78,13 @@ def seed_per_trial(sampler, seed: int):
     return sampler
 
 
-def _retry_callback(client):
-    """A dead worker's trial: its MLflow run ends FAILED, and the same params are enqueued again."""
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+MAX_RETRY = 3  # a search trial whose worker died runs again at most 3 times (units: harness.units.UNIT_RETRIES)
+
+
+def _retry_callback(client, max_retry: int = MAX_RETRY):
+    """A dead worker's trial: its MLflow run ends FAILED, and the same params and user attrs are enqueued again, at
+    most max_retry times along one lineage (Optuna's failed_trial / retry_history attrs)."""
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def callback(study, frozen):
         run_id = frozen.user_attrs.get("mlflow_run_id")
@@ -247,12 +251,12 @@ def fail_running(study: optuna.Study, reason: str) -> int:
                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
-def recover_dead(study: optuna.Study, client) -> int:
+def recover_dead(study: optuna.Study, client, max_retry: int = MAX_RETRY) -> int:
     """RUNNING trials whose worker process on this host is provably gone (kill -9, OOM, reboot) or provably another
     process (process_state): FAIL them now (not after the heartbeat grace period), end their MLflow runs FAILED, and
     enqueue the same params again. A process that cannot be judged is left to the heartbeat (fail_stale), so a
     clock adjustment or an unreadable /proc never fails a live worker's trial."""
-    host, n, callback = socket.gethostname(), 0, _retry_callback(client)
+    host, n, callback = socket.gethostname(), 0, _retry_callback(client, max_retry)
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.system_attrs.get("harness.host")
@@ -270,11 +274,11 @@ def recover_dead(study: optuna.Study, client) -> int:
     return n
 
 
-def fail_stale(study: optuna.Study, client) -> int:
+def fail_stale(study: optuna.Study, client, max_retry: int = MAX_RETRY) -> int:
     """Optuna's heartbeat check (fail_stale_trials) with a reason: a RUNNING trial whose worker has not beaten for
     GRACE_S seconds (another machine's, or one recover_dead could not judge) is failed with fail_reason naming its
     worker, its MLflow run ends FAILED, and its params are enqueued again. Returns how many."""
-    n, callback = 0, _retry_callback(client)
+    n, callback = 0, _retry_callback(client, max_retry)
     rdb = getattr(study._storage, "_backend", study._storage)  # RDBStorage behind Optuna's cache
     grace = getattr(rdb, "grace_period", None) or 2 * (getattr(rdb, "heartbeat_interval", None) or HEARTBEAT_S)
     for trial_id in study._storage._get_stale_trial_ids(study._study_id):

@@ -88,3 +88,30 @@ def budget_line(cfg: config.Config) -> str:
     if w > 1 and train.pick_device(cfg.study.device).type == "cuda":
         line += f", each capped at {GPU_SHARE / w:.2f} of the GPU's memory"
     return line
+
+
+def die_with_parent(parent: int | None) -> None:
+    """A worker process ends when its launcher does, however the launcher ends (SIGKILL included): on Linux the
+    kernel sends it SIGKILL (prctl PR_SET_PDEATHSIG), elsewhere a thread checks the parent every second. Its trial
+    is then recovered as any dead worker's (bookkeeping.recover_dead): killed by `kill -9` of the launcher, workers
+    went on unsupervised and finished trials nobody waited for."""
+    import ctypes
+    import signal
+    import sys
+    import threading
+    import time
+
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the launcher died before the line above: nobody will send the signal
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()

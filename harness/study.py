@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from harness import bookkeeping, config, context, data as datamod, models, schema, shifts, store, tracking, train
-from harness import champion, cores, links, records, trial as trialmod, workers
+from harness import champion, cores, links, records, trial as trialmod, units, workers
 from harness.config import ConfigError
 
 
@@ -147,12 +147,16 @@ def launch(ctx: context.Context, study: optuna.Study, log=print) -> None:
     cfg, data, info = ctx.cfg, ctx.data_cpu, ctx.info
     _log_study(ctx)
     tracking.log_inputs(ctx.client, ctx.parent_id, records.context_inputs(ctx))  # the data every trial reads
-    with bookkeeping.host_lock(cfg.study.name):  # two processes starting together: the baselines once
-        if ctx.created or not study.trials:
-            for b in trialmod.baselines(cfg, ctx.n_groups):
-                study.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
-            for params in trialmod.surgical_sweep(cfg, ctx.n_groups):
-                study.enqueue_trial(params, user_attrs={"surgical_sweep": True}, skip_if_exists=True)
+    def enqueue():  # skip_if_exists: a holder that died part-way enqueued some; exact, as one process holds the claim
+        for b in trialmod.baselines(cfg, ctx.n_groups):
+            study.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
+        for params in trialmod.surgical_sweep(cfg, ctx.n_groups):
+            study.enqueue_trial(params, user_attrs={"surgical_sweep": True}, skip_if_exists=True)
+
+    # exactly once across every process and machine of the study: a claim in the storage (harness.units); a
+    # process that finds it held by a live one waits for it, so no process asks before the baselines are queued
+    while units.once(study, "baselines", enqueue) is None:
+        time.sleep(0.5)
     suite = info["suite"]
     log(f"data: {len(data['train'][0])} train / {len(data['val'][0])} val / {len(data['test'][0])} test "
         f"images, {len(data['classes'])} classes; shifts: {suite['n_sets']} sets "
@@ -252,9 +256,11 @@ def _report(cfg: config.Config, uri: str, log) -> None:
 
 # ------------------------------------------------------------------------------------- cores, packing
 
-def _worker_main(cfg, n_groups, worker):
-    """Entry point of a spawned worker process: its thread budget (OMP_NUM_THREADS and OMP_WAIT_POLICY came with its
-    environment, see cores.worker_env) and GPU memory share, then the context from the caches, then trials."""
+def _worker_main(cfg, n_groups, worker, launcher=None):
+    """Entry point of a spawned worker process: it dies with its launcher (cores.die_with_parent), then its thread
+    budget (OMP_NUM_THREADS and OMP_WAIT_POLICY came with its environment, see cores.worker_env) and GPU memory share,
+    then the context from the caches, then trials and the post-search units."""
+    cores.die_with_parent(launcher)
     threads, why = cores.thread_budget(cfg)
     torch.set_num_threads(threads)
     device, share = train.pick_device(cfg.study.device), 1.0
@@ -265,7 +271,9 @@ def _worker_main(cfg, n_groups, worker):
     print(f"[w{worker}] pid {os.getpid()}: {torch.get_num_threads()} torch thread{'s' if threads > 1 else ''} ({why}), "
           f"{env}" + (f", {share:.2f} of the GPU's memory" if share < 1 else ""), flush=True)
     ctx = context.open_context(cfg, n_groups, log=lambda *_: None, memory_share=share)
-    workers.work(ctx, open_study(cfg, ctx.storage, create=False, worker=worker), worker)
+    study = open_study(cfg, ctx.storage, create=False, worker=worker)
+    if workers.work(ctx, study, worker)["stopped"] == "target":  # then the post-search units, shared with the others
+        workers.post_search(ctx, study, lambda line: print(f"[w{worker}] {line}", flush=True), worker)
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -371,7 +379,7 @@ def _run_workers(cfg: config.Config, n_groups: int, log) -> list[str]:
     import signal
 
     spawn = mp.get_context("spawn")  # fresh interpreters: no forked torch threads or sqlite handles
-    procs = [spawn.Process(target=_worker_main, args=(cfg, n_groups, i)) for i in range(cfg.study.workers)]
+    procs = [spawn.Process(target=_worker_main, args=(cfg, n_groups, i, os.getpid())) for i in range(cfg.study.workers)]
     with cores.environment(cores.worker_env(cores.thread_budget(cfg)[0])):
         for p in procs:
             p.start()
@@ -424,9 +432,9 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     finished = bookkeeping.counts(study)[0]
     short = finished < cfg.study.n_trials and not timed_out
     if not short and not timed_out and cfg.study.replicates > 1:
-        if ctx.data is None:  # the workers had them; the replicates run here, in the launcher
+        if ctx.data is None:  # the workers had them; what units remain (a dead worker's retry) run here too
             ctx = context.open_context(cfg, n_groups, log=lambda *_: None)
-        workers.replicate(ctx, study, log)
+        workers.post_search(ctx, study, log)
     tracking.end_run(ctx.client, ctx.parent_id, "FAILED" if short else "FINISHED")
     summary(ctx, study, time.perf_counter() - t0, log)
     if cfg.study.workers > 1:

@@ -400,7 +400,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
         _free(ctx)
 
 
-def replicate(ctx, source: dict, seed: int, reference: dict | None) -> str:
+def replicate(ctx, source: dict, seed: int, reference: dict | None, on_run=None) -> str:
     """Re-run a finished trial with another training seed (head init and batch order; the data, suite, pretrained
     body, params and recipe stay), on its own child run tagged with the source trial and the seed. source = {"number",
     "params", "baseline"}. Returns the run id; the run ends FINISHED, or FAILED with the reason (re-raised)."""
@@ -409,6 +409,8 @@ def replicate(ctx, source: dict, seed: int, reference: dict | None) -> str:
         p.setdefault("unfreeze_epoch", 0)
     run_id = tracking.replicate_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, source["number"], seed,
                                     {k: v for k, v in p.items() if v is not None}, source["baseline"])
+    if on_run is not None:  # the unit that runs it records its run: a dead worker's run is ended FAILED
+        on_run(run_id)
     sampler = records.start(ctx, run_id, p, source["baseline"])
     at, model = Progress(), None
     try:

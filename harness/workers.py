@@ -10,7 +10,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from harness import bookkeeping, corruption_error, store, tracking, trial as trialmod
+from harness import bookkeeping, corruption_error, store, tracking, trial as trialmod, units
 
 
 def best_value(study: optuna.Study) -> float | None:
@@ -169,33 +169,43 @@ def sources(study: optuna.Study) -> list:
     return out
 
 
-def replicate(ctx, study: optuna.Study, log=print) -> int:
-    """After the search: study.replicates - 1 more training seeds (study seed + 1, + 2, ...) of every source trial,
-    each its own child run (harness.trial.replicate); the trial itself is the study seed's replicate. Resumable: a
-    (trial, seed) with a FINISHED replicate run is not run again; a RUNNING one left by a dead process ends FAILED.
-    Returns the number of runs made."""
-    cfg = ctx.cfg
-    seeds = [cfg.study.seed + i for i in range(1, cfg.study.replicates)]
-    if not seeds:
-        return 0
-    runs = tracking.replicate_runs(ctx.client, ctx.exp_id, ctx.parent_id)
-    for r in runs:
-        if r["status"] == "RUNNING" and cfg.study.workers == 1:
+def replicate_units(ctx, study: optuna.Study) -> list[units.Unit]:
+    """The seed replicates as units: study.replicates - 1 more training seeds (study seed + 1, + 2, ...) of every
+    source trial; the trial itself is the study seed's replicate."""
+    seeds = [ctx.cfg.study.seed + i for i in range(1, ctx.cfg.study.replicates)]
+    return [units.Unit("replicate", f"replicate:{t.number}:{seed}",
+                       {"number": t.number, "params": dict(t.params), "baseline": t.user_attrs.get("baseline", ""),
+                        "seed": seed})
+            for t in sources(study) for seed in seeds]
+
+
+def run_replicate(ctx, study: optuna.Study, log=print):
+    """The runner of a replicate unit: one child run (harness.trial.replicate) with the CE reference as it stands."""
+    def run(unit: units.Unit, on_run) -> None:
+        p = unit.payload
+        log(f"replicate: trial {p['number']} ({p['baseline'] or 'searched'}) with seed {p['seed']}")
+        ref = corruption_error.ce_reference(study.get_trials(deepcopy=False))
+        trialmod.replicate(ctx, p, p["seed"], ref, on_run=on_run)
+
+    return run
+
+
+def post_search(ctx, study: optuna.Study, log=print, worker: int = 0) -> dict:
+    """After the search, in any number of processes at once (launchers and workers, on any machines): plan the seed
+    replicates of the sources once (a claim named by their keys: a study extended later plans its new ones), then
+    run units until none waits or runs. Each unit runs exactly once (harness.units); a dead worker's unit runs again
+    once; a failed one is a line and a FAIL with its reason, never a failed study. Returns this process's counts."""
+    if ctx.cfg.study.replicates < 2:
+        return {"complete": 0, "failed": 0}
+    todo = replicate_units(ctx, study)
+    name = "replicates-" + store.cache_key(sorted(u.key for u in todo))[:16]
+    units.plan(study, name, todo)  # None: another live process is planning it; drain waits for it to finish
+    done = units.drain(study, ctx.client, {"replicate": run_replicate(ctx, study, log)}, worker, log, until_planned=name)
+    # no unit runs now: a replicate run still RUNNING was left by a process that died before its unit said which
+    for r in tracking.replicate_runs(ctx.client, ctx.exp_id, ctx.parent_id):
+        if r["status"] == "RUNNING":
             tracking.end_run(ctx.client, r["run_id"], "FAILED",
                              {"harness.fail_reason": "the process died before the replicate finished"})
-    have = {(r["of"], r["seed"]) for r in runs if r["status"] == "FINISHED"}
-    ref = corruption_error.ce_reference(study.get_trials(deepcopy=False))
-    n = 0
-    for t in sources(study):
-        for seed in seeds:
-            if (t.number, seed) in have:
-                continue
-            log(f"replicate: trial {t.number} ({t.user_attrs.get('baseline') or 'searched'}) with seed {seed}")
-            src = {"number": t.number, "params": dict(t.params), "baseline": t.user_attrs.get("baseline", "")}
-            try:
-                trialmod.replicate(ctx, src, seed, ref)
-                n += 1
-            except Exception as e:  # a failed replicate is a line and a FAILED run, never a failed study
-                log(f"warning: replicate of trial {t.number} with seed {seed} failed ({type(e).__name__}: {e})")
+    seeds = sorted({u.payload["seed"] for u in todo})
     tracking.set_tags(ctx.client, ctx.parent_id, {"harness.replicates": ",".join(map(str, seeds))})
-    return n
+    return done
