@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness import bookkeeping, config, data as datamod, prefix, pretrain, store, suite as suitemod, tracking, train
+from harness import bookkeeping, config, data as datamod, prefix, pretrain, store, suite as suitemod, target, tracking, train
 
 
 @dataclasses.dataclass
@@ -64,7 +64,7 @@ def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_su
         pre_device = torch.device("cpu") if device.type == "cpu" else device
         pre_state, info["pretrain"] = pretrain.pretrained(cfg, data, pre_device, cache, log=log)
         weights_key = f"pretrain-{info['pretrain']['key']}"
-    data = suitemod.target_domain(cfg.data, data, cfg.study.seed, cache)  # after pretraining: it is source data
+    data = target.target_domain(cfg.data, data, cfg.study.seed, cache)  # after pretraining: it is source data
     suite = None
     if with_suite:
         suite, info["suite"] = suitemod.build(cfg.shifts, data, cache)

@@ -65,9 +65,7 @@ def preflight(cfg: config.Config) -> int:
         for name in getattr(cfg.shifts, key):
             if name not in shifts.SHIFTS:
                 raise ConfigError(f"shifts.{key}", f"unknown shift {name!r}; allowed: {', '.join(shifts.SHIFTS)}")
-    for name, _ in config.target_shifts(cfg.data):
-        if name not in shifts.SHIFTS:
-            raise ConfigError("data.target_shift", f"unknown shift {name!r}; allowed: {', '.join(shifts.SHIFTS)}")
+    config.target_shifts(cfg.data, known=shifts.SHIFTS)
     try:
         model, groups = models.build(cfg.model.name, max(2, len(cfg.data.target_classes)))
         if cfg.model.weights != "pretrain":

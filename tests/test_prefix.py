@@ -190,7 +190,7 @@ def test_a_study_logs_the_same_metrics_with_and_without_the_cache(tiny_config, w
     from mlflow.tracking import MlflowClient
     import optuna
 
-    from harness import data as datamod, store, study, suite as suitemod
+    from harness import data as datamod, store, study, suite as suitemod, target
 
     served, real = [], prefix.inputs
 
@@ -205,7 +205,7 @@ def test_a_study_logs_the_same_metrics_with_and_without_the_cache(tiny_config, w
     cfg, cache = config.load(tiny_config), store.cache_dir()
     cache.mkdir(parents=True)
     data = datamod.load(cfg.data, cfg.study.seed, cache)
-    suitemod.build(cfg.shifts, suitemod.target_domain(cfg.data, data, cfg.study.seed, cache), cache)
+    suitemod.build(cfg.shifts, target.target_domain(cfg.data, data, cfg.study.seed, cache), cache)
     runs = {}
     for name, mb in (("plain", 0), ("cached", 1024)):
         served.clear()

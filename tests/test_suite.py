@@ -8,9 +8,10 @@ import pytest
 
 import torch
 
-from harness import config, data as datamod, shifts, suite
+from harness import config, data as datamod, shifts, suite, target
 
 from conftest import TINY
+from test_target import _contrast5
 
 
 def _setup(tmp_path):
@@ -62,85 +63,21 @@ def test_cache_key_follows_config_and_data(tmp_path):
 # ------------------------------------------------------------------------------------------ a shifted target domain
 
 
-def _contrast5(x):
-    """CIFAR-10-C contrast at severity 5, written out: (x - per-image channel mean) * .15 + mean."""
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    return ((x - mean) * 0.15 + mean).clamp(0, 1)
-
-
-def test_target_shift_applies_to_train_val_and_test(tmp_path):
-    """data.target_shift = "contrast:5": train, val, test and subpopulation images are the shifted images (uint8 by
-    truncation, as CIFAR-10-C's files), labels unchanged, the clean val/test kept; cached, and the same per seed."""
-    cfg, data = _setup(tmp_path)
-    d = dataclasses.replace(cfg.data, target_shift=["contrast:5"])
-    out = suite.target_domain(d, data, 0, tmp_path / "cache")
-    for split in ("train", "val", "test"):
-        x, y = data[split]
-        assert torch.allclose(out[split][0], torch.floor(_contrast5(x) * 255) / 255, atol=1.5 / 255)
-        assert torch.equal(out[split][1], y)
-    assert torch.equal(out["clean_test"][0], data["test"][0]) and torch.equal(out["clean_val"][0], data["val"][0])
-    assert torch.equal(out["source_train"][0], data["source_train"][0])  # pretraining data is not the target's
-    again = suite.target_domain(d, data, 0, tmp_path / "cache")
-    assert [p.name.startswith("target-") for p in (tmp_path / "cache").glob("*.safetensors")] == [True]
-    assert all(torch.equal(out[s][0], again[s][0]) for s in ("train", "val", "test")) and out["key"] != data["key"]
-    noise = dataclasses.replace(cfg.data, target_shift=["gaussian_noise:3"])
-    a, b, c = (suite.target_domain(noise, data, seed, None)["test"][0] for seed in (0, 0, 1))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert suite.target_domain(cfg.data, data, 0, None) is data  # no target shift: nothing changes
-    # digits held out of fine-tuning (the subpopulation set) are in the target domain too
-    par = dataclasses.replace(d, task="parity", holdout_classes=[9])
-    pdata = datamod.load(par, cfg.study.seed)
-    pout = suite.target_domain(par, pdata, 0, None)
-    assert len(pdata["subpop"][1]) > 0 and torch.equal(pout["subpop"][1], pdata["subpop"][1])
-    assert torch.allclose(pout["subpop"][0], torch.floor(_contrast5(pdata["subpop"][0]) * 255) / 255, atol=1.5 / 255)
-
-
-def test_target_shift_mixture_deals_images_between_shifts(tmp_path):
-    """A list of two target shifts: every test image is one of the two shifted versions, about half each."""
-    cfg, data = _setup(tmp_path)
-    d = dataclasses.replace(cfg.data, target_shift=["contrast:5", "brightness:5"])
-    out = suite.target_domain(d, data, 0, None)["test"][0]
-    x = data["test"][0]
-    brightened = x * ((x.amax(1, keepdim=True) + 0.3).clamp(max=1) / x.amax(1, keepdim=True).clamp(min=1e-12))
-    is_c = ((out - torch.floor(_contrast5(x) * 255) / 255).abs() < 1.5 / 255).flatten(1).all(1)
-    is_b = ((out - torch.floor(brightened.clamp(0, 1) * 255) / 255).abs() < 1.5 / 255).flatten(1).all(1)
-    assert (is_c | is_b).all() and abs(int(is_c.sum()) - len(x) / 2) <= 1
-
-
 def test_target_domain_suite_tests_on_clean_and_other_shifts(tmp_path):
     """With a target domain the clean test subset is an OOD test set ('clean', family clean), and the other test
     shifts act on the clean images, not on the target domain's."""
     cfg, data = _setup(tmp_path)
     d = dataclasses.replace(cfg.data, target_shift=["gaussian_noise:5"])
-    target = suite.target_domain(d, data, 0, None)
+    domain = target.target_domain(d, data, 0, None)
     sh = dataclasses.replace(cfg.shifts, test=["contrast"], severities=[5])
-    s, _ = suite.build(sh, target, tmp_path / "cache")  # written to the cache and read back
-    s, _ = suite.build(sh, target, tmp_path / "cache")
+    s, _ = suite.build(sh, domain, tmp_path / "cache")  # written to the cache and read back
+    s, _ = suite.build(sh, domain, tmp_path / "cache")
     clean_x, clean_y = s["test_sets"]["clean"]
     assert s["family"]["clean"] == "clean" and torch.equal(clean_y, s["labels"]["test"])
     assert torch.allclose(s["test"]["contrast"][5], _contrast5(clean_x), atol=1e-6)
     assert torch.equal(clean_x, s["clean"]["test"])  # the subset the shifted sets are made from
     rows = data["test"][0].flatten(1)
     assert all((rows == img.flatten()).all(1).any() for img in clean_x)  # clean target-task test images
-
-
-def test_target_shift_cannot_also_be_a_test_shift(tmp_path):
-    """The refusal names data.target_shift (exit 2 at the CLI); malformed entries and unknown names too."""
-    import pytest
-
-    from harness import study
-
-    with pytest.raises(config.ConfigError, match="cannot also be a test shift") as err:
-        config.load(None, ['data.target_shift="gaussian_noise:5"', 'shifts.test=["gaussian_noise", "fog"]'])
-    assert err.value.key == "data.target_shift"
-    for bad in ('"gaussian_noise"', '"gaussian_noise:6"', '["fog:1", "fog:2"]'):
-        with pytest.raises(config.ConfigError) as err:
-            config.load(None, [f"data.target_shift={bad}"])
-        assert err.value.key == "data.target_shift"
-    with pytest.raises(config.ConfigError, match="unknown shift 'hail'") as err:
-        study.preflight(config.load(None, ['data.target_shift="hail:2"']))
-    assert err.value.key == "data.target_shift"
-    assert config.load(None, ['data.target_shift="snow:2"']).data.target_shift == ["snow:2"]
 
 
 # ------------------------------------------------------------------------------- real corruption files (CIFAR-10-C)
