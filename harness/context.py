@@ -21,7 +21,7 @@ class Context:
     device: torch.device
     data: dict | None  # every split, resident on the device when it fits (data.to_device); None in a launcher
     data_cpu: dict  # the same splits on the CPU, with "key" (cache key) and "classes"
-    suite: dict | None  # shifted evaluation sets on the device (suite.build); None when not asked for
+    suite: suitemod.Suite | None  # the evaluation sets on the device (suite.build); None when not asked for
     pretrained: dict | None  # body state of the source-task pretraining (model.weights = "pretrain"), else None
     weights_key: str  # what the initial weights are, for cache keys: "pretrain-<key>" or model.weights
     n_groups: int  # freezable layer groups of the model (the head excluded)
