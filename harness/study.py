@@ -181,6 +181,7 @@ def _log_study(ctx: context.Context) -> None:
             "harness.n_trials_target": cfg.study.n_trials, "harness.optuna_storage": store.redact(cfg.study.storage or "sqlite:///mlruns/optuna.db"),
             "harness.shifts.selection": ",".join(cfg.shifts.selection),
             "harness.shifts.test": ",".join(e.name for e in ctx.suite.test if e.kind == "severity"),
+            "harness.target_domain": ",".join(data.get("target_shift", [])) or "none",  # harness.target's parse
             "harness.shift_suite": suite_info["key"], "harness.data": data["key"],
             # sample sizes behind every accuracy: the report's confidence intervals need them
             "harness.n_test": len(data["test"][1]),

@@ -1,4 +1,5 @@
-"""Target: the study's shifted target domain (data.target_shift), parsed by one function, built once per seed, cached."""
+"""Target: the study's shifted target domain (data.target_shift), parsed by one function, built once per seed, cached,
+and named on the report's provenance."""
 
 from __future__ import annotations
 
@@ -96,3 +97,23 @@ def test_one_parser_for_config_preflight_and_builder(monkeypatch, tmp_path):
     out = target.target_domain(cfg.data, data, 0, None)
     assert calls[2:] == [None] and out["target_shift"] == ["brightness:2", "snow:5"]  # the builder: once
     assert real(cfg.data) == [("brightness", 2), ("snow", 5)]
+
+
+def test_the_report_names_the_target_domain():
+    """The study page's provenance and report.json name the target domain from the parent's harness.target_domain tag:
+    the shifts of a target domain, the clean target task, or '-' for a study that did not log it."""
+    from harness import numbers
+    from harness.report import study_page
+
+    def page_row(tags: dict) -> tuple[str | None, str]:
+        parent = {"run_id": "p", "status": "FINISHED", "start_time": 0, "end_time": 1000, "tags": tags, "params": {},
+                  "metrics": {}, "curves": {}, "artifacts": [], "texts": {}, "shift_examples": None}
+        s = numbers.summarize({"name": "t", "tracking_uri": "sqlite:///x", "experiment_id": "1", "parent": parent,
+                               "trials": [], "replicates": [], "optuna": {"available": False, "error": "none"}})
+        return s["provenance"]["target_domain"], dict(study_page._provenance_fields(s))["target domain"]
+
+    shown, words = page_row({"harness.target_domain": "gaussian_noise:5,fog:2"})
+    assert shown == "gaussian_noise:5,fog:2" and words.startswith("gaussian_noise:5 + fog:2: the target train")
+    assert "held-out set clean" in words
+    assert page_row({"harness.target_domain": "none"}) == ("none", "the clean target task (no data.target_shift)")
+    assert page_row({}) == (None, "-")
