@@ -81,7 +81,7 @@ class Data:
     task: str = "classes"
     holdout_classes: list[int] = field(default_factory=list)
     # a shifted target domain: "name:severity" (a string, or a list of them for a mixture) applied to the target
-    # train/val/test images before fine-tuning (harness.suite.target_domain); [] = the clean target task
+    # train/val/test images before fine-tuning (harness.target.target_domain); [] = the clean target task
     target_shift: list[str] = field(default_factory=list)
 
 
@@ -426,8 +426,10 @@ def _check_data(cfg: Config) -> None:
             raise ConfigError("data.holdout_classes", f"fine-tuning digits {sorted(seen)} must include odd and even ones")
 
 
-def target_shifts(d: Data) -> list[tuple[str, int]]:
-    """data.target_shift as (shift name, severity) pairs; the names are checked against the registry at preflight."""
+def target_shifts(d: Data, known=None) -> list[tuple[str, int]]:
+    """data.target_shift as (shift name, severity) pairs: the one parser of the key, for config validation (the form,
+    no shift twice), preflight (`known`: the shift registry, which this module cannot import) and the builder
+    (harness.target). ConfigError naming data.target_shift otherwise."""
     out = []
     for text in d.target_shift:
         name, _, sev = text.partition(":")
@@ -436,6 +438,9 @@ def target_shifts(d: Data) -> list[tuple[str, int]]:
         out.append((name.strip(), int(sev)))
     if len({n for n, _ in out}) != len(out):
         raise ConfigError("data.target_shift", f"lists a shift twice: {d.target_shift}")
+    for name, _ in out if known is not None else ():
+        if name not in known:
+            raise ConfigError("data.target_shift", f"unknown shift {name!r}; allowed: {', '.join(known)}")
     return out
 
 
@@ -498,8 +503,9 @@ def _check_shifts(cfg: Config) -> None:
     if sh.files and not (Path(sh.files).expanduser() / "labels.npy").is_file():
         raise ConfigError("shifts.files", f"{sh.files} has no labels.npy (expected CIFAR-10-C's layout: "
                           "<corruption>.npy files of 5 x N images and labels.npy)")
+    domain = {n for n, _ in target_shifts(cfg.data)}
     for key in ("test", "selection"):  # the target domain is in-distribution for the study, never an OOD set
-        both = sorted({n for n, _ in target_shifts(cfg.data)} & set(getattr(sh, key)))
+        both = sorted(domain & set(getattr(sh, key)))
         if both:
             raise ConfigError("data.target_shift", f"{', '.join(both)} is the target domain and cannot also be a "
                               f"{'test' if key == 'test' else 'selection'} shift (shifts.{key}); remove it there")

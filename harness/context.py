@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness import bookkeeping, config, data as datamod, prefix, pretrain, store, suite as suitemod, tracking, train
+from harness import bookkeeping, config, data as datamod, prefix, pretrain, store, suite as suitemod, target, tracking, train
 
 
 @dataclasses.dataclass
@@ -21,7 +21,7 @@ class Context:
     device: torch.device
     data: dict | None  # every split, resident on the device when it fits (data.to_device); None in a launcher
     data_cpu: dict  # the same splits on the CPU, with "key" (cache key) and "classes"
-    suite: dict | None  # shifted evaluation sets on the device (suite.build); None when not asked for
+    suite: suitemod.Suite | None  # the evaluation sets on the device (suite.build); None when not asked for
     pretrained: dict | None  # body state of the source-task pretraining (model.weights = "pretrain"), else None
     weights_key: str  # what the initial weights are, for cache keys: "pretrain-<key>" or model.weights
     n_groups: int  # freezable layer groups of the model (the head excluded)
@@ -64,7 +64,7 @@ def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_su
         pre_device = torch.device("cpu") if device.type == "cpu" else device
         pre_state, info["pretrain"] = pretrain.pretrained(cfg, data, pre_device, cache, log=log)
         weights_key = f"pretrain-{info['pretrain']['key']}"
-    data = suitemod.target_domain(cfg.data, data, cfg.study.seed, cache)  # after pretraining: it is source data
+    data = target.target_domain(cfg.data, data, cfg.study.seed, cache)  # after pretraining: it is source data
     suite = None
     if with_suite:
         suite, info["suite"] = suitemod.build(cfg.shifts, data, cache)

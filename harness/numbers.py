@@ -340,6 +340,7 @@ def _provenance(study: dict, rows: list[dict], objective: str, counts: dict, sea
         "git_sha": tags.get("harness.git_sha"), "device": tags.get("harness.device"),
         "optuna_storage": tags.get("harness.optuna_storage"), "data_key": tags.get("harness.data"),
         "shift_suite": tags.get("harness.shift_suite"), "status": p["status"],
+        "target_domain": tags.get("harness.target_domain"),  # name:severity[,...], none, or None (not logged)
         "versions": versions or {k[len("harness.version."):]: v for k, v in tags.items() if k.startswith("harness.version.")},
         "pretrain": {"key": tags.get("harness.pretrain"), "source_val_acc": _float(pre.get("source_val_acc")),
                      "seconds": _float(pre.get("seconds"))} if tags.get("harness.pretrain") else None,

@@ -30,10 +30,10 @@ def data_source(cfg) -> str:
     return {"digits": "sklearn.datasets.load_digits"}.get(cfg.data.source, cfg.data.source)
 
 
-def dataset_inputs(cfg, data: dict, suite: dict | None) -> list:
-    """MLflow dataset inputs for the clean splits (train, validation, test, subpopulation) and every shifted
-    evaluation set: name, digest, source and context, plus input tags for the split, shift, severity, seed and the
-    label (target) shift's concentration."""
+def dataset_inputs(cfg, data: dict, suite) -> list:
+    """MLflow dataset inputs for the clean splits (train, validation, test, subpopulation) and every evaluation set
+    of the suite (harness.suite.Suite; None: none): name, digest, source and context, plus input tags for the split,
+    shift, severity, seed and the label (target) shift's prior."""
     src, base = data_source(cfg), cfg.data.source
     out = []
     for split in ("train", "val", "test", "subpop"):
@@ -44,19 +44,21 @@ def dataset_inputs(cfg, data: dict, suite: dict | None) -> list:
                 tags[schema.INPUT_TARGET_SHIFT] = ",".join(cfg.data.target_shift)
             out.append(tracking.dataset_input(f"{base}/{split}", digest(x, y), src, SPLIT_CONTEXT[split], tags,
                                               shape=[-1, *x.shape[1:]]))
-    for part, split in (("selection", "val"), ("test", "test")):
-        for name, sev in (suite or {}).get(part, {}).items():
-            for s, xs in sev.items():
-                out.append(tracking.dataset_input(
-                    f"{base}/{split}/{name}/s{s}", digest(xs), src, f"{part}-shift",
-                    {schema.INPUT_SPLIT: split, schema.INPUT_SHIFT: name, schema.INPUT_SEVERITY: s,
-                     schema.INPUT_SEED: cfg.shifts.seed, schema.INPUT_IMAGES: len(xs)}))
-    for name, (xs, ys) in (suite or {}).get("test_sets", {}).items():
-        tags = {schema.INPUT_SPLIT: "test", schema.INPUT_SHIFT: name, schema.INPUT_SEED: cfg.shifts.seed,
-                schema.INPUT_IMAGES: len(ys)}
-        if name == "label_shift":  # the target (label) shift: test resampled to Dirichlet(alpha) class priors
-            tags[schema.INPUT_TARGET_SHIFT] = f"dirichlet(alpha={cfg.shifts.label_alpha})"
-        out.append(tracking.dataset_input(f"{base}/test/{name}", digest(xs, ys), src, "test-shift", tags))
+    for role, split, sets in (("selection", "val", suite.selection), ("test", "test", suite.test)) if suite else ():
+        for e in sets:
+            tags = {schema.INPUT_SPLIT: split, schema.INPUT_SHIFT: e.name, schema.INPUT_SEED: e.provenance.seed}
+            where = e.provenance.source or src
+            if e.kind != "severity":  # one set with its own labels
+                if e.provenance.prior:  # the target (label) shift: test resampled to Dirichlet(alpha) class priors
+                    tags[schema.INPUT_TARGET_SHIFT] = e.provenance.prior
+                out.append(tracking.dataset_input(f"{base}/{split}/{e.name}", digest(e.images[0], e.labels), where,
+                                                  f"{role}-shift", {**tags, schema.INPUT_IMAGES: len(e.labels)}))
+                continue
+            for s, xs in e.at():
+                # a paired set's labels are its split's (recorded above); an unpaired one's are its own
+                out.append(tracking.dataset_input(f"{base}/{split}/{e.name}/s{s}",
+                                                  digest(xs, None if e.paired else e.labels), where, f"{role}-shift",
+                                                  {**tags, schema.INPUT_SEVERITY: s, schema.INPUT_IMAGES: len(xs)}))
     return out
 
 

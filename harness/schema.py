@@ -7,7 +7,7 @@ A name with `{...}` is a template: `shift/{shift}/acc` stands for shift/gaussian
 When (the `step` of a metric):
   epoch     one value per training epoch, step = epoch (0-based)
   final     once at the end of the run, step 0
-  severity  one value per shift severity, step = severity (1-5; label and subpopulation shifts: step 1)
+  severity  one value per shift severity, step = severity (1-5; a set or domain, e.g. label shift: step 1)
   class     one value per class, step = class index
   period    one value per stream period, step = period (0-based), harness.sustain only
 """
@@ -170,6 +170,8 @@ TAGS = {
     "harness.shifts.selection": "selection shifts", "harness.shifts.test": "held-out test shifts",
     "harness.shifts.family": "shift -> family, comma-separated name:family",
     "harness.shift_suite": "cache key of the shifted sets", "harness.data": "cache key of the data",
+    "harness.target_domain": "the target domain fine-tuned and tested on: data.target_shift as name:severity, "
+                             "comma-separated (a mixture), or none (the clean target task)",
     "harness.n_test": "clean test images (sample size of id_acc)",
     "harness.n_shift_eval": "images per shifted test set (sample size of shift accuracies)",
     "harness.pretrain": "cache key of the source-task pretraining",

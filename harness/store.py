@@ -337,28 +337,35 @@ def cache_key(obj, extra: str = "", n: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
-def save_tensors(tensors: dict, path: Path, meta: dict | None = None) -> None:
-    """A safetensors cache file (and its JSON sidecar), written under a temporary name and renamed: concurrent
-    workers or a kill never leave half a file under the final name. The sidecar is written first, so a file under
-    the final name always has its sidecar."""
+def save_tensors(tensors: dict, path: Path, meta: dict | None = None, inline: bool = False) -> None:
+    """A safetensors cache file and its JSON description `meta`, written under a temporary name and renamed: concurrent
+    workers or a kill never leave half a file under the final name. `meta` goes to a sidecar (<name>.json, written
+    first, so a file under the final name always has its sidecar) or, `inline`, into the safetensors header itself:
+    one file, written at once (harness.suite's index of what each key holds)."""
     from safetensors.torch import save_file  # torch stays out of the reader's imports (results, report)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if meta is not None:
+    if meta is not None and not inline:
         side = path.with_suffix(".json")
         tmp_meta = side.with_suffix(f".json.{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps(meta))
         tmp_meta.replace(side)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"meta": json.dumps(meta)} if meta is not None and inline else None)
     tmp.replace(path)
 
 
 def load_tensors(path: Path, device: str = "cpu") -> tuple[dict, dict | None] | None:
-    """(tensors, sidecar or None) of a cache file, or None when it is absent."""
+    """(tensors, their JSON description or None) of a cache file, or None when it is absent. The description is the
+    header's when save_tensors wrote it inline, else the sidecar's."""
     if not path.exists():
         return None
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
+    with safe_open(str(path), framework="pt", device=device) as f:  # what safetensors.torch.load_file does
+        tensors, header = f.get_tensors(), f.metadata() or {}
+    if "meta" in header:
+        return tensors, json.loads(header["meta"])
     side = path.with_suffix(".json")
-    return load_file(str(path), device=device), (json.loads(side.read_text()) if side.exists() else None)
+    return tensors, (json.loads(side.read_text()) if side.exists() else None)

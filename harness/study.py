@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from harness import bookkeeping, config, context, data as datamod, models, schema, shifts, store, tracking, train
-from harness import champion, cores, links, records, trial as trialmod, units, workers
+from harness import champion, cores, links, records, suite as suitemod, trial as trialmod, units, workers
 from harness.config import ConfigError
 
 
@@ -65,9 +65,7 @@ def preflight(cfg: config.Config) -> int:
         for name in getattr(cfg.shifts, key):
             if name not in shifts.SHIFTS:
                 raise ConfigError(f"shifts.{key}", f"unknown shift {name!r}; allowed: {', '.join(shifts.SHIFTS)}")
-    for name, _ in config.target_shifts(cfg.data):
-        if name not in shifts.SHIFTS:
-            raise ConfigError("data.target_shift", f"unknown shift {name!r}; allowed: {', '.join(shifts.SHIFTS)}")
+    config.target_shifts(cfg.data, known=shifts.SHIFTS)
     try:
         model, groups = models.build(cfg.model.name, max(2, len(cfg.data.target_classes)))
         if cfg.model.weights != "pretrain":
@@ -183,14 +181,16 @@ def _log_study(ctx: context.Context) -> None:
     tags = {"harness.git_sha": tracking.git_sha(), "harness.device": str(ctx.device),
             "harness.sampler": cfg.study.sampler,
             "harness.pruner": "none" if cfg.study.objective == "multi" else cfg.study.pruner,  # Optuna cannot prune multi
-            "harness.shifts.family": ",".join(f"{n}:{f}" for n, f in ctx.suite["family"].items()),
+            "harness.shifts.family": ",".join(f"{e.name}:{e.family}" for e in ctx.suite.selection + ctx.suite.test),
             "harness.objective": cfg.study.objective, "harness.seed": cfg.study.seed,
             "harness.n_trials_target": cfg.study.n_trials, "harness.optuna_storage": store.redact(cfg.study.storage or "sqlite:///mlruns/optuna.db"),
-            "harness.shifts.selection": ",".join(cfg.shifts.selection), "harness.shifts.test": ",".join(cfg.shifts.test + list(ctx.suite.get("files", {}))),
+            "harness.shifts.selection": ",".join(cfg.shifts.selection),
+            "harness.shifts.test": ",".join(e.name for e in ctx.suite.test if e.kind == "severity"),
+            "harness.target_domain": ",".join(data.get("target_shift", [])) or "none",  # harness.target's parse
             "harness.shift_suite": suite_info["key"], "harness.data": data["key"],
             # sample sizes behind every accuracy: the report's confidence intervals need them
             "harness.n_test": len(data["test"][1]),
-            "harness.n_shift_eval": len(ctx.suite["labels"].get("test", data["test"][1])),
+            "harness.n_shift_eval": len(ctx.suite.clean_test.labels),
             **{f"harness.version.{k}": v for k, v in versions.items() if k in ("torch", "optuna", "mlflow", "python")}}
     logged_pretrain = None if created else client.get_run(run).data.tags.get("harness.pretrain")
     tracking.set_tags(client, run, tags)
@@ -214,20 +214,21 @@ def _log_study(ctx: context.Context) -> None:
             plt.close(grid)
 
 
-def _shift_grid(suite: dict, sev: list[int]):
-    """Rows: shifts (selection then test); columns: clean then severities. One example image."""
+def _shift_grid(suite: suitemod.Suite, sev: list[int]):
+    """Rows: the paired shifts (selection then test); columns: clean then severities. One example image."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("selection", n) for n in suite["selection"]] + [("test", n) for n in suite["test"]]
+    rows = [(part, clean.images[0], e) for part, sets, clean in (("selection", suite.selection, suite.clean_selection),
+                                                                   ("test", suite.test, suite.clean_test))
+            for e in sets if e.paired]
     if not rows:
         return None
     fig, axes = plt.subplots(len(rows), len(sev) + 1, figsize=(1.3 * (len(sev) + 1), 1.3 * len(rows)), squeeze=False)
-    clean = {part: suite["clean"][part][0] for part in ("selection", "test") if part in suite["clean"]}
-    for r, (part, name) in enumerate(rows):
-        imgs = [clean[part]] + [suite[part][name][s][0] for s in sev]
+    for r, (part, first, e) in enumerate(rows):
+        imgs = [first] + [e.images[e.severities.index(s)][0] for s in sev]
         for c, img in enumerate(imgs):
             ax = axes[r][c]
             ax.imshow(img.float().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
@@ -235,7 +236,7 @@ def _shift_grid(suite: dict, sev: list[int]):
             if r == 0:
                 ax.set_title("clean" if c == 0 else f"severity {sev[c - 1]}", fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"{name}\n({part})", fontsize=7)
+                ax.set_ylabel(f"{e.name}\n({part})", fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -1,7 +1,8 @@
-"""The study's shifted evaluation sets: materialized once (fixed seed), cached on disk, reused by every trial."""
+"""A study's evaluation sets (EvalSet), built once per study from fixed seeds, cached on disk, reused by every trial."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import time
@@ -11,12 +12,108 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from harness import data as datamod, imageops, shifts, store
-from harness.config import Data, Shifts, target_shifts
+from harness.config import Shifts
 
-VERSION = 2
-
+VERSION = 3  # 3: tensors under index keys, each set described in the file's header (EvalSet); no name parsed back
 
 FILES_PREFIX = "c10c."  # test shifts read from shifts.files: c10c.<corruption> (no slash: it is a metric name part)
+
+# severity: one image set per severity, the same rows and labels at each (logged at step = severity); set: one image
+# set drawn from the study's data (label shift, subpopulation); domain: the images of another domain, one set
+# (both logged at step 1)
+KINDS = ("severity", "set", "domain")
+# The families of the sets that are not registry shifts (a registry shift's family is shifts.FAMILY's), each with
+# the kind its sets are. ood_acc/<family> averages a family's sets: a set of no declared family is an error
+FAMILIES = {
+    "label": "set",  # the test split resampled to a Dirichlet class prior (label shift, Lipton et al. 2018)
+    "subpopulation": "set",  # classes held out of fine-tuning (data.holdout_classes)
+    "clean": "domain",  # a shifted target domain's clean test images (harness.target): the domain the study left
+    "files": "severity",  # a shifts.files corruption the registry does not know
+}
+
+
+def kind_of(family: str) -> str:
+    """The kind a family's sets are: severity for the registry's families, else FAMILIES' entry."""
+    if family in FAMILIES:
+        return FAMILIES[family]
+    if family in shifts.FAMILY.values():
+        return "severity"
+    raise ValueError(f"unknown evaluation-set family {family!r}: neither a shift family "
+                     f"({', '.join(sorted(set(shifts.FAMILY.values())))}) nor one of harness.suite.FAMILIES "
+                     f"({', '.join(FAMILIES)})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Where a set's images come from."""
+    split: str  # the study's split they are drawn from (val, test, subpop); "" when read from a folder
+    seed: int  # shifts.seed: the stratified subset, each shift's draws and the label-shift prior come from it
+    source: str = ""  # the folder they were read from (shifts.files); "" for the study's own data
+    prior: str = ""  # label shift: the distribution its class prior was drawn from, "dirichlet(alpha=...)"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set: logged as shift/<name>/<metric> (step = severity, 1 for a set or domain), averaged into
+    ood_acc/<family>."""
+    name: str
+    family: str
+    kind: str  # one of KINDS, the one its family has (kind_of)
+    severities: tuple[int, ...]  # a severity set's severities, in config order; () for a set or domain
+    images: tuple[torch.Tensor, ...]  # float [n, 3, H, W] in [0, 1], one per severity (one for a set or domain)
+    labels: torch.Tensor  # int64 [n]: the same rows at every severity
+    provenance: Provenance
+    prior: torch.Tensor | None = None  # label shift: the class prior its labels were resampled to
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"evaluation set {self.name!r}: unknown kind {self.kind!r}; one of {', '.join(KINDS)}")
+        if kind_of(self.family) != self.kind:
+            raise ValueError(f"evaluation set {self.name!r}: family {self.family!r} is of kind {kind_of(self.family)!r}, "
+                             f"not {self.kind!r}")
+        if (self.kind == "severity") != bool(self.severities) or len(self.images) != len(self.steps):
+            raise ValueError(f"evaluation set {self.name!r}: {len(self.images)} image sets for severities "
+                             f"{self.severities} (a {self.kind} has one per severity)")
+        if any(len(x) != len(self.labels) for x in self.images):
+            raise ValueError(f"evaluation set {self.name!r}: {[len(x) for x in self.images]} images, "
+                             f"{len(self.labels)} labels")
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """The steps its metrics are logged at: the severities, or 1 for a set or domain."""
+        return self.severities or (1,)
+
+    @property
+    def paired(self) -> bool:
+        """Its images are its role's clean subset shifted, row for row (a severity set of the study's own data), so
+        per-image comparisons with the clean subset hold: correct.json, the clean error of its relative CE, the
+        example grid."""
+        return self.kind == "severity" and not self.provenance.source
+
+    def at(self):
+        """(step, images) for each severity (one pair for a set or domain)."""
+        return zip(self.steps, self.images)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+    """A role's clean images, a fixed stratified subset of its split (shifts.eval_images), which its paired sets shift."""
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A study's evaluation sets by role: selection may steer model selection, test never does."""
+    selection: tuple[EvalSet, ...]  # shifts of the validation subset: all that model selection reads
+    test: tuple[EvalSet, ...]  # held out, in evaluation order: the test shifts, shifts.files, then the sets
+    clean_selection: Subset
+    clean_test: Subset
+
+    def __post_init__(self):
+        names = [e.name for e in self.selection + self.test]
+        if len(set(names)) != len(names):  # metrics are keyed by name: a second set would overwrite the first
+            raise ValueError(f"evaluation sets named twice: {sorted({n for n in names if names.count(n) > 1})}")
 
 
 def cache_key(cfg: Shifts, data_key: str) -> str:
@@ -31,14 +128,14 @@ def _npy_files(folder: str) -> list[Path]:
     return sorted(Path(folder).expanduser().glob("*.npy")) if folder else []
 
 
-def read_files(cfg: Shifts, size: int, num_classes: int) -> dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
-    """CIFAR-10-C's layout in cfg.files: {c10c.<corruption>: {severity: (images float [n, 3, size, size], labels)}}
-    for shifts.severities, n = eval_images per severity (a stratified subset of the block's labels, seeded by
+def read_files(cfg: Shifts, size: int, num_classes: int) -> list[EvalSet]:
+    """CIFAR-10-C's layout in cfg.files: a severity set c10c.<corruption> per file at shifts.severities (images float
+    [n, 3, size, size]), n = eval_images per severity (a stratified subset of the block's labels, seeded by
     shifts.seed, the same images at every severity; 0 = all). Files are memory-mapped and only the subset is read:
     one corruption is 150 MB, the 19 never sit in memory together."""
     folder = Path(cfg.files).expanduser()
     labels = torch.from_numpy(np.load(folder / "labels.npy").astype(np.int64))
-    out = {}
+    out = []
     for path in _npy_files(cfg.files):
         if path.name == "labels.npy":
             continue
@@ -54,7 +151,7 @@ def read_files(cfg: Shifts, size: int, num_classes: int) -> dict[str, dict[int, 
         if cfg.eval_images and cfg.eval_images < block:
             keep = datamod.stratified_split(y, [cfg.eval_images / block, 1 - cfg.eval_images / block],
                                             torch.Generator().manual_seed(cfg.seed))[0].sort().values
-        sets = {}
+        sets = []
         for s in cfg.severities:
             rows = (s - 1) * block + keep.numpy()
             if not torch.equal(labels[torch.from_numpy(rows)], y[keep]):
@@ -62,141 +159,133 @@ def read_files(cfg: Shifts, size: int, num_classes: int) -> dict[str, dict[int, 
             x = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2).float() / 255
             if x.shape[-1] != size or x.shape[-2] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-            sets[s] = (x.contiguous(), y[keep].clone())
-        out[FILES_PREFIX + path.stem] = sets
+            sets.append(x.contiguous())
+        out.append(EvalSet(FILES_PREFIX + path.stem, shifts.FAMILY.get(path.stem, "files"), "severity",
+                           tuple(cfg.severities), tuple(sets), y[keep].clone(),
+                           Provenance("", cfg.seed, source=str(folder))))
     return out
 
 
-TARGET_SPLITS = ("train", "val", "test", "subpop")  # subpop (classes held out of fine-tuning) when the data has it
-TARGET_VERSION = 2  # 2: the subpopulation set is in the target domain too
+def _subset(cfg: Shifts, x: torch.Tensor, y: torch.Tensor) -> Subset:
+    if cfg.eval_images and cfg.eval_images < len(y):
+        keep = datamod.stratified_split(y, [cfg.eval_images / len(y), 1 - cfg.eval_images / len(y)],
+                                        torch.Generator().manual_seed(cfg.seed))[0]
+        x, y = x[keep], y[keep]
+    return Subset(x.contiguous(), y.contiguous())
 
 
-def _shift_split(x: torch.Tensor, pairs: list[tuple[str, int]], seed: int) -> torch.Tensor:
-    """One split in the target domain: with one shift every image gets it; with a mixture of m, a seeded permutation
-    deals the images into m near-equal parts, part j getting shift j. Stored as uint8 by truncation, as np.uint8
-    stores CIFAR-10-C's files, so the cache is a quarter of float32."""
-    gen = torch.Generator().manual_seed(seed)
-    parts = torch.randperm(len(x), generator=gen).tensor_split(len(pairs)) if len(pairs) > 1 else [torch.arange(len(x))]
-    out = torch.empty(x.shape, dtype=torch.uint8)
-    for j, ((name, severity), idx) in enumerate(zip(pairs, parts)):
-        if len(idx):
-            shifted = shifts.apply(name, x[idx], severity, seed + 101 * j)
-            out[idx] = torch.floor(shifted * 255).clamp(0, 255).to(torch.uint8)
-    return out
+def _shifted(cfg: Shifts, names: list[str], clean: Subset, split: str) -> list[EvalSet]:
+    # one fixed seed per (shift, severity): the same set for every trial, every worker, every resume
+    return [EvalSet(name, shifts.FAMILY[name], "severity", tuple(cfg.severities),
+                    tuple(shifts.apply(name, clean.images, s, cfg.seed + 1000 * i + s).contiguous()
+                          for s in cfg.severities), clean.labels, Provenance(split, cfg.seed))
+            for i, name in enumerate(names)]
 
 
-def target_domain(cfg: Data, data: dict, seed: int, cache_dir: Path | None) -> dict:
-    """The study's target domain (data.target_shift): train, val and test images (and the subpopulation set, so that
-    subpopulation shift is measured inside the target domain, not mixed with the return to clean images) shifted by
-    their registry shifts (deterministic per seed, cached), the clean val/test images kept as clean_val/clean_test for
-    the OOD suite, and a data key that names the domain (so the suite's cache differs). No target shift: data
-    unchanged."""
-    pairs = target_shifts(cfg)
-    if not pairs:
-        return data
-    code = hashlib.sha256(inspect.getsource(shifts).encode()).hexdigest()[:12]
-    key = store.cache_key({"data": data["key"], "target": pairs, "seed": seed, "code": code, "v": TARGET_VERSION})
-    path = cache_dir / f"target-{key}.safetensors" if cache_dir else None
-    loaded = store.load_tensors(path) if path else None
-    if loaded is not None:
-        flat = loaded[0]
-    else:
-        # one seed per split, so train, val and test draw independent corruptions
-        flat = {split: _shift_split(data[split][0], pairs, seed * 1000 + i) for i, split in enumerate(TARGET_SPLITS)
-                if split in data}
-        if path:
-            store.save_tensors(flat, path)
-    out = {**data, "key": f"{data['key']}-target-{key}", "target_shift": [f"{n}:{s}" for n, s in pairs]}
-    for split in (s for s in TARGET_SPLITS if s in data):
-        out[f"clean_{split}"] = data[split]
-        out[split] = (flat[split].float() / 255, data[split][1])
-    return out
+def _label_shift(cfg: Shifts, data: dict) -> EvalSet:
+    """The test split resampled to class priors drawn from Dirichlet(label_alpha)."""
+    x, y = data["test"]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    prior = shifts.dirichlet_prior(int(y.max()) + 1, cfg.label_alpha, gen)
+    idx = shifts.resample_to_prior(y, prior, len(y), gen)
+    return EvalSet("label_shift", "label", "set", (), (x[idx].contiguous(),), y[idx].contiguous(),
+                   Provenance("test", cfg.seed, prior=f"dirichlet(alpha={cfg.label_alpha})"), prior=prior.float())
 
 
-def _build(cfg: Shifts, data: dict) -> dict[str, torch.Tensor]:
-    """Flat name -> tensor: 'selection/<shift>/<sev>' on val images, 'test/<shift>/<sev>' on test images (both
-    on a fixed stratified subset of eval_images, whose labels are 'labels/<part>/y'),
-    'sets/label_shift/x|y' (test resampled to Dirichlet(label_alpha) class priors), 'sets/subpopulation/x|y'
-    (digits held out of fine-tuning, when data.holdout_classes is set). With a target domain (target_domain) the
-    shifts act on the clean images, and the clean test subset is a test set of its own, 'sets/clean/x|y'."""
-    out = {}
-    for part, split, names in (("selection", "val", cfg.selection), ("test", "test", cfg.test)):
-        x, y = data.get(f"clean_{split}", data[split])
-        if cfg.eval_images and cfg.eval_images < len(y):
-            keep = datamod.stratified_split(y, [cfg.eval_images / len(y), 1 - cfg.eval_images / len(y)],
-                                            torch.Generator().manual_seed(cfg.seed))[0]
-            x, y = x[keep], y[keep]
-        out[f"labels/{part}/y"], out[f"clean/{part}/x"] = y.contiguous(), x.contiguous()
-        if part == "test" and "clean_test" in data:  # the source domain's clean images: an OOD set of the study
-            out["sets/clean/x"], out["sets/clean/y"] = x.clone(), y.clone()  # safetensors stores no shared memory
-        for i, name in enumerate(names):
-            for s in cfg.severities:
-                # one fixed seed per (shift, severity): the same set for every trial, every worker, every resume
-                out[f"{part}/{name}/{s}"] = shifts.apply(name, x, s, cfg.seed + 1000 * i + s).contiguous()
+def _build(cfg: Shifts, data: dict) -> Suite:
+    """The selection shifts on a fixed stratified subset of eval_images validation images, the test shifts on one of
+    test images; label shift, shifts.files and the subpopulation set (digits held out of fine-tuning, when
+    data.holdout_classes is set). With a target domain (harness.target) the shifts act on the clean images, and the
+    clean test subset is a test set of its own, clean. Built in the order of the sets' seeds and calls."""
+    clean_sel = _subset(cfg, *data.get("clean_val", data["val"]))
+    selection = _shifted(cfg, cfg.selection, clean_sel, "val")
+    clean_test = _subset(cfg, *data.get("clean_test", data["test"]))
+    sets = []
+    if "clean_test" in data:  # the source domain's clean images: an OOD set of the study
+        sets.append(EvalSet("clean", "clean", "domain", (), (clean_test.images.clone(),), clean_test.labels.clone(),
+                            Provenance("test", cfg.seed)))  # safetensors stores no shared memory
+    test = _shifted(cfg, cfg.test, clean_test, "test")
     if cfg.label_alpha > 0:
-        x, y = data["test"]
-        gen = torch.Generator().manual_seed(cfg.seed)
-        prior = shifts.dirichlet_prior(int(y.max()) + 1, cfg.label_alpha, gen)
-        idx = shifts.resample_to_prior(y, prior, len(y), gen)
-        out["sets/label_shift/x"], out["sets/label_shift/y"] = x[idx].contiguous(), y[idx].contiguous()
-        out["sets/label_shift/prior"] = prior.float()
+        sets.append(_label_shift(cfg, data))
     if cfg.files:
         size, k = data["test"][0].shape[-1], len(data.get("classes", [])) or int(data["test"][1].max()) + 1
-        for name, sets in read_files(cfg, size, k).items():
-            for s, (x, y) in sets.items():
-                out[f"files/{name}/{s}/x"], out[f"files/{name}/{s}/y"] = x, y
+        test += read_files(cfg, size, k)
     if "subpop" in data:
-        out["sets/subpopulation/x"], out["sets/subpopulation/y"] = data["subpop"][0].contiguous(), data["subpop"][1].contiguous()
-    return out
+        x, y = data["subpop"]
+        sets.append(EvalSet("subpopulation", "subpopulation", "set", (), (x.contiguous(),), y.contiguous(),
+                            Provenance("subpop", cfg.seed)))
+    return Suite(tuple(selection), tuple(test + sets), clean_sel, clean_test)
 
 
-def build(cfg: Shifts, data: dict, cache_dir: Path | None) -> tuple[dict, dict]:
-    """(suite, info). suite = {"selection": {name: {sev: x}}, "test": {...}, "test_sets": {name: (x, y)},
-    "family": {name: family}, "priors": {...}}; info has the key, build seconds and whether it was cached."""
+def save(suite: Suite, path: Path) -> None:
+    """One safetensors file: every tensor under an index key ("0", "1", ...; one several sets share, a subset's
+    labels, once) and in its header the index, each set's fields with the keys of its tensors."""
+    tensors, keys = {}, {}
+
+    def ref(t):
+        if t is not None and id(t) not in keys:
+            keys[id(t)] = str(len(keys))
+            tensors[keys[id(t)]] = t
+        return None if t is None else keys[id(t)]
+
+    def entry(e: EvalSet) -> dict:
+        return {"name": e.name, "family": e.family, "kind": e.kind, "severities": list(e.severities),
+                "images": [ref(x) for x in e.images], "labels": ref(e.labels), "prior": ref(e.prior),
+                "provenance": dataclasses.asdict(e.provenance)}
+
+    index = {"version": VERSION,
+             "clean": {role: {"images": ref(c.images), "labels": ref(c.labels)}
+                       for role, c in (("selection", suite.clean_selection), ("test", suite.clean_test))},
+             "selection": [entry(e) for e in suite.selection], "test": [entry(e) for e in suite.test]}
+    store.save_tensors(tensors, path, meta=index, inline=True)
+
+
+def load(path: Path) -> Suite | None:
+    """The suite save wrote to path, or None when there is none (or one of another VERSION)."""
+    loaded = store.load_tensors(path)
+    if loaded is None or not loaded[1] or loaded[1].get("version") != VERSION:
+        return None
+    tensors, index = loaded
+
+    def get(k: str | None) -> torch.Tensor | None:
+        return None if k is None else tensors[k]
+
+    def evalset(d: dict) -> EvalSet:
+        return EvalSet(d["name"], d["family"], d["kind"], tuple(d["severities"]), tuple(map(get, d["images"])),
+                       get(d["labels"]), Provenance(**d["provenance"]), get(d["prior"]))
+
+    clean = {role: Subset(get(d["images"]), get(d["labels"])) for role, d in index["clean"].items()}
+    return Suite(tuple(map(evalset, index["selection"])), tuple(map(evalset, index["test"])), clean["selection"],
+                 clean["test"])
+
+
+def build(cfg: Shifts, data: dict, cache_dir: Path | None) -> tuple[Suite, dict]:
+    """(suite, info); info has the key, build seconds, whether it was cached and n_sets, the severity sets' count."""
     key = cache_key(cfg, data["key"])
     path = cache_dir / f"shifts-{key}.safetensors" if cache_dir else None
     t0 = time.perf_counter()
-    loaded = store.load_tensors(path) if path else None
-    cached = loaded is not None
-    if cached:
-        flat = loaded[0]
-    else:
-        flat = _build(cfg, data)
+    suite = load(path) if path else None
+    cached = suite is not None
+    if not cached:
+        suite = _build(cfg, data)
         if path:
-            store.save_tensors(flat, path)
-    suite = {"selection": {}, "test": {}, "test_sets": {}, "priors": {}, "labels": {}, "clean": {}, "files": {},
-             "family": {n: shifts.FAMILY[n] for n in cfg.selection + cfg.test}}
-    for k, v in flat.items():
-        if k.startswith("files/"):  # files/<name>/<severity>/x|y: own labels per set
-            _, name, sev, leaf = k.split("/")
-            if leaf == "x":
-                suite["files"].setdefault(name, {})[int(sev)] = (v, flat[f"files/{name}/{sev}/y"].long())
-            continue
-        part, name, leaf = k.split("/")
-        if part == "labels":
-            suite["labels"][name] = v.long()
-        elif part == "clean":
-            suite["clean"][name] = v
-        elif part == "sets":
-            if leaf == "prior":
-                suite["priors"][name] = v
-            elif leaf == "x":
-                suite["test_sets"][name] = (v, flat[f"sets/{name}/y"].long())
-        else:
-            suite[part].setdefault(name, {})[int(leaf)] = v
-    suite["family"].update({n: {"label_shift": "label", "clean": "clean"}.get(n, "subpopulation")
-                            for n in suite["test_sets"]})
-    suite["family"].update({n: shifts.FAMILY.get(n[len(FILES_PREFIX):], "files") for n in suite["files"]})
-    return suite, {"key": key, "seconds": time.perf_counter() - t0, "cached": cached,
-                   "n_sets": sum(len(v) for v in suite["selection"].values()) + sum(len(v) for v in suite["test"].values())
-                   + sum(len(v) for v in suite["files"].values())}
+            save(suite, path)
+    n_sets = sum(len(e.severities) for e in suite.selection + suite.test)
+    return suite, {"key": key, "seconds": time.perf_counter() - t0, "cached": cached, "n_sets": n_sets}
 
 
-def to_device(suite: dict, device: torch.device) -> dict:
-    mv = lambda d: {n: {s: x.to(device) for s, x in sev.items()} for n, sev in d.items()}
-    return {**suite, "selection": mv(suite["selection"]), "test": mv(suite["test"]),
-            "labels": {k: y.to(device) for k, y in suite["labels"].items()},
-            "clean": {k: x.to(device) for k, x in suite["clean"].items()},
-            "test_sets": {n: (x.to(device), y.to(device)) for n, (x, y) in suite["test_sets"].items()},
-            "files": {n: {s: (x.to(device), y.to(device)) for s, (x, y) in sev.items()}
-                      for n, sev in suite.get("files", {}).items()}}
+def to_device(suite: Suite, device: torch.device) -> Suite:
+    """Images and labels on the device (a tensor several sets share moves once); the label-shift prior stays."""
+    moved = {}
+
+    def mv(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in moved:
+            moved[id(t)] = t.to(device)
+        return moved[id(t)]
+
+    def ev(e: EvalSet) -> EvalSet:
+        return dataclasses.replace(e, images=tuple(map(mv, e.images)), labels=mv(e.labels))
+
+    return Suite(tuple(map(ev, suite.selection)), tuple(map(ev, suite.test)),
+                 Subset(mv(suite.clean_selection.images), mv(suite.clean_selection.labels)),
+                 Subset(mv(suite.clean_test.images), mv(suite.clean_test.labels)))

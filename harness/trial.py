@@ -123,12 +123,11 @@ def fresh_model(model_cfg: Model, num_classes: int, pretrained: dict | None, dev
     return train.prepare(model, device, compile=compile), groups
 
 
-def selection_metrics(model, suite: dict, val_y, batch_size, device) -> dict:
-    """Accuracy on the selection shifts of the validation split: the only part of the suite model selection reads
-    (suite["selection"] and its labels), so no held-out test shift can steer it."""
-    sel, y = suite["selection"], suite["labels"].get("selection", val_y)
-    accs = {name: {s: metrics.accuracy(train.predict(model, x, batch_size, device), y) for s, x in sev.items()}
-            for name, sev in sel.items()}
+def selection_metrics(model, suite, batch_size, device) -> dict:
+    """Accuracy on the selection shifts of the validation split: the only part of the suite (harness.suite.Suite)
+    model selection reads (suite.selection, each set with its labels), so no held-out test shift can steer it."""
+    accs = {e.name: {s: metrics.accuracy(train.predict(model, x, batch_size, device), e.labels) for s, x in e.at()}
+            for e in suite.selection}
     flat = [a for sev in accs.values() for a in sev.values()]
     return {"ood_val_acc": sum(flat) / len(flat) if flat else float("nan"), "per_shift": accs}
 
@@ -138,28 +137,21 @@ def _summary(logits, y) -> dict:
     return {**metrics.summarize(logits, y), "correct": (logits.argmax(1) == y).cpu()}
 
 
-def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[dict, dict, dict | None]:
-    """Held-out evaluation: clean test set, the clean images of the shifted sets (the same subset every severity is
-    measured on: a curve's severity-0 point and every drop use it) and every test shift. Returns (final metrics,
-    per-shift curves {name: {severity: {acc, ece, nll, brier, correct}}}, the clean subset's summary or None). A
-    target-domain study's "clean" test set is a curve like any other; the clean subset is not one."""
+def test_metrics(model, suite, data: dict, batch_size, device) -> tuple[dict, dict, dict | None]:
+    """Held-out evaluation: clean test set, the clean images of the shifted sets (the subset every paired set is
+    measured on: a curve's severity-0 point and every drop use it) and every test set of the suite, in its order.
+    Returns (final metrics, per-set curves {name: {step: {acc, ece, nll, brier, correct}}}, the clean subset's
+    summary or None). A target-domain study's clean set is a curve like any other; the clean subset is not one."""
     x, y = data["test"]
     final = {f"id_{k}": v for k, v in metrics.summarize(train.predict(model, x, batch_size, device), y).items()}
-    y = suite.get("labels", {}).get("test", y)  # shifted sets hold a fixed subset of the test split
-    curves = {}  # name -> {severity: {acc, ece, nll, brier, correct}}
-    clean = suite.get("clean", {}).get("test")
     clean_summary = None
-    if clean is not None and suite.get("test"):
-        clean_summary = _summary(train.predict(model, clean, batch_size, device), y)
+    if any(e.paired for e in suite.test):
+        clean = suite.clean_test
+        clean_summary = _summary(train.predict(model, clean.images, batch_size, device), clean.labels)
         final[schema.CLEAN_SUBSET_ACC] = clean_summary["acc"]
         final[schema.CLEAN_SUBSET_ECE] = clean_summary["ece"]
-    for name, sev in suite.get("test", {}).items():
-        curves[name] = {s: _summary(train.predict(model, xs, batch_size, device), y) for s, xs in sev.items()}
-    for name, sev in suite.get("files", {}).items():  # real corruption files (shifts.files): own labels per severity
-        curves[name] = {s: _summary(train.predict(model, xs, batch_size, device), ys) for s, (xs, ys) in sev.items()}
-    for name, (xs, ys) in suite.get("test_sets", {}).items():  # label / subpopulation shifts: own labels
-        logits = train.predict(model, xs, batch_size, device)
-        curves[name] = {1: _summary(logits, ys)}
+    curves = {e.name: {s: _summary(train.predict(model, xs, batch_size, device), e.labels) for s, xs in e.at()}
+              for e in suite.test}  # name -> {step: {acc, ece, nll, brier, correct}}
     if curves:
         means = {n: sum(c["acc"] for c in cv.values()) / len(cv) for n, cv in curves.items()}
         final[schema.OOD_ACC_MEAN] = sum(means.values()) / len(means)
@@ -168,8 +160,8 @@ def test_metrics(model, suite: dict, data: dict, batch_size, device) -> tuple[di
             vals = [c[key] for cv in curves.values() for c in cv.values()]
             final[f"ood_{key}_mean"] = sum(vals) / len(vals)
         families = {}
-        for n, m in means.items():
-            families.setdefault(suite.get("family", {}).get(n, n), []).append(m)
+        for e in suite.test:
+            families.setdefault(e.family, []).append(means[e.name])
         final.update({schema.family_key(f): sum(v) / len(v) for f, v in families.items()})
     return final, curves, clean_summary
 
@@ -184,12 +176,14 @@ def correctness(curves: dict, names, clean: dict | None) -> dict:
             "shifts": {n: {str(s): bits(c) for s, c in curves[n].items()} for n in names if n in curves}}
 
 
-def label_shift_metrics(model, suite: dict, data: dict, batch_size, device, val_logits=None) -> dict:
-    """Label shift (Lipton et al. 2018): balanced accuracy on the prior-shifted test set, and how well black-box
-    shift estimation recovers its class priors from the clean validation confusion matrix."""
-    if "label_shift" not in suite.get("test_sets", {}):
+def label_shift_metrics(model, suite, data: dict, batch_size, device, val_logits=None) -> dict:
+    """Label shift (Lipton et al. 2018): balanced accuracy on the prior-shifted test set (the suite's set with a class
+    prior), and how well black-box shift estimation recovers its class priors from the clean validation confusion
+    matrix."""
+    shifted = next((e for e in suite.test if e.prior is not None), None)
+    if shifted is None:
         return {}
-    xs, ys = suite["test_sets"]["label_shift"]
+    xs, ys = shifted.images[0], shifted.labels
     k = len(data["classes"])
     vx, vy = data["val"]
     if val_logits is None:  # the trial passes its last epoch's validation logits: same model, same images
@@ -198,7 +192,7 @@ def label_shift_metrics(model, suite: dict, data: dict, batch_size, device, val_
     logits = train.predict(model, xs, batch_size, device)
     source_prior = torch.bincount(vy.cpu(), minlength=k).double() / len(vy)
     est = metrics.bbse_prior(conf, logits.argmax(1), source_prior)
-    true = suite["priors"]["label_shift"].double().cpu()
+    true = shifted.prior.double().cpu()
     # BBSE correction: reweight the posteriors by w = q/p, then take the argmax
     w = (est / source_prior.clamp_min(1e-12)).float().to(logits.device)
     corrected = (logits.softmax(1) * w).argmax(1)
@@ -281,17 +275,17 @@ def evaluate_trial(model, ctx, val: dict, reference: dict | None) -> tuple[dict,
     the selection metrics with shift_acc, the per-image correctness and the CE reference's run id)."""
     device, bs, suite, data = ctx.device, ctx.cfg.train.eval_batch_size, ctx.suite, ctx.data
     t1 = time.perf_counter()
-    sel = selection_metrics(model, suite, data["val"][1], bs, device)
+    sel = selection_metrics(model, suite, bs, device)
     final, curves, clean = test_metrics(model, suite, data, bs, device)
     label = label_shift_metrics(model, suite, data, bs, device, val["logits"])
     priors = label.pop("priors", None)
     final.update(label)
-    correct = correctness(curves, suite["test"], clean)
+    correct = correctness(curves, [e.name for e in suite.test if e.paired], clean)
     shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
-    files = set(suite.get("files", {}))
+    corruptions = [e for e in suite.test if e.kind == "severity"]  # unpaired ones: their clean error is id_acc's
     ce = corruption_error.corruption_errors(final.get(schema.CLEAN_SUBSET_ACC, final[schema.ID_ACC]),
-                           {n: cv for n, cv in curves.items() if n in suite["test"] or n in files}, reference,
-                           final[schema.ID_ACC], files)
+                                            {e.name: curves[e.name] for e in corruptions}, reference,
+                                            final[schema.ID_ACC], {e.name for e in corruptions if not e.paired})
     final.update(ce)
     final.update(val_acc_final=val["acc"], eval_seconds=time.perf_counter() - t1,
                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -69,8 +69,10 @@ def save_if_best(ctx, study: optuna.Study):
 def backfill(ctx, study: optuna.Study, log=print) -> None:
     """Corruption errors of trials that finished before their reference (the tuned full FT baseline) was settled."""
     try:
-        files = list((ctx.suite or {}).get("files", {}))
-        corruption_error.backfill_corruption_errors(study, ctx.client, ctx.cfg.shifts.test + files, files)
+        # the suite's severity sets; a launcher that handed the suite to its workers knows the config's shifts only
+        sets = [e for e in ctx.suite.test if e.kind == "severity"] if ctx.suite else []
+        corruptions = [e.name for e in sets] if ctx.suite else ctx.cfg.shifts.test
+        corruption_error.backfill_corruption_errors(study, ctx.client, corruptions, [e.name for e in sets if not e.paired])
     except Exception as e:  # a missing CE is worth a line, never a finished study
         log(f"warning: corruption errors not backfilled ({type(e).__name__}: {e})")
 

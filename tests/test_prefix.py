@@ -190,7 +190,7 @@ def test_a_study_logs_the_same_metrics_with_and_without_the_cache(tiny_config, w
     from mlflow.tracking import MlflowClient
     import optuna
 
-    from harness import data as datamod, store, study, suite as suitemod
+    from harness import data as datamod, store, study, suite as suitemod, target
 
     served, real = [], prefix.inputs
 
@@ -200,12 +200,12 @@ def test_a_study_logs_the_same_metrics_with_and_without_the_cache(tiny_config, w
         return out
 
     monkeypatch.setattr(prefix, "inputs", spy)
-    # The study that builds the shifted sets holds them in config order, later ones load them from the cache sorted
-    # by name, and ood_ece_mean sums in that order (1 ulp apart): built here first, both studies load them.
+    # Built here first, so both studies load the shifted sets from the cache (which keeps the order they were built
+    # in: ood_ece_mean sums in that order, and a name-sorted cache once put a study that built them 1 ulp apart).
     cfg, cache = config.load(tiny_config), store.cache_dir()
     cache.mkdir(parents=True)
     data = datamod.load(cfg.data, cfg.study.seed, cache)
-    suitemod.build(cfg.shifts, suitemod.target_domain(cfg.data, data, cfg.study.seed, cache), cache)
+    suitemod.build(cfg.shifts, target.target_domain(cfg.data, data, cfg.study.seed, cache), cache)
     runs = {}
     for name, mb in (("plain", 0), ("cached", 1024)):
         served.clear()

@@ -473,7 +473,9 @@ def _verify_provenance(page: str, t) -> set:
         "held-out test shifts": ", ".join(t.test + t.sets), "selection shifts (validation)": ", ".join(t.selection),
         "severities": ", ".join(map(str, t.severities)),
         "data / shift-suite cache keys": f"{t.tags['harness.data']} / {t.tags['harness.shift_suite']}",
+        "target domain": "the clean target task (no data.target_shift)",  # the tiny study has none
     }
+    assert t.tags["harness.target_domain"] == "none"
     _, rows = _table(page, "kv")
     got = {r.cells[0].text: r.cells[1] for r in rows}
     for label, text in want.items():

@@ -116,6 +116,16 @@ def test_strategies_target_domain_and_files_write_only_declared_names(tiny_confi
     written = {k for r in runs for k in r.data.metrics}
     assert {"shift/clean/acc", "ood_acc/clean", "shift/c10c.frost/acc", "shift/c10c.frost/ce"} <= written
     assert undeclared(client, exp.experiment_id) == {"metric": set(), "param": set(), "tag": set()}
+    # the report names the target domain (provenance, report.json) from the tag the study wrote
+    from harness import numbers, results
+    from harness.report import study_page
+
+    parent = next(r for r in runs if r.data.tags.get("harness.role") == "study")
+    assert parent.data.tags["harness.target_domain"] == "impulse_noise:5"
+    s = numbers.summarize(results.load("tiny", f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
+                                       f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"))
+    assert s["provenance"]["target_domain"] == "impulse_noise:5"
+    assert dict(study_page._provenance_fields(s))["target domain"].startswith("impulse_noise:5: the target train")
     capsys.readouterr()
     assert study.main(["--config", str(tiny_config), "--set", 'data.target_shift="gaussian_noise:5"']) == 2
     err = capsys.readouterr().err

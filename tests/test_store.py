@@ -124,6 +124,18 @@ def test_cache_files_round_trip_atomically(tmp_path):
     assert store.load_tensors(tmp_path / "bare.safetensors")[1] is None
 
 
+def test_cache_description_can_live_in_the_file_header(tmp_path):
+    """inline=True: the JSON description goes into the safetensors header, so the cache is one file written at once
+    (no sidecar), and load_tensors gives it back as it gives a sidecar's."""
+    path = tmp_path / "c" / "x.safetensors"
+    index = {"version": 3, "sets": [{"name": "c10c.frost", "images": ["0", "1"], "labels": "2"}]}
+    store.save_tensors({"0": torch.ones(2, 3), "1": torch.zeros(2, 3), "2": torch.tensor([0, 1])}, path, meta=index,
+                       inline=True)
+    assert os.listdir(path.parent) == ["x.safetensors"]
+    back, meta = store.load_tensors(path)
+    assert meta == index and sorted(back) == ["0", "1", "2"] and torch.equal(back["2"], torch.tensor([0, 1]))
+
+
 def test_reader_refuses_a_missing_store_instead_of_creating_it(tmp_path):
     uri = f"sqlite:///{tmp_path / 'nothing.db'}"
     with pytest.raises(store.StoreNotFound, match="no MLflow store"):

@@ -8,15 +8,24 @@ import pytest
 
 import torch
 
-from harness import config, data as datamod, shifts, suite
+from harness import config, data as datamod, shifts, suite, target
 
 from conftest import TINY
+from test_target import _contrast5
 
 
 def _setup(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
     cfg = config.load(str(tmp_path / "tiny.toml"))
     return cfg, datamod.load(cfg.data, cfg.study.seed)
+
+
+def _named(sets) -> dict:
+    return {e.name: e for e in sets}
+
+
+def _sev(e: suite.EvalSet, severity: int) -> torch.Tensor:
+    return e.images[e.steps.index(severity)]
 
 
 def test_built_once_then_read_back_identical(tmp_path):
@@ -29,9 +38,10 @@ def test_built_once_then_read_back_identical(tmp_path):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"shifts-{info_a['key']}.safetensors"]
     assert info_a["n_sets"] == (len(cfg.shifts.selection) + len(cfg.shifts.test)) * len(cfg.shifts.severities)
     for part in ("selection", "test"):
-        for name, sev in a[part].items():
-            assert all(torch.equal(x, b[part][name][s]) for s, x in sev.items())
-    assert all(torch.equal(x, b["test_sets"]["label_shift"][i]) for i, x in enumerate(a["test_sets"]["label_shift"]))
+        for e in getattr(a, part):
+            assert all(torch.equal(x, _sev(_named(getattr(b, part))[e.name], s)) for s, x in e.at())
+    ls_a, ls_b = _named(a.test)["label_shift"], _named(b.test)["label_shift"]
+    assert all(torch.equal(x, y) for x, y in zip((ls_a.images[0], ls_a.labels), (ls_b.images[0], ls_b.labels)))
 
 
 def test_sets_are_the_seeded_shift_of_a_stratified_subset(tmp_path):
@@ -40,13 +50,14 @@ def test_sets_are_the_seeded_shift_of_a_stratified_subset(tmp_path):
     cfg, data = _setup(tmp_path)
     sh = dataclasses.replace(cfg.shifts, eval_images=50)
     s, _ = suite.build(sh, data, None)
-    y = s["labels"]["test"]
+    y = s.clean_test.labels
     assert len(y) == 50 and torch.bincount(y).min() >= 50 // len(data["classes"]) - 1
-    clean = s["clean"]["test"]
+    clean = s.clean_test.images
     for i, name in enumerate(sh.test):
         for sev in sh.severities:
-            assert torch.equal(s["test"][name][sev], shifts.apply(name, clean, sev, sh.seed + 1000 * i + sev))
-    assert not torch.equal(s["test"]["gaussian_noise"][1], s["test"]["gaussian_noise"][3])
+            assert torch.equal(_sev(_named(s.test)[name], sev), shifts.apply(name, clean, sev, sh.seed + 1000 * i + sev))
+    noise = _named(s.test)["gaussian_noise"]
+    assert not torch.equal(_sev(noise, 1), _sev(noise, 3))
 
 
 def test_cache_key_follows_config_and_data(tmp_path):
@@ -59,52 +70,64 @@ def test_cache_key_follows_config_and_data(tmp_path):
     assert suite.cache_key(cfg.shifts, data["key"] + "x") != key
 
 
+def test_cache_holds_index_keys_and_loads_back_every_field(tmp_path):
+    """The cache file holds its tensors under index keys ("0", "1", ...) and describes each set in its header; what
+    suite.save wrote, suite.load gives back equal field by field (names, families, kinds, severities, provenance,
+    every tensor), in the built order, with the subset's labels one tensor shared by its sets as they were built."""
+    from safetensors import safe_open
+
+    cfg, data = _setup(tmp_path)
+    d = dataclasses.replace(cfg.data, task="parity", holdout_classes=[9], target_shift=["fog:2"])
+    domain = target.target_domain(d, datamod.load(d, cfg.study.seed), 0, None)
+    write_c10c(tmp_path / "c10c", per=10, classes=2)
+    sh = dataclasses.replace(cfg.shifts, test=["gaussian_noise", "contrast"], files=str(tmp_path / "c10c"))
+    built, info = suite.build(sh, domain, tmp_path / "cache")
+    path = tmp_path / "cache" / f"shifts-{info['key']}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        keys, header = set(f.keys()), f.metadata()
+    assert keys == {str(i) for i in range(len(keys))}  # no name in a key: nothing to parse back
+    assert "gaussian_noise" in header["meta"] and "c10c.frost" in header["meta"]
+    loaded = suite.load(path)
+    assert [e.name for e in loaded.test] == [e.name for e in built.test] == \
+        ["gaussian_noise", "contrast", "c10c.frost", "c10c.gaussian_noise", "clean", "label_shift", "subpopulation"]
+    for a, b in zip(built.selection + built.test, loaded.selection + loaded.test):
+        assert (a.name, a.family, a.kind, a.severities, a.provenance) == (b.name, b.family, b.kind, b.severities,
+                                                                           b.provenance)
+        assert len(a.images) == len(b.images) and all(torch.equal(x, y) for x, y in zip(a.images, b.images))
+        assert torch.equal(a.labels, b.labels) and (a.prior is None) == (b.prior is None)
+        assert a.prior is None or torch.equal(a.prior, b.prior)
+    for a, b in ((built.clean_selection, loaded.clean_selection), (built.clean_test, loaded.clean_test)):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert all(e.labels is loaded.clean_test.labels for e in loaded.test if e.paired)
+    kinds = {e.name: (e.kind, e.family, e.paired) for e in loaded.test}
+    assert kinds["label_shift"] == ("set", "label", False) and kinds["subpopulation"] == ("set", "subpopulation", False)
+    assert kinds["clean"] == ("domain", "clean", False) and kinds["contrast"] == ("severity", "digital", True)
+    assert kinds["c10c.frost"] == ("severity", "weather", False)
+    assert _named(loaded.test)["label_shift"].provenance.prior == f"dirichlet(alpha={sh.label_alpha})"
+    assert _named(loaded.test)["c10c.frost"].provenance.source == str(tmp_path / "c10c")
+    assert info["n_sets"] == (1 + 2 + 2) * len(sh.severities)
+
+
+def test_unknown_family_or_kind_is_an_error():
+    """A set's family must be a registry shift's or one of suite.FAMILIES, and its kind the one that family has: an
+    undeclared family is never taken for another (the old suite called every unknown set 'subpopulation')."""
+    x, y = torch.zeros(4, 3, 2, 2), torch.zeros(4, dtype=torch.long)
+    prov = suite.Provenance("test", 0)
+    assert suite.EvalSet("s", "subpopulation", "set", (), (x,), y, prov).steps == (1,)
+    with pytest.raises(ValueError, match="unknown evaluation-set family 'holdout'"):
+        suite.EvalSet("s", "holdout", "set", (), (x,), y, prov)
+    with pytest.raises(ValueError, match="unknown kind 'sets'"):
+        suite.EvalSet("s", "subpopulation", "sets", (), (x,), y, prov)
+    with pytest.raises(ValueError, match="family 'noise' is of kind 'severity', not 'set'"):
+        suite.EvalSet("s", "noise", "set", (), (x,), y, prov)
+    with pytest.raises(ValueError, match="2 image sets"):
+        suite.EvalSet("s", "noise", "severity", (1,), (x, x), y, prov)
+    with pytest.raises(ValueError, match="labels"):
+        suite.EvalSet("s", "noise", "severity", (1,), (x[:3],), y, prov)
+    assert set(suite.FAMILIES.values()) <= set(suite.KINDS)
+
+
 # ------------------------------------------------------------------------------------------ a shifted target domain
-
-
-def _contrast5(x):
-    """CIFAR-10-C contrast at severity 5, written out: (x - per-image channel mean) * .15 + mean."""
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    return ((x - mean) * 0.15 + mean).clamp(0, 1)
-
-
-def test_target_shift_applies_to_train_val_and_test(tmp_path):
-    """data.target_shift = "contrast:5": train, val, test and subpopulation images are the shifted images (uint8 by
-    truncation, as CIFAR-10-C's files), labels unchanged, the clean val/test kept; cached, and the same per seed."""
-    cfg, data = _setup(tmp_path)
-    d = dataclasses.replace(cfg.data, target_shift=["contrast:5"])
-    out = suite.target_domain(d, data, 0, tmp_path / "cache")
-    for split in ("train", "val", "test"):
-        x, y = data[split]
-        assert torch.allclose(out[split][0], torch.floor(_contrast5(x) * 255) / 255, atol=1.5 / 255)
-        assert torch.equal(out[split][1], y)
-    assert torch.equal(out["clean_test"][0], data["test"][0]) and torch.equal(out["clean_val"][0], data["val"][0])
-    assert torch.equal(out["source_train"][0], data["source_train"][0])  # pretraining data is not the target's
-    again = suite.target_domain(d, data, 0, tmp_path / "cache")
-    assert [p.name.startswith("target-") for p in (tmp_path / "cache").glob("*.safetensors")] == [True]
-    assert all(torch.equal(out[s][0], again[s][0]) for s in ("train", "val", "test")) and out["key"] != data["key"]
-    noise = dataclasses.replace(cfg.data, target_shift=["gaussian_noise:3"])
-    a, b, c = (suite.target_domain(noise, data, seed, None)["test"][0] for seed in (0, 0, 1))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert suite.target_domain(cfg.data, data, 0, None) is data  # no target shift: nothing changes
-    # digits held out of fine-tuning (the subpopulation set) are in the target domain too
-    par = dataclasses.replace(d, task="parity", holdout_classes=[9])
-    pdata = datamod.load(par, cfg.study.seed)
-    pout = suite.target_domain(par, pdata, 0, None)
-    assert len(pdata["subpop"][1]) > 0 and torch.equal(pout["subpop"][1], pdata["subpop"][1])
-    assert torch.allclose(pout["subpop"][0], torch.floor(_contrast5(pdata["subpop"][0]) * 255) / 255, atol=1.5 / 255)
-
-
-def test_target_shift_mixture_deals_images_between_shifts(tmp_path):
-    """A list of two target shifts: every test image is one of the two shifted versions, about half each."""
-    cfg, data = _setup(tmp_path)
-    d = dataclasses.replace(cfg.data, target_shift=["contrast:5", "brightness:5"])
-    out = suite.target_domain(d, data, 0, None)["test"][0]
-    x = data["test"][0]
-    brightened = x * ((x.amax(1, keepdim=True) + 0.3).clamp(max=1) / x.amax(1, keepdim=True).clamp(min=1e-12))
-    is_c = ((out - torch.floor(_contrast5(x) * 255) / 255).abs() < 1.5 / 255).flatten(1).all(1)
-    is_b = ((out - torch.floor(brightened.clamp(0, 1) * 255) / 255).abs() < 1.5 / 255).flatten(1).all(1)
-    assert (is_c | is_b).all() and abs(int(is_c.sum()) - len(x) / 2) <= 1
 
 
 def test_target_domain_suite_tests_on_clean_and_other_shifts(tmp_path):
@@ -112,35 +135,17 @@ def test_target_domain_suite_tests_on_clean_and_other_shifts(tmp_path):
     shifts act on the clean images, not on the target domain's."""
     cfg, data = _setup(tmp_path)
     d = dataclasses.replace(cfg.data, target_shift=["gaussian_noise:5"])
-    target = suite.target_domain(d, data, 0, None)
+    domain = target.target_domain(d, data, 0, None)
     sh = dataclasses.replace(cfg.shifts, test=["contrast"], severities=[5])
-    s, _ = suite.build(sh, target, tmp_path / "cache")  # written to the cache and read back
-    s, _ = suite.build(sh, target, tmp_path / "cache")
-    clean_x, clean_y = s["test_sets"]["clean"]
-    assert s["family"]["clean"] == "clean" and torch.equal(clean_y, s["labels"]["test"])
-    assert torch.allclose(s["test"]["contrast"][5], _contrast5(clean_x), atol=1e-6)
-    assert torch.equal(clean_x, s["clean"]["test"])  # the subset the shifted sets are made from
+    s, _ = suite.build(sh, domain, tmp_path / "cache")  # written to the cache and read back
+    s, _ = suite.build(sh, domain, tmp_path / "cache")
+    clean_set = _named(s.test)["clean"]
+    clean_x, clean_y = clean_set.images[0], clean_set.labels
+    assert clean_set.family == "clean" and torch.equal(clean_y, s.clean_test.labels)
+    assert torch.allclose(_sev(_named(s.test)["contrast"], 5), _contrast5(clean_x), atol=1e-6)
+    assert torch.equal(clean_x, s.clean_test.images)  # the subset the shifted sets are made from
     rows = data["test"][0].flatten(1)
     assert all((rows == img.flatten()).all(1).any() for img in clean_x)  # clean target-task test images
-
-
-def test_target_shift_cannot_also_be_a_test_shift(tmp_path):
-    """The refusal names data.target_shift (exit 2 at the CLI); malformed entries and unknown names too."""
-    import pytest
-
-    from harness import study
-
-    with pytest.raises(config.ConfigError, match="cannot also be a test shift") as err:
-        config.load(None, ['data.target_shift="gaussian_noise:5"', 'shifts.test=["gaussian_noise", "fog"]'])
-    assert err.value.key == "data.target_shift"
-    for bad in ('"gaussian_noise"', '"gaussian_noise:6"', '["fog:1", "fog:2"]'):
-        with pytest.raises(config.ConfigError) as err:
-            config.load(None, [f"data.target_shift={bad}"])
-        assert err.value.key == "data.target_shift"
-    with pytest.raises(config.ConfigError, match="unknown shift 'hail'") as err:
-        study.preflight(config.load(None, ['data.target_shift="hail:2"']))
-    assert err.value.key == "data.target_shift"
-    assert config.load(None, ['data.target_shift="snow:2"']).data.target_shift == ["snow:2"]
 
 
 # ------------------------------------------------------------------------------- real corruption files (CIFAR-10-C)
@@ -171,19 +176,22 @@ def test_corruption_files_are_read_with_their_labels(tmp_path):
     block = write_c10c(tmp_path / "c10c", per=10)
     sh = dataclasses.replace(cfg.shifts, test=[], files=str(tmp_path / "c10c"), severities=[1, 3, 5], eval_images=0)
     s, info = suite.build(sh, data, tmp_path / "cache")
-    assert set(s["files"]) == {"c10c.gaussian_noise", "c10c.frost"} and s["family"]["c10c.frost"] == "weather"
+    files = _named(e for e in s.test if e.provenance.source)
+    assert set(files) == {"c10c.gaussian_noise", "c10c.frost"} and files["c10c.frost"].family == "weather"
     for i, name in enumerate(("gaussian_noise", "frost")):
         for sev in (1, 3, 5):
-            x, y = s["files"][f"c10c.{name}"][sev]
+            x, y = _sev(files[f"c10c.{name}"], sev), files[f"c10c.{name}"].labels
             assert x.shape == (10, 3, 16, 16) and x.dtype == torch.float32
             assert torch.allclose(x, torch.full_like(x, (40 * sev + 10 * i) / 255))
             assert torch.equal(y, torch.as_tensor(block, dtype=torch.long))
     assert info["n_sets"] == (len(cfg.shifts.selection)) * 3 + 2 * 3
     cached, _ = suite.build(sh, data, tmp_path / "cache")
-    assert torch.equal(cached["files"]["c10c.frost"][5][0], s["files"]["c10c.frost"][5][0])
+    assert torch.equal(_sev(_named(cached.test)["c10c.frost"], 5), _sev(files["c10c.frost"], 5))
     half = dataclasses.replace(sh, eval_images=5)
     t, _ = suite.build(half, data, None)
-    y1, y5 = t["files"]["c10c.frost"][1][1], t["files"]["c10c.frost"][5][1]
+    frost = _named(t.test)["c10c.frost"]
+    assert frost.severities == (1, 3, 5) and len(frost.images) == 3
+    y1 = y5 = frost.labels  # one label vector for every severity (read_files checks labels.npy agrees at each)
     assert len(y1) == 5 and torch.equal(y1, y5) and torch.bincount(y1, minlength=5).tolist() == [1] * 5
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 
@@ -9,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from harness import config, context, study, trial
+from harness import config, context, study, suite as suitemod, trial
 
 from conftest import TINY
 
@@ -119,14 +120,20 @@ def test_pruning_waits_for_one_epoch_after_the_unfreeze():
 
 
 def _tiny_suite(g):
-    """A suite in the layout suite.build returns: 10 validation and 12 test images of 3x4x4, 3 classes."""
+    """A suite.Suite as suite.build returns one: 10 validation and 12 test images of 3x4x4, 3 classes."""
     img = lambda n: torch.rand(n, 3, 4, 4, generator=g)
-    return {"selection": {"gaussian_blur": {1: img(10), 3: img(10)}},
-            "test": {"gaussian_noise": {1: img(12), 3: img(12)}, "contrast": {1: img(12), 3: img(12)}},
-            "test_sets": {"label_shift": (img(12), torch.randint(0, 3, (12,), generator=g))},
-            "labels": {"selection": torch.randint(0, 3, (10,), generator=g), "test": torch.randint(0, 3, (12,), generator=g)},
-            "family": {"gaussian_blur": "blur", "gaussian_noise": "noise", "contrast": "digital", "label_shift": "label"},
-            "priors": {"label_shift": torch.tensor([0.2, 0.3, 0.5])}}
+    blur, noise, contrast = (img(10), img(10)), (img(12), img(12)), (img(12), img(12))
+    label_x, label_y = img(12), torch.randint(0, 3, (12,), generator=g)
+    sel_y, test_y = torch.randint(0, 3, (10,), generator=g), torch.randint(0, 3, (12,), generator=g)
+    prov = suitemod.Provenance("test", 0)
+    sev = lambda name, family, images, y: suitemod.EvalSet(name, family, "severity", (1, 3), images, y, prov)
+    return suitemod.Suite(
+        selection=(sev("gaussian_blur", "blur", blur, sel_y),),
+        test=(sev("gaussian_noise", "noise", noise, test_y), sev("contrast", "digital", contrast, test_y),
+              suitemod.EvalSet("label_shift", "label", "set", (), (label_x,), label_y, prov,
+                               prior=torch.tensor([0.2, 0.3, 0.5]))),
+        clean_selection=suitemod.Subset(torch.full((10, 3, 4, 4), 0.5), sel_y),
+        clean_test=suitemod.Subset(torch.full((12, 3, 4, 4), 0.5), test_y))
 
 
 def _linear(seed=0):
@@ -139,15 +146,16 @@ def test_selection_metrics_cannot_read_test_shifts():
     with NaN images leaves it bit-identical, while changing a selection set does change it (so the check can fail)."""
     g = torch.Generator().manual_seed(0)
     suite, model, cpu = _tiny_suite(g), _linear(), torch.device("cpu")
-    val_y = torch.zeros(10, dtype=torch.long)
-    clean = trial.selection_metrics(model, suite, val_y, 8, cpu)
+    clean = trial.selection_metrics(model, suite, 8, cpu)
     assert 0 <= clean["ood_val_acc"] <= 1 and set(clean["per_shift"]) == {"gaussian_blur"}
     nan = lambda x: torch.full_like(x, float("nan"))
-    poisoned = {**suite, "test": {n: {s: nan(x) for s, x in sev.items()} for n, sev in suite["test"].items()},
-                "test_sets": {n: (nan(x), y) for n, (x, y) in suite["test_sets"].items()}}
-    assert trial.selection_metrics(model, poisoned, val_y, 8, cpu) == clean
-    moved = {**suite, "selection": {"gaussian_blur": {s: 1 - x for s, x in suite["selection"]["gaussian_blur"].items()}}}
-    assert trial.selection_metrics(model, moved, val_y, 8, cpu)["per_shift"] != clean["per_shift"]
+    poisoned = dataclasses.replace(suite, test=tuple(dataclasses.replace(e, images=tuple(map(nan, e.images)))
+                                                     for e in suite.test),
+                                   clean_test=suitemod.Subset(nan(suite.clean_test.images), suite.clean_test.labels))
+    assert trial.selection_metrics(model, poisoned, 8, cpu) == clean
+    moved = dataclasses.replace(suite, selection=tuple(dataclasses.replace(e, images=tuple(1 - x for x in e.images))
+                                                       for e in suite.selection))
+    assert trial.selection_metrics(model, moved, 8, cpu)["per_shift"] != clean["per_shift"]
 
 
 def test_test_metrics_means_worst_families_and_label_shift():
@@ -162,7 +170,8 @@ def test_test_metrics_means_worst_families_and_label_shift():
     logits = model(data["test"][0])
     assert final["id_acc"] == pytest.approx((logits.argmax(1) == data["test"][1]).double().mean().item())
     assert set(curves) == {"gaussian_noise", "contrast", "label_shift"} and set(curves["contrast"]) == {1, 3}
-    acc = (model(suite["test"]["contrast"][3]).argmax(1) == suite["labels"]["test"]).double().mean().item()
+    contrast = next(e for e in suite.test if e.name == "contrast")
+    acc = (model(contrast.images[contrast.severities.index(3)]).argmax(1) == suite.clean_test.labels).double().mean().item()
     assert curves["contrast"][3]["acc"] == pytest.approx(acc)
     means = {n: sum(c["acc"] for c in cv.values()) / len(cv) for n, cv in curves.items()}
     assert final["ood_acc_mean"] == pytest.approx(sum(means.values()) / 3)

@@ -156,6 +156,17 @@ def headline(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
             Raw(f'<div class="{grid}">{"".join(blocks)}</div>'))
 
 
+def _target_domain(tag: str | None) -> str:
+    """The target domain in words, from the harness.target_domain tag ("-" for a study that did not log it)."""
+    if tag is None:
+        return "-"
+    if tag == "none":
+        return "the clean target task (no data.target_shift)"
+    shifted = " + ".join(tag.split(","))
+    return (f"{shifted}: the target train, validation and test images are shifted before fine-tuning; the clean test "
+            f"images are the held-out set clean")
+
+
 def _provenance_fields(s: dict) -> list[tuple[str, str]]:
     p = s["provenance"]
     c = p["counts"]
@@ -181,6 +192,7 @@ def _provenance_fields(s: dict) -> list[tuple[str, str]]:
         ("corruption-error reference", "-" if not s.get("ce_reference") else
          f"trial #{s['ce_reference']['number']} (the tuned full FT baseline, lr {lr_text(s['ce_reference']['lr'])}): "
          f"ce, mce and relative_mce divide by its errors"),
+        ("target domain", _target_domain(p["target_domain"])),
         ("held-out test shifts", ", ".join(s["shifts"]["test"] + s["shifts"]["sets"]) or "-"),
         ("selection shifts (validation)", ", ".join(s["shifts"]["selection"]) or "-"),
         ("severities", ", ".join(map(str, s["shifts"]["severities"]))),
