@@ -360,6 +360,7 @@ def summarize(study: dict) -> dict:
     paired = _paired(best, oracle, baselines, study["trials"], reps, shifts["test"])
     fits = _fits(rows, done, with_ood, shifts, n_test)
     search = json_artifact(study, "search_space.json")
+    axes = strategies.axes(r["entry"] for r in done)  # what the hyperparameter plots and importances read
     sev_max = max(shifts["severities"]) if shifts["severities"] else None
     message = None
     if not done:
@@ -377,7 +378,7 @@ def summarize(study: dict) -> dict:
         "paired": paired, "ce_reference": _ce_reference(study["trials"]),
         "on_the_line": fits,
         "pareto": pareto({r["number"]: (r["id_acc"], r["ood_acc_mean"]) for r in with_ood}),
-        "importances": importances(done, search) if done else {},
+        "axes": axes, "importances": importances(done, search, axes) if done else {},
         "per_strategy": _per_strategy(done),
     }
 
