@@ -60,7 +60,9 @@ class Fit:
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-    """One way of fine-tuning. `p` is a run's params: Optuna's (typed) or MLflow's (strings: the words cast them)."""
+    """One way of fine-tuning. `p` is a run's params: Optuna's (typed) or MLflow's (strings: the words cast them). Its
+    words: run (the run's description, records.strategy), text and unfreeze (the report's two columns), label (its row
+    in the report's per-strategy table), short (a figure legend's suffix), cells (the console summary's two columns)."""
     suggest: Callable  # (optuna trial, search section, n_groups) -> its own params, sampled in this order after lr
     space: Callable  # (search section, n_groups) -> its own params' ranges, for search_space.json
     recipe: Callable  # p -> its train.Recipe fields besides strategy (its training settings)
