@@ -56,7 +56,7 @@ def publish(ctx, log=print) -> dict | None:
         log(f"warning: the selected trial's run {run_id} has no model/weights.safetensors; no model registered")
         return None
     run = client.get_run(run_id)
-    params = {k: float(v) for k, v in run.data.params.items() if k in schema.TRIAL_PARAMS}
+    params = {k: v for k, v in run.data.params.items() if k in schema.TRIAL_PARAMS}  # strings; strategy() casts
     strategy = records.strategy(params, ctx.cfg.train.epochs, ctx.n_groups, run.data.tags.get("harness.baseline", ""))
     info = {"harness.study": ctx.cfg.study.name, "harness.trial": run.data.tags.get("optuna.trial_number", ""),
             "harness.run_name": run.info.run_name, "harness.strategy": strategy}

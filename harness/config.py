@@ -10,6 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import strategies
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "studies" / "default.toml"
 
@@ -21,7 +23,6 @@ SCHEDULES = ("cosine", "constant", "step")
 DEVICES = ("auto", "cpu", "cuda")
 TV_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 SOURCES = ("digits", "imagefolder") + TV_DATASETS
-STRATEGIES = ("prefix", "surgical", "gradual")  # harness.train.STRATEGIES
 AUGMENTS = ("none", "flip_crop")  # harness.train.AUGMENTS
 STREAM_KINDS = ("severity", "rotation", "prior", "recurring")  # harness.sustain.STREAMS
 STREAM_OBJECTIVES = ("penalized", "multi")
@@ -123,7 +124,7 @@ class Search:
     lr: list[float] = field(default_factory=lambda: [1e-3, 0.3])  # log scale
     freeze_layers: list[int] = field(default_factory=lambda: [0, 4])
     unfreeze_epoch: list[int] = field(default_factory=lambda: [1, 6])  # e >= train.epochs means never
-    # which groups train (harness.train.frozen_at): prefix (freeze_layers + unfreeze_epoch), surgical (one group,
+    # which groups train (harness.strategies.STRATEGIES): prefix (freeze_layers + unfreeze_epoch), surgical (one group,
     # tune_group, plus the head if tune_head), gradual (ULMFiT, one more group every gradual_every epochs). More than
     # one: a categorical `strategy` the sampler sees, each strategy's parameters sampled only for it
     strategy: list[str] = field(default_factory=lambda: ["prefix"])
@@ -476,10 +477,11 @@ def _check_search(cfg: Config) -> None:
         raise ConfigError("search.lr", f"bounds must be > 0 (log scale), got {q.lr}")
     _bounds("search.freeze_layers", q.freeze_layers, low_min=0)
     _bounds("search.unfreeze_epoch", q.unfreeze_epoch, low_min=1)
+    known = strategies.searched()
     if not q.strategy or len(set(q.strategy)) != len(q.strategy):
-        raise ConfigError("search.strategy", f"needs distinct strategies among {', '.join(STRATEGIES)}, got {q.strategy}")
+        raise ConfigError("search.strategy", f"needs distinct strategies among {', '.join(known)}, got {q.strategy}")
     for name in q.strategy:
-        _choice("search.strategy", name, STRATEGIES)
+        _choice("search.strategy", name, known)
     if not q.tune_head or len(set(q.tune_head)) != len(q.tune_head):
         raise ConfigError("search.tune_head", f"needs distinct booleans (true, false or both), got {q.tune_head}")
     _bounds("search.gradual_every", q.gradual_every, low_min=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from harness import schema
+from harness import schema, strategies
 from harness.stats import (BOOTSTRAP, importances, infer_test_size, mean_sd, on_the_line, paired_bootstrap, pareto,
                            seed_interval, wilson)
 
@@ -77,31 +77,13 @@ def _shifts(study: dict) -> dict:
     return out
 
 
-def _strategy(k, e, epochs) -> dict:
-    """How a trial fine-tunes, in words: freeze_layers k and unfreeze_epoch e (>= epochs: never)."""
-    if k is None:
-        return {"unfreeze": "", "text": ""}
-    if k == 0:
-        return {"unfreeze": "-", "text": "train everything"}
-    never = e is None or (epochs is not None and e >= epochs)
-    return {"unfreeze": "never" if never else f"epoch {e}",
-            "text": f"freeze {k} group{'s' if k != 1 else ''}" + (", never unfreeze" if never else f", unfreeze at epoch {e}")}
-
-
-def _tuning(p: dict, epochs) -> dict:
-    """The strategy of a trial (train.frozen_at) as the report groups it: {strategy, group, text}; prefix trials
-    (every trial of a prefix-only study, and the baselines) keep _strategy's words."""
-    strategy = p.get("strategy", "prefix")
-    if strategy == "surgical":
-        g, head = p.get("tune_group"), str(p.get("tune_head")) == "True"
-        return {"strategy": strategy, "tune_group": g, "unfreeze": "-",
-                "text": f"tune group {g} only" + (" and the head" if head else " (head frozen)")}
-    if strategy == "gradual":
-        every = p.get("gradual_every")
-        return {"strategy": strategy, "tune_group": None, "unfreeze": f"every {every}",
-                "text": f"gradual unfreezing, head first, one group every {every} epoch{'s' if every != 1 else ''}"}
-    return {"strategy": "prefix", "tune_group": None,
-            **_strategy(p.get("freeze_layers"), p.get("unfreeze_epoch"), epochs)}
+def _tuning(p: dict, epochs, baseline: str = "") -> dict:
+    """How a trial fine-tunes as the report groups and words it: its strategy param (prefix where none is logged), its
+    registry entry (harness.strategies: an unknown one is an error) and that entry's words."""
+    name = strategies.which(p, baseline)
+    words = strategies.get(name).words(p, epochs)
+    return {"strategy": p.get("strategy", "prefix"), "entry": name, "unfreeze": words["unfreeze"],
+            "text": words["text"], "strategy_label": words["label"], "short": words["short"]}
 
 
 def _per_strategy(done: list[dict]) -> list[dict]:
@@ -111,10 +93,7 @@ def _per_strategy(done: list[dict]) -> list[dict]:
         return []
     groups: dict = {}
     for r in done:
-        key = r["strategy"] if r["strategy"] != "surgical" else f"surgical: group {r['tune_group']}"
-        if r["baseline"]:
-            key = f"baseline: {r['baseline']}"
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(f"baseline: {r['baseline']}" if r["baseline"] else r["strategy_label"], []).append(r)
     out = []
     for key, rs in groups.items():
         ood = [r["ood_acc_mean"] for r in rs if r["ood_acc_mean"] is not None]
@@ -142,14 +121,9 @@ def _row(t: dict, shifts: dict, epochs, objective: str) -> dict:
     finals = {k: _float(v) for k, v in m.items()  # per-epoch keys are curves even where one epoch ran (the probe)
               if k not in schema.EPOCH and not (k.startswith("shift/") and k.rsplit("/", 1)[-1] in ("acc", "ece", "nll"))
               and len(c.get(k, ())) <= 1}  # a series (label_shift/prior_*: step = class index) is not one final value
-    strategy = _tuning(p, epochs)
-    if t["baseline"] == "linear_probe":
-        strategy.update(unfreeze="never", text=f"logistic regression on frozen features, C {p.get('probe_c', '?')}")
-    elif t["baseline"] == "lp_ft":
-        strategy.update(unfreeze="-", text="train everything from the linear-probe head")
     return {"number": t["number"], "run_id": t["run_id"], "run_name": t["run_name"], "state": t["state"],
-            "baseline": t["baseline"], "lr": p.get("lr"), "freeze_layers": p.get("freeze_layers"),
-            "unfreeze_epoch": p.get("unfreeze_epoch"), **strategy,
+            "baseline": t["baseline"], **_tuning(p, epochs, t["baseline"]),
+            **{a: p.get(a) for s in strategies.STRATEGIES.values() for a in s.axes},  # every hyperparameter axis
             "objective": _float(m.get(obj_key)), "val_acc": _float(m.get(schema.VAL_ACC_FINAL)),
             "id_acc": _float(m.get(schema.ID_ACC)), "ood_acc_mean": _float(m.get(schema.OOD_ACC_MEAN)),
             "clean_subset_acc": _float(m.get(schema.CLEAN_SUBSET_ACC)), "clean_subset_ece": _float(m.get(schema.CLEAN_SUBSET_ECE)),
@@ -378,7 +352,7 @@ def summarize(study: dict) -> dict:
     with_ood = [r for r in done if r["ood_acc_mean"] is not None]
     oracle = max(with_ood, key=lambda r: (r["ood_acc_mean"], -(r["number"] or 0))) if with_ood else None
     # the best of each baseline family on validation (the study objective; ties: the lower trial number)
-    baselines = {b: next((r for r in done if r["baseline"] == b), None) for b in schema.BASELINES}
+    baselines = {b: next((r for r in done if r["baseline"] == b), None) for b in strategies.BASELINES}
     reps = study.get("replicates", [])
     replicated = {r["replicate_of"] for r in reps}  # the selected trial, each baseline family's best, sweep groups' best
     for r in done:
@@ -387,6 +361,7 @@ def summarize(study: dict) -> dict:
     paired = _paired(best, oracle, baselines, study["trials"], reps, shifts["test"])
     fits = _fits(rows, done, with_ood, shifts, n_test)
     search = json_artifact(study, "search_space.json")
+    axes = strategies.axes(r["entry"] for r in done)  # what the hyperparameter plots and importances read
     sev_max = max(shifts["severities"]) if shifts["severities"] else None
     message = None
     if not done:
@@ -404,7 +379,7 @@ def summarize(study: dict) -> dict:
         "paired": paired, "ce_reference": _ce_reference(study["trials"]),
         "on_the_line": fits,
         "pareto": pareto({r["number"]: (r["id_acc"], r["ood_acc_mean"]) for r in with_ood}),
-        "importances": importances(done, search) if done else {},
+        "axes": axes, "importances": importances(done, search, axes) if done else {},
         "per_strategy": _per_strategy(done),
     }
 

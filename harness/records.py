@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from harness import schema, tracking
+from harness import schema, strategies, tracking
 
 DIGEST_CHARS = 20  # MLflow's datasets.digest column holds 36 characters; 80 bits tell any two splits apart
 SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "test", "subpop": "test"}
@@ -74,26 +74,13 @@ def lr_words(lr: float) -> str:
 
 
 def strategy(params: dict, epochs: int, n_groups: int, baseline: str = "") -> str:
-    """A trial's fine-tuning strategy in words, e.g. "freeze 2 groups, unfreeze at epoch 1, lr 0.18"."""
-    k, e, lr = int(params.get("freeze_layers", 0)), int(params.get("unfreeze_epoch", 0)), params.get("lr")
-    if baseline == "linear_probe":  # no lr: a logistic regression fit on the frozen features (harness.probe)
-        words = "logistic-regression head on the frozen body's features, C chosen on validation"
-    elif baseline == "lp_ft":
-        words = "train everything from the linear probe's head"
-    elif "tune_group" in params:  # surgical (Lee et al. 2023): one group, with or without the head
-        head = str(params.get("tune_head")).lower() in ("true", "1", "1.0")
-        words = f"tune only group {int(float(params['tune_group']))}" + (" and the head" if head else "")
-    elif "gradual_every" in params:  # gradual (ULMFiT): head first, then one group more every n epochs
-        words = f"unfreeze one group every {int(float(params['gradual_every']))} epochs, head first"
-    elif k == 0:
-        words = "train everything"  # the report's words (numbers.py)
-    else:
-        groups = f"freeze {k} group{'s' if k != 1 else ''}"
-        words = f"{groups}, never unfreeze" if e >= epochs else f"{groups}, unfreeze at epoch {e}"
-    if lr is not None:
-        words += f", lr {lr_words(float(lr))}"
+    """A trial's fine-tuning strategy in words, e.g. "freeze 2 groups, unfreeze at epoch 1, lr 0.18": its entry's words
+    (harness.strategies; an unknown strategy or baseline is an error), its lr, its baseline family."""
+    words = strategies.of(params, baseline).words(params, epochs)["run"]
+    if params.get("lr") is not None:
+        words += f", lr {lr_words(float(params['lr']))}"
     if baseline:
-        words += f" (baseline: {schema.BASELINES.get(baseline, baseline)})"
+        words += f" (baseline: {strategies.BASELINES[baseline].label})"
     return words
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from harness import strategies
+
 # ------------------------------------------------------------------------------------------- trial runs
 EPOCH = {
     "train_loss": "mean cross-entropy over the epoch's training batches",
@@ -122,16 +124,7 @@ SYSTEM = {
 METRICS = {**EPOCH, **FINAL, **SEVERITY, **CLASS, **PRETRAIN_EPOCH, **STREAM_FINAL, **PERIOD, **SYSTEM}
 
 # --------------------------------------------------------------------------------------------- params
-TRIAL_PARAMS = {
-    "lr": "peak learning rate",
-    "freeze_layers": "leading layer groups frozen until unfreeze_epoch (number of groups = linear probe)",
-    "unfreeze_epoch": "epoch from which every group trains (>= train.epochs: never; 0 when nothing is frozen)",
-    "strategy": "which groups train: prefix | surgical | gradual (only when search.strategy lists more than prefix)",
-    "tune_group": "surgical: the one group (index from the input, 0 = first) that trains",
-    "tune_head": "surgical: whether the head trains with it (True/False)",
-    "gradual_every": "gradual: epochs between two unfreezings, head first, then the groups from the top down",
-    "probe_c": "linear probe and LP-FT: the logistic regression's C (inverse L2 strength) chosen on validation",
-}
+TRIAL_PARAMS = {name: p.meaning for name, p in strategies.PARAMS.items()}  # what each strategy's runs log
 POLICY_PARAMS = {
     "policy": "update policy (never, every, accuracy, embedding, mmd)",
     "k": "every: update every k periods", "threshold": "triggered policies: the monitor's threshold",
@@ -152,7 +145,7 @@ TAGS = {
     "mlflow.parentRunId": "the parent run of a child run",
     "mlflow.runName": "run name: trial-NNNN, policy-<label>-seed<s>, or the study name",
     # trial runs
-    "harness.baseline": "full_ft | linear_probe | lp_ft on the enqueued baselines (and their replicates)",
+    "harness.baseline": f"{' | '.join(strategies.BASELINES)} on the enqueued baselines (and their replicates)",
     "harness.ce_reference": "run id of the corruption-error reference (the tuned full FT baseline) the CE metrics use",
     "harness.replicate_of": "replicate runs: the Optuna trial number whose configuration they re-run",
     "harness.fail_reason": "why a run FAILED",
@@ -223,8 +216,8 @@ REGISTERED_MODEL_ALIASES = {"champion": "the selected trial of the latest study 
 TRIAL_SYSTEM_ATTRS = ("harness.host", "harness.pid", "harness.pid_start", "harness.pid_ticks", "harness.worker",
                       "fail_reason")
 
-# The enqueued baselines and how the report names them
-BASELINES = {"full_ft": "full FT", "linear_probe": "linear probe", "lp_ft": "LP-FT"}
+# The enqueued baselines (the values of tag harness.baseline) and how the report names them
+BASELINES = {name: b.label for name, b in strategies.BASELINES.items()}
 
 
 def _pattern(template: str) -> re.Pattern:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+from harness.strategies import PARAMS, PREFIX_AXES
+
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
@@ -82,49 +84,68 @@ def mean_sd(values: list) -> dict:
     return {"mean": mean, "sd": sd, "n": len(vals), "values": vals}
 
 
-def importances(rows: list[dict], search: dict) -> dict:
-    """fANOVA importances (Optuna) of lr, freeze_layers and unfreeze_epoch for ID and for OOD accuracy of report rows
-    ({id_acc, ood_acc_mean, lr, freeze_layers, unfreeze_epoch}). unfreeze_epoch is conditional (sampled only when
-    freeze_layers > 0); trials without frozen groups take 0, the value MLflow logs for them, so every trial enters one
-    search space. Tiny studies get a note, not an error."""
+def importances(rows: list[dict], search: dict, axes=PREFIX_AXES) -> dict:
+    """fANOVA importances (Optuna) of the hyperparameter axes (strategies.PARAMS names; a study's come from its
+    strategies' entries) for ID and for OOD accuracy of report rows ({id_acc, ood_acc_mean, and a value per axis}).
+    Every trial enters one search space: an axis a trial lacks, or a conditional one whose condition it fails
+    (unfreeze_epoch without frozen groups), takes the axis's absent value (0: the value MLflow logs for
+    unfreeze_epoch); a trial without a value for an axis that has none (lr: the linear probe) is left out. Tiny studies
+    get a note, not an error."""
     import optuna
 
-    done = [r for r in rows if r["id_acc"] is not None and isinstance(r["lr"], (int, float)) and r["lr"] > 0]
+    done = [r for r in rows if r["id_acc"] is not None and all(_axis_value(r, a) is not None for a in axes)]
     out = {}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line per target
     try:
         for target in ("id_acc", "ood_acc_mean"):
-            out[target] = _fanova(done, search, target)
+            out[target] = _fanova(done, search, target, axes)
     finally:
         optuna.logging.set_verbosity(verbosity)
     return out
 
 
-def _fanova(done: list[dict], search: dict, target: str) -> dict:
-    import optuna
+def _axis_value(r: dict, name: str):
+    """A row's value on an axis as fANOVA reads it (its own, else the axis's absent value; None: left out)."""
+    p, v = PARAMS[name], r.get(name)
+    if p.when and not r.get(p.when):
+        return p.absent
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (p.log and v <= 0):
+        return p.absent
+    return int(v) if p.kind == "int" else v
+
+
+def _distribution(name: str, values: list, search: dict):
+    """An axis's distribution: an int's spans its trials' values; a float's also its search_space.json bounds
+    ({"low", "high"}, or an older [low, high])."""
     from optuna.distributions import FloatDistribution, IntDistribution
+
+    p = PARAMS[name]
+    if p.kind == "int":
+        return IntDistribution(min(values), max(values))
+    space = search.get(name) or {}
+    bounds = [space.get("low"), space.get("high")] if isinstance(space, dict) else list(space)[:2]
+    vals = values + [v for v in bounds if isinstance(v, (int, float)) and not isinstance(v, bool)
+                     and (v > 0 or not p.log)]
+    return FloatDistribution(min(vals), max(vals), log=p.log and min(vals) > 0)  # an absent 0: a linear scale
+
+
+def _fanova(done: list[dict], search: dict, target: str, axes) -> dict:
+    import optuna
 
     use = [r for r in done if r[target] is not None]
     if len(use) < 3:
         return {"note": f"needs at least 3 completed trials, has {len(use)}"}
     try:
-        space = search.get("lr") or {}  # {"low", "high", "log"} (search_space.json), or an older [low, high]
-        bounds = [space.get("low"), space.get("high")] if isinstance(space, dict) else list(space)[:2]
-        lrs = [r["lr"] for r in use] + bounds
-        lrs = [v for v in lrs if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
-        ks = [int(r["freeze_layers"] or 0) for r in use]
-        es = [int(r["unfreeze_epoch"] or 0) if r["freeze_layers"] else 0 for r in use]
-        dists = {"lr": FloatDistribution(min(lrs), max(lrs), log=True),
-                 "freeze_layers": IntDistribution(min(ks), max(ks)), "unfreeze_epoch": IntDistribution(min(es), max(es))}
-        varying = [name for name, vals in (("lr", [r["lr"] for r in use]), ("freeze_layers", ks), ("unfreeze_epoch", es))
-                   if len(set(vals)) > 1]
+        values = {a: [_axis_value(r, a) for r in use] for a in axes}
+        dists = {a: _distribution(a, vals, search) for a, vals in values.items()}
+        varying = [a for a, vals in values.items() if len(set(vals)) > 1]
         if not varying:
             return {"note": "no hyperparameter varies across the completed trials"}
         mem = optuna.create_study(direction="maximize")
         mem.add_trials([optuna.trial.create_trial(
-            params={"lr": r["lr"], "freeze_layers": k, "unfreeze_epoch": e}, distributions=dists,
-            value=r[target], user_attrs={target: r[target]}) for r, k, e in zip(use, ks, es)])
+            params={a: values[a][i] for a in axes}, distributions=dists,
+            value=r[target], user_attrs={target: r[target]}) for i, r in enumerate(use)])
         imp = optuna.importance.get_param_importances(
             mem, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varying,
             target=lambda t, key=target: t.user_attrs[key])

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from harness import bookkeeping, config, context, data as datamod, models, schema, shifts, store, tracking, train
-from harness import champion, cores, links, records, suite as suitemod, trial as trialmod, units, workers
+from harness import champion, cores, links, records, strategies, suite as suitemod, trial as trialmod, units, workers
 from harness.config import ConfigError
 
 
@@ -169,13 +169,7 @@ def _log_study(ctx: context.Context) -> None:
     tracking.log_text(client, run, config.to_toml(cfg), "config/resolved.toml")
     tracking.log_text(client, run, config.to_toml(cfg), f"config/invocations/{stamp}.toml")
     tracking.log_json(client, run, {"lr": {"low": cfg.search.lr[0], "high": cfg.search.lr[1], "log": True},
-                                    "freeze_layers": cfg.search.freeze_layers, "unfreeze_epoch": cfg.search.unfreeze_epoch,
-                                    "unfreeze_epoch_condition": "only when freeze_layers > 0; >= train.epochs means never",
-                                    "strategy": cfg.search.strategy, "tune_group": [0, ctx.n_groups - 1],
-                                    "tune_head": cfg.search.tune_head, "gradual_every": cfg.search.gradual_every,
-                                    "strategy_condition": "prefix: freeze_layers, unfreeze_epoch; surgical: tune_group, "
-                                                          "tune_head; gradual: gradual_every"},
-                      "search_space.json")
+                                    **strategies.search_space(cfg.search, ctx.n_groups)}, "search_space.json")
     versions = tracking.versions()
     tracking.log_json(client, run, versions, "versions.json")
     tags = {"harness.git_sha": tracking.git_sha(), "harness.device": str(ctx.device),
@@ -291,12 +285,9 @@ def summary(ctx: context.Context, study: optuna.Study, wall: float, log=print) -
     obj = "val_acc,ood_val_acc" if cfg.study.objective == "multi" else cfg.study.objective
     log(f"\n{'trial':>5} {'baseline':<13} {'lr':>9} {'freeze':>6} {'unfreeze':>8} {obj:>12} {'id_acc':>7} {'ood_acc':>7}")
     for t in done[:8]:
-        e, k = t.params.get("unfreeze_epoch", 0), t.params.get("freeze_layers")
-        if k is None:  # a surgical or gradual trial: its strategy in the two columns
-            k, when = t.params.get("strategy", "?")[:6], (f"g{t.params['tune_group']}" if "tune_group" in t.params
-                                                           else f"/{t.params.get('gradual_every', '?')}ep")
-        else:
-            when = ('never' if e >= cfg.train.epochs else e) if k else '-'
+        baseline = t.user_attrs.get("baseline", "")
+        p = trialmod.with_strategy(cfg, t.params, baseline)
+        k, when = strategies.of(p, baseline).words(p, cfg.train.epochs)["cells"]  # its strategy in the two columns
         log(f"{t.number:>5} {t.user_attrs.get('baseline', ''):<13} {t.params.get('lr', float('nan')):>9.2e} {k:>6} {when:>8} "
             f"{', '.join(f'{v:.4f}' for v in t.values):>12} {t.user_attrs.get(schema.ID_ACC, float('nan')):>7.4f} "
             f"{t.user_attrs.get(schema.OOD_ACC_MEAN, float('nan')):>7.4f}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from harness import strategies
 
 
 def pick_device(name: str) -> torch.device:
@@ -86,10 +89,12 @@ def set_frozen(model: nn.Module, groups: dict, frozen) -> None:
             groups[name].eval()
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float):
+def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float, param_groups=None):
     """One optimizer over all parameters. Frozen ones get no .grad, and torch optimizers skip params whose
-    grad is None, so unfreezing needs no new param group and the optimizer really updates them from then on."""
-    params = list(model.parameters())
+    grad is None, so unfreezing needs no new param group and the optimizer really updates them from then on.
+    param_groups: a strategy's rule (its groups, each {"params"} with an optional "lr_scale", a factor on the scheduled
+    lr, and "weight_decay"), which must hold every parameter once: one left out would never train; None: one group."""
+    params = list(model.parameters()) if param_groups is None else _every_param_once(model, param_groups)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
     if name == "adam":
@@ -97,6 +102,14 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weig
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"train.optimizer: unknown {name!r}")
+
+
+def _every_param_once(model: nn.Module, param_groups) -> list[dict]:
+    held = [id(p) for g in param_groups for p in g["params"]]
+    if sorted(held) != sorted(id(p) for p in model.parameters()):
+        raise ValueError(f"param_groups must hold every parameter of the model exactly once: {len(held)} held, "
+                         f"{len(set(held))} distinct, the model has {len(list(model.parameters()))}")
+    return [{**g, "params": list(g["params"])} for g in param_groups]
 
 
 def lr_at(step: int, total: int, base: float, schedule: str) -> float:
@@ -131,10 +144,12 @@ def flip_crop(xb: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> to
 
 
 def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, total, base_lr, schedule, device,
-                    forward=None, augment=None):
+                    forward=None, augment=None, loss_term=None):
     """One pass over (x, y) in a seeded random order. Returns (mean loss, next step); NaN if it diverged.
     forward: what a batch of x is fed to, the model unless x holds cached prefix outputs (prefix.inputs: then the
-    rest of the model); augment: a generator to flip_crop every batch with (None: no augmentation)."""
+    rest of the model); augment: a generator to flip_crop every batch with (None: no augmentation); loss_term:
+    (xb, yb, logits) -> a scalar added to each batch's cross-entropy (a strategy's loss hook; the mean includes it).
+    A param group with an "lr_scale" gets that factor on the scheduled lr."""
     model.train()
     set_frozen(model, groups, frozen)
     forward = model if forward is None else forward
@@ -145,10 +160,14 @@ def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, tot
         xb, yb = to_device_batch(x[idx], device), y[idx.to(y.device)].to(device, non_blocking=True)
         if augment is not None:
             xb = flip_crop(xb, augment)
+        lr = lr_at(step, total, base_lr, schedule)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, base_lr, schedule)
+            g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
         with autocast(device):
-            loss = F.cross_entropy(forward(xb), yb)
+            logits = forward(xb)
+            loss = F.cross_entropy(logits, yb)
+            if loss_term is not None:
+                loss = loss + loss_term(xb, yb, logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -156,9 +175,6 @@ def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, tot
         total_loss += loss.detach() * len(idx)  # accumulate on device: no host sync per step
         seen += len(idx)
     return (total_loss / seen).item(), step
-
-
-STRATEGIES = ("prefix", "surgical", "gradual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,31 +189,18 @@ class Recipe:
     schedule: str = "cosine"
     freeze_layers: int = 0  # the first k groups are frozen before unfreeze_epoch
     unfreeze_epoch: int = 0  # from this epoch on every group trains; >= epochs: never
-    strategy: str = "prefix"  # which groups train at each epoch: see frozen_at
+    strategy: str = "prefix"  # its entry in harness.strategies.STRATEGIES: which groups train (frozen_at), its hooks
     tune_group: int = 0  # surgical: the one group (0 = the first, before the head) that trains
     tune_head: bool = True  # surgical: whether the head trains too
     gradual_every: int = 1  # gradual: epochs between two unfreezings
     augment: str = "none"  # "flip_crop": every training batch flipped and cropped (flip_crop), else as it is
+    settings: dict = dataclasses.field(default_factory=dict)  # a new strategy's own settings, for its hooks
 
 
 def frozen_at(recipe: Recipe, epoch: int, n_groups: int):
-    """What set_frozen gets at an epoch, for a model of n_groups groups before the head:
-    prefix   freeze_layers k (an int, the first k groups) before unfreeze_epoch, 0 from then on;
-    surgical every group but tune_group, and the head too unless tune_head (a set of indices, head = n_groups);
-    gradual  ULMFiT's gradual unfreezing: the head trains from epoch 0 and one more group below it joins every
-             gradual_every epochs, from the top down: the first n_groups - epoch // gradual_every groups frozen."""
-    r = recipe
-    if r.strategy == "prefix":
-        return r.freeze_layers if epoch < r.unfreeze_epoch else 0
-    if r.strategy == "surgical":
-        if not 0 <= r.tune_group < n_groups:
-            raise ValueError(f"tune_group must be in [0, {n_groups - 1}], got {r.tune_group}")
-        return frozenset(i for i in range(n_groups + 1) if i != r.tune_group and (i < n_groups or not r.tune_head))
-    if r.strategy == "gradual":
-        if r.gradual_every < 1:
-            raise ValueError(f"gradual_every must be >= 1, got {r.gradual_every}")
-        return max(0, n_groups - epoch // r.gradual_every)
-    raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {r.strategy!r}")
+    """What set_frozen gets at an epoch, for a model of n_groups groups before the head: the freezing schedule of the
+    recipe's strategy (harness.strategies: prefix's int k, surgical's set of indices, gradual's shrinking k, ...)."""
+    return strategies.get(recipe.strategy).frozen(recipe, epoch, n_groups)
 
 
 def n_frozen(frozen) -> int:
@@ -219,7 +222,8 @@ def n_leading(frozen) -> int:
 def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
     """The training loop. Yields (epoch, mean train loss, number of frozen groups, lr at the epoch's end) after every
     epoch, so the caller validates, logs, reports and prunes between epochs (raising out of its loop stops training).
-    Which groups train at each epoch is frozen_at(recipe, epoch).
+    Which groups train at each epoch is frozen_at(recipe, epoch); the strategy's hooks (harness.strategies: a loss
+    term, a param-group rule, an after-epoch step), where it has them, act in this loop.
 
     One optimizer for the whole run (frozen params get no grad and are skipped, so unfreezing needs no new param
     group); one seeded generator for the batch order of every epoch. Raises FloatingPointError on a non-finite
@@ -231,7 +235,10 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
     r = recipe
     if r.augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {r.augment!r}")
-    opt = make_optimizer(model, r.optimizer, r.lr, r.momentum, r.weight_decay)
+    entry, hook = strategies.get(r.strategy), strategies.Fit(model, groups, r, {})
+    opt = make_optimizer(model, r.optimizer, r.lr, r.momentum, r.weight_decay,
+                         entry.param_groups(hook) if entry.param_groups else None)
+    loss_term = functools.partial(entry.loss, hook) if entry.loss else None
     gen = torch.Generator().manual_seed(seed)
     # augmentation draws from a stream of its own (seed + 1): the batch order stays that of augment = "none", and
     # the flips are not drawn from the numbers that drew the order
@@ -245,9 +252,11 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
             if aug is None:
                 xs, forward = view.inputs(x, r.batch_size, device, shuffled=True)
         loss, step = train_one_epoch(model, groups, frozen, opt, xs, y, r.batch_size, gen, step, total, r.lr,
-                                     r.schedule, device, forward, aug)
+                                     r.schedule, device, forward, aug, loss_term)
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch} (lr {r.lr:g})")
+        if entry.after_epoch is not None:
+            entry.after_epoch(hook, epoch)
         yield epoch, loss, n_frozen(frozen), lr_at(step, total, r.lr, r.schedule)
 
 

@@ -15,59 +15,45 @@ import optuna
 import psutil
 import torch
 
-from harness import bookkeeping, corruption_error, metrics, models, prefix, probe as probemod, records, schema, store, tracking, train
+from harness import (bookkeeping, corruption_error, metrics, models, prefix, probe as probemod, records, schema, store,
+                     strategies, tracking, train)
 from harness.config import Config, Model
 
 
 def suggest(trial: optuna.Trial, cfg: Config, n_groups: int) -> dict:
-    """The conditional space from [search]. With more than one search.strategy, `strategy` is a categorical and
-    each strategy's parameters exist only for it: prefix -> freeze_layers, and unfreeze_epoch only when some groups
-    are frozen; surgical -> tune_group (0..n_groups-1), tune_head; gradual -> gradual_every. Baselines are prefix
-    trials whatever the strategies. A prefix-only study (the default) samples and returns what it always did. The
-    linear probe has no lr (its head is a logistic regression, see harness.probe): lr is None there, never sampled."""
+    """The conditional space from [search]: lr (unless the entry has none: the linear probe's head is a logistic
+    regression, lr None, never sampled), then, with more than one search.strategy, `strategy` as a categorical, then
+    the strategy's own parameters (harness.strategies: each exists only for its strategy). Baselines are prefix
+    trials whatever the strategies, through their family's entry. A prefix-only study (the default) samples and
+    returns what it always did, no `strategy` (with_strategy: its runs still log it)."""
     q = cfg.search
     baseline = trial.user_attrs.get("baseline")
     with warnings.catch_warnings():  # enqueued baselines may sit outside the bounds on purpose (e.g. never)
         warnings.simplefilter("ignore", UserWarning)
-        lr = None if baseline == "linear_probe" else trial.suggest_float("lr", q.lr[0], q.lr[1], log=True)
-        if baseline or q.strategy == ["prefix"]:
-            strategy = "prefix"
-        elif len(q.strategy) == 1:
-            strategy = q.strategy[0]
+        entry = strategies.of({}, baseline) if baseline else None
+        lr = trial.suggest_float("lr", q.lr[0], q.lr[1], log=True) if entry is None or entry.lr else None
+        if baseline or len(q.strategy) == 1:
+            strategy = "prefix" if baseline else q.strategy[0]
         else:
             strategy = trial.suggest_categorical("strategy", q.strategy)
-        named = {} if q.strategy == ["prefix"] else {"strategy": strategy}
-        if strategy == "surgical":
-            return {"lr": lr, **named, "tune_group": trial.suggest_int("tune_group", 0, n_groups - 1),
-                    "tune_head": trial.suggest_categorical("tune_head", q.tune_head)}
-        if strategy == "gradual":
-            return {"lr": lr, **named,
-                    "gradual_every": trial.suggest_int("gradual_every", q.gradual_every[0], q.gradual_every[1])}
-        k = trial.suggest_int("freeze_layers", q.freeze_layers[0], q.freeze_layers[1])
-        e = trial.suggest_int("unfreeze_epoch", q.unfreeze_epoch[0], q.unfreeze_epoch[1]) if k > 0 else 0
-    return {"lr": lr, **named, "freeze_layers": min(k, n_groups), "unfreeze_epoch": e}
+        own = (entry or strategies.get(strategy)).suggest(trial, q, n_groups)
+    return {"lr": lr, **({} if q.strategy == ["prefix"] else {"strategy": strategy}), **own}
 
 
-def recipe_settings(p: dict) -> dict:
-    """A trial's params as train.Recipe fields (strategy and its own parameters; prefix when none is named)."""
-    strategy = p.get("strategy", "prefix")
-    if strategy == "surgical":
-        return {"strategy": strategy, "tune_group": p["tune_group"], "tune_head": bool(p["tune_head"])}
-    if strategy == "gradual":
-        return {"strategy": strategy, "gradual_every": p["gradual_every"]}
-    return {"strategy": "prefix", "freeze_layers": p["freeze_layers"], "unfreeze_epoch": p.get("unfreeze_epoch", 0)}
+def with_strategy(cfg: Config, p: dict, baseline: str = "") -> dict:
+    """A trial's params as its runs log them and train from: `strategy` always, which Optuna samples only when
+    search.strategy lists several (suggest names it whenever the study is not prefix-only; a baseline is prefix)."""
+    return {"strategy": "prefix" if baseline else cfg.search.strategy[0], **p}
 
 
-def first_prune(warmup: int, p: dict, epochs: int, n_groups: int) -> int:
-    """prune_from for any strategy: prefix as prune_from; surgical trains the same groups throughout (warm-up only);
-    gradual waits one epoch after its last unfreezing (n_groups * gradual_every), if that happens before the end."""
-    strategy = p.get("strategy", "prefix")
-    if strategy == "surgical":
-        return warmup
-    if strategy == "gradual":
-        last = n_groups * p["gradual_every"]
-        return max(warmup, last + 1 if last < epochs else 0)
-    return prune_from(warmup, p["freeze_layers"], p.get("unfreeze_epoch", 0), epochs)
+def source_params(cfg: Config, source: dict, n_groups: int) -> dict:
+    """A finished trial's params as its run logged them, from its Optuna params and baseline ({"params", "baseline"}):
+    suggest again on them (a FixedTrial), so its replicates log and train what it did (lr None for the probe,
+    unfreeze_epoch 0 when nothing was frozen, the strategy of a one-strategy study that Optuna never sampled)."""
+    fixed = optuna.trial.FixedTrial(source["params"])
+    if source["baseline"]:
+        fixed.set_user_attr("baseline", source["baseline"])
+    return with_strategy(cfg, suggest(fixed, cfg, n_groups), source["baseline"])
 
 
 def baseline_lrs(cfg: Config) -> list[float]:
@@ -83,14 +69,11 @@ def baseline_lrs(cfg: Config) -> list[float]:
 
 
 def baselines(cfg: Config, n_groups: int) -> list[dict]:
-    """The enqueued baselines, in order: full fine-tuning at each sweep lr, the converged linear probe (no lr), LP-FT
-    (Kumar et al. 2022: every group fine-tuned from the probe's head) at each sweep lr. LP-FT's params carry
-    unfreeze_epoch 0 (never sampled when nothing is frozen) so that Optuna's skip_if_exists, which compares the
-    enqueued params, tells it from full FT at the same lr."""
+    """The enqueued baselines (strategies.BASELINES), in order: full fine-tuning at each sweep lr, the converged linear
+    probe (no lr), LP-FT (Kumar et al. 2022: every group fine-tuned from the probe's head) at each sweep lr."""
     lrs = baseline_lrs(cfg)
-    return ([{"name": "full_ft", "params": {"lr": lr, "freeze_layers": 0}} for lr in lrs]
-            + [{"name": "linear_probe", "params": {"freeze_layers": n_groups, "unfreeze_epoch": cfg.train.epochs}}]
-            + [{"name": "lp_ft", "params": {"lr": lr, "freeze_layers": 0, "unfreeze_epoch": 0}} for lr in lrs])
+    return [{"name": name, "params": b.params(lr, n_groups, cfg.train.epochs)}
+            for name, b in strategies.BASELINES.items() for lr in (lrs if strategies.get(b.strategy).lr else [None])]
 
 
 def surgical_sweep(cfg: Config, n_groups: int) -> list[dict]:
@@ -102,13 +85,6 @@ def surgical_sweep(cfg: Config, n_groups: int) -> list[dict]:
     named = {"strategy": "surgical"} if len(cfg.search.strategy) > 1 else {}
     return [{"lr": lr, **named, "tune_group": j, "tune_head": False} for j in range(n_groups)
             for lr in baseline_lrs(cfg)]
-
-
-def prune_from(warmup: int, k: int, e: int, epochs: int) -> int:
-    """How many epochs a trial runs before it may be pruned: prune_warmup, and for a trial that unfreezes at epoch e,
-    e + 1 (one epoch with every group training): a frozen model looks worse early and must not be killed for it.
-    The linear probe (never unfrozen) only waits the warm-up."""
-    return max(warmup, e + 1 if 0 < k and e < epochs else 0)
 
 
 def fresh_model(model_cfg: Model, num_classes: int, pretrained: dict | None, device, seed: int,
@@ -203,9 +179,6 @@ def label_shift_metrics(model, suite, data: dict, batch_size, device, val_logits
             "priors": {"true": true.tolist(), "bbse": est.tolist()}}  # logged per class (step = class index)
 
 
-PROBE_HEAD = ("linear_probe", "lp_ft")  # baselines that start from the converged probe's head (harness.probe)
-
-
 @dataclasses.dataclass
 class Progress:
     """What the training of one trial has reached: the failure and pruning tags name the epoch."""
@@ -236,11 +209,12 @@ def train_trial(trial: optuna.Trial | None, ctx, p: dict, run_id: str, at: Progr
     # the hyperparameters alone, and a re-run reproduces the same curve on CPU. Replicates change the seed only.
     model, groups = fresh_model(cfg.model, len(ctx.data["classes"]), ctx.pretrained, device, seed, compile=t.compile)
     at.view = prefix.for_trial(ctx, model, groups, seed)  # frozen groups' outputs computed once per worker, not per epoch
-    if baseline in PROBE_HEAD:
+    entry = strategies.of(p, baseline)
+    if entry.probe_head:
         probe = probemod.fitted(ctx, model, groups)
         probemod.set_head(groups, probe)
         tracking.log_params(ctx.client, run_id, {"probe_c": probe.c})
-        if baseline == "linear_probe":
+        if not entry.trains:
             at.epoch, at.val = 0, train.evaluate(at.view, *ctx.data["val"], t.eval_batch_size, device)
             tracking.log_metrics(ctx.client, run_id, _epoch_metrics(probe.train_loss, at.val, ctx.n_groups), step=0,
                                  wait=False)
@@ -252,8 +226,8 @@ def train_trial(trial: optuna.Trial | None, ctx, p: dict, run_id: str, at: Progr
             return model, groups
     recipe = train.Recipe(lr=p["lr"], epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
                           momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, augment=t.augment,
-                          **recipe_settings(p))
-    prune_at = first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
+                          **strategies.recipe_settings(p, baseline))
+    prune_at = entry.first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
     for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, seed, device, at.view):
         at.epoch = epoch
         at.val = train.evaluate(at.view, *ctx.data["val"], t.eval_batch_size, device)
@@ -347,8 +321,8 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
     with the reason. on_complete(trial, value, model, run_id) runs before the run ends (the study keeps the best
     weights)."""
     cfg, client = ctx.cfg, ctx.client
-    p = suggest(trial, cfg, ctx.n_groups)
     baseline = trial.user_attrs.get("baseline", "")
+    p = with_strategy(cfg, suggest(trial, cfg, ctx.n_groups), baseline)
     run_id = tracking.child_run(client, ctx.exp_id, ctx.parent_id, cfg.study.name, trial.number,
                                 {k: v for k, v in p.items() if v is not None},
                                 {"harness.baseline": baseline} if baseline else {})
@@ -398,9 +372,7 @@ def replicate(ctx, source: dict, seed: int, reference: dict | None, on_run=None)
     """Re-run a finished trial with another training seed (head init and batch order; the data, suite, pretrained
     body, params and recipe stay), on its own child run tagged with the source trial and the seed. source = {"number",
     "params", "baseline"}. Returns the run id; the run ends FINISHED, or FAILED with the reason (re-raised)."""
-    p = {"lr": None, **source["params"]}  # the linear probe has no lr
-    if "freeze_layers" in p:  # a prefix trial with nothing frozen never sampled unfreeze_epoch
-        p.setdefault("unfreeze_epoch", 0)
+    p = source_params(ctx.cfg, source, ctx.n_groups)
     run_id = tracking.replicate_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, source["number"], seed,
                                     {k: v for k, v in p.items() if v is not None}, source["baseline"])
     if on_run is not None:  # the unit that runs it records its run: a dead worker's run is ended FAILED

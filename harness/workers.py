@@ -10,7 +10,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from harness import bookkeeping, corruption_error, store, tracking, trial as trialmod, units
+from harness import bookkeeping, corruption_error, store, strategies, tracking, trial as trialmod, units
 
 
 def best_value(study: optuna.Study) -> float | None:
@@ -159,7 +159,7 @@ def sources(study: optuna.Study) -> list:
     if not done:
         return []
     out = [min(done, key=lambda t: (-t.values[0], t.datetime_complete))]
-    families = {f: [t for t in done if t.user_attrs.get("baseline") == f] for f in ("full_ft", "linear_probe", "lp_ft")}
+    families = {f: [t for t in done if t.user_attrs.get("baseline") == f] for f in strategies.BASELINES}
     for t in done:
         if t.user_attrs.get("surgical_sweep"):
             families.setdefault(f"surgical {t.params['tune_group']}", []).append(t)

@@ -243,12 +243,14 @@ def truth(built):
     trials = {}
     for run in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"):
         rid, m = run.info.run_id, run.data.metrics
+        assert run.data.params["strategy"] == "prefix"  # every run names its strategy; a prefix-only study's: prefix
         hist = {k: _series(client, rid, k) for k in m}
         acc = {k.split("/")[1]: v for k, v in hist.items() if k.startswith("shift/") and k.endswith("/acc")}
         trials[int(run.data.tags["optuna.trial_number"])] = {
             "number": int(run.data.tags["optuna.trial_number"]), "run_id": rid, "run": run, "status": run.info.status,
             "baseline": run.data.tags.get("harness.baseline", ""), "tags": run.data.tags, "m": m, "hist": hist,
-            "params": {k: float(v) if k in ("lr", "probe_c") else int(v) for k, v in run.data.params.items()},
+            "params": {k: float(v) if k in ("lr", "probe_c") else int(v) for k, v in run.data.params.items()
+                       if k != "strategy"},
             "raw_params": dict(run.data.params), "correct": _correct(client, run),
             "shift_acc": acc, "shift_mean": {n: sum(v.values()) / len(v) for n, v in acc.items()},
             "shift_ece": {k.split("/")[1]: v for k, v in hist.items() if k.startswith("shift/") and k.endswith("/ece")}}

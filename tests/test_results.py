@@ -35,7 +35,7 @@ def _add_trial(root, state: str, epochs: list[float], reason: str) -> str:
     parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
     st = optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / 'mlruns' / 'optuna.db'}")
     number = len(st.trials)
-    params = {"lr": 1e-7 if state == "KILLED" else 1e6, "freeze_layers": 0, "unfreeze_epoch": 0}
+    params = {"lr": 1e-7 if state == "KILLED" else 1e6, "strategy": "prefix", "freeze_layers": 0, "unfreeze_epoch": 0}
     run_id = tracking.child_run(client, exp.experiment_id, parent.info.run_id, "tiny", number, params)
     for e, v in enumerate(epochs):
         tracking.log_metrics(client, run_id, {"train_loss": 2.0 - 0.1 * e, "val_acc": v, "val_loss": 1.9 - 0.1 * e,

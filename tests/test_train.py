@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import models, train
+from harness import models, strategies, train
 
 CPU = torch.device("cpu")
 
@@ -160,6 +161,52 @@ def test_prefix_recipe_is_todays_loop():
         _, step = train.train_one_epoch(model, groups, 2 if epoch < 1 else 0, opt, x, y, 16, gen, step, total, 0.05,
                                         "cosine", CPU)
     assert _same(runs[0], runs[1]) and _same(runs[0], _snapshot(model))
+
+
+def test_strategy_hooks_act_as_an_independent_computation_predicts(monkeypatch):
+    """Entries registered here, each prefix plus one hook, train bit for bit as predicted without the hook: a loss term
+    equal to the cross-entropy doubles every gradient exactly, which is plain SGD (no momentum, no weight decay) at twice
+    the lr; an after-epoch step halving the head is that step between plain train_one_epoch calls; a param-group rule
+    giving the head lr_scale 0 leaves it bit-identical while the body trains. A rule that leaves a parameter out (it
+    could never train) is refused."""
+    x, y = _data()
+    plain = dict(epochs=2, batch_size=16, momentum=0.0, weight_decay=0.0, schedule="constant")
+
+    def fit(strategy, lr=0.05, **hooks):
+        if hooks:
+            monkeypatch.setitem(strategies.STRATEGIES, strategy, dataclasses.replace(strategies.PREFIX, **hooks))
+        model, groups = models.build("resnet8", 5, seed=0)
+        list(train.fit(model, groups, x, y, train.Recipe(lr=lr, strategy=strategy, **plain), 0, CPU))
+        return model, groups
+
+    base = _snapshot(fit("prefix")[0])
+    doubled = fit("double", loss=lambda hook, xb, yb, logits: F.cross_entropy(logits, yb))[0]
+    assert _same(_snapshot(doubled), _snapshot(fit("prefix", lr=0.1)[0])) and not _same(_snapshot(doubled), base)
+
+    def halve_head(hook, epoch):
+        with torch.no_grad():
+            for p in hook.groups["head"].parameters():
+                p.mul_(0.5)
+
+    halved = fit("halve", after_epoch=halve_head)[0]
+    model, groups = models.build("resnet8", 5, seed=0)
+    opt, gen, step = train.make_optimizer(model, "sgd", 0.05, 0.0, 0.0), torch.Generator().manual_seed(0), 0
+    for epoch in range(2):
+        _, step = train.train_one_epoch(model, groups, 0, opt, x, y, 16, gen, step, 2 * 4, 0.05, "constant", CPU)
+        halve_head(strategies.Fit(model, groups, None, {}), epoch)
+    assert _same(_snapshot(halved), _snapshot(model)) and not _same(_snapshot(halved), base)
+
+    def still_head(hook):
+        head = {id(p) for p in hook.groups["head"].parameters()}
+        return [{"params": [p for p in hook.model.parameters() if id(p) not in head]},
+                {"params": list(hook.groups["head"].parameters()), "lr_scale": 0.0}]
+
+    start = {g: _snapshot(m) for g, m in models.build("resnet8", 5, seed=0)[1].items()}
+    _, groups = fit("still", param_groups=still_head)
+    assert _same(start["head"], _snapshot(groups["head"]))
+    assert not any(_same(start[g], _snapshot(groups[g])) for g in ("stem", "layer1", "layer2", "layer3"))
+    with pytest.raises(ValueError, match="every parameter of the model exactly once"):
+        fit("headless", param_groups=lambda hook: [{"params": list(hook.groups["head"].parameters())}])
 
 
 def test_set_frozen_rejects_bad_sets():

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from harness import config, context, study, suite as suitemod, trial
+from harness import config, context, strategies, study, suite as suitemod, trial
 
 from conftest import TINY
 
@@ -61,11 +61,27 @@ def test_sampler_sees_the_conditional_strategy_space():
 def test_strategy_params_become_the_recipe_and_pruning_waits():
     """Each strategy's params map onto train.Recipe; gradual may be pruned one epoch after its last unfreezing."""
     sur = {"lr": 0.1, "strategy": "surgical", "tune_group": 1, "tune_head": False}
-    assert trial.recipe_settings(sur) == {"strategy": "surgical", "tune_group": 1, "tune_head": False}
-    assert trial.recipe_settings({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 3})["freeze_layers"] == 2
-    assert trial.first_prune(2, sur, 6, 4) == 2
-    assert trial.first_prune(2, {"strategy": "gradual", "gradual_every": 1}, 6, 4) == 5  # all 4 groups train from 4
-    assert trial.first_prune(2, {"strategy": "gradual", "gradual_every": 2}, 6, 4) == 2  # never all: as a probe
+    assert strategies.recipe_settings(sur) == {"strategy": "surgical", "tune_group": 1, "tune_head": False}
+    assert strategies.recipe_settings({"lr": 0.1, "freeze_layers": 2, "unfreeze_epoch": 3})["freeze_layers"] == 2
+    assert strategies.first_prune(2, sur, 6, 4) == 2
+    assert strategies.first_prune(2, {"strategy": "gradual", "gradual_every": 1}, 6, 4) == 5  # all 4 groups train from 4
+    assert strategies.first_prune(2, {"strategy": "gradual", "gradual_every": 2}, 6, 4) == 2  # never all: as a probe
+
+
+def test_replicates_log_and_train_what_their_trial_did():
+    """A replicate's params come from its trial's Optuna params as the trial's run logged them: strategy always (a
+    one-strategy surgical study never samples it, and its replicate must not train as prefix), lr None for the probe,
+    unfreeze_epoch 0 where nothing was frozen."""
+    surgical = config.load(None, ['search.strategy=["surgical"]'])
+    p = trial.source_params(surgical, {"params": {"lr": 0.1, "tune_group": 1, "tune_head": False}, "baseline": ""}, 4)
+    assert p == {"lr": 0.1, "strategy": "surgical", "tune_group": 1, "tune_head": False}
+    assert strategies.recipe_settings(p) == {"strategy": "surgical", "tune_group": 1, "tune_head": False}
+    cfg = config.load()
+    assert trial.source_params(cfg, {"params": {"lr": 0.01, "freeze_layers": 0}, "baseline": "full_ft"}, 4) == {
+        "lr": 0.01, "strategy": "prefix", "freeze_layers": 0, "unfreeze_epoch": 0}
+    probe = {"params": {"freeze_layers": 4, "unfreeze_epoch": 6}, "baseline": "linear_probe"}
+    assert trial.source_params(surgical, probe, 4) == {"lr": None, "strategy": "prefix", "freeze_layers": 4,
+                                                       "unfreeze_epoch": 6}
 
 
 def test_strategy_config_is_checked():
@@ -113,10 +129,10 @@ def test_baseline_sweep_enqueues_once_with_lp_ft_apart_from_full_ft(tmp_path):
 def test_pruning_waits_for_one_epoch_after_the_unfreeze():
     """A trial unfreezing at epoch 4 of 6 cannot be pruned before it trained 5 epochs (epoch 4 all unfrozen); full
     fine-tuning and the linear probe only wait the warm-up."""
-    assert trial.prune_from(warmup=1, k=2, e=4, epochs=6) == 5
-    assert trial.prune_from(warmup=3, k=2, e=1, epochs=6) == 3
-    assert trial.prune_from(warmup=1, k=0, e=0, epochs=6) == 1
-    assert trial.prune_from(warmup=1, k=4, e=6, epochs=6) == 1  # never unfrozen
+    assert strategies.prune_from(warmup=1, k=2, e=4, epochs=6) == 5
+    assert strategies.prune_from(warmup=3, k=2, e=1, epochs=6) == 3
+    assert strategies.prune_from(warmup=1, k=0, e=0, epochs=6) == 1
+    assert strategies.prune_from(warmup=1, k=4, e=6, epochs=6) == 1  # never unfrozen
 
 
 def _tiny_suite(g):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from harness import schema
 from harness.report.kit import Raw, drawn, figure, num, png, rc
 from harness.stats import probit
+from harness.strategies import PARAMS
 
 COLORS = {"full_ft": "#1f77b4", "linear_probe": "#ff7f0e", "lp_ft": "#2ca02c", "best": "#d62728"}
 OTHERS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -20,9 +21,8 @@ def trial_label(r: dict, best: int | None = None, long: bool = False) -> str:
     role = schema.BASELINES.get(r["baseline"], "")
     tag = (f"best ({role})" if role else "best") if r["number"] == best else role
     out = f"#{r['number']}" + (f" {tag}" if tag else "")
-    if long and not r["baseline"] and r["freeze_layers"] is not None:
-        k, u = r["freeze_layers"], r["unfreeze"]
-        out += " (full)" if not k else f" (freeze {k}" + (", never)" if u == "never" else f", unfreeze@{u.split()[-1]})")
+    if long and not r["baseline"] and r["short"]:
+        out += f" {r['short']}"  # its strategy's words for a legend (harness.strategies)
     return out
 
 
@@ -249,40 +249,43 @@ def fig_line_grid(summaries: list[dict]) -> Raw | None:
 
 
 def _hparam_axis(ax, param: str, epochs) -> None:
-    """lr on a log axis with a few labelled ticks; unfreeze_epoch from 0 to 'never' (= epochs)."""
-    if param == "lr":
+    """An axis as strategies.PARAMS says: log (lr) with a few labelled ticks; an epoch from 0 to 'never' (= epochs)."""
+    p = PARAMS[param]
+    if p.log:
         ax.set_xscale("log")
         # an lr range inside one decade gets only minor ticks, whose labels overprint: label a few
         from matplotlib.ticker import LogLocator, NullFormatter
 
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))
         ax.xaxis.set_minor_formatter(NullFormatter())
-    if param == "unfreeze_epoch" and epochs:
+    if p.never and epochs:
         ticks = list(range(0, epochs + 1))
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) if t < epochs else "never" for t in ticks])
-    ax.set_xlabel(param + (" (trials with frozen groups)" if param == "unfreeze_epoch" else ""))
+    ax.set_xlabel(param + (f" ({p.drawn})" if p.drawn else ""))
 
 
 def fig_hparams(s: dict) -> Raw | None:
-    done = [r for r in s["trials"] if r.get("rank")]
-    if not done:
+    """ID and OOD accuracy against each hyperparameter the study's strategies have (s["axes"]): a trial is drawn on
+    the axes it has (a conditional one only where its condition holds)."""
+    done, axes = [r for r in s["trials"] if r.get("rank")], s["axes"]
+    if not done or not axes:
         return None
     epochs = s["epochs"]
     with rc():
-        fig = figure(10.5, 5.0)
-        axes = fig.subplots(2, 3, squeeze=False)
+        fig = figure(3.5 * len(axes), 5.0)
+        grid = fig.subplots(2, len(axes), squeeze=False)
         for row, (key, name) in enumerate((("id_acc", "ID accuracy (%)"), ("ood_acc_mean", "OOD accuracy (%)"))):
-            for col, param in enumerate(("lr", "freeze_layers", "unfreeze_epoch")):
-                ax = axes[row][col]
+            for col, param in enumerate(axes):
+                ax, p = grid[row][col], PARAMS[param]
                 for i, r in enumerate(done):
-                    x = r[param]
-                    if r[key] is None or not isinstance(x, (int, float)):
+                    x = r.get(param)
+                    if r[key] is None or isinstance(x, bool) or not isinstance(x, (int, float)):
                         continue
-                    if param == "unfreeze_epoch":
-                        if not r["freeze_layers"]:
-                            continue  # conditional: no frozen groups, nothing to unfreeze
-                        x = min(x, epochs) if epochs else x
+                    if p.when and not r.get(p.when):
+                        continue  # conditional: e.g. no frozen groups, nothing to unfreeze
+                    if p.never and epochs:
+                        x = min(x, epochs)
                     special = r["baseline"] or r["number"] == s["best"]
                     ax.scatter([x], [100 * r[key]], s=40 if special else 22, zorder=3,
                                color=_color(r, s, i) if special else "#555",

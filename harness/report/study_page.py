@@ -5,6 +5,7 @@ from __future__ import annotations
 from harness import links, schema
 from harness.report import figures
 from harness.report.kit import Raw, ci, esc, heading, img, lr_text, num, page, pct, pts, table, td
+from harness.strategies import PARAMS
 
 OBJECTIVE_LABEL = {"multi": "val_acc (1st objective)"}  # multi-objective studies rank by their first value
 
@@ -321,8 +322,9 @@ def line_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
 
 
 def _importance_table(s: dict) -> list[Raw]:
+    """fANOVA importance of each hyperparameter axis of the study's strategies (s["axes"])."""
     rows = []
-    for param in ("lr", "freeze_layers", "unfreeze_epoch"):
+    for param in s["axes"]:
         cells = [param]
         for target in ("id_acc", "ood_acc_mean"):
             imp = s["importances"].get(target, {})
@@ -332,11 +334,10 @@ def _importance_table(s: dict) -> list[Raw]:
                              f'{num(v, ".2f")}</td>'))
         rows.append(cells)
     notes = [f"{t}: {v['note']}" for t, v in s["importances"].items() if v.get("note")]
+    about = " ".join(PARAMS[a].note for a in s["axes"] if PARAMS[a].note)  # how conditional axes enter
     return [Raw("<h3>Parameter importance (fANOVA)</h3>"),
             table(["hyperparameter", "importance for ID accuracy", "importance for OOD accuracy"], rows, "imp"),
-            Raw(f'<p class="note">{esc("; ".join(notes))}</p>' if notes else
-                '<p class="note">unfreeze_epoch is conditional (sampled only when freeze_layers &gt; 0); '
-                'trials without frozen groups enter as 0, the value MLflow logs for them.</p>')]
+            Raw(f'<p class="note">{esc("; ".join(notes) if notes else about)}</p>' if notes or about else "")]
 
 
 def _strategy_table(s: dict) -> list[Raw]:
