@@ -20,9 +20,9 @@ FILES_PREFIX = "c10c."  # test shifts read from shifts.files: c10c.<corruption> 
 
 
 def cache_key(cfg: Shifts, data_key: str) -> str:
-    # the shift code is part of the key: editing a corruption (or an image operation it uses) invalidates every
-    # cached set built with it
-    code = hashlib.sha256((inspect.getsource(shifts) + inspect.getsource(imageops)).encode()).hexdigest()[:12]
+    # the shift code is part of the key: editing a corruption (any file of harness/shifts/, or an image operation it
+    # uses) invalidates every cached set built with it
+    code = hashlib.sha256((shifts.source() + inspect.getsource(imageops)).encode()).hexdigest()[:12]
     listing = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(_npy_files(cfg.files)))
     return store.cache_key({"cfg": cfg.__dict__, "data": data_key, "code": code, "v": VERSION}, listing)
 
@@ -94,7 +94,7 @@ def target_domain(cfg: Data, data: dict, seed: int, cache_dir: Path | None) -> d
     pairs = target_shifts(cfg)
     if not pairs:
         return data
-    code = hashlib.sha256(inspect.getsource(shifts).encode()).hexdigest()[:12]
+    code = hashlib.sha256((shifts.source() + inspect.getsource(imageops)).encode()).hexdigest()[:12]
     key = store.cache_key({"data": data["key"], "target": pairs, "seed": seed, "code": code, "v": TARGET_VERSION})
     path = cache_dir / f"target-{key}.safetensors" if cache_dir else None
     loaded = store.load_tensors(path) if path else None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -78,3 +79,26 @@ def need_service(present: bool, what: str) -> None:
 
 def created_files(root: Path, ignore=("tiny.toml",)) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name not in ignore)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors (pytestmark = pytest.mark.usefixtures("one_thread")): a second OpenMP thread gains
+    nothing there, and when the other core is busy its barriers cost ~100x (a zoom_blur call measured 600 ms on 2
+    threads vs 7 ms on 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smooth_images(n=16, c=3, size=32, seed=0):
+    """Colourful images with structure at ~4 px: bilinear upsampling of 8x8 uniform noise, so blurs change them."""
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(n, c, 8, 8, generator=g), size=size, mode="bilinear", align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """16 smooth_images, the shift tests' input."""
+    return smooth_images()
