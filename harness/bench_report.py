@@ -108,7 +108,7 @@ def _table_g(r: dict) -> list[str]:
 
 
 def _row_a(a: dict, targets: dict) -> str:
-    """(a)'s ratio with its range, or why it is not printed (harness.bench.ratio_trust): then it is not judged."""
+    """(a)'s ratio with its range, or why it is not printed (bench_trials.ratio_trust): then it is not judged."""
     head = f"| (a) trial training / bare loop, throughput: median of {a['repeats']} interleaved pairs (range) | "
     if a["untrusted"]:
         return head + f"not printed: {a['untrusted']} | >= {targets['ratio']} | not judged |"

@@ -21,13 +21,9 @@ OBJECTIVES = ("val_acc", "ood_val_acc", "multi")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step")
 DEVICES = ("auto", "cpu", "cuda")
-TV_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
-SOURCES = ("digits", "imagefolder") + TV_DATASETS
-AUGMENTS = ("none", "flip_crop")  # harness.train.AUGMENTS
-STREAM_KINDS = ("severity", "rotation", "prior", "recurring")  # harness.sustain.STREAMS
 STREAM_OBJECTIVES = ("penalized", "multi")
-# registry models that accept one input size only: ViT-B/16's position embeddings are for 14x14 patches of 16 px
-FIXED_IMAGE_SIZE = {"vit_b_16": 224}
+# The registries' own facts (data sources, models' fixed input sizes, augmentations, stream kinds) live with them;
+# the checks import those modules inside themselves, as they import config.
 
 
 class ConfigError(ValueError):
@@ -393,8 +389,10 @@ def _check_study(cfg: Config) -> None:
 
 def _check_data(cfg: Config) -> None:
     """The [data] section(s): choices, ranges and cross-key rules."""
+    from harness import data as datamod  # the source registry; imported here because data imports config
+
     d = cfg.data
-    _choice("data.source", d.source, SOURCES)
+    _choice("data.source", d.source, tuple(datamod.BUILDERS))
     if d.source != "digits" and not d.path:
         raise ConfigError("data.path", f"required for data.source = {d.source!r} (the dataset's root folder)")
     if d.path and d.source != "digits" and not d.download and not Path(d.path).exists():
@@ -447,6 +445,9 @@ def target_shifts(d: Data, known=None) -> list[tuple[str, int]]:
 
 def _check_model(cfg: Config) -> None:
     """The [model, pretrain, train] section(s): choices, ranges and cross-key rules."""
+    from harness import train  # augmentations, with the training loop
+    from harness.models import FIXED_IMAGE_SIZE  # with the model registry
+
     d, m, p, t = cfg.data, cfg.model, cfg.pretrain, cfg.train
     if not m.name:
         raise ConfigError("model.name", "must not be empty")
@@ -463,7 +464,7 @@ def _check_model(cfg: Config) -> None:
     _choice("train.optimizer", t.optimizer, OPTIMIZERS)
     _choice("train.schedule", t.schedule, SCHEDULES)
     _positive("train.cache_mb", t.cache_mb, allow_zero=True)
-    _choice("train.augment", t.augment, AUGMENTS)
+    _choice("train.augment", t.augment, train.AUGMENTS)
     if not 0 <= t.momentum < 1:
         raise ConfigError("train.momentum", f"must be in [0, 1), got {t.momentum}")
     _positive("train.weight_decay", t.weight_decay, allow_zero=True)
@@ -517,8 +518,10 @@ def _check_shifts(cfg: Config) -> None:
 
 def _check_stream(cfg: Config) -> None:
     """The [stream] section(s): choices, ranges and cross-key rules."""
+    from harness.sustain import streams  # the stream registry STREAMS
+
     st = cfg.stream
-    _choice("stream.kind", st.kind, STREAM_KINDS)
+    _choice("stream.kind", st.kind, tuple(streams.STREAMS))
     _choice("stream.objective", st.objective, STREAM_OBJECTIVES)
     for key in ("policies", "search_policies"):
         names = getattr(st, key)

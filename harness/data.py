@@ -272,5 +272,6 @@ def _torchvision(cfg: Data, seed: int):
     return tensors, {"classes": classes, "source_classes": []}
 
 
-BUILDERS = {"digits": _digits, "imagefolder": _imagefolder,
-            **{name: _torchvision for name in ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")}}
+TV_DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn")  # torchvision's (_torchvision_sets)
+# data.source -> builder(cfg, seed) -> (tensors, meta); config.validate checks data.source against its keys
+BUILDERS = {"digits": _digits, "imagefolder": _imagefolder, **{name: _torchvision for name in TV_DATASETS}}

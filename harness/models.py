@@ -10,8 +10,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.config import FIXED_IMAGE_SIZE
-
 # Models see [0, 1] pixels and normalize inside, so shifts act on raw pixels. ImageNet statistics for all:
 # torchvision weights and the CIFAR ResNet-20..56 weights (akamaster) were both trained with them.
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -150,6 +148,11 @@ def _tv(arch, split, image_size=None):
     if image_size:
         build.image_size = image_size  # the only input size it accepts; config.validate names data.image_size
     return build
+
+
+# registry models that accept one input size only (see their entries); config.validate names data.image_size when
+# it differs
+FIXED_IMAGE_SIZE = {"vit_b_16": 224}
 
 
 # name -> builder(num_classes) -> (model, groups). resnet8 (n=1, 78k params) is the CPU default: one trial of

@@ -212,8 +212,8 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
 # ===================================================================================================== sustainability
 # harness.sustain studies (DESIGN §8): a parent run tagged harness.role=sustain and one child run per (policy, seed),
 # tagged harness.role=sustain_policy, with per-period curves (step = period) and an accuracy_matrix.json artifact.
-# load_sustain reads them back (load() hands sustain parents to it); numbers.summarize_sustain makes the report's
-# numbers.
+# load_sustain reads them back (load() hands sustain parents to it); sustain_numbers.summarize_sustain makes the
+# report's numbers.
 
 SUSTAIN_TEXTS = ("config/resolved.toml", "versions.json", "stream.json", "summary.json", "search_space.json")
 

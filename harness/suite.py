@@ -117,9 +117,9 @@ class Suite:
 
 
 def cache_key(cfg: Shifts, data_key: str) -> str:
-    # the shift code is part of the key: editing a corruption (or an image operation it uses) invalidates every
-    # cached set built with it
-    code = hashlib.sha256((inspect.getsource(shifts) + inspect.getsource(imageops)).encode()).hexdigest()[:12]
+    # the shift code is part of the key: editing a corruption (any file of harness/shifts/, or an image operation it
+    # uses) invalidates every cached set built with it
+    code = hashlib.sha256((shifts.source() + inspect.getsource(imageops)).encode()).hexdigest()[:12]
     listing = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(_npy_files(cfg.files)))
     return store.cache_key({"cfg": cfg.__dict__, "data": data_key, "code": code, "v": VERSION}, listing)
 

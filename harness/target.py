@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 
 import torch
-from harness import config, shifts, store
+from harness import config, imageops, shifts, store
 
 TARGET_SPLITS = ("train", "val", "test", "subpop")  # subpop (classes held out of fine-tuning) when the data has it
 TARGET_VERSION = 2  # 2: the subpopulation set is in the target domain too
@@ -36,7 +36,7 @@ def target_domain(cfg: config.Data, data: dict, seed: int, cache_dir: Path | Non
     pairs = config.target_shifts(cfg)  # the one parser of data.target_shift
     if not pairs:
         return data
-    code = hashlib.sha256(inspect.getsource(shifts).encode()).hexdigest()[:12]
+    code = hashlib.sha256((shifts.source() + inspect.getsource(imageops)).encode()).hexdigest()[:12]
     key = store.cache_key({"data": data["key"], "target": pairs, "seed": seed, "code": code, "v": TARGET_VERSION})
     path = cache_dir / f"target-{key}.safetensors" if cache_dir else None
     loaded = store.load_tensors(path) if path else None

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import torch
 
-from harness import bench, bench_studies, config, data, models, train
+from harness import bench, bench_studies, bench_trials, config, data, models, train
 
 
 # a trial of seconds on CPU: 8 images a class at 16 px, 1 pretraining epoch, 2 fine-tuning epochs, 2 shifted sets
@@ -24,10 +24,10 @@ def test_bare_loop_does_identical_work(workdir):
     (2 groups for epoch 0) and per-epoch validation: on CPU they end with bit-identical weights and BN statistics,
     and the val_acc the trial logged each epoch is the bare loop's."""
     cfg = config.load(None, TINY, **{"study.name": "bench-test", "study.device": "cpu"})
-    ctx = bench.trial_context(cfg)
-    spent = bench.time_client(ctx.client)
-    trial = bench.harness_trial(ctx, spent, 0, keep_state=True)
-    _, model, val_acc = bench.bare_run(ctx)
+    ctx = bench_trials.trial_context(cfg)
+    spent = bench_trials.time_client(ctx.client)
+    trial = bench_trials.harness_trial(ctx, spent, 0, keep_state=True)
+    _, model, val_acc = bench_trials.bare_run(ctx)
     sa, sb = trial["state"], model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert trial["val_acc"] == val_acc and len(val_acc) == 2
@@ -113,15 +113,15 @@ def test_ratio_is_printed_only_where_it_can_be_trusted():
     """(a)'s ratio: trusted when both sides last >= 1 s and the middle 5 of 7 pair ratios lie within 15% of their
     median; --quick's 0.1 s sides and a busy machine's scattered pairs are refused with the reason."""
     steady = _pairs([2.0, 2.1, 2.0, 2.2, 2.0, 2.1, 2.0], [1.9, 2.0, 2.0, 2.1, 2.0, 2.0, 1.9])
-    assert bench.ratio_trust(steady) is None
+    assert bench_trials.ratio_trust(steady) is None
     # one wild pair at each end does not matter (the middle five: 0.95-1.0)
-    assert bench.ratio_trust(_pairs([2.0] * 7, [1.9, 2.0, 2.0, 1.95, 2.0, 0.5, 9.0])) is None
+    assert bench_trials.ratio_trust(_pairs([2.0] * 7, [1.9, 2.0, 2.0, 1.95, 2.0, 0.5, 9.0])) is None
     quick = _pairs([0.105, 0.121, 0.108, 0.115, 0.131, 0.108, 0.125], [0.100, 0.095, 0.095, 0.093, 0.132, 0.087, 0.087])
-    assert bench.ratio_trust(quick).startswith("a side lasts 95 ms (median), under 1 s")
+    assert bench_trials.ratio_trust(quick).startswith("a side lasts 95 ms (median), under 1 s")
     # the pairs measured next to other jobs (load ~5, default study, libgomp's spinning threads)
     busy = _pairs([14.170, 11.644, 18.405, 11.166, 10.608, 14.427, 12.0],
                   [14.684, 11.073, 17.377, 19.581, 13.393, 13.159, 12.0], (4.8, 5.2))
-    assert bench.ratio_trust(busy).startswith("the pairs disagree: their middle spans 0.94-1.26 around 1.00")
+    assert bench_trials.ratio_trust(busy).startswith("the pairs disagree: their middle spans 0.94-1.26 around 1.00")
 
 
 def test_workers_ratios_are_printed_only_where_they_can_be_trusted():

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_service
-from test_results import shared_report
+from conftest import need_service, shared_report
 
 pytestmark = pytest.mark.slow
 

@@ -123,6 +123,26 @@ def test_subpopulation_config_errors(sets, key):
     assert e.value.key == key
 
 
+def test_choices_come_from_the_registries():
+    """data.source, train.augment and stream.kind are checked against the registries that own them (data.BUILDERS,
+    train.AUGMENTS, harness.sustain's STREAMS) and image sizes against models.FIXED_IMAGE_SIZE: every registered
+    name loads, an unknown one is refused with all of them listed."""
+    from harness import data, models, train
+    from harness.sustain import streams
+
+    for key, registry in (("train.augment", train.AUGMENTS), ("stream.kind", streams.STREAMS)):
+        for name in registry:
+            assert config.load(None, [f"{key}={name}"])
+        with pytest.raises(ConfigError, match=", ".join(registry)) as e:
+            config.load(None, [f"{key}=nope"])
+        assert e.value.key == key
+    with pytest.raises(ConfigError, match=", ".join(data.BUILDERS)) as e:
+        config.load(None, ["data.source=nope"])
+    assert e.value.key == "data.source"
+    for name, size in models.FIXED_IMAGE_SIZE.items():
+        assert config.load(None, [f"model.name={name}", "model.weights=none", f"data.image_size={size}"])
+
+
 @pytest.mark.parametrize("sets", [
     ["data.source=imagefolder", "data.path=empty", "model.weights=none"],              # no class folder
     ["data.source=imagefolder", "data.path=noimages", "model.weights=none"],           # a class folder, no image

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,10 @@ from optuna.trial import TrialState
 
 from harness import study
 
-from conftest import need_service
+from conftest import free_port, mlflow_client, need_service
 
 pytestmark = pytest.mark.slow
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_end_state(workdir, name, n, storage=None):
@@ -35,7 +28,7 @@ def _check_end_state(workdir, name, n, storage=None):
     trials = s.get_trials()
     assert sum(t.state in FINISHED for t in trials) == n, [t.state for t in trials]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(workdir)
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("harness.role") == "study"]
@@ -65,7 +58,7 @@ def test_three_workers_share_one_study(tiny_config, workdir):
     assert not [t for t in trials if t.state == TrialState.FAIL]
     assert len({t.system_attrs.get("harness.pid") for t in trials}) >= 2  # the work really was shared
     _sampled_params_differ(trials)
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(workdir)
     parent = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`harness.role` = 'study'")[0]
     best = max(t.value for t in trials if t.state == TrialState.COMPLETE)
     assert trials[int(parent.data.tags["harness.best_trial"])].value == best
@@ -120,7 +113,7 @@ def test_sigkill_mid_trial_then_resume(tiny_config, workdir):
 
 def test_unreachable_tracking_server_fails_fast(tiny_config, workdir, capsys):
     """A tracking URI where nothing listens: exit 1 within 30 s, a message naming the server, no trial run."""
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     t0 = time.time()
     assert study.main(["--config", str(tiny_config), "--no-report", "--tracking-uri", uri]) == 1
     assert time.time() - t0 < 30
@@ -132,7 +125,7 @@ def test_unreachable_tracking_server_fails_fast(tiny_config, workdir, capsys):
 def test_unreachable_database_fails_fast(tiny_config, workdir, capsys):
     """A PostgreSQL URL where nothing listens: exit 1 within 30 s, the message names the storage but not the
     password, and nothing is trained."""
-    url = f"postgresql://harness:secret@127.0.0.1:{_free_port()}/harness"
+    url = f"postgresql://harness:secret@127.0.0.1:{free_port()}/harness"
     t0 = time.time()
     assert study.main(["--config", str(tiny_config), "--no-report", "--storage", url]) == 1
     assert time.time() - t0 < 30
@@ -144,7 +137,7 @@ def test_unreachable_database_fails_fast(tiny_config, workdir, capsys):
 def test_unreachable_tracking_database_fails_fast(tiny_config, workdir, capsys):
     """A database-backed tracking URI where nothing listens (MLflow alone retries for ~110 s): exit 1 within 30 s,
     a message naming the host but not the password, nothing trained."""
-    uri = f"postgresql://harness:secret@127.0.0.1:{_free_port()}/mlflow"
+    uri = f"postgresql://harness:secret@127.0.0.1:{free_port()}/mlflow"
     t0 = time.time()
     assert study.main(["--config", str(tiny_config), "--no-report", "--tracking-uri", uri]) == 1
     assert time.time() - t0 < 30

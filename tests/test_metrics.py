@@ -6,17 +6,9 @@ import torch
 
 from harness import metrics
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 K = 10
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny (16 images): a second OpenMP thread gains nothing, and when the other core is busy its
-    barriers cost ~100x (a zoom_blur call measured 600 ms on 2 threads vs 7 ms on 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def synthetic(n, shift_correct=0.0, seed=0):

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load as st_load
 
 from harness import champion, config, context, data as datamod, models, records, results, study, tracking
-from test_results import shared_report, shared_study
+from conftest import shared_report, shared_study
 
 pytestmark = pytest.mark.slow
 
@@ -304,7 +304,7 @@ def test_sustain_updates_become_model_versions_with_production_on_the_last(workd
     import json
 
     from harness.sustain import cli
-    from test_sustain import SUSTAIN_TINY
+    from conftest import SUSTAIN_TINY
 
     path = workdir / "sustain.toml"
     path.write_text(SUSTAIN_TINY.replace('name = "sustain-tiny"', 'name = "sustain-tiny"\nreport = false')

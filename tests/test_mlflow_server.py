@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from harness import results, study
 
+from conftest import free_port
+
 pytestmark = pytest.mark.slow
 
 STARTUP_S = 150  # an idle 2-core machine needs ~8 s (imports); at a load average of ~18 it took over 60 s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def server(server_dir):
     started once for the module (its tests use experiments of their own); waits for /health (at most STARTUP_S) and
     always stops it, with its worker, at the end."""
     tmp_path = server_dir
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")
     mlflow = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",

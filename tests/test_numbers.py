@@ -8,7 +8,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import numbers
-from test_results import loaded, shared  # noqa: F401 - the shared study and its load(), module fixtures
 
 pytestmark = pytest.mark.slow
 

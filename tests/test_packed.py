@@ -7,10 +7,11 @@ import os
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness import config, cores, study
+
+from conftest import mlflow_client
 
 # every trial enqueued, so both studies run the same trials: four that learn, then (second invocation) a hopeless
 # one (lr 1e-7: chance accuracy) that the median pruner stops after its first epoch, next to LP-FT again (trial 6,
@@ -75,7 +76,7 @@ def test_packed_workers_match_one_at_a_time(tiny_config, workdir, capfd):
     packed = _run(tiny_config, workdir, "packed", 2)  # first: its launcher builds the caches both studies read
     out = capfd.readouterr().out
     alone = _run(tiny_config, workdir, "alone", 1)
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(workdir)
 
     assert len(packed) == len(alone) == 9
     assert len({t.system_attrs.get("harness.pid") for t in packed}) >= 2  # both workers trained

@@ -18,7 +18,8 @@ import torch
 from harness import data, study
 from harness.config import ROOT, Data
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED, load_study
+
 CIFAR_JPG = SHARED / "cifar10_jpg"
 RESNET20 = SHARED / "weights" / "cifar10_resnet_akamaster" / "resnet20-12fca82f.th"
 
@@ -142,7 +143,7 @@ def test_study_on_real_cifar10_jpegs_with_real_resnet20_weights_as_a_custom_mode
     finally:
         for name in ("byo_cifar.nets", "byo_cifar"):
             sys.modules.pop(name, None)
-    trials = optuna.load_study(study_name="real", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}").trials
+    trials = load_study(workdir, "real").trials
     done = {t.user_attrs["baseline"]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert set(done) == {"full_ft", "linear_probe"}
     best = max(done, key=lambda n: done[n].value)

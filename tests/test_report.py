@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import report, results, schema, stats, study
 from harness.report import __main__ as cli, figures, kit
-from test_results import HOSTILE, shared_report, shared_study
+from conftest import HOSTILE, shared_report, shared_study
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import store, tracking
-from test_results import shared_study
+from conftest import shared_study
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from harness import schema
 
+from conftest import mlflow_client
+
 
 def _cli(module: str, *args, cwd, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", f"harness.{module}", *args], cwd=cwd, capture_output=True,
@@ -45,7 +47,7 @@ def test_a_study_run_as_a_subprocess_writes_only_declared_names(tiny_config, wor
     done = _cli("study", "--config", str(tiny_config), "--no-report", cwd=workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "python -m harness.report --study-name tiny" in done.stdout
-    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     written = {k for r in runs for k in r.data.metrics}
@@ -108,7 +110,7 @@ def test_strategies_target_domain_and_files_write_only_declared_names(tiny_confi
     assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "5",
                        "--set", 'search.strategy=["surgical", "gradual"]', "--set", 'data.target_shift="impulse_noise:5"',
                        "--set", 'shifts.files="c10c"']) == 0, capsys.readouterr().err[-3000:]
-    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     assert {r.data.params.get("strategy") for r in runs if r.data.params.get("lr")} >= {"prefix"}

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness import schema, study
 
+from conftest import load_study, mlflow_client
+
 pytestmark = pytest.mark.slow
-
-
-def _client(workdir):
-    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
 
 
 def _children(client, exp_id, parent_id):
     runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000)
     return sorted(runs, key=lambda r: int(r.data.tags["optuna.trial_number"]))
-
-
-def _study(workdir, name="tiny"):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
 
 
 def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workdir, capsys):
@@ -42,7 +34,7 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     assert "trial 0 (1 of 4)  epoch 1/3  train_loss" in out and "\r" not in out
     assert "best so far" in out.split("trial 1 (2 of 4)", 1)[1]
 
-    s = _study(workdir)
+    s = load_study(workdir)
     trials = s.get_trials()
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4
     assert [t.user_attrs.get("baseline") for t in trials[:3]] == ["full_ft", "linear_probe", "lp_ft"]
@@ -52,7 +44,7 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     # LP-FT (issue 11): every group trains from the probe's converged head, at its own lr
     assert trials[2].params["freeze_layers"] == 0 and trials[2].params["lr"] == pytest.approx(0.01)
 
-    client = _client(workdir)
+    client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("tiny")
     parents = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")
     assert len(parents) == 1
@@ -105,7 +97,7 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     for lr in (0.1, 0.05, 1e-7):
         s.enqueue_trial({"lr": lr, "freeze_layers": 0})
     assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "7"]) == 0
-    s = _study(workdir)
+    s = load_study(workdir)
     trials = s.get_trials()
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 7
     assert len(client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")) == 1
@@ -131,7 +123,7 @@ def test_same_seed_same_val_acc_sequence(tiny_config, workdir, monkeypatch):
         assert study.main(args + ["--study-name", name]) == 0
 
     def curves(name):
-        client = _client(workdir / name)
+        client = mlflow_client(workdir / name)
         exp = client.get_experiment_by_name(name)
         parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
         pre = [m.value for m in client.get_metric_history(parent.info.run_id, "pretrain_loss")]
@@ -149,18 +141,18 @@ def test_nan_loss_fails_trial_with_reason_and_study_goes_on(tiny_config, workdir
     """A diverging trial (lr 1e6) fails with the reason in Optuna and MLflow (FAILED); the study still reaches
     its target of finished trials."""
     assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "3"]) == 0  # the 3 baselines
-    s = _study(workdir)
+    s = load_study(workdir)
     s.enqueue_trial({"lr": 1e6, "freeze_layers": 0})
     # no pruner: its first epoch (loss ~3e11, still finite) is below the converged probe's median and would be pruned
     # before the loss overflows in its second
     assert study.main(["--config", str(tiny_config), "--no-report", "--n-trials", "4",
                        "--set", 'study.pruner="none"']) == 0
-    s = _study(workdir)
+    s = load_study(workdir)
     failed = [t for t in s.get_trials() if t.state == TrialState.FAIL]
     assert len(failed) == 1
     reason = failed[0].user_attrs["fail_reason"]
     assert "non-finite" in reason
-    run = _client(workdir).get_run(failed[0].user_attrs["mlflow_run_id"])
+    run = mlflow_client(workdir).get_run(failed[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["harness.fail_reason"]
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in s.get_trials()) == 4
 
@@ -170,13 +162,13 @@ def test_multi_objective_pareto_without_pruning(tiny_config, workdir):
     multi-objective studies, and the pruner is recorded as none), a Pareto front, and a report that ranks by the
     first value."""
     assert study.main(["--config", str(tiny_config), "--n-trials", "5", "--set", 'study.objective="multi"']) == 0
-    s = _study(workdir)
+    s = load_study(workdir)
     assert [d.name for d in s.directions] == ["MAXIMIZE", "MAXIMIZE"]
     trials = s.get_trials()
     assert len(trials) == 5 and all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
     assert all(0 <= v <= 1 for t in trials for v in t.values)
     assert s.best_trials  # the Pareto front
-    client = _client(workdir)
+    client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("tiny")
     parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
     assert parent.data.tags["harness.pruner"] == "none" and parent.data.tags["harness.objective"] == "multi"
@@ -198,7 +190,7 @@ def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, wor
     args = ["--config", str(tiny_config), "--no-report", "--n-trials", "8", "--set", "study.baseline_lrs=[]",
             "--set", "study.replicates=2", "--set", 'study.pruner="none"']
     assert study.main(args) == 0
-    s = _study(workdir)
+    s = load_study(workdir)
     trials = s.get_trials()
     assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
     assert [t.user_attrs.get("baseline", "") for t in trials] == \
@@ -212,7 +204,7 @@ def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, wor
     selected = min(trials, key=lambda t: (-t.value, t.datetime_complete))
     sources = {selected.number} | {best([t for t in trials if t.user_attrs.get("baseline") == f]).number
                                    for f in ("full_ft", "linear_probe", "lp_ft")}
-    client = _client(workdir)
+    client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("tiny")
     parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
     reps = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")
@@ -231,5 +223,5 @@ def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, wor
         assert schema.CORRECT_ARTIFACT in {a.path for a in client.list_artifacts(r.info.run_id)}
     assert parent.data.tags["harness.replicates"] == "1"
     assert study.main(args) == 0  # resume: nothing left to run
-    assert len(_study(workdir).get_trials()) == 8
+    assert len(load_study(workdir).get_trials()) == 8
     assert len(client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")) == len(reps)

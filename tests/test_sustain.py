@@ -7,31 +7,15 @@ import json
 import optuna
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from harness import config, context, data as datamod, models
 from harness.sustain import cli, policies, replay, streams
 from harness.config import Data, Stream, Train
-from conftest import TINY, created_files
+from conftest import SUSTAIN_TINY, created_files, load_study, mlflow_client
 
 DATA = Data(image_size=8)  # all digits 5-9 of the target task at their native 8x8: 537 train / 179 val / 180 test
 CPU = torch.device("cpu")
 TRAIN = Train(batch_size=32, eval_batch_size=256)
-
-# A tiny sustain study: the conftest's tiny study at 8x8 plus a 4-period stream (seconds on 2 cores).
-SUSTAIN_TINY = TINY.replace('name = "tiny"', 'name = "sustain-tiny"').replace("image_size = 16", "image_size = 8") + """
-[stream]
-kind = "severity"
-shift = "contrast"
-periods = 4
-labelled = 20
-eval_size = 40
-seeds = [0]
-policies = ["never", "every", "accuracy", "embedding"]
-k = 2
-epochs = 1
-replay = 1
-"""
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +284,7 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     out = capsys.readouterr().out
     assert "every2" in out and "stream_acc_mean" in out
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("sustain-tiny")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("harness.role") == "sustain"]
@@ -343,7 +327,7 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
 
     assert cli.main(["--config", str(path), "--study-name", "sustain-search", "--n-trials", "2",
                          "--set", "stream.search=true", "--set", "stream.search_policies=['never','every']"]) == 0
-    study = optuna.load_study(study_name="sustain-search", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
+    study = load_study(workdir, "sustain-search")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2 and done[0].params == {"policy": "never"}
     exp2 = client.get_experiment_by_name("sustain-search")
@@ -376,7 +360,7 @@ def test_faults_diverging_policy_fails_alone_and_stale_search_trials_fail(workdi
     assert cli.main(args + ["--set", "stream.lr=1e30"]) == 1
     err = capsys.readouterr().err
     assert "every2" in err and "FloatingPointError" in err and "Traceback" not in err
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("sustain-tiny")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     assert runs["policy-never-seed0"].info.status == "FINISHED"
@@ -417,7 +401,7 @@ def test_refuses_the_experiment_of_a_regular_study(workdir, tiny_config, capsys)
     assert study.main(["--config", str(tiny_config), "--n-trials", "1", "--set", "train.epochs=1", "--set",
                        "data.image_size=8", "--set", "shifts.severities=[1]", "--no-report"]) == 0
     capsys.readouterr()
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(workdir)
     before_runs = {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
     before_exps = {e.name for e in client.search_experiments()}
     path = workdir / "sustain.toml"

@@ -8,11 +8,10 @@ import sys
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
 from harness import config
 from harness.sustain import cli, policies, search
-from test_sustain import SUSTAIN_TINY
+from conftest import SUSTAIN_TINY, mlflow_client
 
 
 def _config(*sets):
@@ -79,7 +78,7 @@ def test_python_m_harness_sustain_runs_in_a_subprocess(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "every2" in done.stdout and "Traceback" not in done.stderr
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = mlflow_client(tmp_path)
     exp = client.get_experiment_by_name("sustain-tiny")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     assert set(runs) == {"sustain-tiny", "policy-never-seed0", "policy-every2-seed0", "policy-mmd-seed0"}

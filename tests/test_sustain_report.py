@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from harness import store
 from harness.report import __main__ as cli, kit, sustain_page
 from harness.sustain import cli as sustain
-from test_sustain import SUSTAIN_TINY
+from conftest import SUSTAIN_TINY
 
 HOSTILE_STUDY = "sus<img src=x onerror=alert(1)>\"'&"
 HOSTILE_POLICY = '<script>alert("policy")</script>'

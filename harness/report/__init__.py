@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from harness import links, numbers, results, store
+from harness import links, numbers, results, store, sustain_numbers
 from harness.report import study_page, sustain_page
 from harness.report.kit import slug
 
@@ -38,7 +38,9 @@ def build(study_names: list[str], tracking_uri: str, storage: str | None = None,
     names = list(dict.fromkeys(study_names))  # the same study twice is shown once
     storage = storage or store.default_storage()
     studies = [results.load(n, tracking_uri, storage) for n in names]
-    summaries = [numbers.summarize(st) for st in studies]
+    # harness.sustain studies have numbers (and a page) of their own
+    summaries = [(sustain_numbers.summarize_sustain if st.get("kind") == "sustain" else numbers.summarize)(st)
+                 for st in studies]
     for s in summaries:  # trials link to their runs in the MLflow UI when there is one (http server or --ui-url)
         s["ui_base"] = links.ui_base(tracking_uri, ui_url)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,6 +1,6 @@
-"""The page of one or more harness.sustain studies (numbers.summarize_sustain): accuracy over time per policy with
-update markers, the accuracy matrix R[i][j] per policy, accuracy against update cost with the Pareto front, and a table
-of per-policy metrics (mean ± sd over seeds; every cell carries data-key, data-mean and data-sd)."""
+"""The page of one or more harness.sustain studies (sustain_numbers.summarize_sustain): accuracy over time per policy
+with update markers, the accuracy matrix R[i][j] per policy, accuracy against update cost with the Pareto front, and a
+table of per-policy metrics (mean ± sd over seeds; every cell carries data-key, data-mean and data-sd)."""
 
 from __future__ import annotations
 
