@@ -152,7 +152,7 @@ LOSSES = {"cross_entropy": F.cross_entropy,
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What every epoch of one fit shares: its batches (size, device), the lr schedule over the fit's steps, the loss."""
+    """What every epoch of a fit shares: its batches (size, device), the lr schedule over the fit's steps, the loss."""
     batch_size: int
     lr: float  # the schedule's base lr; a param group with an "lr_scale" gets that factor on the scheduled lr
     schedule: str  # lr_at's: cosine, constant or step
