@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from harness import records, schema, tracking, trial as trialmod
+from harness import model_registry, records, schema, tracking, trial as trialmod
 
 ALIAS = "champion"
 EXAMPLE_IMAGES = 4  # the input example stored with the model (test images)
@@ -48,7 +48,7 @@ def publish(ctx, log=print) -> dict | None:
     if not run_id:
         return None
     t0 = time.perf_counter()
-    current = tracking.alias_version(client, name, ALIAS)
+    current = model_registry.alias_version(client, name, ALIAS)
     if current is not None and current.run_id == run_id:
         return {"name": name, "version": str(current.version), "run_id": run_id, "seconds": 0.0, "new": False}
     model = load_trial_model(ctx, run_id)
@@ -64,8 +64,8 @@ def publish(ctx, log=print) -> dict | None:
                if k in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.OOD_ACC_WORST, schema.OOD_VAL_ACC,
                         schema.VAL_ACC_FINAL, "id_ece", "mce")}
     example = ctx.data_cpu["test"][0][:EXAMPLE_IMAGES]
-    model_id = tracking.log_pytorch_model(client, ctx.exp_id, run_id, model, example, name="model",
-                                          tags={**info, **metrics})
-    version = tracking.register_model(client, name, model_id, run_id, {**info, **metrics}, ALIAS)
+    model_id = model_registry.log_pytorch_model(client, ctx.exp_id, run_id, model, example, name="model",
+                                                tags={**info, **metrics})
+    version = model_registry.register_model(client, name, model_id, run_id, {**info, **metrics}, ALIAS)
     tracking.set_tags(client, ctx.parent_id, {"harness.registered_model": name, "harness.model_version": version})
     return {"name": name, "version": version, "run_id": run_id, "seconds": time.perf_counter() - t0, "new": True}

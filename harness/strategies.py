@@ -77,7 +77,7 @@ class Strategy:
     searched: bool = True  # search.strategy may list it (the probe's entries are enqueued baselines only)
     # Training hooks (train.fit); None keeps the plain loop, bit for bit. Under the frozen-prefix cache a batch is the
     # cached outputs of the frozen groups, and a hook must not change a frozen group's weights (the cache serves them).
-    loss: Callable | None = None  # (fit, xb, yb, logits) -> a scalar tensor added to the batch's cross-entropy
+    loss: Callable | None = None  # (fit, xb, yb, logits) -> a scalar tensor added to the batch's loss (train.LOSSES)
     param_groups: Callable | None = None  # (fit) -> the optimizer's groups: {"params", optional "lr_scale" (a factor
     #                                        on the scheduled lr) and "weight_decay"}, every parameter once
     after_epoch: Callable | None = None  # (fit, epoch) -> None, after the epoch's last step

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -143,37 +144,61 @@ def flip_crop(xb: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> to
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def train_one_epoch(model, groups, frozen, opt, x, y, batch_size, gen, step, total, base_lr, schedule, device,
-                    forward=None, augment=None, loss_term=None):
-    """One pass over (x, y) in a seeded random order. Returns (mean loss, next step); NaN if it diverged.
-    forward: what a batch of x is fed to, the model unless x holds cached prefix outputs (prefix.inputs: then the
-    rest of the model); augment: a generator to flip_crop every batch with (None: no augmentation); loss_term:
-    (xb, yb, logits) -> a scalar added to each batch's cross-entropy (a strategy's loss hook; the mean includes it).
-    A param group with an "lr_scale" gets that factor on the scheduled lr."""
-    model.train()
-    set_frozen(model, groups, frozen)
-    forward = model if forward is None else forward
+# A loss: (logits, labels) -> the batch's mean loss; Recipe.loss names one. Label smoothing with epsilon 0.1, Szegedy
+# et al. 2016's (section 7, ImageNet): the target puts 0.9 + 0.1/K on the label and 0.1/K on each other class
+LOSSES = {"cross_entropy": F.cross_entropy,
+          "label_smoothing": functools.partial(F.cross_entropy, label_smoothing=0.1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What every epoch of a fit shares: its batches (size, device), the lr schedule over the fit's steps, the loss."""
+    batch_size: int
+    lr: float  # the schedule's base lr; a param group with an "lr_scale" gets that factor on the scheduled lr
+    schedule: str  # lr_at's: cosine, constant or step
+    total: int  # the fit's steps, every epoch's: the schedule's length
+    device: torch.device
+    loss: Callable = F.cross_entropy  # (logits, labels) -> the batch's mean loss (LOSSES)
+    term: Callable | None = None  # (xb, yb, logits) -> a scalar added to it: a strategy's loss hook
+
+
+def batches(x, y, plan: Plan, gen: torch.Generator, augment: torch.Generator | None = None):
+    """(images, labels) batches of (x, y) on the plan's device, in a random order drawn from gen; augment: a generator
+    to flip_crop every batch with (None: no augmentation). Images kept on the CPU are copied a batch at a time."""
     order = torch.randperm(len(x), generator=gen).to(x.device)
-    total_loss, seen = torch.zeros((), device=device), 0
-    for i in range(0, len(x), batch_size):
-        idx = order[i:i + batch_size]
-        xb, yb = to_device_batch(x[idx], device), y[idx.to(y.device)].to(device, non_blocking=True)
-        if augment is not None:
-            xb = flip_crop(xb, augment)
-        lr = lr_at(step, total, base_lr, schedule)
+    for i in range(0, len(x), plan.batch_size):
+        idx = order[i:i + plan.batch_size]
+        xb, yb = to_device_batch(x[idx], plan.device), y[idx.to(y.device)].to(plan.device, non_blocking=True)
+        yield (xb if augment is None else flip_crop(xb, augment)), yb
+
+
+def set_training(model: nn.Module, groups: dict, frozen) -> None:
+    """The model in training mode, but for the groups `frozen` names (set_frozen: no gradient, eval mode)."""
+    model.train()
+    set_frozen(model, groups, frozen)  # after train(), which would put every BatchNorm back in training mode
+
+
+def train_one_epoch(forward, opt, data, plan: Plan, step: int) -> tuple[float, int]:
+    """One pass over `data`, (images, labels) batches on the device (batches), from the fit's step `step` on: per batch
+    the scheduled lr, the plan's loss (plus its term), one optimizer step. Returns (mean loss, the next step); NaN if it
+    diverged. forward: the model, set to train what it should (set_training), or the rest of it when the batches hold
+    cached prefix outputs (prefix.inputs)."""
+    total_loss, seen = torch.zeros((), device=plan.device), 0
+    for xb, yb in data:
+        lr = lr_at(step, plan.total, plan.lr, plan.schedule)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
-        with autocast(device):
+        with autocast(plan.device):
             logits = forward(xb)
-            loss = F.cross_entropy(logits, yb)
-            if loss_term is not None:
-                loss = loss + loss_term(xb, yb, logits)
+            loss = plan.loss(logits, yb)
+            if plan.term is not None:
+                loss = loss + plan.term(xb, yb, logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        total_loss += loss.detach() * len(idx)  # accumulate on device: no host sync per step
-        seen += len(idx)
+        total_loss += loss.detach() * len(yb)  # accumulate on device: no host sync per step
+        seen += len(yb)
     return (total_loss / seen).item(), step
 
 
@@ -194,6 +219,7 @@ class Recipe:
     tune_head: bool = True  # surgical: whether the head trains too
     gradual_every: int = 1  # gradual: epochs between two unfreezings
     augment: str = "none"  # "flip_crop": every training batch flipped and cropped (flip_crop), else as it is
+    loss: str = "cross_entropy"  # its entry in LOSSES
     settings: dict = dataclasses.field(default_factory=dict)  # a new strategy's own settings, for its hooks
 
 
@@ -222,8 +248,8 @@ def n_leading(frozen) -> int:
 def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
     """The training loop. Yields (epoch, mean train loss, number of frozen groups, lr at the epoch's end) after every
     epoch, so the caller validates, logs, reports and prunes between epochs (raising out of its loop stops training).
-    Which groups train at each epoch is frozen_at(recipe, epoch); the strategy's hooks (harness.strategies: a loss
-    term, a param-group rule, an after-epoch step), where it has them, act in this loop.
+    Which groups train at each epoch is frozen_at(recipe, epoch), the loss LOSSES[recipe.loss]; the strategy's hooks
+    (harness.strategies: a loss term, a param-group rule, an after-epoch step), where it has them, act in this loop.
 
     One optimizer for the whole run (frozen params get no grad and are skipped, so unfreezing needs no new param
     group); one seeded generator for the batch order of every epoch. Raises FloatingPointError on a non-finite
@@ -235,15 +261,18 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
     r = recipe
     if r.augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {r.augment!r}")
+    if r.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {r.loss!r}")
     entry, hook = strategies.get(r.strategy), strategies.Fit(model, groups, r, {})
     opt = make_optimizer(model, r.optimizer, r.lr, r.momentum, r.weight_decay,
                          entry.param_groups(hook) if entry.param_groups else None)
-    loss_term = functools.partial(entry.loss, hook) if entry.loss else None
+    plan = Plan(r.batch_size, r.lr, r.schedule, r.epochs * -(-len(x) // r.batch_size), device, LOSSES[r.loss],
+                functools.partial(entry.loss, hook) if entry.loss else None)
     gen = torch.Generator().manual_seed(seed)
     # augmentation draws from a stream of its own (seed + 1): the batch order stays that of augment = "none", and
     # the flips are not drawn from the numbers that drew the order
     aug = torch.Generator().manual_seed(seed + 1) if r.augment == "flip_crop" else None
-    total, step = r.epochs * -(-len(x) // r.batch_size), 0
+    step = 0
     for epoch in range(r.epochs):
         frozen = frozen_at(r, epoch, len(groups) - 1)
         xs, forward = x, model
@@ -251,13 +280,13 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
             view.train_with(frozen)
             if aug is None:
                 xs, forward = view.inputs(x, r.batch_size, device, shuffled=True)
-        loss, step = train_one_epoch(model, groups, frozen, opt, xs, y, r.batch_size, gen, step, total, r.lr,
-                                     r.schedule, device, forward, aug, loss_term)
+        set_training(model, groups, frozen)
+        loss, step = train_one_epoch(forward, opt, batches(xs, y, plan, gen, aug), plan, step)
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch} (lr {r.lr:g})")
         if entry.after_epoch is not None:
             entry.after_epoch(hook, epoch)
-        yield epoch, loss, n_frozen(frozen), lr_at(step, total, r.lr, r.schedule)
+        yield epoch, loss, n_frozen(frozen), lr_at(step, plan.total, r.lr, r.schedule)
 
 
 @torch.inference_mode()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import dataclasses
-import gc
 import math
 import resource
 import time
@@ -15,8 +12,8 @@ import optuna
 import psutil
 import torch
 
-from harness import (bookkeeping, corruption_error, metrics, models, prefix, probe as probemod, records, schema, store,
-                     strategies, tracking, train)
+from harness import (corruption_error, metrics, models, prefix, probe as probemod, runs, schema, strategies, tracking,
+                     train)
 from harness.config import Config, Model
 
 
@@ -179,13 +176,14 @@ def label_shift_metrics(model, suite, data: dict, batch_size, device, val_logits
             "priors": {"true": true.tolist(), "bbse": est.tolist()}}  # logged per class (step = class index)
 
 
-@dataclasses.dataclass
-class Progress:
-    """What the training of one trial has reached: the failure and pruning tags name the epoch."""
-    epoch: int = -1
-    val: dict | None = None  # the last epoch's validation: acc, loss, logits (reused by BBSE)
-    view: prefix.View | None = None  # the model seen through the prefix cache: what validation and evaluation run
-    train_seconds: float = 0.0
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """What fine-tuning a trial's model produced (train_trial)."""
+    model: torch.nn.Module
+    groups: dict
+    view: prefix.View  # the model seen through the prefix cache: what validation and evaluation run
+    val: dict  # the last epoch's validation: acc, loss, logits (reused by BBSE)
+    train_seconds: float  # from building the model to that validation
 
 
 def _epoch_metrics(loss, val, frozen, lr=None) -> dict:
@@ -194,12 +192,12 @@ def _epoch_metrics(loss, val, frozen, lr=None) -> dict:
             "rss_mb": psutil.Process().memory_info().rss / 2**20, "lr": lr}
 
 
-def train_trial(trial: optuna.Trial | None, ctx, p: dict, run_id: str, at: Progress, progress=None,
-                baseline: str = "", seed: int | None = None):
-    """Fine-tune the trial's model: per epoch, validate, log, show progress, report and maybe prune (trial None: a
-    seed replicate, never pruned). The linear probe fits its head by logistic regression instead (no epochs: one
-    step-0 record); LP-FT fine-tunes from that head. Returns (model, groups) after the last epoch; raises
-    optuna.TrialPruned or FloatingPointError (a diverged loss)."""
+def train_trial(trial: optuna.Trial | None, ctx, p: dict, run: runs.Run, progress=None, baseline: str = "",
+                seed: int | None = None) -> Fitted:
+    """Build the trial's model and fine-tune it: per epoch, validate, log on the run, show progress, report and maybe
+    prune (trial None: a seed replicate, never pruned). The linear probe fits its head by logistic regression instead
+    (no epochs: one step-0 record, never pruned); LP-FT fine-tunes from that head. Raises optuna.TrialPruned or
+    FloatingPointError (a diverged loss)."""
     cfg, device, t = ctx.cfg, ctx.device, ctx.cfg.train
     seed = cfg.study.seed if seed is None else seed
     number = trial.number if trial is not None else -1
@@ -208,50 +206,45 @@ def train_trial(trial: optuna.Trial | None, ctx, p: dict, run_id: str, at: Progr
     # Every trial sees the same head init and batch order (the study seed): differences between trials come from
     # the hyperparameters alone, and a re-run reproduces the same curve on CPU. Replicates change the seed only.
     model, groups = fresh_model(cfg.model, len(ctx.data["classes"]), ctx.pretrained, device, seed, compile=t.compile)
-    at.view = prefix.for_trial(ctx, model, groups, seed)  # frozen groups' outputs computed once per worker, not per epoch
+    view = prefix.for_trial(ctx, model, groups, seed)  # frozen groups' outputs computed once per worker, not per epoch
     entry = strategies.of(p, baseline)
     if entry.probe_head:
         probe = probemod.fitted(ctx, model, groups)
         probemod.set_head(groups, probe)
-        tracking.log_params(ctx.client, run_id, {"probe_c": probe.c})
-        if not entry.trains:
-            at.epoch, at.val = 0, train.evaluate(at.view, *ctx.data["val"], t.eval_batch_size, device)
-            tracking.log_metrics(ctx.client, run_id, _epoch_metrics(probe.train_loss, at.val, ctx.n_groups), step=0,
-                                 wait=False)
-            if progress is not None:
-                progress(number, 0, probe.train_loss, at.val["acc"])
-            if prunes:
-                trial.report(at.val["acc"], 0)
-            at.train_seconds = time.perf_counter() - t0
-            return model, groups
-    recipe = train.Recipe(lr=p["lr"], epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
-                          momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, augment=t.augment,
-                          **strategies.recipe_settings(p, baseline))
-    prune_at = entry.first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
-    for epoch, loss, frozen, lr in train.fit(model, groups, *ctx.data["train"], recipe, seed, device, at.view):
-        at.epoch = epoch
-        at.val = train.evaluate(at.view, *ctx.data["val"], t.eval_batch_size, device)
+        tracking.log_params(ctx.client, run.id, {"probe_c": probe.c})
+    if entry.trains:
+        recipe = train.Recipe(lr=p["lr"], epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
+                              momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, augment=t.augment,
+                              **strategies.recipe_settings(p, baseline))
+        epochs = train.fit(model, groups, *ctx.data["train"], recipe, seed, device, view)
+        prune_at = entry.first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
+    else:  # the probe alone: its fit is one record at step 0 (lr None: not logged), reported, never pruned
+        epochs, prune_at = [(0, probe.train_loss, ctx.n_groups, None)], t.epochs
+    for epoch, loss, frozen, lr in epochs:
+        run.epoch = epoch  # a pruned or failed run's tags name it
+        val = train.evaluate(view, *ctx.data["val"], t.eval_batch_size, device)
         # async: off the training loop (bench (b))
-        tracking.log_metrics(ctx.client, run_id, _epoch_metrics(loss, at.val, frozen, lr), step=epoch, wait=False)
+        tracking.log_metrics(ctx.client, run.id, _epoch_metrics(loss, val, frozen, lr), step=epoch, wait=False)
         if progress is not None:
-            progress(number, epoch, loss, at.val["acc"])
+            progress(number, epoch, loss, val["acc"])
         if prunes:
-            trial.report(at.val["acc"], epoch)
-            if epoch + 1 >= prune_at and epoch + 1 < t.epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_acc {at.val['acc']:.4f} below the median")
-    at.train_seconds = time.perf_counter() - t0
-    return model, groups
+            trial.report(val["acc"], epoch)
+            if prune_at <= epoch + 1 < t.epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_acc {val['acc']:.4f} below the median")
+    return Fitted(model, groups, view, val, time.perf_counter() - t0)
 
 
-def evaluate_trial(model, ctx, val: dict, reference: dict | None) -> tuple[dict, dict, dict]:
-    """Selection shifts, the clean test split, every test shift (and their clean subset), label shift and corruption
-    errors against `reference` (corruption_error.ce_reference; None: none yet). Returns (final metrics, series {key: {step: value}},
-    the selection metrics with shift_acc, the per-image correctness and the CE reference's run id)."""
-    device, bs, suite, data = ctx.device, ctx.cfg.train.eval_batch_size, ctx.suite, ctx.data
+def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, dict, dict]:
+    """The fitted model on the selection shifts, the clean test split, every test shift (and their clean subset),
+    label shift, and its corruption errors against `reference` (corruption_error.ce_reference; None: none yet).
+    Returns (final metrics, series {key: {step: value}}, the selection metrics with shift_acc, the per-image
+    correctness and the CE reference's run id)."""
+    device, bs, suite, data, val = ctx.device, ctx.cfg.train.eval_batch_size, ctx.suite, ctx.data, fitted.val
+    view = fitted.view  # the model, its frozen groups' outputs on each evaluation set computed once per worker
     t1 = time.perf_counter()
-    sel = selection_metrics(model, suite, bs, device)
-    final, curves, clean = test_metrics(model, suite, data, bs, device)
-    label = label_shift_metrics(model, suite, data, bs, device, val["logits"])
+    sel = selection_metrics(view, suite, bs, device)
+    final, curves, clean = test_metrics(view, suite, data, bs, device)
+    label = label_shift_metrics(view, suite, data, bs, device, val["logits"])
     priors = label.pop("priors", None)
     final.update(label)
     correct = correctness(curves, [e.name for e in suite.test if e.paired], clean)
@@ -267,6 +260,7 @@ def evaluate_trial(model, ctx, val: dict, reference: dict | None) -> tuple[dict,
         final["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if sel["per_shift"]:
         final["ood_val_acc"] = sel["ood_val_acc"]
+    final["train_seconds"] = fitted.train_seconds
     series = {schema.shift_key(name, "acc"): sev for name, sev in sel["per_shift"].items()}  # step = severity
     series.update({schema.shift_key(name, key): {s: c[key] for s, c in cv.items()}
                    for name, cv in curves.items() for key in ("acc", "ece", "nll")})
@@ -299,99 +293,31 @@ def log_trial(trial: optuna.Trial, ctx, run_id: str, final: dict, series: dict, 
     return sel["ood_val_acc"] if objective == "ood_val_acc" else final[schema.VAL_ACC_FINAL]
 
 
-def _free(ctx) -> None:
-    """Free this trial's model now (memory must not grow across trials, optuna#1224), then freeze what survives: the
-    context, stores and imported modules, ~630k objects here. A full collection scanned them all after every trial,
-    0.26 s of a frozen-body trial's 0.5 s (2 CPU cores); frozen, the next collections scan only the ~1k objects made
-    since. Frozen objects still die when their count drops to zero; only a cycle among them that becomes garbage
-    later is never collected. What survives a trial's full collection is mostly that long-lived state (rss_mb stays
-    flat over 30 trials, README "Memory")."""
-    gc.collect()
-    # unfreeze at exit, so that the last collection still finalizes them (else nanobind reports triton's objects as
-    # leaked); registered once (gc.get_freeze_count walks every frozen object: 50 ms)
-    atexit.unregister(gc.unfreeze)
-    atexit.register(gc.unfreeze)
-    gc.freeze()
-    if ctx.device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
+@runs.frees_memory
 def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
-    """One trial: train, evaluate, log, on its own MLflow child run, which ends FINISHED, KILLED (pruned) or FAILED
-    with the reason. on_complete(trial, value, model, run_id) runs before the run ends (the study keeps the best
-    weights)."""
-    cfg, client = ctx.cfg, ctx.client
+    """One trial: suggest -> build and fit, validating, reporting and maybe pruning each epoch (train_trial) ->
+    evaluate (evaluate_trial) -> log (log_trial), on its own MLflow child run (runs.trial_run: it ends FINISHED,
+    KILLED when pruned, FAILED with the reason). on_complete(trial, value, model, run_id) runs before the run ends
+    (the study keeps the best weights). Returns the objective value; the model is freed (runs.frees_memory)."""
     baseline = trial.user_attrs.get("baseline", "")
-    p = with_strategy(cfg, suggest(trial, cfg, ctx.n_groups), baseline)
-    run_id = tracking.child_run(client, ctx.exp_id, ctx.parent_id, cfg.study.name, trial.number,
-                                {k: v for k, v in p.items() if v is not None},
-                                {"harness.baseline": baseline} if baseline else {})
-    trial.set_user_attr("mlflow_run_id", run_id)
-    sampler = records.start(ctx, run_id, p, baseline)  # description, dataset inputs, system metrics
-    at, model, groups = Progress(), None, None
-    if ctx.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(ctx.device)  # gpu_peak_mb is this trial's peak, not the process's
-    try:
-        model, groups = train_trial(trial, ctx, p, run_id, at, progress, baseline)
-        ref = corruption_error.ce_reference(trial.study.get_trials(deepcopy=False))
-        final, series, sel = evaluate_trial(at.view, ctx, at.val, ref)
-        final["train_seconds"] = at.train_seconds
-        value = log_trial(trial, ctx, run_id, final, series, sel)
+    p = with_strategy(ctx.cfg, suggest(trial, ctx.cfg, ctx.n_groups), baseline)
+    with runs.trial_run(ctx, trial, p, baseline) as run:
+        fitted = train_trial(trial, ctx, p, run, progress, baseline)
+        reference = corruption_error.ce_reference(trial.study.get_trials(deepcopy=False))
+        final, series, sel = evaluate_trial(fitted, ctx, reference)
+        value = log_trial(trial, ctx, run.id, final, series, sel)
         if on_complete is not None:
-            on_complete(trial, value, model, run_id)
-        records.stop(sampler)
-        tracking.end_run(client, run_id, "FINISHED")
+            on_complete(trial, value, fitted.model, run.id)
         return value
-    except optuna.TrialPruned as err:
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # the worker's tell says why
-            trial.set_user_attr("pruned_epoch", at.epoch)
-        tracking.end_run(client, run_id, "KILLED", {"harness.pruned_epoch": at.epoch,
-                                                    "harness.pruned_reason": str(err)})
-        raise
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # another process finished this trial while it trained (it judged this worker dead): the run ends FAILED
-        # with that truth, and the worker goes on (its retry, enqueued by that process, re-runs these params)
-        taken = bookkeeping.taken(trial)
-        tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": f"the Optuna trial was finished {taken} "
-                                                                           f"while this worker ran it",
-                                                    "harness.failed_epoch": at.epoch})
-        raise taken from None
-    except Exception as err:
-        reason = f"{type(err).__name__}: {err}"
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            trial.set_user_attr("fail_reason", store.redact(reason))
-        tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": reason, "harness.failed_epoch": at.epoch})
-        raise
-    finally:
-        records.stop(sampler)  # no-op when already stopped
-        model = groups = at.view = None  # groups and the view hold the modules too
-        _free(ctx)
 
 
+@runs.frees_memory
 def replicate(ctx, source: dict, seed: int, reference: dict | None, on_run=None) -> str:
     """Re-run a finished trial with another training seed (head init and batch order; the data, suite, pretrained
-    body, params and recipe stay), on its own child run tagged with the source trial and the seed. source = {"number",
-    "params", "baseline"}. Returns the run id; the run ends FINISHED, or FAILED with the reason (re-raised)."""
+    body, params and recipe stay), on its own child run tagged with the source trial and the seed (runs.replicate_run:
+    FINISHED, or FAILED with the reason, re-raised). source = {"number", "params", "baseline"}. Returns the run id."""
     p = source_params(ctx.cfg, source, ctx.n_groups)
-    run_id = tracking.replicate_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, source["number"], seed,
-                                    {k: v for k, v in p.items() if v is not None}, source["baseline"])
-    if on_run is not None:  # the unit that runs it records its run: a dead worker's run is ended FAILED
-        on_run(run_id)
-    sampler = records.start(ctx, run_id, p, source["baseline"])
-    at, model = Progress(), None
-    try:
-        model, _ = train_trial(None, ctx, p, run_id, at, baseline=source["baseline"], seed=seed)
-        final, series, sel = evaluate_trial(at.view, ctx, at.val, reference)
-        final["train_seconds"] = at.train_seconds
-        log_run(ctx, run_id, final, series, sel)
-        records.stop(sampler)
-        tracking.end_run(ctx.client, run_id, "FINISHED")
-        return run_id
-    except Exception as err:
-        tracking.end_run(ctx.client, run_id, "FAILED", {"harness.fail_reason": f"{type(err).__name__}: {err}",
-                                                        "harness.failed_epoch": at.epoch})
-        raise
-    finally:
-        records.stop(sampler)
-        model = at.view = None
-        _free(ctx)
+    with runs.replicate_run(ctx, source, seed, p, on_run) as run:
+        fitted = train_trial(None, ctx, p, run, baseline=source["baseline"], seed=seed)
+        log_run(ctx, run.id, *evaluate_trial(fitted, ctx, reference))
+        return run.id

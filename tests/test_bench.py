@@ -148,7 +148,9 @@ def test_data_kept_on_the_host_trains_like_resident_data():
         model, groups = models.build("resnet8", len(d["classes"]), seed=0)
         model = train.prepare(model, dev)
         opt = train.make_optimizer(model, "sgd", 0.05, 0.9, 0.0)
-        loss, _ = train.train_one_epoch(model, groups, 1, opt, *dd["train"], 16, torch.Generator().manual_seed(0),
-                                        0, 10, 0.05, "cosine", dev)
+        plan = train.Plan(16, 0.05, "cosine", 10, dev)
+        train.set_training(model, groups, 1)
+        loss, _ = train.train_one_epoch(model, opt, train.batches(*dd["train"], plan, torch.Generator().manual_seed(0)),
+                                        plan, 0)
         out.append((loss, train.evaluate(model, *dd["val"], 64, dev)))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-2) and out[0][1]["acc"] == pytest.approx(out[1][1]["acc"], abs=0.05)

@@ -27,8 +27,9 @@ def test_every_registered_model_has_groups_and_trains(name):
     x, y = torch.rand(2, 3, size, size), torch.tensor([0, 2])
     opt = train.make_optimizer(model, "sgd", 0.1, 0.0, 0.0)
     before = groups["head"].weight.detach().clone()
-    loss, _ = train.train_one_epoch(model, groups, 0, opt, x, y, 2, torch.Generator().manual_seed(0), 0, 1, 0.1,
-                                    "constant", torch.device("cpu"))
+    plan = train.Plan(2, 0.1, "constant", 1, torch.device("cpu"))
+    train.set_training(model, groups, 0)
+    loss, _ = train.train_one_epoch(model, opt, train.batches(x, y, plan, torch.Generator().manual_seed(0)), plan, 0)
     assert torch.isfinite(torch.tensor(loss))
     assert not torch.equal(before, groups["head"].weight)
 

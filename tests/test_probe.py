@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from harness import config, context, probe, store, tracking, train, trial
+from harness import config, context, probe, runs, store, tracking, train, trial
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def ctx(tmp_path_factory):
 
 
 def _run(ctx, number):
-    return tracking.child_run(ctx.client, ctx.exp_id, ctx.parent_id, "probe", number, {"freeze_layers": 4})
+    return runs.Run(tracking.child_run(ctx.client, ctx.exp_id, ctx.parent_id, "probe", number, {"freeze_layers": 4}))
 
 
 def test_linear_probe_head_is_sklearn_on_the_cached_features(ctx):
@@ -65,7 +65,8 @@ def test_linear_probe_head_is_sklearn_on_the_cached_features(ctx):
     fitted on the features cached in mlruns/cache/probe-features-*.safetensors, which are the frozen body's head
     inputs; a second probe reads the cache (no feature pass)."""
     p = {"lr": None, "freeze_layers": 4, "unfreeze_epoch": 3}
-    model, groups = trial.train_trial(None, ctx, p, _run(ctx, 0), trial.Progress(), baseline="linear_probe")
+    fitted = trial.train_trial(None, ctx, p, _run(ctx, 0), baseline="linear_probe")
+    model, groups = fitted.model, fitted.groups
     files = sorted(ctx.cache.glob("probe-features-*.safetensors"))
     assert len(files) == 1
     feats = store.load_tensors(files[0])[0]
@@ -117,6 +118,6 @@ def test_lp_ft_starts_from_exactly_the_probe_head(ctx, monkeypatch):
     monkeypatch.setattr(train, "fit", fake_fit)
     p = {"lr": 0.003, "freeze_layers": 0, "unfreeze_epoch": 0}
     with pytest.raises(Stop):
-        trial.train_trial(None, ctx, p, _run(ctx, 1), trial.Progress(), baseline="lp_ft")
+        trial.train_trial(None, ctx, p, _run(ctx, 1), baseline="lp_ft")
     assert torch.equal(seen["weight"], want.weight) and torch.equal(seen["bias"], want.bias)
     assert seen["recipe"].freeze_layers == 0 and seen["recipe"].lr == 0.003

@@ -1,4 +1,4 @@
-"""Tracking: the only MLflow writer; per-epoch batches on a logging thread, flushed before a run ends."""
+"""Tracking: the MLflow writer of runs; per-epoch batches on a logging thread, flushed before a run ends."""
 
 from __future__ import annotations
 

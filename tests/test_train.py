@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -28,6 +29,12 @@ def _same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _epoch(model, groups, frozen, opt, x, y, plan, gen, step):
+    """One epoch as train.fit runs it: the groups set to train (set_training), the batches in gen's order."""
+    train.set_training(model, groups, frozen)
+    return train.train_one_epoch(model, opt, train.batches(x, y, plan, gen), plan, step)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_frozen_groups_bit_identical_until_unfreeze_then_change(optimizer):
     """With freeze_layers=2 and unfreeze at epoch 2 of 4: stem and layer1 weights AND BatchNorm running stats are
@@ -41,7 +48,7 @@ def test_frozen_groups_bit_identical_until_unfreeze_then_change(optimizer):
     start = {g: _snapshot(m) for g, m in groups.items()}
     for epoch in range(epochs):
         frozen = k if epoch < unfreeze else 0
-        _, step = train.train_one_epoch(model, groups, frozen, opt, x, y, 16, gen, step, 16, 0.01, "constant", CPU)
+        _, step = _epoch(model, groups, frozen, opt, x, y, train.Plan(16, 0.01, "constant", 16, CPU), gen, step)
         now = {g: _snapshot(m) for g, m in groups.items()}
         if epoch < unfreeze:
             for g in ("stem", "layer1"):
@@ -60,7 +67,7 @@ def test_linear_probe_trains_only_the_head():
     model, groups = models.build("resnet8", 5, seed=0)
     opt = train.make_optimizer(model, "sgd", 0.05, 0.9, 5e-4)
     before = {g: _snapshot(m) for g, m in groups.items()}
-    train.train_one_epoch(model, groups, 4, opt, x, y, 16, torch.Generator().manual_seed(0), 0, 4, 0.05, "constant", CPU)
+    _epoch(model, groups, 4, opt, x, y, train.Plan(16, 0.05, "constant", 4, CPU), torch.Generator().manual_seed(0), 0)
     for g in ("stem", "layer1", "layer2", "layer3"):
         assert _same(before[g], _snapshot(groups[g]))
         assert not any(m.training for m in groups[g].modules())
@@ -93,7 +100,7 @@ def test_training_is_deterministic_and_learns():
         opt = train.make_optimizer(model, "sgd", 0.05, 0.9, 0)
         gen, step, losses = torch.Generator().manual_seed(3), 0, []
         for _ in range(3):
-            loss, step = train.train_one_epoch(model, groups, 0, opt, x, y, 32, gen, step, 9, 0.05, "cosine", CPU)
+            loss, step = _epoch(model, groups, 0, opt, x, y, train.Plan(32, 0.05, "cosine", 9, CPU), gen, step)
             losses.append(loss)
         return losses
 
@@ -158,8 +165,8 @@ def test_prefix_recipe_is_todays_loop():
     opt = train.make_optimizer(model, "sgd", 0.05, 0.9, 5e-4)
     gen, step, total = torch.Generator().manual_seed(0), 0, 3 * 4
     for epoch in range(3):
-        _, step = train.train_one_epoch(model, groups, 2 if epoch < 1 else 0, opt, x, y, 16, gen, step, total, 0.05,
-                                        "cosine", CPU)
+        _, step = _epoch(model, groups, 2 if epoch < 1 else 0, opt, x, y, train.Plan(16, 0.05, "cosine", total, CPU), gen,
+                         step)
     assert _same(runs[0], runs[1]) and _same(runs[0], _snapshot(model))
 
 
@@ -192,7 +199,7 @@ def test_strategy_hooks_act_as_an_independent_computation_predicts(monkeypatch):
     model, groups = models.build("resnet8", 5, seed=0)
     opt, gen, step = train.make_optimizer(model, "sgd", 0.05, 0.0, 0.0), torch.Generator().manual_seed(0), 0
     for epoch in range(2):
-        _, step = train.train_one_epoch(model, groups, 0, opt, x, y, 16, gen, step, 2 * 4, 0.05, "constant", CPU)
+        _, step = _epoch(model, groups, 0, opt, x, y, train.Plan(16, 0.05, "constant", 2 * 4, CPU), gen, step)
         halve_head(strategies.Fit(model, groups, None, {}), epoch)
     assert _same(_snapshot(halved), _snapshot(model)) and not _same(_snapshot(halved), base)
 
@@ -288,3 +295,27 @@ def test_augment_is_checked():
     model, groups = models.build("resnet8", 5)
     with pytest.raises(ValueError, match="augment must be one of none, flip_crop"):
         list(train.fit(model, groups, *_data(), train.Recipe(lr=0.1, epochs=1, batch_size=16, augment="crop"), 0, CPU))
+
+
+def test_loss_is_a_recipe_setting():
+    """Recipe.loss names an entry of train.LOSSES. cross_entropy, the default, is the loop's loss as it always was
+    (the same weights bit for bit); label_smoothing's loss over one batch of every image is the untrained model's
+    cross-entropy with label smoothing 0.1 (not the plain one), and it trains other weights; an unknown loss is
+    refused."""
+    x, y = _data()
+    model, groups = models.build("resnet8", 5, seed=0)
+    with torch.no_grad():
+        logits = copy.deepcopy(model).train()(x)  # batch statistics, as the one training batch sees them
+    runs = {}
+    for loss in ("cross_entropy", None, "label_smoothing"):
+        model, groups = models.build("resnet8", 5, seed=0)
+        recipe = train.Recipe(lr=0.05, epochs=1, batch_size=64, **({"loss": loss} if loss else {}))
+        (_, runs[loss], _, _), = train.fit(model, groups, x, y, recipe, 0, CPU)
+        runs[loss, "weights"] = _snapshot(model)
+    assert _same(runs["cross_entropy", "weights"], runs[None, "weights"]) and runs["cross_entropy"] == runs[None]
+    smoothed, plain = F.cross_entropy(logits, y, label_smoothing=0.1).item(), F.cross_entropy(logits, y).item()
+    assert runs["label_smoothing"] == pytest.approx(smoothed, rel=1e-5) != plain  # 2.4334 vs 2.4330 here
+    assert runs["cross_entropy"] == pytest.approx(plain, rel=1e-5)
+    assert not _same(runs["label_smoothing", "weights"], runs["cross_entropy", "weights"])
+    with pytest.raises(ValueError, match="loss must be one of cross_entropy, label_smoothing, got 'hinge'"):
+        list(train.fit(model, groups, x, y, train.Recipe(lr=0.1, epochs=1, batch_size=16, loss="hinge"), 0, CPU))

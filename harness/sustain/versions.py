@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from harness import tracking
+from harness import model_registry
 
 ALIAS = "production"
 # Cost, measured on the default sustain study (python -m harness.sustain, 2 CPU cores): each version is a pt2 export,
@@ -56,10 +56,10 @@ def register(v: Versions | None, model, period: int, reason: str) -> str | None:
         return None
     t0 = time.perf_counter()
     tags = {**v.tags, "harness.period": period, "harness.trigger": reason}
-    model_id = tracking.log_pytorch_model(v.client, v.exp_id, v.run_id, model, v.example,
-                                          name=f"model-period{period}" if period >= 0 else "model-deployed",
-                                          tags=tags, step=period + 1)
-    version = tracking.register_model(v.client, v.name, model_id, v.run_id, tags, ALIAS)
+    model_id = model_registry.log_pytorch_model(v.client, v.exp_id, v.run_id, model, v.example,
+                                                name=f"model-period{period}" if period >= 0 else "model-deployed",
+                                                tags=tags, step=period + 1)
+    version = model_registry.register_model(v.client, v.name, model_id, v.run_id, tags, ALIAS)
     v.versions.append(version)
     v.seconds += time.perf_counter() - t0
     return version
