@@ -120,4 +120,9 @@ def test_three_launchers_with_two_workers_each_survive_random_sigkills(tiny_conf
     args = ["--study-name", name, "--tracking-uri", f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"]
     assert report_main(args + (["--storage", storage] if backend == "postgresql" else [])) == 0
     assert (workdir / "reports" / name / "index.html").is_file()
+    restarts = sum(k.split()[1] == "launcher" for k in kills)  # "12.3s launcher 1 pid N": each was started again
+    print(f"\nchaos {backend}: {why}; {restarts} launcher restarts; trials {len(finished)} finished, "
+          f"{sum(t.state == TrialState.FAIL for t in trials)} failed (killed) and retried; units {sum(done.values())} "
+          f"done once each, {len(comp.get_trials(states=(TrialState.FAIL,)))} failed and retried; "
+          f"{time.time() - t0:.0f} s")
     assert time.time() - t0 < BUDGET_S, f"{why}; took {time.time() - t0:.0f} s"
