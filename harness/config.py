@@ -34,6 +34,10 @@ class ConfigError(ValueError):
         self.key = key
 
 
+class NotFound(ConfigError, FileNotFoundError):
+    """A ConfigError about a file or folder that is not there; still a FileNotFoundError to whoever catches one."""
+
+
 @dataclass(frozen=True)
 class Study:
     name: str = "default"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from harness import store
-from harness.config import Data
+from harness.config import ConfigError, Data, NotFound
 
 # Every split is a pair (images float32 [N, 3, H, W] in [0, 1], labels int64 [N]); models normalize inside,
 # so shifts act on plain [0, 1] pixels exactly as CIFAR-10-C defines them.
@@ -58,21 +58,21 @@ def check(cfg: Data, seed: int, cache_dir: Path | None = None) -> None:
 
         root = Path(cfg.path).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(f"data.path: {root} is not a folder")
+            raise NotFound("data.path", f"{root} is not a folder")
         classes = None
         for path in folder_splits(root).values():
             try:
                 found, index = find_classes(str(path))
                 make_dataset(str(path), index, extensions=IMG_EXTENSIONS)  # lists files: a class without images fails
             except FileNotFoundError as e:
-                raise FileNotFoundError(f"data.path: {e}") from None
+                raise NotFound("data.path", str(e)) from None
             if classes is not None and found != classes:
-                raise ValueError(f"data.path: class folders differ between the split folders of {root}: "
-                                 f"{', '.join(classes)} versus {', '.join(found)}")
+                raise ConfigError("data.path", f"class folders differ between the split folders of {root}: "
+                                  f"{', '.join(classes)} versus {', '.join(found)}")
             classes = found
         if len(classes) < 2:  # one class trains to loss 0 and accuracy 1.0: a study that measures nothing
-            raise ValueError(f"data.path: {root} has {len(classes)} class folder ({', '.join(classes)}); a classifier "
-                             f"needs at least 2")
+            raise ConfigError("data.path", f"{root} has {len(classes)} class folder ({', '.join(classes)}); a "
+                              f"classifier needs at least 2")
         return
     if not cfg.download:
         _torchvision_sets(cfg)  # reads the files it finds (torchvision has no cheaper public check)
@@ -190,9 +190,9 @@ def folder_splits(root: Path) -> dict[str, Path]:
     if not present:
         return {"all": root}
     if "train" not in present:
-        raise ValueError(f"data.path: {root} has {' and '.join(n + '/' for n in present)} but no train/; give "
-                         f"train/ (with val/ and/or test/ beside it, the same class folders in each) or one folder "
-                         f"per class")
+        raise ConfigError("data.path", f"{root} has {' and '.join(n + '/' for n in present)} but no train/; give "
+                          f"train/ (with val/ and/or test/ beside it, the same class folders in each) or one folder "
+                          f"per class")
     if present == ["train"]:
         return {"all": root / "train"}
     if len(present) == 3:
@@ -205,17 +205,17 @@ def _imagefolder(cfg: Data, seed: int):
 
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.path: {root} is not a folder")
+        raise NotFound("data.path", f"{root} is not a folder")
     gen = torch.Generator().manual_seed(seed)
     try:
         folders = {split: ImageFolder(str(path)) for split, path in folder_splits(root).items()}
     except FileNotFoundError as e:  # torchvision: no class folder, or no image in one
-        raise FileNotFoundError(f"data.path: {e}") from None
+        raise NotFound("data.path", str(e)) from None
     classes = next(iter(folders.values())).classes
     for split, ds in folders.items():
         if ds.classes != classes:
-            raise ValueError(f"data.path: class folders differ between {ds.root} ({', '.join(ds.classes)}) and "
-                             f"{folders['train'].root} ({', '.join(classes)})")
+            raise ConfigError("data.path", f"class folders differ between {ds.root} ({', '.join(ds.classes)}) and "
+                              f"{folders['train'].root} ({', '.join(classes)})")
     read = {split: (_resize_uint8([p for p, _ in ds.samples], cfg.image_size), torch.tensor(ds.targets))
             for split, ds in folders.items()}
     if "all" in read:
@@ -241,8 +241,8 @@ def _torchvision_sets(cfg: Data):
     try:
         return tuple(cls(str(Path(cfg.path).expanduser()), download=cfg.download, **kw(t)) for t in (True, False))
     except RuntimeError as e:  # torchvision says "Dataset not found or corrupted"
-        raise FileNotFoundError(f"data.path: {cfg.source} not found under {cfg.path} ({e}); put the files there "
-                                f"or set data.download = true") from None
+        raise NotFound("data.path", f"{cfg.source} not found under {cfg.path} ({e}); put the files there "
+                       f"or set data.download = true") from None
 
 
 def _torchvision(cfg: Data, seed: int):

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.config import ConfigError, NotFound
+
 # Models see [0, 1] pixels and normalize inside, so shifts act on raw pixels. ImageNet statistics for all:
 # torchvision weights and the CIFAR ResNet-20..56 weights (akamaster) were both trained with them.
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -179,9 +181,9 @@ def resolve(name: str):
         try:
             return getattr(importlib.import_module(module), fn)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"model.name: cannot import {name!r} ({e})") from None
-    raise ValueError(f"model.name: unknown model {name!r}; choose one of {', '.join(MODELS)} "
-                     f"or 'package.module:function'")
+            raise ConfigError("model.name", f"cannot import {name!r} ({e})") from None
+    raise ConfigError("model.name", f"unknown model {name!r}; choose one of {', '.join(MODELS)} "
+                      f"or 'package.module:function'")
 
 
 def _call_factory(name: str, factory, num_classes: int):
@@ -199,20 +201,20 @@ def _call_factory(name: str, factory, num_classes: int):
     except KeyboardInterrupt:
         raise
     except SystemExit as e:
-        raise ValueError(f"model.name: {name}({num_classes}) called sys.exit({e.code!r}) instead of returning "
-                         f"(model, groups)") from None
+        raise ConfigError("model.name", f"{name}({num_classes}) called sys.exit({e.code!r}) instead of returning "
+                          f"(model, groups)") from None
     except EOFError as e:
-        raise ValueError(f"model.name: {name}({num_classes}) read standard input (EOFError: {e}); a model factory "
-                         f"must build the model from num_classes alone") from None
+        raise ConfigError("model.name", f"{name}({num_classes}) read standard input (EOFError: {e}); a model factory "
+                          f"must build the model from num_classes alone") from None
     except BaseException as e:  # noqa: BLE001 - whatever a user's code raises is that code's fault, reported as such
         cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
-        raise ValueError(f"model.name: {name}({num_classes}) raised {type(e).__name__}"
-                         f"{': ' + cause[:200] if cause else ''}") from None
+        raise ConfigError("model.name", f"{name}({num_classes}) raised {type(e).__name__}"
+                          f"{': ' + cause[:200] if cause else ''}") from None
     finally:
         sys.stdin = stdin
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module) and hasattr(out[1], "items")):
-        raise ValueError(f"model.name: {name}({num_classes}) must return (model, groups): an nn.Module and a dict of "
-                         f"layer groups ending in 'head', got {type(out).__name__}")
+        raise ConfigError("model.name", f"{name}({num_classes}) must return (model, groups): an nn.Module and a "
+                          f"dict of layer groups ending in 'head', got {type(out).__name__}")
     return out
 
 
@@ -222,16 +224,16 @@ def build(name: str, num_classes: int, seed: int = 0):
     model, groups = _call_factory(name, resolve(name), num_classes)
     groups = dict(groups)
     if list(groups)[-1] != "head":
-        raise ValueError(f"model.name: {name} must return groups whose last entry is 'head', got {list(groups)}")
+        raise ConfigError("model.name", f"{name} must return groups whose last entry is 'head', got {list(groups)}")
     seen = {}
     for g, module in groups.items():
         for p in module.parameters():
             if id(p) in seen:
-                raise ValueError(f"model.name: parameter in both groups {seen[id(p)]!r} and {g!r}")
+                raise ConfigError("model.name", f"parameter in both groups {seen[id(p)]!r} and {g!r}")
             seen[id(p)] = g
     missing = [n for n, p in model.named_parameters() if id(p) not in seen]
     if missing:
-        raise ValueError(f"model.name: {name} groups miss parameters {missing[:5]}")
+        raise ConfigError("model.name", f"{name} groups miss parameters {missing[:5]}")
     return model, groups
 
 
@@ -310,7 +312,7 @@ def read_checkpoint(path: str | Path) -> dict:
     Every way a file can fail to be one (corrupt, truncated, a pickled object) is a ValueError naming model.weights."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights: checkpoint not found: {path} ({WEIGHTS_ALLOWED})")
+        raise NotFound("model.weights", f"checkpoint not found: {path} ({WEIGHTS_ALLOWED})")
     try:
         if path.suffix == ".safetensors" or _is_safetensors(path):
             from safetensors.torch import load_file
@@ -318,15 +320,17 @@ def read_checkpoint(path: str | Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, SafetensorError, EOFError, a torn zip's RuntimeError, ...
-        raise ValueError(f"model.weights: {path}: not a readable checkpoint ({_reason(e, path)}); {SAVE_HINT}") from None
+        raise ConfigError("model.weights", f"{path}: not a readable checkpoint ({_reason(e, path)}); "
+                          f"{SAVE_HINT}") from None
     if isinstance(state, dict):
         state = next((state[k] for k in STATE_KEYS if isinstance(state.get(k), dict)), state)
     if not isinstance(state, dict) or not state:
-        raise ValueError(f"model.weights: {path} holds a {type(state).__name__}, not a state_dict; {SAVE_HINT}")
+        raise ConfigError("model.weights", f"{path} holds a {type(state).__name__}, not a state_dict; {SAVE_HINT}")
     other = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if other:
-        raise ValueError(f"model.weights: {path} is not a state_dict: entries {other[:3]} are not tensors (a "
-                         f"state_dict maps names to tensors, optionally under one of {', '.join(STATE_KEYS)}); {SAVE_HINT}")
+        raise ConfigError("model.weights", f"{path} is not a state_dict: entries {other[:3]} are not tensors (a "
+                          f"state_dict maps names to tensors, optionally under one of {', '.join(STATE_KEYS)}); "
+                          f"{SAVE_HINT}")
     stripped = True
     while stripped:  # e.g. a compiled model saved from DataParallel: module._orig_mod.conv1.weight
         stripped = False
@@ -344,12 +348,12 @@ def torchvision_state(arch: str, weights: str) -> dict:
         enum = tvm.get_model_weights(arch)[weights]
     except KeyError:
         options = ", ".join(w.name for w in tvm.get_model_weights(arch))
-        raise ValueError(f"model.weights: {weights!r} is not a weights name of {arch}; choose one of {options}, "
-                         f"or give a checkpoint path") from None
+        raise ConfigError("model.weights", f"{weights!r} is not a weights name of {arch}; choose one of {options}, "
+                          f"or give a checkpoint path") from None
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
     if not file.is_file():
-        raise FileNotFoundError(f"model.weights: {enum} needs {file.name}, which is not in {file.parent}; "
-                                f"download {enum.url} on a connected machine and put it there")
+        raise NotFound("model.weights", f"{enum} needs {file.name}, which is not in {file.parent}; "
+                       f"download {enum.url} on a connected machine and put it there")
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
@@ -366,8 +370,8 @@ def load_weights(model: nn.Module, groups: dict, state: dict) -> list[str]:
     missing = [k for k in own if k not in state and not k.startswith(head) and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     if bad or missing or unexpected:
-        raise ValueError(f"model.weights: checkpoint does not fit the model: shape mismatch {bad[:3]}, "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ConfigError("model.weights", f"checkpoint does not fit the model: shape mismatch {bad[:3]}, "
+                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     body.load_state_dict(state, strict=False)
     return skipped
 
@@ -382,13 +386,13 @@ def initial_weights(name: str, weights: str, model: nn.Module, groups: dict) -> 
         return f"checkpoint {weights}" + (" (head re-initialized)" if skipped else "")
     arch = getattr(builder, "torchvision", None)
     if arch is None:
-        raise ValueError(f"model.weights: {weights!r} is no file, and {name} is not a torchvision model, so it cannot "
-                         f"be a torchvision weights name; {WEIGHTS_ALLOWED}")
+        raise ConfigError("model.weights", f"{weights!r} is no file, and {name} is not a torchvision model, so it "
+                          f"cannot be a torchvision weights name; {WEIGHTS_ALLOWED}")
     state = torchvision_state(arch, weights)
     need, crop = getattr(builder, "image_size", None), _weights_transforms(arch, weights).crop_size[0]
     if need and crop != need:
-        raise ValueError(f"model.weights: {weights} of {arch} is for {crop} px inputs; this model is built for "
-                         f"{need} px (choose weights for {need} px, e.g. IMAGENET1K_V1)")
+        raise ConfigError("model.weights", f"{weights} of {arch} is for {crop} px inputs; this model is built for "
+                          f"{need} px (choose weights for {need} px, e.g. IMAGENET1K_V1)")
     skipped = load_weights(model, groups, state)
     match_preprocessing(model, arch, weights)
     return f"torchvision {arch} {weights}" + (" (head re-initialized)" if skipped else "")

@@ -16,6 +16,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from harness.config import ConfigError
+
 SQLITE = "sqlite:///"
 TRACKING_SCHEMES = (SQLITE, "http://", "https://", "postgresql", "mysql", "databricks")
 STORAGE_SCHEMES = (SQLITE, "postgresql", "mysql")
@@ -86,16 +88,16 @@ def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def check_uris(storage: str, tracking_uri: str) -> None:
-    """Scheme checks with no side effect (bad input, exit 2): ValueError "<flag>: why"."""
+    """Scheme checks with no side effect (bad input, exit 2): ConfigError naming the flag."""
     if storage and not storage.startswith(STORAGE_SCHEMES):
-        raise ValueError(f"--storage: unsupported URL {redact(storage)!r}; use sqlite:///PATH or "
-                         f"postgresql://USER:PASSWORD@HOST/DB")
+        raise ConfigError("--storage", f"unsupported URL {redact(storage)!r}; use sqlite:///PATH or "
+                          f"postgresql://USER:PASSWORD@HOST/DB")
     if tracking_uri and not tracking_uri.startswith(TRACKING_SCHEMES):
-        raise ValueError(f"--tracking-uri: unsupported URI {redact(tracking_uri)!r}; use sqlite:///PATH or http://HOST:PORT "
-                         f"(MLflow 3 refuses the file store)")
+        raise ConfigError("--tracking-uri", f"unsupported URI {redact(tracking_uri)!r}; use sqlite:///PATH or "
+                          f"http://HOST:PORT (MLflow 3 refuses the file store)")
     if storage and (storage == tracking_uri or same_sqlite(storage, tracking_uri or default_tracking_uri())):
-        raise ValueError("--storage: the Optuna storage must not be the MLflow database (their Alembic schema "
-                         "checks clash, optuna#2866); give it its own file or database")
+        raise ConfigError("--storage", "the Optuna storage must not be the MLflow database (their Alembic schema "
+                          "checks clash, optuna#2866); give it its own file or database")
     for flag, uri in (("--storage", storage), ("--tracking-uri", tracking_uri)):
         if uri and uri.startswith(SQLITE):
             _check_sqlite_writable(flag, sqlite_path(uri))
@@ -125,8 +127,8 @@ def _check_sqlite_writable(flag: str, path: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise ValueError(f"{flag}: cannot write the sqlite file {path} ({e.strerror or e}); give a file in a folder "
-                         f"this user can write") from None
+        raise ConfigError(flag, f"cannot write the sqlite file {path} ({e.strerror or e}); give a file in a folder "
+                          f"this user can write") from None
 
 
 def _check_driver(flag: str, uri: str) -> None:
@@ -137,15 +139,15 @@ def _check_driver(flag: str, uri: str) -> None:
     try:
         dialect = sqlalchemy.engine.make_url(uri).get_dialect()
     except Exception as e:  # ArgumentError (malformed URL), NoSuchModuleError (unknown +driver)
-        raise ValueError(f"{flag}: not a database URL SQLAlchemy reads ({redact(str(e))}); use "
-                         f"postgresql://USER:PASSWORD@HOST/DB") from None
+        raise ConfigError(flag, f"not a database URL SQLAlchemy reads ({redact(str(e))}); use "
+                          f"postgresql://USER:PASSWORD@HOST/DB") from None
     try:
         dialect.import_dbapi()
     except ImportError as e:
-        raise ValueError(f"{flag}: the {dialect.name} driver {dialect.driver!r} is not installed ({e}); install it "
-                         f"(e.g. pip install {'pymysql' if dialect.name == 'mysql' else 'psycopg2-binary'}) and "
-                         f"name it in the URL ({dialect.name}+{'pymysql' if dialect.name == 'mysql' else 'psycopg2'}"
-                         f"://...)") from None
+        raise ConfigError(flag, f"the {dialect.name} driver {dialect.driver!r} is not installed ({e}); install it "
+                          f"(e.g. pip install {'pymysql' if dialect.name == 'mysql' else 'psycopg2-binary'}) and "
+                          f"name it in the URL ({dialect.name}+{'pymysql' if dialect.name == 'mysql' else 'psycopg2'}"
+                          f"://...)") from None
 
 
 # ------------------------------------------------------------------------------------------------ MLflow

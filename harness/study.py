@@ -70,28 +70,22 @@ def preflight(cfg: config.Config) -> int:
         model, groups = models.build(cfg.model.name, max(2, len(cfg.data.target_classes)))
         if cfg.model.weights != "pretrain":
             models.initial_weights(cfg.model.name, cfg.model.weights, model, groups)
-    except Exception as e:  # noqa: BLE001 - models.build turns a user factory's failure into "model.name: ..."
-        msg = str(e)
-        if msg.startswith(("model.name: ", "model.weights: ")):
-            raise ConfigError(*msg.split(": ", 1)) from None
-        raise ConfigError("model.name", f"{cfg.model.name} could not be built ({type(e).__name__}: {msg})") from None
+    except ConfigError:  # model.name or model.weights, a user factory's failure included (models._call_factory)
+        raise
+    except Exception as e:  # noqa: BLE001 - a failure models did not foresee is still the model's
+        raise ConfigError("model.name", f"{cfg.model.name} could not be built ({type(e).__name__}: {e})") from None
     n_groups = len(groups) - 1
     if cfg.search.freeze_layers[1] > n_groups:
         raise ConfigError("search.freeze_layers", f"high bound {cfg.search.freeze_layers[1]} exceeds the "
                           f"{n_groups} layer groups of {cfg.model.name} ({', '.join(list(groups)[:-1])})")
     try:
         datamod.check(cfg.data, cfg.study.seed, store.cache_dir())
-    except (ValueError, FileNotFoundError) as e:
-        msg = str(e)
-        raise ConfigError("data.path", msg.split(": ", 1)[1] if msg.startswith("data.path: ") else msg) from None
-    try:
-        train.pick_device(cfg.study.device)
-    except ValueError as e:
-        raise ConfigError("study.device", str(e).split(": ", 1)[-1]) from None
-    try:
-        store.check_uris(cfg.study.storage, cfg.study.tracking_uri)
-    except ValueError as e:
-        raise ConfigError(*str(e).split(": ", 1)) from None
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as e:  # torchvision's own, reading the files: still data.path's fault
+        raise ConfigError("data.path", str(e)) from None
+    train.pick_device(cfg.study.device)
+    store.check_uris(cfg.study.storage, cfg.study.tracking_uri)
     bound, why = cores.max_workers()
     if cfg.study.workers > bound:
         raise ConfigError("study.workers", f"at most {bound} on this machine ({why}), got {cfg.study.workers}")

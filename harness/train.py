@@ -13,13 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness import strategies
+from harness.config import ConfigError
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("study.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
+        raise ConfigError("study.device", "'cuda' requested but no CUDA device is available; use auto or cpu")
     return torch.device(name)
 
 
