@@ -174,7 +174,7 @@ def _section_a(r: dict) -> list[str]:
     return [
         "## (a) training throughput: a real trial against a bare PyTorch loop",
         "Harness: `harness.trial.objective` on an Optuna trial of a study in sqlite storage "
-        "(`harness.study.open_study`, the config's sampler and pruner), in the context `harness.context.open_context` opens "
+        "(`harness.sampling.open_study`, the config's sampler and pruner), in the context `harness.context.open_context` opens "
         "(device-resident data, pretrained weights, shift suite, an MLflow sqlite store in a temp dir), with the "
         "study's progress line and best-weights upload hooked in as `harness.workers.work` does. Timed by the "
         "trial's own `train_seconds`: from building the model to the end of the last epoch, i.e. model build and "
@@ -228,7 +228,7 @@ def _sections_cde(r: dict) -> list[str]:
     s, st, tt, tr = r["suite"], r["study"], r["trial_times"], r["throughput"]["trials"]
     ev, ev_study = _eval_shares(r)
     ev_s, tr_s = [t["eval_seconds"] for t in tr], [t["train_seconds"] for t in tr]
-    lines = ["## (c) trials per minute (harness.study.main in a temp working dir)"]
+    lines = ["## (c) trials per minute (harness.launch.run in a temp working dir, as `python -m harness.study` runs it)"]
     for key, v in st.items():
         lines.append(f"- study bench-{key}: {v['finished']} finished ({v['pruned']} pruned) in {v['span']:.1f} s "
                      f"of trials -> {v['per_minute']:.2f} trials/min; whole command {v['wall']:.1f} s "

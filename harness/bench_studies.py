@@ -23,12 +23,10 @@ MIN_STUDY_SECONDS = 60.0
 
 
 def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) -> dict:
-    """The default study run three times through harness.study.main in `workdir`: pruner none, median, then median
+    """The default study run three times in this process (_study, in `workdir`): pruner none, median, then median
     without the prefix cache (train.cache_mb = 0: (g), back to back with the median run). Trials per minute count
     finished trials over the span from the first trial's start to the last one's end."""
     import optuna
-
-    from harness import study as studymod
 
     out, epochs = {}, config.load(None, overrides).train.epochs
     for key, pruner, cache in (("none", "none", ""), ("median", "median", ""), ("median-nocache", "median", "0")):
@@ -42,7 +40,7 @@ def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) 
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            rc = studymod.main(argv)
+            rc = _study(argv)
         wall = time.perf_counter() - t0
         if rc != 0:
             raise RuntimeError(f"study {name} exited {rc}:\n{buf.getvalue()[-3000:]}")
@@ -55,6 +53,19 @@ def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) 
                        "seconds": [(t.datetime_complete - t.datetime_start).total_seconds() for t in done],
                        "frozen": [_frozen_share(t, epochs) for t in done]}
     return out
+
+
+def _study(argv: list[str]) -> int:
+    """A study run in this process as `python -m harness.study ARGV` runs it (the same flags, checks and launch; no
+    console summary): its exit code. Bad input and runtime errors raise."""
+    import argparse
+
+    from harness import flags, launch
+
+    ap = argparse.ArgumentParser()
+    flags.add_common_args(ap)
+    cfg = flags.load_config(ap.parse_args(argv))
+    return launch.run(cfg, launch.preflight(cfg)).code
 
 
 def cache_bound(off: dict) -> dict:

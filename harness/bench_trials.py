@@ -45,9 +45,9 @@ def _sync(device):
 def trial_context(cfg) -> context.Context:
     """The context a study worker runs its trials in (harness.context.open_context under ./mlruns, the caller's
     working directory): device-resident data, pretrained weights, shift suite, MLflow sqlite store, parent run."""
-    from harness import study as studymod
+    from harness import launch
 
-    return context.open_context(cfg, studymod.preflight(cfg), log=lambda *a: None)
+    return context.open_context(cfg, launch.preflight(cfg), log=lambda *a: None)
 
 
 def time_client(client) -> dict:
@@ -90,10 +90,10 @@ def harness_trial(ctx: context.Context, spent: dict, n, keep_state: bool = False
     are hooked in as harness.workers.work does. Returns its wall time, the train_seconds and eval_seconds it
     logged, its MLflow calls (method -> [calls, seconds]), its val_acc per epoch and, with keep_state, its final
     state_dict."""
-    from harness import study as studymod, trial as trialmod, workers
+    from harness import sampling, trial as trialmod, workers
 
     cfg = ctx.cfg
-    study = studymod.open_study(replace(cfg, study=replace(cfg.study, name=f"{cfg.study.name}-{n}")), ctx.storage,
+    study = sampling.open_study(replace(cfg, study=replace(cfg.study, name=f"{cfg.study.name}-{n}")), ctx.storage,
                                 create=True)
     out, save = {}, workers.save_if_best(ctx, study)
 

@@ -1,6 +1,6 @@
 """The context every trial, replay and benchmark runs in: config, device, data, shift suite, pretrained weights, stores.
 
-Opened by one function, `open_context`, for harness.study (launcher and workers), harness.sustain and harness.bench.
+Opened by one function, `open_context`, for harness.launch (launcher and workers), harness.sustain and harness.bench.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_su
     """Everything a worker needs, from the caches when they exist: the stores first (a dead tracking server or
     Optuna storage fails in seconds, before any training), then data, pretraining, shift suite and the MLflow
     experiment and parent run (role "study" or "sustain"). `log` receives the pretraining's progress.
-    `memory_share`: the fraction of the GPU's memory this process may allocate (packed workers, harness.study):
+    `memory_share`: the fraction of the GPU's memory this process may allocate (packed workers, harness.launch):
     the data stays on the device only when it fits half of what is free of that share."""
     root, device = store.home(), train.pick_device(cfg.study.device)
     train.setup_device(device)

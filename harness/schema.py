@@ -1,6 +1,6 @@
 """What harness writes to MLflow: every metric, param and tag name, when it is logged, and what it means.
 
-The writer (tracking, trial, study, sustain), the reader (results) and the report import their names from here;
+The writer (tracking, trial, launch, sustain), the reader (results) and the report import their names from here;
 tests/test_schema.py runs a study and a sustain study and checks that every name in the store is declared below.
 A name with `{...}` is a template: `shift/{shift}/acc` stands for shift/gaussian_noise/acc and so on.
 

@@ -85,7 +85,7 @@ def work(ctx, study: optuna.Study, worker: int = 0, log=print) -> dict:
     fails_in_row = 0
     prefix = f"[w{worker}] " if cfg.study.workers > 1 else ""
     progress = Progress(study, target, cfg.train.epochs, prefix, sys.stdout.isatty() and cfg.study.workers == 1, log,
-                        threads=torch.get_num_threads())  # the budget the caller applied (harness.study)
+                        threads=torch.get_num_threads())  # the budget the caller applied (harness.launch)
     on_complete = save_if_best(ctx, study)
     while True:
         if cfg.study.timeout and time.perf_counter() - t0 > cfg.study.timeout:

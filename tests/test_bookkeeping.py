@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import bookkeeping, config, context, study, workers
+from harness import bookkeeping, config, context, launch, sampling, workers
 
 
 def _study(tmp_path, **heartbeat):
@@ -100,8 +100,8 @@ def test_a_trial_finished_by_another_process_never_kills_its_worker(tiny_config)
     run FAILED saying what happened, and goes on: the study still reaches its 2 finished trials, the retry re-runs
     trial 0's params. Today the error path's set_user_attr and tell raised again and took the worker down."""
     cfg = config.load(tiny_config, ["study.n_trials=2"])
-    ctx = context.open_context(cfg, study.preflight(cfg), log=lambda *a: None)
-    s = study.open_study(cfg, ctx.storage, create=True)
+    ctx = context.open_context(cfg, launch.preflight(cfg), log=lambda *a: None)
+    s = sampling.open_study(cfg, ctx.storage, create=True)
     other = optuna.load_study(study_name="tiny", storage=ctx.storage)  # "another process": its own study handle
     lines = []
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import study
+from harness import launch, study
 
 from conftest import free_port, mlflow_client, need_service
 
@@ -237,7 +237,7 @@ def test_sigkill_one_of_three_workers(tiny_config, workdir):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == study.EXIT_WORKER_CRASHED, out
+    assert proc.returncode == launch.EXIT_WORKER_CRASHED, out
     assert "crashed workers: 1 (worker" in out and "SIGKILL" in out, out
     trials = _check_end_state(workdir, "tiny", 4)
     killed = trials[victim.number]

@@ -132,7 +132,7 @@ def _pickled_object(path):
 ])
 def test_unreadable_checkpoints_are_value_errors_naming_model_weights(tmp_path, name, write):
     """Corrupt bytes, a torn file, a pickled object, an empty file, a dict of numbers, a list: each is a ValueError
-    (what study.preflight turns into exit 2) that starts with model.weights, names the file and says what to save."""
+    (what launch.preflight passes on as exit 2) that starts with model.weights, names the file and says what to save."""
     write(tmp_path / name)
     model, groups = models.build("resnet8", 5)
     with pytest.raises(ValueError) as err:

@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 import pytest
 
-from harness import config, study
+from harness import config, sampling, study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LR = (1e-4, 1.0)
@@ -33,7 +33,7 @@ def _trial(s: optuna.Study) -> tuple:
 def test_one_process_draws_the_same_sequence_on_every_run(kind):
     """Past TPE's 4 startup trials too: two runs of one process on two fresh storages draw identical parameters."""
     runs = [[_trial(s) for _ in range(10)] for s in
-            (optuna.create_study(sampler=study.sampler(_cfg(kind)), direction="maximize") for _ in range(2))]
+            (optuna.create_study(sampler=sampling.sampler(_cfg(kind)), direction="maximize") for _ in range(2))]
     assert runs[0] == runs[1]
 
 
@@ -42,8 +42,8 @@ def test_independent_processes_on_one_storage_draw_distinct_parameters(kind):
     """Two samplers built alike (as two processes started with the same command would build them) alternate on one
     storage: every trial's parameters differ. Seeded per process instead, trials 0 and 1 were identical."""
     storage = optuna.storages.InMemoryStorage()
-    a = optuna.create_study(storage=storage, study_name="s", sampler=study.sampler(_cfg(kind)), direction="maximize")
-    b = optuna.load_study(storage=storage, study_name="s", sampler=study.sampler(_cfg(kind)))
+    a = optuna.create_study(storage=storage, study_name="s", sampler=sampling.sampler(_cfg(kind)), direction="maximize")
+    b = optuna.load_study(storage=storage, study_name="s", sampler=sampling.sampler(_cfg(kind)))
     drawn = [_trial(s) for _ in range(5) for s in (a, b)]
     assert [n for n, _, _ in drawn] == list(range(10))
     assert len({lr for _, lr, _ in drawn}) == 10
@@ -57,7 +57,7 @@ def test_qmc_trial_n_takes_point_n_of_the_scrambled_sequence():
     first trials were made elsewhere (enqueued baselines) does not start again at point 0."""
     from scipy.stats import qmc
 
-    s = optuna.create_study(sampler=study.sampler(_cfg("qmc")), direction="maximize")
+    s = optuna.create_study(sampler=sampling.sampler(_cfg("qmc")), direction="maximize")
     for _ in range(3):  # made elsewhere: fixed params, as the enqueued baselines are
         s.enqueue_trial({"lr": 0.01, "freeze_layers": 0})
         _trial(s)
@@ -74,7 +74,7 @@ def test_qmc_trial_n_takes_point_n_of_the_scrambled_sequence():
 def test_startup_trial_draws_what_its_seed_says():
     """Independent computation: during TPE's startup, trial n's lr is the first draw of numpy's RandomState seeded
     (sha256("0:n")[:4] little-endian + 1) mod 2^32 (the startup RandomSampler's stream), uniform on the log bounds."""
-    s = optuna.create_study(sampler=study.sampler(_cfg("tpe")), direction="maximize")
+    s = optuna.create_study(sampler=sampling.sampler(_cfg("tpe")), direction="maximize")
     for n in range(4):  # n_startup_trials = min(10, max(3, 12 // 3)) = 4
         number, lr, _ = _trial(s)
         seed = (int.from_bytes(hashlib.sha256(f"0:{number}".encode()).digest()[:4], "little") + 1) % 2**32

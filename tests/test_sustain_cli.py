@@ -9,7 +9,7 @@ import sys
 import optuna
 import pytest
 
-from harness import config
+from harness import config, flags, study
 from harness.sustain import cli, policies, search
 from conftest import SUSTAIN_TINY, mlflow_client
 
@@ -65,6 +65,27 @@ def test_registry_drives_validation_and_search(workdir, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+def test_the_shared_flags_in_each_commands_words(capsys):
+    """harness.study and harness.sustain share their flags (harness.flags) and each words its help its own way: sustain
+    passes its texts to add_common_args, the study keeps the shared ones. A text for a flag that is not shared is an
+    error, not a silent no-op."""
+    import argparse
+
+    texts = {}
+    for name, parse in (("study", study.parse_args), ("sustain", cli.parse_args)):
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        texts[name] = " ".join(capsys.readouterr().out.split())
+    assert "study TOML file (default: studies/default.toml)" in texts["study"]
+    assert "study TOML file with a [stream] section (default: studies/sustain.toml)" in texts["sustain"]
+    assert "reuses its finished policy runs" in texts["sustain"] and "reuses" not in texts["study"]
+    assert "stream.search = true: the number of completed Optuna trials" in texts["sustain"]
+    for flag in flags.FLAGS:
+        assert flag in texts["study"] and flag in texts["sustain"]
+    with pytest.raises(ValueError, match="--n-trial"):
+        flags.add_common_args(argparse.ArgumentParser(), help={"--n-trial": "a typo"})
+
+
 def test_python_m_harness_sustain_runs_in_a_subprocess(tmp_path):
     """A tiny study (never, every2, mmd; seed 0; no report) run as `python -m harness.sustain` in a fresh directory
     exits 0 and leaves one FINISHED parent run and one FINISHED child run per policy in mlruns/mlflow.db. (That

@@ -66,7 +66,7 @@ def test_target_shift_mixture_deals_images_between_shifts(tmp_path):
 
 def test_target_shift_cannot_also_be_a_test_shift(tmp_path):
     """The refusal names data.target_shift (exit 2 at the CLI); malformed entries and unknown names too."""
-    from harness import study
+    from harness import launch
 
     with pytest.raises(config.ConfigError, match="cannot also be a test shift") as err:
         config.load(None, ['data.target_shift="gaussian_noise:5"', 'shifts.test=["gaussian_noise", "fog"]'])
@@ -76,7 +76,7 @@ def test_target_shift_cannot_also_be_a_test_shift(tmp_path):
             config.load(None, [f"data.target_shift={bad}"])
         assert err.value.key == "data.target_shift"
     with pytest.raises(config.ConfigError, match="unknown shift 'hail'") as err:
-        study.preflight(config.load(None, ['data.target_shift="hail:2"']))
+        launch.preflight(config.load(None, ['data.target_shift="hail:2"']))
     assert err.value.key == "data.target_shift"
     assert config.load(None, ['data.target_shift="snow:2"']).data.target_shift == ["snow:2"]
 
@@ -84,7 +84,7 @@ def test_target_shift_cannot_also_be_a_test_shift(tmp_path):
 def test_one_parser_for_config_preflight_and_builder(monkeypatch, tmp_path):
     """config.target_shifts is the only reader of data.target_shift's text: config validation, preflight (with the
     registry) and the builder all go through it, so a change of its syntax is one edit."""
-    from harness import shifts, study
+    from harness import launch, shifts
 
     _, data = _setup(tmp_path)
     calls = []
@@ -92,7 +92,7 @@ def test_one_parser_for_config_preflight_and_builder(monkeypatch, tmp_path):
     monkeypatch.setattr(config, "target_shifts", lambda d, known=None: calls.append(known) or real(d, known))
     cfg = config.load(None, ['data.target_shift=["brightness:2", "snow:5"]'])
     assert calls == [None]  # validation: once
-    study.preflight(cfg)
+    launch.preflight(cfg)
     assert calls[1:] == [shifts.SHIFTS]  # preflight: once, with the registry
     out = target.target_domain(cfg.data, data, 0, None)
     assert calls[2:] == [None] and out["target_shift"] == ["brightness:2", "snow:5"]  # the builder: once

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from harness import config, context, strategies, study, suite as suitemod, trial
+from harness import config, context, launch, sampling, strategies, study, suite as suitemod, trial
 
 from conftest import TINY
 
@@ -111,7 +111,7 @@ def test_baselines_are_full_ft_linear_probe_lp_ft():
 
 
 def test_baseline_sweep_enqueues_once_with_lp_ft_apart_from_full_ft(tmp_path):
-    """Enqueued as study.launch does (skip_if_exists), twice: the sweep is there once, in order, each trial with its
+    """Enqueued as launch.launch does (skip_if_exists), twice: the sweep is there once, in order, each trial with its
     baseline user attr; LP-FT and full FT at the same lr are both there (skip_if_exists compares params), and the
     first trial asked is the first full FT."""
     cfg = config.load(None, ["study.baseline_lrs=[0.01, 0.1]"])
@@ -261,8 +261,8 @@ def test_a_finished_trial_frees_its_model_even_in_a_reference_cycle(tiny_config)
     # Two epochs keep the freeze (epoch 0) and the unfreeze (epoch 1).
     cfg = config.load(tiny_config, ["model.weights=none", "shifts.selection=[]", "shifts.test=[]",
                                     "shifts.label_alpha=0", "train.epochs=2"])
-    ctx = context.open_context(cfg, study.preflight(cfg), log=lambda *a: None)
-    s = study.open_study(cfg, ctx.storage, create=True)
+    ctx = context.open_context(cfg, launch.preflight(cfg), log=lambda *a: None)
+    s = sampling.open_study(cfg, ctx.storage, create=True)
     refs = []
 
     def on_complete(t, value, model, run_id):

@@ -80,7 +80,7 @@ import time
 
 import optuna
 
-from harness import bookkeeping, config, context, schema, shifts, store, study as studymod, tracking
+from harness import bookkeeping, closing, config, context, flags, launch, schema, shifts, store, tracking
 from harness.config import ConfigError
 from harness.sustain import policies, replay, search, streams
 
@@ -95,14 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  epilog="Config section [stream]; default config studies/sustain.toml. Exit codes: 0 "
                                         "success, 1 runtime failure or a failed policy run (the others finish, the "
                                         "report is written), 2 bad input (nothing created).")
-    studymod.add_common_args(ap)
-    # the shared flags, in this command's terms (argparse has no public setter for an added argument's help)
-    ap._option_string_actions["--config"].help = "study TOML file with a [stream] section (default: studies/sustain.toml)"
-    ap._option_string_actions["--n-trials"].help = ("stream.search = true: the number of completed Optuna trials to "
-                                                    "reach (failed ones do not count; at most that many attempts per "
-                                                    "run); re-running resumes the search")
-    ap._option_string_actions["--study-name"].help = ("study name (MLflow experiment); re-running with the same name "
-                                                      "reuses its finished policy runs. Not the name of a regular study")
+    flags.add_common_args(ap, help={  # the shared flags, in this command's terms
+        "--config": "study TOML file with a [stream] section (default: studies/sustain.toml)",
+        "--n-trials": "stream.search = true: the number of completed Optuna trials to reach (failed ones do not "
+                      "count; at most that many attempts per run); re-running resumes the search",
+        "--study-name": "study name (MLflow experiment); re-running with the same name reuses its finished policy "
+                        "runs. Not the name of a regular study"})
     ap.add_argument("--seeds", help="comma-separated replicate seeds, e.g. 0,1,2 (sets stream.seeds)")
     return ap.parse_args(argv)
 
@@ -116,7 +114,7 @@ def load_config(args) -> config.Config:
         except ValueError:
             raise ConfigError("--seeds", f"expected comma-separated integers such as 0,1,2, got {args.seeds!r}") from None
         args.set = list(args.set) + [f"stream.seeds={seeds}"]
-    return studymod.load_config(args)
+    return flags.load_config(args)
 
 
 def preflight(cfg: config.Config) -> int:
@@ -128,7 +126,7 @@ def preflight(cfg: config.Config) -> int:
             if name not in policies.POLICIES:
                 raise ConfigError(f"stream.{key}", f"{name!r} is not allowed; choose one of: "
                                   f"{', '.join(policies.POLICIES)}")
-    n_groups = studymod.preflight(cfg)
+    n_groups = launch.preflight(cfg)
     for key in ("shift", "shift_b"):
         name = getattr(st, key)
         if name != "none" and name not in shifts.SHIFTS:
@@ -180,7 +178,7 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     log(f"\nsustain study {cfg.study.name!r} took {time.perf_counter() - t_start:.0f} s. Open the MLflow UI on this "
         f"store:\n  {store.command_line('python', '-m', 'harness.ui', '--tracking-uri', ctx.uri)}")
     if cfg.study.report:
-        _report(cfg, ctx.uri, log)
+        closing.write_report(cfg, ctx.uri, log)
     if found and not found["complete"]:  # failed trials alone are part of a search; none completing is not
         print(f"error: no search trial completed ({len(found['failed'])} failed this run; reasons above, in the "
               f"Optuna trials' fail_reason and on their MLflow runs)", file=sys.stderr)
@@ -252,18 +250,6 @@ def _log_parent(ctx: context.Context) -> None:
     if ctx.created:  # params are immutable in MLflow: the config of the first invocation; later ones under config/
         tracking.log_params(client, run_id, {f"{s}.{k}": v for s, vals in config.to_dict(cfg).items()
                                              for k, v in vals.items() if s != "study" or k in ("seed", "sampler")})
-
-
-def _report(cfg: config.Config, uri: str, log) -> None:
-    """The HTML report at the end, as harness.study writes it. Its failure must not turn a finished sustain study
-    into an error: the runs are safe in MLflow and `python -m harness.report` rebuilds it."""
-    from harness import report  # matplotlib and friends: only when a report is written
-
-    try:
-        log(f"report: {report.build([cfg.study.name], tracking_uri=uri, storage=cfg.study.storage or None)}")
-    except Exception as e:  # noqa: BLE001
-        log(store.redact(f"warning: the report could not be written ({type(e).__name__}: {e}); rebuild it with ")
-            + store.command_line("python", "-m", "harness.report", "--study-name", cfg.study.name, "--tracking-uri", uri))
 
 
 def main(argv=None) -> int:

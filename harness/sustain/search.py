@@ -7,7 +7,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from harness import bookkeeping, config, study as studymod
+from harness import bookkeeping, config, sampling
 from harness.sustain import policies, replay, streams
 
 
@@ -61,7 +61,7 @@ def _open(run: replay.SustainRun) -> optuna.Study:
     cfg, s = run.ctx.cfg, run.ctx.cfg.stream
     directions = ["maximize"] if s.objective == "penalized" else ["maximize", "minimize"]
     opt_study = optuna.create_study(storage=run.ctx.storage, study_name=cfg.study.name,
-                                    sampler=studymod.sampler(cfg), directions=directions, load_if_exists=True)
+                                    sampler=sampling.sampler(cfg), directions=directions, load_if_exists=True)
     stale = bookkeeping.fail_running(opt_study, "the sustain process died before the trial finished")
     if stale:
         run.log(f"resume: {stale} Optuna trial(s) left RUNNING by a killed run failed")
