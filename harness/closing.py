@@ -3,20 +3,35 @@ study, and the report."""
 
 from __future__ import annotations
 
+import time
+
 import optuna
 from optuna.trial import TrialState
 
-from harness import champion, config, context, links, records, schema, store, tracking
+from harness import champion, config, context, links, records, schema, store, tracking, units
 
 
-def publish_model(ctx: context.Context, log=print) -> dict | None:
-    """The selected trial's model, logged and registered (champion.publish). A failure costs a warning: the trials
+def publish_model(ctx: context.Context, log=print, study: optuna.Study | None = None) -> dict | None:
+    """The selected trial's model, logged and registered (champion.publish), once across the study's processes: under
+    the claim champion-<run id> (harness.units), so launchers ending together register one version, not one each
+    (three launchers of one study made versions 1, 2 and 3 of the same run). A failure costs a warning: the trials
     and the weights artifact are safe."""
-    try:
-        out = champion.publish(ctx, log)
-    except Exception as e:  # noqa: BLE001
-        log(f"warning: the selected model was not registered ({type(e).__name__}: {e})")
-        return None
+    got = []
+
+    def publish():
+        try:
+            got.append(champion.publish(ctx, log))
+        except Exception as e:  # noqa: BLE001
+            log(f"warning: the selected model was not registered ({type(e).__name__}: {e})")
+            got.append(None)
+
+    best = ctx.client.get_run(ctx.parent_id).data.tags.get("harness.best_run_id")
+    if study is not None and best:
+        while units.once(study, f"champion-{best}", publish) is None:  # another launcher registers it now
+            time.sleep(0.5)
+    if not got:  # registered by another process (champion then points at it: nothing new), or no claim to take
+        publish()
+    out = got[0]
     if out and out["new"]:
         log(f"model: {out['name']} version {out['version']} (alias champion) from run {out['run_id']} "
             f"in {out['seconds']:.1f} s")

@@ -239,7 +239,7 @@ def run(cfg: config.Config, n_groups: int, log=print) -> Outcome:
             torch.set_num_threads(before)  # run() may be called in-process (tests, bench): leave it as it was
     workers.backfill(ctx, study, log)  # trials that finished before the CE reference, e.g. in another worker or run
     workers.tag_best(ctx, study)
-    model = closing.publish_model(ctx, log)
+    model = closing.publish_model(ctx, log, study)
     closing.describe_parent(ctx, study, model)
     finished = bookkeeping.counts(study)[0]
     short = finished < cfg.study.n_trials and not timed_out
