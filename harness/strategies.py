@@ -197,7 +197,7 @@ PREFIX_AXES = ("lr", "freeze_layers", "unfreeze_epoch")
 PREFIX = Strategy(_prefix_suggest, _prefix_space, _prefix_recipe, _prefix_frozen, _prefix_first_prune, _prefix_words,
                   ("lr", "strategy", "freeze_layers", "unfreeze_epoch"), PREFIX_AXES)
 
-# Adding a strategy: its functions and an entry here, its hooks if it has any; config.py only for a new search key.
+# Adding a strategy: its functions and an entry here, its hooks if it has any; harness/config/ only for a new search key.
 STRATEGIES = {
     "prefix": PREFIX,
     "surgical": Strategy(

@@ -89,7 +89,9 @@ def test_one_parser_for_config_preflight_and_builder(monkeypatch, tmp_path):
     _, data = _setup(tmp_path)
     calls = []
     real = config.target_shifts
-    monkeypatch.setattr(config, "target_shifts", lambda d, known=None: calls.append(known) or real(d, known))
+    spy = lambda d, known=None: calls.append(known) or real(d, known)  # noqa: E731
+    monkeypatch.setattr(config, "target_shifts", spy)  # what preflight and the builder call
+    monkeypatch.setattr(config.checks, "target_shifts", spy)  # the same function, where validation calls it
     cfg = config.load(None, ['data.target_shift=["brightness:2", "snow:5"]'])
     assert calls == [None]  # validation: once
     launch.preflight(cfg)

@@ -134,7 +134,7 @@ class Policy:
     updates: bool = True  # False: never updates, so a search samples no update recipe for it
 
 
-# Adding a policy: a decide function and an entry here (and, for a new setting, its [stream] keys in config.py).
+# Adding a policy: a decide function and an entry here (and, for a new setting, its [stream] keys in harness/config/).
 POLICIES = {
     "never": Policy(_never, updates=False),
     "every": Policy(_every, {"k": "k"}, Searched("k", "k", "search_k", "int")),
