@@ -93,6 +93,8 @@ FINAL = {
               "reference is the tuned full fine-tuning baseline (tag harness.ce_reference: its run id)",
     SHIFT_RCE: "relative corruption error of one test corruption (clean error subtracted)",
 }
+# the clean test split's summary (metrics.summarize: acc, nll, ece, brier) as trial.test_metrics logs it: id_key(what)
+ID_METRICS = {"acc": ID_ACC, "nll": ID_NLL, "ece": ID_ECE, "brier": ID_BRIER}
 # the OOD means of the test shifts' calibration (trial.test_metrics: ood_mean(what))
 OOD_MEANS = {"ece": OOD_ECE_MEAN, "nll": OOD_NLL_MEAN}
 # the pooled corruption errors (corruption_error.corruption_errors): over the test corruptions, over CIFAR-10-C's 15
@@ -397,6 +399,11 @@ def is_severity(key: str) -> bool:
 def family_key(family: str) -> str:
     """ood_acc/<family>: the mean test-shift accuracy of one shift family."""
     return FAMILY_ACC.replace("{family}", family)
+
+
+def id_key(what: str) -> str:
+    """id_<what> of the clean test split (acc, nll, ece, brier)."""
+    return _declared_of(ID_METRICS, what, "id_{what}")
 
 
 def ood_mean(what: str) -> str:

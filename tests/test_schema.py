@@ -371,7 +371,10 @@ def test_a_read_of_an_undeclared_name_fails_loudly():
                        (schema.attr, "mlflow_runid"), (schema.tag, schema.ID_ACC), (schema.metric, schema.TAG_ROLE)):
         with pytest.raises(schema.UndeclaredName, match=re.escape(repr(name))):
             read({name: 1}, name)
-    for build, arg in ((schema.shift_key, ("fog", "f1")), (schema.ood_mean, ("brier",)), (schema.label_prior, ("x",))):
+    assert schema.id_key("brier") == schema.ID_BRIER and schema.ood_mean("nll") == schema.OOD_NLL_MEAN
+    assert schema.label_prior("bbse") == schema.LABEL_SHIFT_PRIOR_BBSE and schema.family_key("noise") == "ood_acc/noise"
+    for build, arg in ((schema.shift_key, ("fog", "f1")), (schema.ood_mean, ("brier",)), (schema.label_prior, ("x",)),
+                       (schema.id_key, ("f1",))):
         with pytest.raises(schema.UndeclaredName):
             build(*arg)
     assert not issubclass(schema.UndeclaredName, LookupError)  # no `except KeyError` swallows it
