@@ -19,7 +19,7 @@ import optuna
 import psutil
 from optuna.trial import TrialState
 
-from harness import store, tracking
+from harness import schema, store, tracking
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S, GRACE_S = 10, 60  # a worker silent for 60 s is dead; its trial is failed and retried
@@ -87,13 +87,12 @@ def _retry_callback(client, max_retry: int = MAX_RETRY):
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def callback(study, frozen):
-        run_id = frozen.user_attrs.get("mlflow_run_id")
+        run_id = frozen.user_attrs.get(schema.ATTR_RUN_ID)
         if client is not None and run_id:
             tracking.fail_runs(client, [run_id], "worker died (stale heartbeat or dead process)")
         # the retry copies system attrs: drop the dead worker's identity and its fail reason
         clone = copy.deepcopy(frozen)
-        clone.system_attrs = {k: v for k, v in frozen.system_attrs.items()
-                              if not k.startswith("harness.") and k != "fail_reason"}
+        clone.system_attrs = {k: v for k, v in frozen.system_attrs.items() if k not in schema.TRIAL_SYSTEM_ATTRS}
         retry(study, clone)
 
     return callback
@@ -138,8 +137,8 @@ def identity() -> dict:
     """This process as the system attrs of the trials it runs: host, pid, start time (seconds, psutil) and kernel
     start ticks (Linux); the evidence recover_dead weighs."""
     me = psutil.Process()
-    return {"harness.host": socket.gethostname(), "harness.pid": me.pid, "harness.pid_start": me.create_time(),
-            "harness.pid_ticks": start_ticks(me.pid)}
+    return {schema.ATTR_HOST: socket.gethostname(), schema.ATTR_PID: me.pid, schema.ATTR_PID_START: me.create_time(),
+            schema.ATTR_PID_TICKS: start_ticks(me.pid)}
 
 
 def process_state(attrs: dict) -> str:
@@ -147,17 +146,17 @@ def process_state(attrs: dict) -> str:
     provably gone (no such pid, or a zombie) or provably another process (other kernel start ticks, or a start
     time more than START_TOLERANCE_S apart); whatever cannot be read is 'unknown', which the caller must treat as
     alive until the heartbeat grace period says otherwise."""
-    pid = attrs.get("harness.pid")
+    pid = attrs.get(schema.ATTR_PID)
     if not isinstance(pid, int):
         return "unknown"
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:  # a killed --workers process until its launcher joins it
             return "dead"
-        ticks, recorded = start_ticks(pid), attrs.get("harness.pid_ticks")
+        ticks, recorded = start_ticks(pid), attrs.get(schema.ATTR_PID_TICKS)
         if ticks is not None and isinstance(recorded, int):
             return "alive" if ticks == recorded else "dead"
-        started = attrs.get("harness.pid_start")
+        started = attrs.get(schema.ATTR_PID_START)
         if not isinstance(started, (int, float)):
             return "unknown"
         return "alive" if abs(proc.create_time() - started) <= START_TOLERANCE_S else "dead"
@@ -173,7 +172,7 @@ def ask(study: optuna.Study, worker: int) -> optuna.Trial:
     would otherwise leave a RUNNING trial forever."""
     trial = study.ask()
     study._storage.record_heartbeat(trial._trial_id)
-    for k, v in {**identity(), "harness.worker": worker}.items():
+    for k, v in {**identity(), schema.ATTR_WORKER: worker}.items():
         if v is not None:
             study._storage.set_trial_system_attr(trial._trial_id, k, v)
     return trial
@@ -206,7 +205,7 @@ def taken(trial: optuna.Trial) -> TrialTaken:
 
 def finished_elsewhere(frozen) -> str:
     """Why a trial this worker was running is already finished: its state and the fail reason another process gave."""
-    reason = frozen.system_attrs.get("fail_reason")
+    reason = frozen.system_attrs.get(schema.ATTR_FAIL_REASON)
     return f"{frozen.state.name} by another process" + (f" ({reason})" if reason else "")
 
 
@@ -233,7 +232,7 @@ def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
     """Record the reason first (a finished trial can no longer be updated), then FAIL; False if another process
     finished or failed it in between."""
     try:
-        study._storage.set_trial_system_attr(trial_id, "fail_reason", store.redact(reason))
+        study._storage.set_trial_system_attr(trial_id, schema.ATTR_FAIL_REASON, store.redact(reason))
         return study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
@@ -241,7 +240,7 @@ def _fail(study: optuna.Study, trial_id: int, reason: str) -> bool:
 
 def fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     """Tell a trial FAIL with its reason in the system attr fail_reason (Optuna's own place for it)."""
-    study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", store.redact(reason))
+    study._storage.set_trial_system_attr(trial._trial_id, schema.ATTR_FAIL_REASON, store.redact(reason))
     study.tell(trial, state=TrialState.FAIL)
 
 
@@ -259,7 +258,7 @@ def recover_dead(study: optuna.Study, client, max_retry: int = MAX_RETRY) -> int
     host, n, callback = socket.gethostname(), 0, _retry_callback(client, max_retry)
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.system_attrs.get("harness.host")
+        owner = t.system_attrs.get(schema.ATTR_HOST)
         if owner is None:  # asked, then its process died before it said who it was: give it the grace period
             if t.datetime_start is None or (now - t.datetime_start).total_seconds() < GRACE_S:
                 continue
@@ -267,7 +266,7 @@ def recover_dead(study: optuna.Study, client, max_retry: int = MAX_RETRY) -> int
         elif owner != host or process_state(t.system_attrs) != "dead":
             continue  # another machine's, or alive, or cannot tell: the heartbeat decides (fail_stale)
         else:
-            reason = f"worker pid {t.system_attrs.get('harness.pid')} on {host} died"
+            reason = f"worker pid {t.system_attrs.get(schema.ATTR_PID)} on {host} died"
         if _fail(study, t._trial_id, reason):
             callback(study, study._storage.get_trial(t._trial_id))
             n += 1
@@ -284,8 +283,8 @@ def fail_stale(study: optuna.Study, client, max_retry: int = MAX_RETRY) -> int:
     for trial_id in study._storage._get_stale_trial_ids(study._study_id):
         frozen = study._storage.get_trial(trial_id)
         who = frozen.system_attrs
-        reason = (f"no heartbeat for {grace} s from worker pid {who.get('harness.pid', '?')} on "
-                  f"{who.get('harness.host', '?')} (stale heartbeat: dead or cut off)")
+        reason = (f"no heartbeat for {grace} s from worker pid {who.get(schema.ATTR_PID, '?')} on "
+                  f"{who.get(schema.ATTR_HOST, '?')} (stale heartbeat: dead or cut off)")
         if _fail(study, trial_id, reason):
             callback(study, study._storage.get_trial(trial_id))
             n += 1
@@ -301,8 +300,8 @@ def sweep_orphans(client, exp_id: str, parent_id: str, study: optuna.Study | Non
     running = tracking.running_children(client, exp_id, parent_id)
     if study is None:
         for _, run_id in running:
-            tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": "the sustain process died before the "
-                                                                               "run finished"})
+            tracking.end_run(client, run_id, "FAILED", {schema.TAG_FAIL_REASON: "the sustain process died before "
+                                                                                "the run finished"})
         return len(running)
     state = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
@@ -310,7 +309,7 @@ def sweep_orphans(client, exp_id: str, parent_id: str, study: optuna.Study | Non
     for number, run_id in running:
         if number in state and state[number] != TrialState.RUNNING:
             tracking.end_run(client, run_id, status.get(state.get(number), "FAILED"),
-                             {"harness.fail_reason": "worker died before the trial finished"}
+                             {schema.TAG_FAIL_REASON: "worker died before the trial finished"}
                              if state.get(number) not in status else None)
             n += 1
     return n

@@ -9,7 +9,7 @@ import torch
 
 from harness import model_registry, records, schema, tracking, trial as trialmod
 
-ALIAS = "champion"
+ALIAS = schema.ALIAS_CHAMPION
 EXAMPLE_IMAGES = 4  # the input example stored with the model (test images)
 
 
@@ -44,7 +44,7 @@ def publish(ctx, log=print) -> dict | None:
         return None
     client = ctx.client
     tags = client.get_run(ctx.parent_id).data.tags
-    run_id = tags.get("harness.best_run_id")
+    run_id = schema.tag(tags, schema.TAG_BEST_RUN_ID)
     if not run_id:
         return None
     t0 = time.perf_counter()
@@ -57,15 +57,16 @@ def publish(ctx, log=print) -> dict | None:
         return None
     run = client.get_run(run_id)
     params = {k: v for k, v in run.data.params.items() if k in schema.TRIAL_PARAMS}  # strings; strategy() casts
-    strategy = records.strategy(params, ctx.cfg.train.epochs, ctx.n_groups, run.data.tags.get("harness.baseline", ""))
-    info = {"harness.study": ctx.cfg.study.name, "harness.trial": run.data.tags.get("optuna.trial_number", ""),
-            "harness.run_name": run.info.run_name, "harness.strategy": strategy}
+    tags = run.data.tags
+    strategy = records.strategy(params, ctx.cfg.train.epochs, ctx.n_groups, schema.tag(tags, schema.TAG_BASELINE, ""))
+    info = {schema.MV_STUDY: ctx.cfg.study.name, schema.MV_TRIAL: schema.tag(tags, schema.TAG_TRIAL_NUMBER, ""),
+            schema.MV_RUN_NAME: run.info.run_name, schema.MV_STRATEGY: strategy}
     metrics = {k: round(v, 6) for k, v in run.data.metrics.items()
                if k in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.OOD_ACC_WORST, schema.OOD_VAL_ACC,
-                        schema.VAL_ACC_FINAL, "id_ece", "mce")}
+                        schema.VAL_ACC_FINAL, schema.ID_ECE, schema.MCE)}
     example = ctx.data_cpu["test"][0][:EXAMPLE_IMAGES]
     model_id = model_registry.log_pytorch_model(client, ctx.exp_id, run_id, model, example, name="model",
                                                 tags={**info, **metrics})
     version = model_registry.register_model(client, name, model_id, run_id, {**info, **metrics}, ALIAS)
-    tracking.set_tags(client, ctx.parent_id, {"harness.registered_model": name, "harness.model_version": version})
+    tracking.set_tags(client, ctx.parent_id, {schema.TAG_REGISTERED_MODEL: name, schema.TAG_MODEL_VERSION: version})
     return {"name": name, "version": version, "run_id": run_id, "seconds": time.perf_counter() - t0, "new": True}

@@ -12,7 +12,8 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness import bookkeeping, config, data as datamod, prefix, pretrain, store, suite as suitemod, target, tracking, train
+from harness import (bookkeeping, config, data as datamod, prefix, pretrain, schema, store, suite as suitemod, target,
+                     tracking, train)
 
 
 @dataclasses.dataclass
@@ -36,7 +37,7 @@ class Context:
     prefix: prefix.Cache | None = None  # frozen-prefix outputs kept across this worker's trials (train.cache_mb)
 
 
-def open_context(cfg: config.Config, n_groups: int, role: str = "study", with_suite: bool = True,
+def open_context(cfg: config.Config, n_groups: int, role: str = schema.ROLE_STUDY, with_suite: bool = True,
                  with_storage: bool = True, log=print, memory_share: float = 1.0) -> Context:
     """Everything a worker needs, from the caches when they exist: the stores first (a dead tracking server or
     Optuna storage fails in seconds, before any training), then data, pretraining, shift suite and the MLflow

@@ -28,7 +28,7 @@ def corruption_errors(clean_acc: float, curves: dict, reference: dict | None, id
         ref = reference["shift_acc"].get(name)
         if not ref or set(map(str, cv)) != set(ref):
             continue
-        own_clean, ref_clean = ((id_acc, reference.get("id_acc")) if name in files
+        own_clean, ref_clean = ((id_acc, reference.get(schema.ID_ACC)) if name in files
                                 else (clean_acc, reference["clean_acc"]))
         err, ref_err = sum(1 - c["acc"] for c in cv.values()), sum(1 - a for a in ref.values())
         if own_clean is None or ref_clean is None:
@@ -41,19 +41,20 @@ def corruption_errors(clean_acc: float, curves: dict, reference: dict | None, id
         if ref_rel > 0:
             out[schema.shift_key(name, "rce")] = rel / ref_rel
 
-    def pooled(names, suffix):
+    def pooled(names, pool):
         err, ref_err, rel, ref_rel = (sum(x) for x in zip(*(sums[n] for n in names)))
+        mce, relative = schema.CE_POOLS[pool]
         if ref_err > 0:
-            out["mce" + suffix] = err / ref_err
+            out[mce] = err / ref_err
         if ref_rel > 0:
-            out["relative_mce" + suffix] = rel / ref_rel
+            out[relative] = rel / ref_rel
 
     if sums:
-        pooled(list(sums), "")
-    for prefix, suffix in (("", "_benchmark"), ("c10c.", "_benchmark_files")):
+        pooled(list(sums), "test")
+    for prefix, pool in (("", "benchmark"), ("c10c.", "benchmark_files")):
         names = [prefix + c for c in shifts.BENCHMARK]
         if all(n in sums for n in names):
-            pooled(names, suffix)
+            pooled(names, pool)
     return out
 
 
@@ -61,18 +62,18 @@ def ce_reference(trials) -> dict | None:
     """The corruption-error reference: the tuned full fine-tuning baseline, i.e. of the full_ft sweep the completed
     trial with the highest val_acc_final (ties: the lower number). None while a full_ft trial is still waiting or
     running (the best is not known yet) or when none completed."""
-    fam = [t for t in trials if t.user_attrs.get("baseline") == "full_ft"]
+    fam = [t for t in trials if t.user_attrs.get(schema.ATTR_BASELINE) == "full_ft"]
     live = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
     if not fam or any(t.state in live for t in fam):
         return None
-    done = [t for t in fam if t.state == optuna.trial.TrialState.COMPLETE and "shift_acc" in t.user_attrs
+    done = [t for t in fam if t.state == optuna.trial.TrialState.COMPLETE and schema.ATTR_SHIFT_ACC in t.user_attrs
             and schema.VAL_ACC_FINAL in t.user_attrs]
     if not done:
         return None
     best = min(done, key=lambda t: (-t.user_attrs[schema.VAL_ACC_FINAL], t.number))
     a = best.user_attrs
-    return {"number": best.number, "run_id": a.get("mlflow_run_id"), "shift_acc": a["shift_acc"],
-            "clean_acc": a.get(schema.CLEAN_SUBSET_ACC, a[schema.ID_ACC]), "id_acc": a[schema.ID_ACC]}
+    return {"number": best.number, "run_id": a.get(schema.ATTR_RUN_ID), "shift_acc": a[schema.ATTR_SHIFT_ACC],
+            "clean_acc": a.get(schema.CLEAN_SUBSET_ACC, a[schema.ID_ACC]), schema.ID_ACC: a[schema.ID_ACC]}
 
 
 def _ce_curves(shift_acc: dict, corruptions) -> dict:
@@ -89,16 +90,18 @@ def backfill_corruption_errors(study: optuna.Study, client, corruptions: list[st
         return 0
     n = 0
     for t in done:
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if t.user_attrs.get("ce_reference") == ref["run_id"] or "shift_acc" not in t.user_attrs or not run_id:
+        run_id = t.user_attrs.get(schema.ATTR_RUN_ID)
+        if (t.user_attrs.get(schema.ATTR_CE_REFERENCE) == ref["run_id"] or schema.ATTR_SHIFT_ACC not in t.user_attrs
+                or not run_id):
             continue
-        if client.get_run(run_id).data.tags.get("harness.ce_reference") == ref["run_id"]:  # an earlier backfill did it
+        tags = client.get_run(run_id).data.tags
+        if schema.tag(tags, schema.TAG_CE_REFERENCE) == ref["run_id"]:  # an earlier backfill did it
             continue
         clean = t.user_attrs.get(schema.CLEAN_SUBSET_ACC, t.user_attrs[schema.ID_ACC])
-        ce = corruption_errors(clean, _ce_curves(t.user_attrs["shift_acc"], corruptions), ref,
+        ce = corruption_errors(clean, _ce_curves(t.user_attrs[schema.ATTR_SHIFT_ACC], corruptions), ref,
                                t.user_attrs[schema.ID_ACC], files)
         if ce:
             tracking.log_metrics(client, run_id, ce)
-            tracking.set_tags(client, run_id, {"harness.ce_reference": ref["run_id"]})
+            tracking.set_tags(client, run_id, {schema.TAG_CE_REFERENCE: ref["run_id"]})
             n += 1
     return n

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 
-from harness import store
+from harness import schema, store
 
 HOST = "127.0.0.1"
 PORT = 5000  # harness.ui's default
@@ -41,7 +41,7 @@ def artifact_url(base: str, exp_id: str, run_id: str, path: str) -> str:
 MODEL_TRAINING = "workflowType=machine_learning"
 
 
-def runs_url(base: str, exp_id: str, study_name: str, order_by: str = "val_acc_final") -> str:
+def runs_url(base: str, exp_id: str, study_name: str, order_by: str = schema.VAL_ACC_FINAL) -> str:
     """The experiment's runs view in Model-training mode with the parent and every trial listed, best first. The runs
     table nests child runs under a collapsed parent when it is sorted by start time (its default, even with a search
     filter): filtered on the study's tag (parent and trials carry it) and sorted by the metric `order_by`, descending,

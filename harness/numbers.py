@@ -41,7 +41,7 @@ def _sample_size(logged, accs: list) -> tuple[int | None, str]:
 def shift_families(study: dict) -> dict:
     """Shift name -> family (noise, blur, weather, digital, geometric, label). A logged tag wins; else harness.shifts'
     FAMILY, imported only then (it imports torch, which the report otherwise never needs)."""
-    tag = study["parent"]["tags"].get("harness.shifts.family", "")
+    tag = schema.tag(study["parent"]["tags"], schema.TAG_SHIFTS_FAMILY, "")
     if tag:
         return dict(item.split(":", 1) for item in tag.split(",") if ":" in item)
     from harness.shifts import FAMILY
@@ -50,11 +50,11 @@ def shift_families(study: dict) -> dict:
 
 
 def _severities(study: dict) -> list[int]:
-    raw = study["parent"]["params"].get("shifts.severities", "")
+    raw = schema.param(study["parent"]["params"], "shifts.severities", "")
     try:
         return [int(v) for v in json.loads(raw)]
     except (json.JSONDecodeError, TypeError, ValueError):
-        steps = {s for t in study["trials"] for k, c in t["curves"].items() if k.startswith("shift/") for s, _ in c}
+        steps = {s for t in study["trials"] for k, c in t["curves"].items() if schema.shift_parts(k) for s, _ in c}
         return sorted(steps)
 
 
@@ -62,14 +62,14 @@ def _shifts(study: dict) -> dict:
     """selection and test (severity) shifts from the parent's tags; 'sets' are the other held-out sets that log
     shift/<name>/acc (label shift, subpopulation) at one step; each shift's family; the severities."""
     tags = study["parent"]["tags"]
-    sel = [n for n in tags.get("harness.shifts.selection", "").split(",") if n]
-    test = [n for n in tags.get("harness.shifts.test", "").split(",") if n]
+    sel = [n for n in schema.tag(tags, schema.TAG_SHIFTS_SELECTION, "").split(",") if n]
+    test = [n for n in schema.tag(tags, schema.TAG_SHIFTS_TEST, "").split(",") if n]
     seen = []
     for t in study["trials"]:
         for k in t["curves"]:
-            parts = k.split("/")
-            if len(parts) == 3 and parts[0] == "shift" and parts[2] == "acc" and parts[1] not in seen:
-                seen.append(parts[1])
+            name, what = schema.shift_parts(k) or (None, None)
+            if what == "acc" and name not in seen:
+                seen.append(name)
     out = {"selection": sel, "test": test, "sets": [n for n in seen if n not in sel and n not in test]}
     families = shift_families(study)
     out["families"] = {n: families.get(n, n) for n in out["selection"] + out["test"] + out["sets"]}
@@ -82,7 +82,7 @@ def _tuning(p: dict, epochs, baseline: str = "") -> dict:
     registry entry (harness.strategies: an unknown one is an error) and that entry's words."""
     name = strategies.which(p, baseline)
     words = strategies.get(name).words(p, epochs)
-    return {"strategy": p.get("strategy", "prefix"), "entry": name, "unfreeze": words["unfreeze"],
+    return {"strategy": schema.param(p, "strategy", "prefix"), "entry": name, "unfreeze": words["unfreeze"],
             "text": words["text"], "strategy_label": words["label"], "short": words["short"]}
 
 
@@ -96,9 +96,9 @@ def _per_strategy(done: list[dict]) -> list[dict]:
         groups.setdefault(f"baseline: {r['baseline']}" if r["baseline"] else r["strategy_label"], []).append(r)
     out = []
     for key, rs in groups.items():
-        ood = [r["ood_acc_mean"] for r in rs if r["ood_acc_mean"] is not None]
-        out.append({"label": key, "n": len(rs), "id_acc": _mean([r["id_acc"] for r in rs]),
-                    "ood_acc_mean": _mean(ood) if ood else None, "trials": [r["number"] for r in rs]})
+        ood = [r[schema.OOD_ACC_MEAN] for r in rs if r[schema.OOD_ACC_MEAN] is not None]
+        out.append({"label": key, "n": len(rs), schema.ID_ACC: _mean([r[schema.ID_ACC] for r in rs]),
+                    schema.OOD_ACC_MEAN: _mean(ood) if ood else None, "trials": [r["number"] for r in rs]})
     return sorted(out, key=lambda g: g["label"])
 
 
@@ -117,23 +117,29 @@ def _row(t: dict, shifts: dict, epochs, objective: str) -> dict:
     held = {n: v for n, v in means.items() if n not in shifts["selection"]}
     worst = min(held, key=held.get) if held else None
     # the objective's value as Optuna saw it: validation accuracy, or the mean over selection shifts
-    obj_key = {"val_acc": schema.VAL_ACC_FINAL, "ood_val_acc": schema.OOD_VAL_ACC}.get(objective, schema.VAL_ACC_FINAL)
+    obj_key = schema.OBJECTIVE_METRICS.get(objective, schema.VAL_ACC_FINAL)
     finals = {k: _float(v) for k, v in m.items()  # per-epoch keys are curves even where one epoch ran (the probe)
-              if k not in schema.EPOCH and not (k.startswith("shift/") and k.rsplit("/", 1)[-1] in ("acc", "ece", "nll"))
+              if k not in schema.EPOCH and not schema.is_severity(k)
               and len(c.get(k, ())) <= 1}  # a series (label_shift/prior_*: step = class index) is not one final value
+
+    def final(name):
+        return _float(schema.metric(m, name))
+
+    tags = t["tags"]
     return {"number": t["number"], "run_id": t["run_id"], "run_name": t["run_name"], "state": t["state"],
             "baseline": t["baseline"], **_tuning(p, epochs, t["baseline"]),
-            **{a: p.get(a) for s in strategies.STRATEGIES.values() for a in s.axes},  # every hyperparameter axis
-            "objective": _float(m.get(obj_key)), "val_acc": _float(m.get(schema.VAL_ACC_FINAL)),
-            "id_acc": _float(m.get(schema.ID_ACC)), "ood_acc_mean": _float(m.get(schema.OOD_ACC_MEAN)),
-            "clean_subset_acc": _float(m.get(schema.CLEAN_SUBSET_ACC)), "clean_subset_ece": _float(m.get(schema.CLEAN_SUBSET_ECE)),
-            "ood_acc_worst": _float(m.get(schema.OOD_ACC_WORST)), "worst_shift": worst,
-            "ood_val_acc": _float(m.get(schema.OOD_VAL_ACC)), "id_ece": _float(m.get("id_ece")),
-            "ood_ece_mean": _float(m.get("ood_ece_mean")), "shift_acc": per, "shift_ece": ece, "shift_mean": means,
+            **{a: schema.param(p, a) for s in strategies.STRATEGIES.values() for a in s.axes},  # every axis
+            "objective": final(obj_key), schema.VAL_ACC: final(schema.VAL_ACC_FINAL),
+            schema.ID_ACC: final(schema.ID_ACC), schema.OOD_ACC_MEAN: final(schema.OOD_ACC_MEAN),
+            schema.CLEAN_SUBSET_ACC: final(schema.CLEAN_SUBSET_ACC),
+            schema.CLEAN_SUBSET_ECE: final(schema.CLEAN_SUBSET_ECE),
+            schema.OOD_ACC_WORST: final(schema.OOD_ACC_WORST), "worst_shift": worst,
+            schema.OOD_VAL_ACC: final(schema.OOD_VAL_ACC), schema.ID_ECE: final(schema.ID_ECE),
+            schema.OOD_ECE_MEAN: final(schema.OOD_ECE_MEAN), "shift_acc": per, "shift_ece": ece, "shift_mean": means,
             "curves": {k: [[s, v] for s, v in c[k]] for k in schema.LEARNING_CURVES if k in c},
             "final": finals, "seconds": ((t["end_time"] or 0) - (t["start_time"] or 0)) / 1000 if t["end_time"] else None,
-            "reason": t["tags"].get("harness.pruned_reason") or t["tags"].get("harness.fail_reason") or "",
-            "stopped_epoch": t["tags"].get("harness.pruned_epoch", t["tags"].get("harness.failed_epoch"))}
+            "reason": schema.tag(tags, schema.TAG_PRUNED_REASON) or schema.tag(tags, schema.TAG_FAIL_REASON) or "",
+            "stopped_epoch": schema.tag(tags, schema.TAG_PRUNED_EPOCH, schema.tag(tags, schema.TAG_FAILED_EPOCH))}
 
 
 def _conditions(best: dict | None, oracle: dict | None, line: dict | None, failed: int, sev_max,
@@ -152,11 +158,11 @@ def _conditions(best: dict | None, oracle: dict | None, line: dict | None, faile
         return "n/a" if v is None else "pass" if v < ok else "warn" if v < warn else "fail"
 
     # the drop is measured on the same images as the shifted sets (their clean subset), when logged
-    clean = best["clean_subset_acc"] if best["clean_subset_acc"] is not None else best["id_acc"]
-    drop = clean - best["ood_acc_mean"] if best["ood_acc_mean"] is not None else None
+    clean = best[schema.CLEAN_SUBSET_ACC] if best[schema.CLEAN_SUBSET_ACC] is not None else best[schema.ID_ACC]
+    drop = clean - best[schema.OOD_ACC_MEAN] if best[schema.OOD_ACC_MEAN] is not None else None
     add("OOD accuracy drop under 10 points", drop, grade(drop, 0.10, 0.20),
         "accuracy on the clean images of the shifted sets minus mean accuracy over held-out shifts; warn up to 20 points")
-    wdrop = clean - best["ood_acc_worst"] if best["ood_acc_worst"] is not None else None
+    wdrop = clean - best[schema.OOD_ACC_WORST] if best[schema.OOD_ACC_WORST] is not None else None
     add("Worst-shift drop under 20 points", wdrop, grade(wdrop, 0.20, 0.35),
         f"clean-subset accuracy minus accuracy on the worst shift ({best['worst_shift'] or '-'}); warn up to 35 points")
     eces = [v.get(str(sev_max)) for n, v in best["shift_ece"].items() if str(sev_max) in v and len(v) > 1]
@@ -191,7 +197,7 @@ def _conditions(best: dict | None, oracle: dict | None, line: dict | None, faile
             "n/a" if r2 is None else "pass" if r2 >= 0.7 else "warn" if r2 >= 0.3 else "fail",
             "accuracy-on-the-line fit over all completed trials (probit scale); low R\u00b2 means validation "
             "accuracy is a poor proxy under this shift")
-    l1 = best["final"].get("label_shift/prior_l1_error")
+    l1 = best["final"].get(schema.LABEL_SHIFT_PRIOR_L1_ERROR)
     if l1 is not None:
         add("Label-shift prior error (BBSE) under 0.05", l1, grade(l1, 0.05, 0.15),
             "L1 distance between the true and the BBSE-estimated class priors of the label-shifted test set")
@@ -199,7 +205,7 @@ def _conditions(best: dict | None, oracle: dict | None, line: dict | None, faile
     return out
 
 
-REPLICATED = ("id_acc", "ood_acc_mean", "ood_acc_worst")
+REPLICATED = (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.OOD_ACC_WORST)
 
 
 def _replicated(row: dict, reps: list[dict]) -> dict | None:
@@ -208,7 +214,7 @@ def _replicated(row: dict, reps: list[dict]) -> dict | None:
     runs = [r for r in reps if r["replicate_of"] == row["number"] and r["status"] == "FINISHED"]
     if not runs:
         return None
-    vals = {k: [row[k]] + [_float(r["metrics"].get(k)) for r in runs] for k in REPLICATED}
+    vals = {k: [row[k]] + [_float(schema.metric(r["metrics"], k)) for r in runs] for k in REPLICATED}
     return {"n": 1 + len(runs), "seeds": [None] + [r["seed"] for r in runs], "run_ids": [r["run_id"] for r in runs],
             **{k: seed_interval(v) for k, v in vals.items()}}
 
@@ -266,35 +272,36 @@ def _paired(best: dict | None, oracle: dict | None, baselines: dict, trials: lis
 
 def _ce_reference(trials: list[dict]) -> dict | None:
     """The trial the corruption errors are normalized by (the harness.ce_reference tag of the runs: a run id)."""
-    ids = {t["tags"].get("harness.ce_reference") for t in trials} - {None, ""}
+    ids = {schema.tag(t["tags"], schema.TAG_CE_REFERENCE) for t in trials} - {None, ""}
     by_id = {t["run_id"]: t for t in trials}
     ref = [by_id[i] for i in ids if i in by_id]
     if len(ref) != 1:
         return None
     r = ref[0]
-    return {"number": r["number"], "run_id": r["run_id"], "baseline": r["baseline"], "lr": r["params"].get("lr")}
+    return {"number": r["number"], "run_id": r["run_id"], "baseline": r["baseline"],
+            "lr": schema.param(r["params"], schema.LR)}
 
 
 def _sample_sizes(tags: dict, rows: list[dict], done: list[dict], shifts: dict) -> tuple[int | None, str, int | None]:
     """(n_test, where it came from, n_shift) of the clean test split (ID accuracy) and of each shifted test set (a
     fixed subset of it, OOD accuracy): logged as tags by the study, inferred from the accuracies for studies that
     predate the tags. Each row gets the 95% Wilson intervals of its ID and mean OOD accuracy."""
-    n_test, n_source = _sample_size(tags.get("harness.n_test"), [r["id_acc"] for r in done])
-    n_shift, _ = _sample_size(tags.get("harness.n_shift_eval"),
+    n_test, n_source = _sample_size(schema.tag(tags, schema.TAG_N_TEST), [r[schema.ID_ACC] for r in done])
+    n_shift, _ = _sample_size(schema.tag(tags, schema.TAG_N_SHIFT_EVAL),
                               [v for r in done for n in shifts["test"] for v in r["shift_acc"].get(n, {}).values()])
     n_shift = n_shift or n_test
     for r in rows:
-        r["id_acc_ci"] = wilson(r["id_acc"], n_test)
-        r["ood_acc_ci"] = wilson(r["ood_acc_mean"], n_shift)
+        r["id_acc_ci"] = wilson(r[schema.ID_ACC], n_test)
+        r["ood_acc_ci"] = wilson(r[schema.OOD_ACC_MEAN], n_shift)
     return n_test, n_source, n_shift
 
 
 def _fits(rows: list[dict], done: list[dict], with_ood: list[dict], shifts: dict, n_test) -> dict:
     """The accuracy-on-the-line fit of mean OOD accuracy and one per shift; each row gets its effective robustness."""
-    line = on_the_line({r["number"]: (r["id_acc"], r["ood_acc_mean"]) for r in with_ood}, n_test)
+    line = on_the_line({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}, n_test)
     per_shift = {}
     for n in shifts["test"] + shifts["sets"] + shifts["selection"]:
-        fit = on_the_line({r["number"]: (r["id_acc"], r["shift_mean"].get(n)) for r in done}, n_test)
+        fit = on_the_line({r["number"]: (r[schema.ID_ACC], r["shift_mean"].get(n)) for r in done}, n_test)
         if fit is not None:
             per_shift[n] = fit
     for r in rows:
@@ -308,23 +315,27 @@ def _provenance(study: dict, rows: list[dict], objective: str, counts: dict, sea
     versions = json_artifact(study, "versions.json")
     pre_path = next((path for path in p["texts"] if path.startswith("pretrain/")), None)
     pre = json_artifact(study, pre_path) if pre_path else {}
+
+    def tag(name):
+        return schema.tag(tags, name)
+
     return {
-        "sampler": tags.get("harness.sampler"), "pruner": tags.get("harness.pruner"), "objective": objective,
-        "seed": tags.get("harness.seed"), "n_trials_target": tags.get("harness.n_trials_target"),
-        "git_sha": tags.get("harness.git_sha"), "device": tags.get("harness.device"),
-        "optuna_storage": tags.get("harness.optuna_storage"), "data_key": tags.get("harness.data"),
-        "shift_suite": tags.get("harness.shift_suite"), "status": p["status"],
-        "target_domain": tags.get("harness.target_domain"),  # name:severity[,...], none, or None (not logged)
-        "versions": versions or {k[len("harness.version."):]: v for k, v in tags.items() if k.startswith("harness.version.")},
-        "pretrain": {"key": tags.get("harness.pretrain"), "source_val_acc": _float(pre.get("source_val_acc")),
-                     "seconds": _float(pre.get("seconds"))} if tags.get("harness.pretrain") else None,
+        "sampler": tag(schema.TAG_SAMPLER), "pruner": tag(schema.TAG_PRUNER), "objective": objective,
+        "seed": tag(schema.TAG_SEED), "n_trials_target": tag(schema.TAG_N_TRIALS_TARGET),
+        "git_sha": tag(schema.TAG_GIT_SHA), "device": tag(schema.TAG_DEVICE),
+        "optuna_storage": tag(schema.TAG_OPTUNA_STORAGE), "data_key": tag(schema.TAG_DATA),
+        "shift_suite": tag(schema.TAG_SHIFT_SUITE), "status": p["status"],
+        "target_domain": tag(schema.TAG_TARGET_DOMAIN),  # name:severity[,...], none, or None (not logged)
+        "versions": versions or {pkg: v for k, v in tags.items() if (pkg := schema.version_package(k)) is not None},
+        "pretrain": {"key": tag(schema.TAG_PRETRAIN), "source_val_acc": _float(pre.get("source_val_acc")),
+                     "seconds": _float(pre.get("seconds"))} if tag(schema.TAG_PRETRAIN) else None,
         "started_ms": p["start_time"], "ended_ms": p["end_time"],
         "span_seconds": (p["end_time"] - p["start_time"]) / 1000 if p["end_time"] and p["start_time"] else None,
         "trial_seconds": sum(r["seconds"] for r in rows if r["seconds"]),
         "counts": counts,
         "optuna_counts": ({s: sum(t["state"] == s for t in opt["trials"]) for s in ("complete", "pruned", "fail", "running", "waiting")}
                           if opt.get("available") else None),
-        "optuna_error": opt.get("error"), "best_trial_tag": tags.get("harness.best_trial"),
+        "optuna_error": opt.get("error"), "best_trial_tag": tag(schema.TAG_BEST_TRIAL),
         "config": p["texts"].get("config/resolved.toml"), "params": dict(p["params"]), "search_space": search,
     }
 
@@ -332,14 +343,14 @@ def _provenance(study: dict, rows: list[dict], objective: str, counts: dict, sea
 def summarize(study: dict) -> dict:
     """Every number the report shows for one study, JSON-able (floats, strings, lists, dicts)."""
     tags, params = study["parent"]["tags"], study["parent"]["params"]
-    objective = tags.get("harness.objective", params.get("study.objective", "val_acc"))
+    objective = schema.tag(tags, schema.TAG_OBJECTIVE, schema.param(params, "study.objective", schema.VAL_ACC))
     try:
-        epochs = int(params.get("train.epochs", ""))
+        epochs = int(schema.param(params, "train.epochs", ""))
     except ValueError:
         epochs = None
     shifts = _shifts(study)
     rows = [_row(t, shifts, epochs, objective) for t in study["trials"]]
-    done = [r for r in rows if r["state"] == "complete" and r["id_acc"] is not None]
+    done = [r for r in rows if r["state"] == "complete" and r[schema.ID_ACC] is not None]
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "failed", "running")}
     n_test, n_source, n_shift = _sample_sizes(tags, rows, done, shifts)
 
@@ -347,8 +358,8 @@ def summarize(study: dict) -> dict:
     for i, r in enumerate(done, 1):
         r["rank"] = i
     best = done[0] if done else None
-    with_ood = [r for r in done if r["ood_acc_mean"] is not None]
-    oracle = max(with_ood, key=lambda r: (r["ood_acc_mean"], -(r["number"] or 0))) if with_ood else None
+    with_ood = [r for r in done if r[schema.OOD_ACC_MEAN] is not None]
+    oracle = max(with_ood, key=lambda r: (r[schema.OOD_ACC_MEAN], -(r["number"] or 0))) if with_ood else None
     # the best of each baseline family on validation (the study objective; ties: the lower trial number)
     baselines = {b: next((r for r in done if r["baseline"] == b), None) for b in strategies.BASELINES}
     reps = study.get("replicates", [])
@@ -376,7 +387,7 @@ def summarize(study: dict) -> dict:
         "conditions": _conditions(best, oracle, fits["mean"], counts["failed"], sev_max, paired),
         "paired": paired, "ce_reference": _ce_reference(study["trials"]),
         "on_the_line": fits,
-        "pareto": pareto({r["number"]: (r["id_acc"], r["ood_acc_mean"]) for r in with_ood}),
+        "pareto": pareto({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}),
         "axes": axes, "importances": importances(done, search, axes) if done else {},
         "per_strategy": _per_strategy(done),
     }

@@ -121,8 +121,9 @@ def study_description(name: str, counts: dict, objective: str, selected: dict | 
              f"{counts.get('fail', 0)} failed trials; objective {objective}."]
     if selected:
         lines.append(f"Selected: **{selected['run_name']}**, {selected['strategy']}; ID accuracy "
-                     f"{fmt_acc(selected.get('id_acc'))}, OOD accuracy {fmt_acc(selected.get('ood_acc_mean'))} "
-                     f"(worst shift {fmt_acc(selected.get('ood_acc_worst'))}).")
+                     f"{fmt_acc(selected.get(schema.ID_ACC))}, OOD accuracy "
+                     f"{fmt_acc(selected.get(schema.OOD_ACC_MEAN))} "
+                     f"(worst shift {fmt_acc(selected.get(schema.OOD_ACC_WORST))}).")
     else:
         lines.append("No trial completed yet.")
     if model:

@@ -32,9 +32,13 @@ def study_names(client: MlflowClient) -> list[str]:
     """Experiments that hold a harness study (for 'did you mean' messages)."""
     try:
         return sorted(e.name for e in client.search_experiments(max_results=1000)
-                      if e.tags.get("harness.study_name"))
+                      if schema.tag(e.tags, schema.TAG_STUDY_NAME))
     except MlflowException:
         return []
+
+
+def _role_filter(role: str) -> str:
+    return f"tags.`{schema.TAG_ROLE}` = '{role}'"
 
 
 def find_parent(client: MlflowClient, study_name: str):
@@ -42,10 +46,10 @@ def find_parent(client: MlflowClient, study_name: str):
     exp = client.get_experiment_by_name(study_name)
     runs = []
     if exp is not None and exp.lifecycle_stage == "active":
-        runs = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'", max_results=1,
+        runs = client.search_runs([exp.experiment_id], _role_filter(schema.ROLE_STUDY), max_results=1,
                                   order_by=["attributes.start_time ASC"])
         if not runs:  # a harness.sustain study (see the sustainability block at the end)
-            runs = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'sustain'", max_results=1,
+            runs = client.search_runs([exp.experiment_id], _role_filter(schema.ROLE_SUSTAIN), max_results=1,
                                       order_by=["attributes.start_time ASC"])
     if not runs:
         known = study_names(client)
@@ -110,13 +114,15 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
 
 def _trial(run, curves: dict) -> dict:
     tags = dict(run.data.tags)
-    number = tags.get("optuna.trial_number")
+    number, of, seed = (schema.tag(tags, schema.TAG_TRIAL_NUMBER), schema.tag(tags, schema.TAG_REPLICATE_OF, ""),
+                        schema.tag(tags, schema.TAG_SEED, ""))
     return {"number": int(number) if number is not None and number.isdigit() else None,
             "run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
             "state": STATES.get(run.info.status, run.info.status.lower()),
-            "baseline": tags.get("harness.baseline", ""), "role": tags.get("harness.role", "trial"),
-            "replicate_of": int(tags["harness.replicate_of"]) if tags.get("harness.replicate_of", "").isdigit() else None,
-            "seed": int(tags["harness.seed"]) if tags.get("harness.seed", "").isdigit() else None,
+            "baseline": schema.tag(tags, schema.TAG_BASELINE, ""),
+            "role": schema.tag(tags, schema.TAG_ROLE, schema.ROLE_TRIAL),
+            "replicate_of": int(of) if of.isdigit() else None,
+            "seed": int(seed) if seed.isdigit() else None,
             "params": {k: _typed(v) for k, v in run.data.params.items()},
             "metrics": dict(run.data.metrics),  # the latest value of every key (MLflow's own summary)
             "curves": curves,  # key -> [(step, value)]: epochs for train/val keys, severities for shift/*
@@ -127,7 +133,7 @@ def _trial(run, curves: dict) -> dict:
 def _children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
     runs, token = [], None
     while True:
-        page = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000,
+        page = client.search_runs([exp_id], f"tags.{schema.TAG_PARENT_RUN} = '{parent_id}'", max_results=1000,
                                   page_token=token)
         runs += list(page)
         token = page.token
@@ -185,7 +191,7 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
     except store.StoreNotFound as e:  # the wrong path, to the user: a study that is not there
         raise StudyNotFound(*e.args) from None
     exp, parent = find_parent(client, study_name)
-    if parent.data.tags.get("harness.role") == "sustain":
+    if schema.tag(parent.data.tags, schema.TAG_ROLE) == schema.ROLE_SUSTAIN:
         return load_sustain(client, exp, parent, study_name, tracking_uri)
     pid = parent.info.run_id
     arts = _list_artifacts(client, pid)
@@ -203,8 +209,9 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
                    "curves": {k: _history(client, pid, k) for k in parent.data.metrics},
                    "artifacts": arts, "texts": texts,
                    "shift_examples": artifact(client, pid, "shift_examples.png") if "shift_examples.png" in arts else None},
-        "trials": [t for t in runs if t["role"] != "replicate"],
-        "replicates": [t for t in runs if t["role"] == "replicate"],  # seed replicates (harness.trial.replicate)
+        "trials": [t for t in runs if t["role"] != schema.ROLE_REPLICATE],
+        # seed replicates (harness.trial.replicate)
+        "replicates": [t for t in runs if t["role"] == schema.ROLE_REPLICATE],
         "optuna": optuna_study(study_name, storage),
     }
 
@@ -227,10 +234,10 @@ def _json_or_none(raw: bytes | None):
 
 def _policy_run(run, curves: dict, matrix) -> dict:
     tags = dict(run.data.tags)
-    seed, number = tags.get("harness.seed", ""), tags.get("optuna.trial_number", "")
+    seed, number = schema.tag(tags, schema.TAG_SEED, ""), schema.tag(tags, schema.TAG_TRIAL_NUMBER, "")
     return {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
             "state": STATES.get(run.info.status, run.info.status.lower()),
-            "label": tags.get("harness.policy", run.data.params.get("policy", "?")),
+            "label": schema.tag(tags, schema.TAG_POLICY, schema.param(run.data.params, schema.PARAM_POLICY, "?")),
             "seed": int(seed) if seed.isdigit() else None,
             "trial": int(number) if number.isdigit() else None,  # -1 (not a search trial) is not a digit string
             "params": {k: _typed(v) for k, v in run.data.params.items()}, "metrics": dict(run.data.metrics),
@@ -251,7 +258,7 @@ def load_sustain(client: MlflowClient, exp, parent, study_name: str, tracking_ur
     with ThreadPoolExecutor(THREADS) as pool:
         hists = dict(zip(jobs, pool.map(lambda j: _history(client, *j), jobs)))
         matrices = dict(zip(finished, pool.map(
-            lambda rid: _json_or_none(artifact(client, rid, "accuracy_matrix.json")), finished)))
+            lambda rid: _json_or_none(artifact(client, rid, schema.MATRIX_ARTIFACT)), finished)))
     out = [_policy_run(r, {k: hists[(r.info.run_id, k)] for k in schema.PERIOD if (r.info.run_id, k) in hists},
                        matrices.get(r.info.run_id)) for r in runs]
     return {"kind": "sustain", "name": study_name, "tracking_uri": store.redact(tracking_uri), "experiment_id": exp.experiment_id,

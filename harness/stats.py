@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+from harness import schema
 from harness.strategies import PARAMS, PREFIX_AXES
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -93,12 +94,12 @@ def importances(rows: list[dict], search: dict, axes=PREFIX_AXES) -> dict:
     get a note, not an error."""
     import optuna
 
-    done = [r for r in rows if r["id_acc"] is not None and all(_axis_value(r, a) is not None for a in axes)]
+    done = [r for r in rows if r[schema.ID_ACC] is not None and all(_axis_value(r, a) is not None for a in axes)]
     out = {}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line per target
     try:
-        for target in ("id_acc", "ood_acc_mean"):
+        for target in (schema.ID_ACC, schema.OOD_ACC_MEAN):
             out[target] = _fanova(done, search, target, axes)
     finally:
         optuna.logging.set_verbosity(verbosity)

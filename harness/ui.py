@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from harness import links, store
+from harness import links, schema, store
 
 HOST = "127.0.0.1"  # loopback only: the UI has no authentication and can delete runs
 
@@ -42,7 +42,7 @@ def study_urls(tracking_uri: str, base: str, log=print) -> None:
     before the UI starts."""
     try:
         client = store.connect(tracking_uri, existing=True)
-        exps = [e for e in client.search_experiments() if "harness.study_name" in e.tags]
+        exps = [e for e in client.search_experiments() if schema.TAG_STUDY_NAME in e.tags]
     except Exception as e:  # noqa: BLE001 - the UI starts anyway
         log(f"(could not list the studies: {type(e).__name__}: {e})")
         return

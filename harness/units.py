@@ -20,7 +20,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from harness import bookkeeping, store
+from harness import bookkeeping, schema, store
 
 SUFFIX = ":units"  # the companion study of post-search units
 CLAIM = ":claim:"  # claims: <study>:claim:<name>[#attempt]
@@ -49,7 +49,7 @@ def _take(storage, claim: str) -> bool:
         sid = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], claim)
     except optuna.exceptions.DuplicatedStudyError:
         return False
-    for k, v in {**bookkeeping.identity(), "harness.claimed_at": time.time()}.items():
+    for k, v in {**bookkeeping.identity(), schema.ATTR_CLAIMED_AT: time.time()}.items():
         if v is not None:
             storage.set_study_system_attr(sid, k, v)
     return True
@@ -69,15 +69,15 @@ def _abandoned(storage, claim: str, attrs: dict) -> bool:
     storage, so every process agrees), and the claim is abandoned ORPHAN_S later."""
     import socket
 
-    if "harness.claimed_at" not in attrs:
-        seen = attrs.get("harness.seen_unnamed")
+    if schema.ATTR_CLAIMED_AT not in attrs:
+        seen = attrs.get(schema.ATTR_SEEN_UNNAMED)
         if seen is None:
-            storage.set_study_system_attr(storage.get_study_id_from_name(claim), "harness.seen_unnamed", time.time())
+            storage.set_study_system_attr(storage.get_study_id_from_name(claim), schema.ATTR_SEEN_UNNAMED, time.time())
             return False
         return time.time() - float(seen) > ORPHAN_S
-    if attrs.get("harness.host") == socket.gethostname() and bookkeeping.process_state(attrs) == "dead":
+    if attrs.get(schema.ATTR_HOST) == socket.gethostname() and bookkeeping.process_state(attrs) == "dead":
         return True
-    return time.time() - float(attrs["harness.claimed_at"]) > bookkeeping.GRACE_S
+    return time.time() - float(attrs[schema.ATTR_CLAIMED_AT]) > bookkeeping.GRACE_S
 
 
 def once(study: optuna.Study, name: str, work) -> bool | None:
@@ -90,10 +90,10 @@ def once(study: optuna.Study, name: str, work) -> bool | None:
         claim = _claim_name(study, name, attempt)
         if _take(storage, claim):
             work()
-            storage.set_study_system_attr(storage.get_study_id_from_name(claim), "harness.done", True)
+            storage.set_study_system_attr(storage.get_study_id_from_name(claim), schema.ATTR_DONE, True)
             return True
         attrs = _holder(storage, claim)
-        if attrs.get("harness.done"):
+        if attrs.get(schema.ATTR_DONE):
             return False
         if not _abandoned(storage, claim, attrs):
             return None
@@ -104,7 +104,7 @@ def is_done(study: optuna.Study, name: str) -> bool:
     storage = study._storage
     for attempt in range(TAKEOVERS + 1):
         try:
-            if _holder(storage, _claim_name(study, name, attempt)).get("harness.done"):
+            if _holder(storage, _claim_name(study, name, attempt)).get(schema.ATTR_DONE):
                 return True
         except KeyError:
             return False
@@ -121,13 +121,13 @@ def companion(study: optuna.Study) -> optuna.Study:
 
 def _unit(frozen) -> Unit:
     a = frozen.user_attrs
-    return Unit(a["unit_kind"], a["unit_key"], json.loads(a["unit_payload"]))
+    return Unit(a[schema.ATTR_UNIT_KIND], a[schema.ATTR_UNIT_KEY], json.loads(a[schema.ATTR_UNIT_PAYLOAD]))
 
 
 def keys(units: optuna.Study, states=None) -> list[str]:
     """The unit keys of the companion's trials (in the given states)."""
-    return [t.user_attrs["unit_key"] for t in units.get_trials(deepcopy=False, states=states)
-            if "unit_key" in t.user_attrs]
+    return [t.user_attrs[schema.ATTR_UNIT_KEY] for t in units.get_trials(deepcopy=False, states=states)
+            if schema.ATTR_UNIT_KEY in t.user_attrs]
 
 
 def plan(study: optuna.Study, name: str, todo: list[Unit]) -> bool | None:
@@ -140,8 +140,8 @@ def plan(study: optuna.Study, name: str, todo: list[Unit]) -> bool | None:
         have = set(keys(units))  # a holder that died part-way enqueued some: only the rest
         for u in todo:
             if u.key not in have:
-                units.enqueue_trial({}, user_attrs={"unit_kind": u.kind, "unit_key": u.key,
-                                                    "unit_payload": json.dumps(u.payload, sort_keys=True)})
+                units.enqueue_trial({}, user_attrs={schema.ATTR_UNIT_KIND: u.kind, schema.ATTR_UNIT_KEY: u.key,
+                                                    schema.ATTR_UNIT_PAYLOAD: json.dumps(u.payload, sort_keys=True)})
 
     return once(study, name, enqueue)
 
@@ -151,7 +151,7 @@ def next_unit(units: optuna.Study, worker: int) -> tuple[optuna.Trial, Unit] | N
     trial_id = units._pop_waiting_trial_id()
     if trial_id is None:
         return None
-    for k, v in {**bookkeeping.identity(), "harness.worker": worker}.items():
+    for k, v in {**bookkeeping.identity(), schema.ATTR_WORKER: worker}.items():
         if v is not None:
             units._storage.set_trial_system_attr(trial_id, k, v)
     units._storage.record_heartbeat(trial_id)
@@ -191,14 +191,14 @@ def drain(study: optuna.Study, client, runners: dict, worker: int = 0, log=print
         trial, unit = got
         with bookkeeping.beating(units, trial):
             try:
-                runners[unit.kind](unit, lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+                runners[unit.kind](unit, lambda run_id: trial.set_user_attr(schema.ATTR_RUN_ID, run_id))
                 state, reason = TrialState.COMPLETE, None
             except Exception as e:  # a failed unit is a line and a FAIL with its reason, never a failed drain
                 state, reason = TrialState.FAIL, store.redact(f"{type(e).__name__}: {e}")
                 log(f"warning: {unit.key} failed ({reason})")
             if reason:
                 try:
-                    units._storage.set_trial_system_attr(trial._trial_id, "fail_reason", reason)
+                    units._storage.set_trial_system_attr(trial._trial_id, schema.ATTR_FAIL_REASON, reason)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass
             taken = bookkeeping.tell(units, trial, [0.0] if state == TrialState.COMPLETE else None, state)

@@ -10,7 +10,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from harness import bookkeeping, corruption_error, store, strategies, tracking, trial as trialmod, units
+from harness import bookkeeping, corruption_error, schema, store, strategies, tracking, trial as trialmod, units
 
 
 def best_value(study: optuna.Study) -> float | None:
@@ -61,7 +61,8 @@ def save_if_best(ctx, study: optuna.Study):
 
         state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
         tracking.log_bytes(ctx.client, run_id, save(state), "model/weights.safetensors")
-        tracking.set_tags(ctx.client, ctx.parent_id, {"harness.best_trial": trial.number, "harness.best_run_id": run_id})
+        tracking.set_tags(ctx.client, ctx.parent_id,
+                          {schema.TAG_BEST_TRIAL: trial.number, schema.TAG_BEST_RUN_ID: run_id})
 
     return on_complete
 
@@ -132,7 +133,7 @@ def work(ctx, study: optuna.Study, worker: int = 0, log=print) -> dict:
         if state is not None:
             done[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[state]] += 1
             fails_in_row = fails_in_row + 1 if state == TrialState.FAIL else 0
-        if trial.user_attrs.get("baseline") == "full_ft":  # the CE reference may be settled now
+        if trial.user_attrs.get(schema.ATTR_BASELINE) == "full_ft":  # the CE reference may be settled now
             backfill(ctx, study, log)
     return done
 
@@ -142,11 +143,11 @@ def tag_best(ctx, study: optuna.Study) -> None:
     write its tag need not be the better one. The best's weights are on its run: no finished trial beat it when it
     completed. Ties go to the earliest completed (the one that uploaded)."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and "mlflow_run_id" in t.user_attrs]
+            if t.values and schema.ATTR_RUN_ID in t.user_attrs]
     if done:
         best = min(done, key=lambda t: (-t.values[0], t.datetime_complete))
-        tracking.set_tags(ctx.client, ctx.parent_id, {"harness.best_trial": best.number,
-                                                      "harness.best_run_id": best.user_attrs["mlflow_run_id"]})
+        tracking.set_tags(ctx.client, ctx.parent_id, {schema.TAG_BEST_TRIAL: best.number,
+                                                      schema.TAG_BEST_RUN_ID: best.user_attrs[schema.ATTR_RUN_ID]})
 
 
 def sources(study: optuna.Study) -> list:
@@ -155,13 +156,13 @@ def sources(study: optuna.Study) -> list:
     with search.surgical_sweep, the best lr of each group's sweep: the reproduction of Lee et al. compares groups over
     seeds."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and "mlflow_run_id" in t.user_attrs]
+            if t.values and schema.ATTR_RUN_ID in t.user_attrs]
     if not done:
         return []
     out = [min(done, key=lambda t: (-t.values[0], t.datetime_complete))]
-    families = {f: [t for t in done if t.user_attrs.get("baseline") == f] for f in strategies.BASELINES}
+    families = {f: [t for t in done if t.user_attrs.get(schema.ATTR_BASELINE) == f] for f in strategies.BASELINES}
     for t in done:
-        if t.user_attrs.get("surgical_sweep"):
+        if t.user_attrs.get(schema.ATTR_SURGICAL_SWEEP):
             families.setdefault(f"surgical {t.params['tune_group']}", []).append(t)
     for fam in families.values():
         if fam:
@@ -176,8 +177,8 @@ def replicate_units(ctx, study: optuna.Study) -> list[units.Unit]:
     source trial; the trial itself is the study seed's replicate."""
     seeds = [ctx.cfg.study.seed + i for i in range(1, ctx.cfg.study.replicates)]
     return [units.Unit("replicate", f"replicate:{t.number}:{seed}",
-                       {"number": t.number, "params": dict(t.params), "baseline": t.user_attrs.get("baseline", ""),
-                        "seed": seed})
+                       {"number": t.number, "params": dict(t.params),
+                        "baseline": t.user_attrs.get(schema.ATTR_BASELINE, ""), "seed": seed})
             for t in sources(study) for seed in seeds]
 
 
@@ -207,7 +208,7 @@ def post_search(ctx, study: optuna.Study, log=print, worker: int = 0) -> dict:
     for r in tracking.replicate_runs(ctx.client, ctx.exp_id, ctx.parent_id):
         if r["status"] == "RUNNING":
             tracking.end_run(ctx.client, r["run_id"], "FAILED",
-                             {"harness.fail_reason": "the process died before the replicate finished"})
+                             {schema.TAG_FAIL_REASON: "the process died before the replicate finished"})
     seeds = sorted({u.payload["seed"] for u in todo})
-    tracking.set_tags(ctx.client, ctx.parent_id, {"harness.replicates": ",".join(map(str, seeds))})
+    tracking.set_tags(ctx.client, ctx.parent_id, {schema.TAG_REPLICATES: ",".join(map(str, seeds))})
     return done

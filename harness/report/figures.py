@@ -51,8 +51,8 @@ def severity_curves(s: dict, key: str = "acc") -> dict:
     per = {}
     for r in shown(s):
         src = r["shift_acc"] if key == "acc" else r["shift_ece"]
-        sub = r.get("clean_subset_acc" if key == "acc" else "clean_subset_ece")
-        clean = sub if sub is not None else (r["id_acc"] if key == "acc" else r["id_ece"])
+        sub = r.get(schema.CLEAN_SUBSET_ACC if key == "acc" else schema.CLEAN_SUBSET_ECE)
+        clean = sub if sub is not None else (r[schema.ID_ACC] if key == "acc" else r[schema.ID_ECE])
         curves = {}
         for fam, names in fams.items():
             pts_ = [[0, clean]] if clean is not None else []
@@ -109,7 +109,7 @@ def heatmap(s: dict) -> dict:
     sh = s["shifts"]
     cols = ["ID"] + [n for n in sh["test"] + sh["sets"] + sh["selection"] if any(n in r["shift_mean"] for r in done)]
     return {"rows": [r["number"] for r in done], "cols": cols,
-            "cells": [[(r["id_acc"] if n == "ID" else r["shift_mean"].get(n)) for n in cols] for r in done]}
+            "cells": [[(r[schema.ID_ACC] if n == "ID" else r["shift_mean"].get(n)) for n in cols] for r in done]}
 
 
 def fig_heatmap(s: dict) -> Raw | None:
@@ -164,7 +164,7 @@ def _study_on_line(ax, summaries: list[dict], si: int, shift: str | None, own: b
     """One study's ranked trials at (probit ID, probit OOD) and its fitted line; returns the coordinates drawn."""
     s = summaries[si]
     n = s["n_test"]
-    pts_ = [(r, r["id_acc"], r["ood_acc_mean"] if shift is None else r["shift_mean"].get(shift))
+    pts_ = [(r, r[schema.ID_ACC], r[schema.OOD_ACC_MEAN] if shift is None else r["shift_mean"].get(shift))
             for r in s["trials"] if r.get("rank")]
     pts_ = [(r, x, y) for r, x, y in pts_ if x is not None and y is not None]
     if not pts_:
@@ -275,7 +275,8 @@ def fig_hparams(s: dict) -> Raw | None:
     with rc():
         fig = figure(3.5 * len(axes), 5.0)
         grid = fig.subplots(2, len(axes), squeeze=False)
-        for row, (key, name) in enumerate((("id_acc", "ID accuracy (%)"), ("ood_acc_mean", "OOD accuracy (%)"))):
+        for row, (key, name) in enumerate(((schema.ID_ACC, "ID accuracy (%)"),
+                                           (schema.OOD_ACC_MEAN, "OOD accuracy (%)"))):
             for col, param in enumerate(axes):
                 ax, p = grid[row][col], PARAMS[param]
                 for i, r in enumerate(done):
@@ -298,20 +299,22 @@ def fig_hparams(s: dict) -> Raw | None:
 
 
 def fig_pareto_history(s: dict) -> Raw | None:
-    done = [r for r in s["trials"] if r.get("rank") and r["ood_acc_mean"] is not None]
+    done = [r for r in s["trials"] if r.get("rank") and r[schema.OOD_ACC_MEAN] is not None]
     if not done:
         return None
     with rc():
         fig = figure(10.5, 3.4)
         a, b = fig.subplots(1, 2)
-        front = sorted((r for r in done if r["number"] in s["pareto"]), key=lambda r: r["id_acc"])
+        front = sorted((r for r in done if r["number"] in s["pareto"]), key=lambda r: r[schema.ID_ACC])
         for i, r in enumerate(done):
             special = r["baseline"] or r["number"] == s["best"]
-            a.scatter([100 * r["id_acc"]], [100 * r["ood_acc_mean"]], color=_color(r, s, i) if special else "#555",
+            a.scatter([100 * r[schema.ID_ACC]], [100 * r[schema.OOD_ACC_MEAN]],
+                      color=_color(r, s, i) if special else "#555",
                       s=40 if special else 22, zorder=3, marker="*" if r["number"] == s["best"] else "o")
-            a.annotate(trial_label(r, s["best"]), (100 * r["id_acc"], 100 * r["ood_acc_mean"]), xytext=(3, 3),
+            a.annotate(trial_label(r, s["best"]), (100 * r[schema.ID_ACC], 100 * r[schema.OOD_ACC_MEAN]), xytext=(3, 3),
                        textcoords="offset points", fontsize=7)
-        a.plot([100 * r["id_acc"] for r in front], [100 * r["ood_acc_mean"] for r in front], "-", color="#d62728",
+        a.plot([100 * r[schema.ID_ACC] for r in front], [100 * r[schema.OOD_ACC_MEAN] for r in front], "-",
+               color="#d62728",
                lw=1, alpha=0.6, label="Pareto front")
         a.set_xlabel("ID test accuracy (%)")
         a.set_ylabel("mean OOD accuracy (%)")
@@ -333,7 +336,7 @@ def fig_pareto_history(s: dict) -> Raw | None:
 
 
 def fig_training(s: dict) -> Raw | None:
-    trials = [r for r in s["trials"] if r["curves"].get("val_acc")]
+    trials = [r for r in s["trials"] if r["curves"].get(schema.VAL_ACC)]
     if not trials:
         return None
     with rc():
@@ -343,12 +346,12 @@ def fig_training(s: dict) -> Raw | None:
             style = {"complete": "-", "pruned": "--", "failed": ":", "running": "-."}.get(r["state"], "-")
             special = r["baseline"] or r["number"] == s["best"]
             color = "#b00" if r["state"] == "failed" else _color(r, s, i) if special else "#888"
-            for ax, key in zip(axes, ("val_acc", "val_loss", "train_loss")):
+            for ax, key in zip(axes, (schema.VAL_ACC, schema.VAL_LOSS, schema.TRAIN_LOSS)):
                 c = r["curves"].get(key)
                 if not c:
                     continue
                 xs, ys = zip(*c)
-                ys = [100 * y for y in ys] if key == "val_acc" else ys
+                ys = [100 * y for y in ys] if key == schema.VAL_ACC else ys
                 ax.plot(xs, ys, style, color=color, lw=1.8 if special else 1, alpha=1 if special else 0.7,
                         marker="x" if r["state"] != "complete" else None,
                         label=trial_label(r, s["best"]) + ("" if r["state"] == "complete" else f" ({r['state']})")

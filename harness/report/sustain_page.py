@@ -4,6 +4,7 @@ table of per-policy metrics (mean ± sd over seeds; every cell carries data-key,
 
 from __future__ import annotations
 
+from harness import schema
 from harness.report.kit import Raw, drawn, esc, figure, heading, num, page, png, pts, rc, table, td
 from harness.results import StudyNotFound
 
@@ -11,10 +12,11 @@ MAX_POLICIES = 8  # policies drawn in the time and matrix figures (the table and
 POLICY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 NEVER_COLOR = "#7f7f7f"
 # table columns: (metric key, header, how a value is shown); accuracies in %, transfer in points, costs as counts
-SUSTAIN_COLUMNS = [("stream_acc_mean", "mean stream acc (%)", "pct"), ("stream_acc_worst", "worst period (%)", "pct"),
-                   ("bwt", "BWT (pts)", "pts"), ("forgetting", "forgetting (pts)", "pts"), ("fwt", "FWT (pts)", "pts"),
-                   ("n_updates", "updates", ".1f"), ("update_seconds", "update time (s)", ".2f"),
-                   ("update_examples", "update examples (images \u00d7 epochs)", ".0f")]
+SUSTAIN_COLUMNS = [(schema.STREAM_ACC_MEAN, "mean stream acc (%)", "pct"),
+                   (schema.STREAM_ACC_WORST, "worst period (%)", "pct"), (schema.BWT, "BWT (pts)", "pts"),
+                   (schema.FORGETTING, "forgetting (pts)", "pts"), (schema.FWT, "FWT (pts)", "pts"),
+                   (schema.N_UPDATES, "updates", ".1f"), (schema.UPDATE_SECONDS, "update time (s)", ".2f"),
+                   (schema.UPDATE_EXAMPLES, "update examples (images \u00d7 epochs)", ".0f")]
 
 
 def stat_text(stat: dict, how: str) -> str:
@@ -50,7 +52,7 @@ def _shown(s: dict) -> list[dict]:
     groups = s["policies"]
     if len(groups) <= MAX_POLICIES:
         return groups
-    acc = lambda g: g["metrics"]["stream_acc_mean"]["mean"] or 0  # noqa: E731
+    acc = lambda g: g["metrics"][schema.STREAM_ACC_MEAN]["mean"] or 0  # noqa: E731
     keep = [g for g in groups if g["policy"] == "never"][:1] + [g for g in groups if g["key"] in s["pareto"]]
     keep += sorted((g for g in groups if g not in keep), key=acc, reverse=True)
     keep = keep[:MAX_POLICIES]
@@ -74,7 +76,7 @@ def _period_labels(s: dict, periods: int) -> list[str]:
 
 
 def fig_time(s: dict) -> Raw | None:
-    shown = [g for g in _shown(s) if g["periods"] and any(p["mean"] is not None for p in g["stream_acc"])]
+    shown = [g for g in _shown(s) if g["periods"] and any(p["mean"] is not None for p in g[schema.STREAM_ACC])]
     if not shown:
         return None
     colors = _policy_colors(s)
@@ -83,11 +85,11 @@ def fig_time(s: dict) -> Raw | None:
         fig = figure(max(7.5, 0.62 * periods + 4.5), 3.8)  # the legend takes ~3.5 in on the right
         ax = fig.subplots()
         for g in shown:
-            ts = [t for t, p in enumerate(g["stream_acc"]) if p["mean"] is not None]
-            ys = [100 * g["stream_acc"][t]["mean"] for t in ts]
-            sds = [100 * (g["stream_acc"][t]["sd"] or 0) for t in ts]
+            ts = [t for t, p in enumerate(g[schema.STREAM_ACC]) if p["mean"] is not None]
+            ys = [100 * g[schema.STREAM_ACC][t]["mean"] for t in ts]
+            sds = [100 * (g[schema.STREAM_ACC][t]["sd"] or 0) for t in ts]
             c = colors[g["key"]]
-            n_up = g["metrics"]["n_updates"]["mean"]
+            n_up = g["metrics"][schema.N_UPDATES]["mean"]
             ax.plot(ts, ys, "--" if g["policy"] == "never" else "-", color=c, lw=1.6, marker="o", ms=3,
                     label=f"{drawn(g['key'])} ({num(n_up, '.1f')} updates)")
             if g["n_seeds"] > 1:
@@ -143,7 +145,7 @@ def fig_matrix(s: dict) -> Raw | None:
 
 
 def fig_cost(s: dict) -> Raw | None:
-    pts_ = [(g, g["metrics"]["update_examples"], g["metrics"]["stream_acc_mean"]) for g in s["policies"]]
+    pts_ = [(g, g["metrics"][schema.UPDATE_EXAMPLES], g["metrics"][schema.STREAM_ACC_MEAN]) for g in s["policies"]]
     pts_ = [(g, x, y) for g, x, y in pts_ if x["mean"] is not None and y["mean"] is not None]
     if not pts_:
         return None
@@ -196,13 +198,14 @@ def _headline(s: dict) -> Raw:
     if best is None:
         return Raw(f'<div class="banner warn" id="no-completed">{esc(s["message"] or "No finished policy run.")}</div>')
     m = best["metrics"]
-    text = (f"Highest mean stream accuracy: {best['key']} ({stat_text(m['stream_acc_mean'], 'pct')}%, "
-            f"{num(m['n_updates']['mean'], '.1f')} updates and {num(m['update_examples']['mean'], '.0f')} update "
+    text = (f"Highest mean stream accuracy: {best['key']} ({stat_text(m[schema.STREAM_ACC_MEAN], 'pct')}%, "
+            f"{num(m[schema.N_UPDATES]['mean'], '.1f')} updates and "
+            f"{num(m[schema.UPDATE_EXAMPLES]['mean'], '.0f')} update "
             f"examples per stream, {best['n_seeds']} seed{'s' if best['n_seeds'] != 1 else ''}).")
     never = next((g for g in s["policies"] if g["policy"] == "never"), None)
-    if never is not None and never is not best and never["metrics"]["stream_acc_mean"]["mean"] is not None:
-        gain = m["stream_acc_mean"]["mean"] - never["metrics"]["stream_acc_mean"]["mean"]
-        text += (f" Never updating: {stat_text(never['metrics']['stream_acc_mean'], 'pct')}% "
+    if never is not None and never is not best and never["metrics"][schema.STREAM_ACC_MEAN]["mean"] is not None:
+        gain = m[schema.STREAM_ACC_MEAN]["mean"] - never["metrics"][schema.STREAM_ACC_MEAN]["mean"]
+        text += (f" Never updating: {stat_text(never['metrics'][schema.STREAM_ACC_MEAN], 'pct')}% "
                  f"({pts(gain)} points for the best policy).")
     text += f" Pareto front (accuracy against update cost): {', '.join(s['pareto']) or '-'}."
     return Raw(f'<p class="note" data-key="sustain-headline">{esc(text)}</p>')

@@ -19,8 +19,8 @@ VERSION = 3  # part of harness.sustain_key and of the deployed model's cache key
 # accuracy_matrix.json's definitions: R's own, the metrics' from the schema (one wording in the store)
 DEFINITIONS = {"definition": "R[i][j] = accuracy on period j's evaluation set of the model after period i (after its "
                              "update, if any), 0-based; initial[j] = the deployed model before any update",
-               "stream_acc_definition": schema.PERIOD["stream_acc"],
-               **{f"{k}_definition": schema.STREAM_FINAL[k] for k in ("bwt", "forgetting", "fwt")}}
+               "stream_acc_definition": schema.PERIOD[schema.STREAM_ACC],
+               **{f"{k}_definition": schema.STREAM_FINAL[k] for k in (schema.BWT, schema.FORGETTING, schema.FWT)}}
 
 
 @dataclasses.dataclass
@@ -118,8 +118,9 @@ def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: con
             ref_x, ref_cache, since = p["eval_x"], {}, []
         updated.append(int(fire))
         R.append(current)
-    return {"R": R, "initial": initial, "stream_acc": stream_acc, "labelled_acc": labelled_acc, "updated": updated,
-            "monitor": monitor, "monitor_threshold": threshold, "update_seconds": seconds, "update_examples": examples}
+    return {"R": R, "initial": initial, schema.STREAM_ACC: stream_acc, schema.LABELLED_ACC: labelled_acc,
+            schema.UPDATED: updated, schema.MONITOR: monitor, schema.MONITOR_THRESHOLD: threshold,
+            schema.UPDATE_SECONDS: seconds, schema.UPDATE_EXAMPLES: examples}
 
 
 def stream_metrics(R: list[list[float]], initial: list[float]) -> dict:
@@ -127,15 +128,15 @@ def stream_metrics(R: list[list[float]], initial: list[float]) -> dict:
     never-updated deployed model (harness.sustain.cli)."""
     T = len(R)
     acc = [initial[0]] + [R[t - 1][t] for t in range(1, T)]
-    return {"stream_acc": acc, "stream_acc_mean": sum(acc) / T, "stream_acc_worst": min(acc),
+    return {schema.STREAM_ACC: acc, schema.STREAM_ACC_MEAN: sum(acc) / T, schema.STREAM_ACC_WORST: min(acc),
             # GEM (Lopez-Paz & Ranzato 2017): against the accuracy right after period i
-            "bwt": sum(R[T - 1][i] - R[i][i] for i in range(T - 1)) / (T - 1),
+            schema.BWT: sum(R[T - 1][i] - R[i][i] for i in range(T - 1)) / (T - 1),
             # Chaudhry et al. 2018: against the best accuracy on period i since it arrived (l >= i: before that the
             # model had not met period i, and a drifting stream can make R[l][i] high for l < i by chance)
-            "forgetting": sum(max(R[l][i] for l in range(i, T - 1)) - R[T - 1][i] for i in range(T - 1)) / (T - 1),
+            schema.FORGETTING: sum(max(R[l][i] for l in range(i, T - 1)) - R[T - 1][i] for i in range(T - 1)) / (T - 1),
             # not GEM's FWT (whose baseline is a randomly initialized model): the baseline here is the deployed model
             # never updated, initial[i], so fwt is what the updates so far bought on the next period
-            "fwt": sum(R[i - 1][i] - initial[i] for i in range(1, T)) / (T - 1)}
+            schema.FWT: sum(R[i - 1][i] - initial[i] for i in range(1, T)) / (T - 1)}
 
 
 def sustain_key(cfg: config.Config, spec: dict, seed: int, device: str) -> str:
@@ -214,9 +215,9 @@ def _deploy(ctx: context.Context, seed: int, model, groups, deploy_idx, pool_idx
 
 def finished_children(ctx: context.Context) -> dict:
     """harness.sustain_key -> FINISHED child run of this parent (read only; reused instead of replayed)."""
-    runs = ctx.client.search_runs([ctx.exp_id], f"tags.mlflow.parentRunId = '{ctx.parent_id}' and "
+    runs = ctx.client.search_runs([ctx.exp_id], f"tags.{schema.TAG_PARENT_RUN} = '{ctx.parent_id}' and "
                                   f"attributes.status = 'FINISHED'", max_results=10000)
-    return {r.data.tags["harness.sustain_key"]: r for r in runs if "harness.sustain_key" in r.data.tags}
+    return {r.data.tags[schema.TAG_SUSTAIN_KEY]: r for r in runs if schema.TAG_SUSTAIN_KEY in r.data.tags}
 
 
 def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1, tags: dict | None = None) -> dict:
@@ -229,23 +230,25 @@ def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1, t
         done = run.finished[key]
         run.log(f"seed {seed} {lab:<10} reused finished run {done.info.run_id} ({done.info.run_name})")
         return {"run_id": done.info.run_id, **{k: done.data.metrics.get(k) for k in schema.STREAM_FINAL}}
-    values = {**spec, "stream": st.kind, "shift": streams.stream_shift(st), "periods": st.periods, "seed": seed}
+    values = {**spec, schema.PARAM_STREAM: st.kind, schema.PARAM_SHIFT: streams.stream_shift(st),
+              schema.PARAM_PERIODS: st.periods, schema.PARAM_SEED: seed}
     params = {k: "none" if values[k] is None else values[k] for k in schema.POLICY_PARAMS}
     run_id = tracking.child_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, trial_number, params,
-                                {"harness.role": "sustain_policy", "harness.policy": lab, "harness.seed": str(seed),
-                                 "harness.sustain_key": key, **(tags or {})})
-    tracking.set_tags(ctx.client, run_id, {"mlflow.runName": name})  # child_run names runs trial-NNNN
+                                {schema.TAG_ROLE: schema.ROLE_POLICY, schema.TAG_POLICY: lab,
+                                 schema.TAG_SEED: str(seed), schema.TAG_SUSTAIN_KEY: key, **(tags or {})})
+    tracking.set_tags(ctx.client, run_id, {schema.TAG_RUN_NAME: name})  # child_run names runs trial-NNNN
     try:
         final, when = _replay_into(run, spec, seed, run_id)
     except Exception as err:
         reason = f"{type(err).__name__}: {err}"
-        tracking.end_run(ctx.client, run_id, "FAILED", {"harness.fail_reason": reason[:5000]})
+        tracking.end_run(ctx.client, run_id, "FAILED", {schema.TAG_FAIL_REASON: reason[:5000]})
         run.log(f"seed {seed} {lab:<10} FAILED ({name}, run {run_id}): {reason}")
         raise
-    run.log(f"seed {seed} {lab:<10} stream_acc mean {final['stream_acc_mean']:.3f} worst "
-            f"{final['stream_acc_worst']:.3f}  bwt {final['bwt']:+.3f}  forgetting {final['forgetting']:+.3f}  "
-            f"fwt {final['fwt']:+.3f}  {final['n_updates']} updates (periods {','.join(when) or '-'}) "
-            f"{final['update_seconds']:.1f} s")
+    run.log(f"seed {seed} {lab:<10} stream_acc mean {final[schema.STREAM_ACC_MEAN]:.3f} worst "
+            f"{final[schema.STREAM_ACC_WORST]:.3f}  bwt {final[schema.BWT]:+.3f}  "
+            f"forgetting {final[schema.FORGETTING]:+.3f}  "
+            f"fwt {final[schema.FWT]:+.3f}  {final[schema.N_UPDATES]} updates (periods {','.join(when) or '-'}) "
+            f"{final[schema.UPDATE_SECONDS]:.1f} s")
     return {"run_id": run_id, **final}
 
 
@@ -262,8 +265,8 @@ def _replay_into(run: SustainRun, spec: dict, seed: int, run_id: str) -> tuple[d
                  on_update=None if registry is None else
                  lambda t, m, stat, used: versions.register(registry, m, t, versions.trigger(spec, stat, used)))
     m = stream_metrics(res["R"], res["initial"])
-    totals = {**m, "n_updates": sum(res["updated"]), "update_seconds": res["update_seconds"],
-              "update_examples": res["update_examples"]}
+    totals = {**m, schema.N_UPDATES: sum(res[schema.UPDATED]), schema.UPDATE_SECONDS: res[schema.UPDATE_SECONDS],
+              schema.UPDATE_EXAMPLES: res[schema.UPDATE_EXAMPLES]}
     final = {k: totals[k] for k in schema.STREAM_FINAL}
     curves = {**res, **m}  # the per-period curves, by their schema.PERIOD names
     for name in schema.PERIOD:  # the monitor curves only at periods that have a value (triggered policies)
@@ -273,13 +276,13 @@ def _replay_into(run: SustainRun, spec: dict, seed: int, run_id: str) -> tuple[d
     tracking.log_metrics(client, run_id, final)
     matrix = {**DEFINITIONS, **{k: curves[k] for k in ("R", "initial", *schema.PERIOD)},
               "periods": sc.recipes, "policy": spec, "seed": seed, **final}
-    tracking.log_json(client, run_id, matrix, "accuracy_matrix.json")
-    used = sorted({v for v in res["monitor_threshold"] if v is not None})
-    tags = {"harness.threshold_used": ",".join(f"{v:.4g}" for v in used)} if used else {}
-    when = [str(t) for t, u in enumerate(res["updated"]) if u]
+    tracking.log_json(client, run_id, matrix, schema.MATRIX_ARTIFACT)
+    used = sorted({v for v in res[schema.MONITOR_THRESHOLD] if v is not None})
+    tags = {schema.TAG_THRESHOLD_USED: ",".join(f"{v:.4g}" for v in used)} if used else {}
+    when = [str(t) for t, u in enumerate(res[schema.UPDATED]) if u]
     if registry is not None:
-        tags.update({"harness.registered_model": registry.name, "harness.model_version": registry.versions[-1]})
+        tags.update({schema.TAG_REGISTERED_MODEL: registry.name, schema.TAG_MODEL_VERSION: registry.versions[-1]})
         run.log(f"seed {seed} {policies.label(spec):<10} {len(registry.versions)} model versions of {registry.name} "
                 f"in {registry.seconds:.1f} s (alias {versions.ALIAS} on version {registry.versions[-1]})")
-    tracking.end_run(client, run_id, "FINISHED", {"harness.update_periods": ",".join(when), **tags})
+    tracking.end_run(client, run_id, "FINISHED", {schema.TAG_UPDATE_PERIODS: ",".join(when), **tags})
     return final, when

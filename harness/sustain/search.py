@@ -7,7 +7,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from harness import bookkeeping, config, sampling
+from harness import bookkeeping, config, sampling, schema
 from harness.sustain import policies, replay, streams
 
 
@@ -50,8 +50,8 @@ def update_rate(s: config.Stream, update_examples: float) -> float:
 
 def objective_values(s: config.Stream, rows: list[dict]) -> tuple[float, ...]:
     """Mean over seeds: penalized = mean stream acc - cost * update rate; multi = (mean acc, update rate)."""
-    acc = sum(r["stream_acc_mean"] for r in rows) / len(rows)
-    rate = update_rate(s, sum(r["update_examples"] for r in rows) / len(rows))
+    acc = sum(r[schema.STREAM_ACC_MEAN] for r in rows) / len(rows)
+    rate = update_rate(s, sum(r[schema.UPDATE_EXAMPLES] for r in rows) / len(rows))
     return (acc - s.cost * rate,) if s.objective == "penalized" else (acc, rate)
 
 
@@ -97,10 +97,10 @@ def run_search(run: replay.SustainRun) -> dict:
             log(f"trial {trial.number} FAILED: {type(err).__name__}: {err}")
             continue
         results.setdefault(f"trial-{trial.number:04d}-{policies.label(spec)}", rows)
-        for k in ("stream_acc_mean", "n_updates", "update_seconds", "update_examples"):
+        for k in (schema.STREAM_ACC_MEAN, schema.N_UPDATES, schema.UPDATE_SECONDS, schema.UPDATE_EXAMPLES):
             trial.set_user_attr(k, sum(r[k] for r in rows) / len(rows))
-        trial.set_user_attr("mlflow_run_ids", [r["run_id"] for r in rows])
-        trial.set_user_attr("spec", spec)
+        trial.set_user_attr(schema.ATTR_RUN_IDS, [r["run_id"] for r in rows])
+        trial.set_user_attr(schema.ATTR_SPEC, spec)
         values = objective_values(cfg.stream, rows)
         opt_study.tell(trial, values[0] if len(values) == 1 else list(values))
     complete = [t for t in opt_study.trials if t.state == TrialState.COMPLETE]
@@ -108,11 +108,11 @@ def run_search(run: replay.SustainRun) -> dict:
         log("\nbest trial(s): " + "; ".join(f"#{t.number} {t.params} -> {[round(v, 4) for v in t.values]}"
                                              for t in opt_study.best_trials))
         for t in opt_study.best_trials:  # the selected policies, replayed on the reported seeds' streams
-            spec = t.user_attrs.get("spec")
+            spec = t.user_attrs.get(schema.ATTR_SPEC)
             if not spec:
                 continue
             try:
-                rows = [replay.run_policy(run, spec, seed, -1, {"harness.search_trial": str(t.number)})
+                rows = [replay.run_policy(run, spec, seed, -1, {schema.TAG_SEARCH_TRIAL: str(t.number)})
                         for seed in streams.seeds_of(cfg)]
                 results[f"selected-trial-{t.number:04d}-{policies.label(spec)}"] = rows
             except Exception as err:

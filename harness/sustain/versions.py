@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from harness import model_registry
+from harness import model_registry, schema
 
-ALIAS = "production"
+ALIAS = schema.ALIAS_PRODUCTION
 # Cost, measured on the default sustain study (python -m harness.sustain, 2 CPU cores): each version is a pt2 export,
 # an upload and a registry write, ~1-3 s; the 3 seeds x 4 policies make ~38 versions, more than the replay's own time
 # (README, "Sustainability"). Hence off by default.
@@ -36,7 +36,7 @@ def start(ctx, run_id: str, label: str, seed: int):
     if not getattr(ctx.cfg.stream, "register_models", False):
         return None
     return Versions(ctx.client, ctx.exp_id, run_id, registered_name(ctx.cfg.study.name, label, seed),
-                    ctx.data_cpu["test"][0][:4], {"harness.policy": label, "harness.seed": seed})
+                    ctx.data_cpu["test"][0][:4], {schema.TAG_POLICY: label, schema.TAG_SEED: seed})
 
 
 def trigger(spec: dict, stat, used) -> str:
@@ -55,7 +55,7 @@ def register(v: Versions | None, model, period: int, reason: str) -> str | None:
     if v is None:
         return None
     t0 = time.perf_counter()
-    tags = {**v.tags, "harness.period": period, "harness.trigger": reason}
+    tags = {**v.tags, schema.MV_PERIOD: period, schema.MV_TRIGGER: reason}
     model_id = model_registry.log_pytorch_model(v.client, v.exp_id, v.run_id, model, v.example,
                                                 name=f"model-period{period}" if period >= 0 else "model-deployed",
                                                 tags=tags, step=period + 1)
