@@ -11,7 +11,7 @@ import optuna
 import torch
 
 from harness import bookkeeping, closing, config, context, cores, data as datamod, models, records, sampling, shifts
-from harness import store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
+from harness import schema, store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
 from harness.config import ConfigError
 
 
@@ -60,9 +60,9 @@ def launch(ctx: context.Context, study: optuna.Study, log=print) -> None:
     tracking.log_inputs(ctx.client, ctx.parent_id, records.context_inputs(ctx))  # the data every trial reads
     def enqueue():  # skip_if_exists: a holder that died part-way enqueued some; exact, as one process holds the claim
         for b in trialmod.baselines(cfg, ctx.n_groups):
-            study.enqueue_trial(b["params"], user_attrs={"baseline": b["name"]}, skip_if_exists=True)
+            study.enqueue_trial(b["params"], user_attrs={schema.ATTR_BASELINE: b["name"]}, skip_if_exists=True)
         for params in trialmod.surgical_sweep(cfg, ctx.n_groups):
-            study.enqueue_trial(params, user_attrs={"surgical_sweep": True}, skip_if_exists=True)
+            study.enqueue_trial(params, user_attrs={schema.ATTR_SURGICAL_SWEEP: True}, skip_if_exists=True)
 
     # exactly once across every process and machine of the study: a claim in the storage (harness.units); a
     # process that finds it held by a live one waits for it, so no process asks before the baselines are queued
@@ -85,21 +85,21 @@ def _log_study(ctx: context.Context) -> None:
                                     **strategies.search_space(cfg.search, ctx.n_groups)}, "search_space.json")
     versions = tracking.versions()
     tracking.log_json(client, run, versions, "versions.json")
-    tags = {"harness.git_sha": tracking.git_sha(), "harness.device": str(ctx.device),
-            "harness.sampler": cfg.study.sampler,
-            "harness.pruner": "none" if cfg.study.objective == "multi" else cfg.study.pruner,  # Optuna cannot prune multi
-            "harness.shifts.family": ",".join(f"{e.name}:{e.family}" for e in ctx.suite.selection + ctx.suite.test),
-            "harness.objective": cfg.study.objective, "harness.seed": cfg.study.seed,
-            "harness.n_trials_target": cfg.study.n_trials, "harness.optuna_storage": store.redact(cfg.study.storage or "sqlite:///mlruns/optuna.db"),
-            "harness.shifts.selection": ",".join(cfg.shifts.selection),
-            "harness.shifts.test": ",".join(e.name for e in ctx.suite.test if e.kind == "severity"),
-            "harness.target_domain": ",".join(data.get("target_shift", [])) or "none",  # harness.target's parse
-            "harness.shift_suite": suite_info["key"], "harness.data": data["key"],
+    tags = {schema.TAG_GIT_SHA: tracking.git_sha(), schema.TAG_DEVICE: str(ctx.device),
+            schema.TAG_SAMPLER: cfg.study.sampler,
+            schema.TAG_PRUNER: "none" if cfg.study.objective == "multi" else cfg.study.pruner,  # no pruning multi
+            schema.TAG_SHIFTS_FAMILY: ",".join(f"{e.name}:{e.family}" for e in ctx.suite.selection + ctx.suite.test),
+            schema.TAG_OBJECTIVE: cfg.study.objective, schema.TAG_SEED: cfg.study.seed,
+            schema.TAG_N_TRIALS_TARGET: cfg.study.n_trials, schema.TAG_OPTUNA_STORAGE: store.redact(cfg.study.storage or "sqlite:///mlruns/optuna.db"),
+            schema.TAG_SHIFTS_SELECTION: ",".join(cfg.shifts.selection),
+            schema.TAG_SHIFTS_TEST: ",".join(e.name for e in ctx.suite.test if e.kind == "severity"),
+            schema.TAG_TARGET_DOMAIN: ",".join(data.get("target_shift", [])) or "none",  # harness.target's parse
+            schema.TAG_SHIFT_SUITE: suite_info["key"], schema.TAG_DATA: data["key"],
             # sample sizes behind every accuracy: the report's confidence intervals need them
-            "harness.n_test": len(data["test"][1]),
-            "harness.n_shift_eval": len(ctx.suite.clean_test.labels),
-            **{f"harness.version.{k}": v for k, v in versions.items() if k in ("torch", "optuna", "mlflow", "python")}}
-    logged_pretrain = None if created else client.get_run(run).data.tags.get("harness.pretrain")
+            schema.TAG_N_TEST: len(data["test"][1]),
+            schema.TAG_N_SHIFT_EVAL: len(ctx.suite.clean_test.labels),
+            **{schema.version_tag(k): v for k, v in versions.items() if k in ("torch", "optuna", "mlflow", "python")}}
+    logged_pretrain = None if created else client.get_run(run).data.tags.get(schema.TAG_PRETRAIN)
     tracking.set_tags(client, run, tags)
     if created:
         # params are immutable in MLflow: log the config once; later invocations log config/invocations/*.toml
@@ -107,11 +107,11 @@ def _log_study(ctx: context.Context) -> None:
                 if s != "study" or k in ("sampler", "pruner", "objective", "seed")}
         tracking.log_params(client, run, flat)
     if pre_info and pre_info["key"] != logged_pretrain:  # once per parent run, not again on every resume
-        tracking.set_tags(client, run, {"harness.pretrain": pre_info["key"]})
+        tracking.set_tags(client, run, {schema.TAG_PRETRAIN: pre_info["key"]})
         tracking.log_json(client, run, pre_info, f"pretrain/{pre_info['key']}.json")
         for h in pre_info.get("history", []):
-            tracking.log_metrics(client, run, {"pretrain_loss": h["loss"], "pretrain_source_val_acc": h["val_acc"]},
-                                 step=h["epoch"])
+            tracking.log_metrics(client, run, {schema.PRETRAIN_LOSS: h["loss"],
+                                               schema.PRETRAIN_SOURCE_VAL_ACC: h["val_acc"]}, step=h["epoch"])
     if created:
         grid = _shift_grid(ctx.suite, cfg.shifts.severities)
         if grid is not None:

@@ -12,7 +12,7 @@ import traceback
 import optuna
 import torch
 
-from harness import bookkeeping, records, store, tracking
+from harness import bookkeeping, records, schema, store, tracking
 
 # Here, not in tracking: starting a run records its description and dataset inputs from the Context (records, which
 # writes through tracking), and ending one reads Optuna's verdict on the trial (bookkeeping).
@@ -38,8 +38,8 @@ def trial_run(ctx, trial: optuna.Trial, params: dict, baseline: str = ""):
     meanwhile (it judged this worker dead, and Optuna refuses the write) ends FAILED saying so, and
     bookkeeping.TrialTaken is raised instead: the worker goes on."""
     run_id = tracking.child_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, trial.number,
-                                _logged(params), {"harness.baseline": baseline} if baseline else {})
-    trial.set_user_attr("mlflow_run_id", run_id)
+                                _logged(params), {schema.TAG_BASELINE: baseline} if baseline else {})
+    trial.set_user_attr(schema.ATTR_RUN_ID, run_id)
     with _open(ctx, run_id, params, baseline, trial) as run:
         yield run
 
@@ -69,24 +69,24 @@ def _open(ctx, run_id: str, params: dict, baseline: str, trial: optuna.Trial | N
         yield run
     except optuna.TrialPruned as err:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # the worker's tell says why
-            trial.set_user_attr("pruned_epoch", run.epoch)
-        tracking.end_run(client, run_id, "KILLED", {"harness.pruned_epoch": run.epoch,
-                                                    "harness.pruned_reason": str(err)})
+            trial.set_user_attr(schema.ATTR_PRUNED_EPOCH, run.epoch)
+        tracking.end_run(client, run_id, "KILLED", {schema.TAG_PRUNED_EPOCH: run.epoch,
+                                                    schema.TAG_PRUNED_REASON: str(err)})
         raise
     except optuna.exceptions.UpdateFinishedTrialError:
         # another process finished this trial while it trained (it judged this worker dead): the run ends FAILED
         # with that truth, and the worker goes on (its retry, enqueued by that process, re-runs these params)
         taken = bookkeeping.taken(trial)
-        tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": f"the Optuna trial was finished {taken} "
-                                                                           f"while this worker ran it",
-                                                    "harness.failed_epoch": run.epoch})
+        tracking.end_run(client, run_id, "FAILED", {schema.TAG_FAIL_REASON: f"the Optuna trial was finished {taken} "
+                                                                          f"while this worker ran it",
+                                                    schema.TAG_FAILED_EPOCH: run.epoch})
         raise taken from None
     except Exception as err:
         reason = f"{type(err).__name__}: {err}"
         if trial is not None:
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                trial.set_user_attr("fail_reason", store.redact(reason))
-        tracking.end_run(client, run_id, "FAILED", {"harness.fail_reason": reason, "harness.failed_epoch": run.epoch})
+                trial.set_user_attr(schema.ATTR_FAIL_REASON, store.redact(reason))
+        tracking.end_run(client, run_id, "FAILED", {schema.TAG_FAIL_REASON: reason, schema.TAG_FAILED_EPOCH: run.epoch})
         raise
     else:
         records.stop(sampler)  # its final sample before the run ends

@@ -24,7 +24,7 @@ def suggest(trial: optuna.Trial, cfg: Config, n_groups: int) -> dict:
     trials whatever the strategies, through their family's entry. A prefix-only study (the default) samples and
     returns what it always did, no `strategy` (with_strategy: its runs still log it)."""
     q = cfg.search
-    baseline = trial.user_attrs.get("baseline")
+    baseline = trial.user_attrs.get(schema.ATTR_BASELINE)
     with warnings.catch_warnings():  # enqueued baselines may sit outside the bounds on purpose (e.g. never)
         warnings.simplefilter("ignore", UserWarning)
         entry = strategies.of({}, baseline) if baseline else None
@@ -49,7 +49,7 @@ def source_params(cfg: Config, source: dict, n_groups: int) -> dict:
     unfreeze_epoch 0 when nothing was frozen, the strategy of a one-strategy study that Optuna never sampled)."""
     fixed = optuna.trial.FixedTrial(source["params"])
     if source["baseline"]:
-        fixed.set_user_attr("baseline", source["baseline"])
+        fixed.set_user_attr(schema.ATTR_BASELINE, source["baseline"])
     return with_strategy(cfg, suggest(fixed, cfg, n_groups), source["baseline"])
 
 
@@ -102,7 +102,7 @@ def selection_metrics(model, suite, batch_size, device) -> dict:
     accs = {e.name: {s: metrics.accuracy(train.predict(model, x, batch_size, device), e.labels) for s, x in e.at()}
             for e in suite.selection}
     flat = [a for sev in accs.values() for a in sev.values()]
-    return {"ood_val_acc": sum(flat) / len(flat) if flat else float("nan"), "per_shift": accs}
+    return {schema.OOD_VAL_ACC: sum(flat) / len(flat) if flat else float("nan"), "per_shift": accs}
 
 
 def _summary(logits, y) -> dict:
@@ -116,7 +116,7 @@ def test_metrics(model, suite, data: dict, batch_size, device) -> tuple[dict, di
     Returns (final metrics, per-set curves {name: {step: {acc, ece, nll, brier, correct}}}, the clean subset's
     summary or None). A target-domain study's clean set is a curve like any other; the clean subset is not one."""
     x, y = data["test"]
-    final = {f"id_{k}": v for k, v in metrics.summarize(train.predict(model, x, batch_size, device), y).items()}
+    final = {schema.id_key(k): v for k, v in metrics.summarize(train.predict(model, x, batch_size, device), y).items()}
     clean_summary = None
     if any(e.paired for e in suite.test):
         clean = suite.clean_test
@@ -131,7 +131,7 @@ def test_metrics(model, suite, data: dict, batch_size, device) -> tuple[dict, di
         final[schema.OOD_ACC_WORST] = min(means.values())  # the worst shift, each averaged over its severities
         for key in ("ece", "nll"):
             vals = [c[key] for cv in curves.values() for c in cv.values()]
-            final[f"ood_{key}_mean"] = sum(vals) / len(vals)
+            final[schema.ood_mean(key)] = sum(vals) / len(vals)
         families = {}
         for e in suite.test:
             families.setdefault(e.family, []).append(means[e.name])
@@ -169,10 +169,10 @@ def label_shift_metrics(model, suite, data: dict, batch_size, device, val_logits
     # BBSE correction: reweight the posteriors by w = q/p, then take the argmax
     w = (est / source_prior.clamp_min(1e-12)).float().to(logits.device)
     corrected = (logits.softmax(1) * w).argmax(1)
-    return {"label_shift/balanced_acc": metrics.balanced_accuracy(logits, ys, k),
-            "label_shift/acc_bbse_corrected": (corrected == ys).float().mean().item(),
-            "label_shift/prior_l1_error": (est - true).abs().sum().item(),
-            "label_shift/w_sq_error": ((est - true) / source_prior.clamp_min(1e-12)).pow(2).sum().item(),
+    return {schema.LABEL_SHIFT_BALANCED_ACC: metrics.balanced_accuracy(logits, ys, k),
+            schema.LABEL_SHIFT_ACC_BBSE: (corrected == ys).float().mean().item(),
+            schema.LABEL_SHIFT_PRIOR_L1_ERROR: (est - true).abs().sum().item(),
+            schema.LABEL_SHIFT_W_SQ_ERROR: ((est - true) / source_prior.clamp_min(1e-12)).pow(2).sum().item(),
             "priors": {"true": true.tolist(), "bbse": est.tolist()}}  # logged per class (step = class index)
 
 
@@ -188,8 +188,9 @@ class Fitted:
 
 def _epoch_metrics(loss, val, frozen, lr=None) -> dict:
     # rss_mb after each epoch, pruned trials too: it must not grow across trials (optuna#1224)
-    return {"train_loss": loss, "val_acc": val["acc"], "val_loss": val["loss"], "frozen_layers": frozen,
-            "rss_mb": psutil.Process().memory_info().rss / 2**20, "lr": lr}
+    return {schema.TRAIN_LOSS: loss, schema.VAL_ACC: val["acc"], schema.VAL_LOSS: val["loss"],
+            schema.FROZEN_LAYERS: frozen,
+            schema.RSS_MB: psutil.Process().memory_info().rss / 2**20, schema.LR: lr}
 
 
 def train_trial(trial: optuna.Trial | None, ctx, p: dict, run: runs.Run, progress=None, baseline: str = "",
@@ -254,17 +255,17 @@ def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, d
                                             {e.name: curves[e.name] for e in corruptions}, reference,
                                             final[schema.ID_ACC], {e.name for e in corruptions if not e.paired})
     final.update(ce)
-    final.update(val_acc_final=val["acc"], eval_seconds=time.perf_counter() - t1,
-                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    final.update({schema.VAL_ACC_FINAL: val["acc"], schema.EVAL_SECONDS: time.perf_counter() - t1,
+                  schema.PEAK_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     if device.type == "cuda":
-        final["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        final[schema.GPU_PEAK_MB] = torch.cuda.max_memory_allocated() / 2**20
     if sel["per_shift"]:
-        final["ood_val_acc"] = sel["ood_val_acc"]
-    final["train_seconds"] = fitted.train_seconds
+        final[schema.OOD_VAL_ACC] = sel[schema.OOD_VAL_ACC]
+    final[schema.TRAIN_SECONDS] = fitted.train_seconds
     series = {schema.shift_key(name, "acc"): sev for name, sev in sel["per_shift"].items()}  # step = severity
     series.update({schema.shift_key(name, key): {s: c[key] for s, c in cv.items()}
                    for name, cv in curves.items() for key in ("acc", "ece", "nll")})
-    series.update({f"label_shift/prior_{key}": dict(enumerate(prior)) for key, prior in (priors or {}).items()})
+    series.update({schema.label_prior(key): dict(enumerate(prior)) for key, prior in (priors or {}).items()})
     return final, series, {**sel, "shift_acc": shift_acc, "correct": correct,
                            "ce_reference": reference["run_id"] if ce and reference else None}
 
@@ -275,7 +276,7 @@ def log_run(ctx, run_id: str, final: dict, series: dict, sel: dict) -> None:
     tracking.log_metrics(ctx.client, run_id, final, series=series)
     tracking.log_json(ctx.client, run_id, sel["correct"], schema.CORRECT_ARTIFACT)
     if sel["ce_reference"]:
-        tracking.set_tags(ctx.client, run_id, {"harness.ce_reference": sel["ce_reference"]})
+        tracking.set_tags(ctx.client, run_id, {schema.TAG_CE_REFERENCE: sel["ce_reference"]})
 
 
 def log_trial(trial: optuna.Trial, ctx, run_id: str, final: dict, series: dict, sel: dict):
@@ -285,12 +286,12 @@ def log_trial(trial: optuna.Trial, ctx, run_id: str, final: dict, series: dict, 
     for key in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.VAL_ACC_FINAL, schema.CLEAN_SUBSET_ACC):
         if key in final:
             trial.set_user_attr(key, final[key])
-    trial.set_user_attr("ce_reference", sel["ce_reference"])
-    trial.set_user_attr("shift_acc", sel["shift_acc"])
+    trial.set_user_attr(schema.ATTR_CE_REFERENCE, sel["ce_reference"])
+    trial.set_user_attr(schema.ATTR_SHIFT_ACC, sel["shift_acc"])
     objective = ctx.cfg.study.objective
     if objective == "multi":
-        return final[schema.VAL_ACC_FINAL], sel["ood_val_acc"]
-    return sel["ood_val_acc"] if objective == "ood_val_acc" else final[schema.VAL_ACC_FINAL]
+        return final[schema.VAL_ACC_FINAL], sel[schema.OOD_VAL_ACC]
+    return sel[schema.OOD_VAL_ACC] if objective == schema.OOD_VAL_ACC else final[schema.VAL_ACC_FINAL]
 
 
 @runs.frees_memory
@@ -299,7 +300,7 @@ def objective(trial: optuna.Trial, ctx, progress=None, on_complete=None):
     evaluate (evaluate_trial) -> log (log_trial), on its own MLflow child run (runs.trial_run: it ends FINISHED,
     KILLED when pruned, FAILED with the reason). on_complete(trial, value, model, run_id) runs before the run ends
     (the study keeps the best weights). Returns the objective value; the model is freed (runs.frees_memory)."""
-    baseline = trial.user_attrs.get("baseline", "")
+    baseline = trial.user_attrs.get(schema.ATTR_BASELINE, "")
     p = with_strategy(ctx.cfg, suggest(trial, ctx.cfg, ctx.n_groups), baseline)
     with runs.trial_run(ctx, trial, p, baseline) as run:
         fitted = train_trial(trial, ctx, p, run, progress, baseline)

@@ -24,8 +24,8 @@ def _vs(s: dict, rows: dict, b: dict) -> Raw:
             verdict = "significant" if o["significant"] else "not significant"
             lines.append(f'{esc(pts(o["diff"]))} <small>[{esc(pts(o["ci"][0]))}, {esc(pts(o["ci"][1]))}] vs {name} '
                          f'({verdict})</small>')
-        elif r["ood_acc_mean"] is not None and b["ood_acc_mean"] is not None:
-            lines.append(f"{esc(pts(b['ood_acc_mean'] - r['ood_acc_mean']))} <small>vs {esc(schema.BASELINES[fam])}</small>")
+        elif r[schema.OOD_ACC_MEAN] is not None and b[schema.OOD_ACC_MEAN] is not None:
+            lines.append(f"{esc(pts(b[schema.OOD_ACC_MEAN] - r[schema.OOD_ACC_MEAN]))} <small>vs {esc(schema.BASELINES[fam])}</small>")
     return Raw("<br>".join(lines))
 
 
@@ -48,18 +48,18 @@ def _cards(s: dict) -> Raw:
     vs = _vs(s, rows, b)
     o = rows.get(s["oracle"])
     hindsight = ("the same trial is also the best under shift" if o is None or o["number"] == b["number"] else
-                 f"in hindsight trial #{o['number']} is best under shift ({pct(o['ood_acc_mean'])}%, "
-                 f"{pts(o['ood_acc_mean'] - b['ood_acc_mean'])} points)")
-    id_v, id_d = _acc_card(s, b, "id_acc", s["n_test"], "id_acc_ci")
-    ood_v, ood_d = _acc_card(s, b, "ood_acc_mean", s["n_shift_eval"], "ood_acc_ci")
-    clean = b["clean_subset_acc"] if b["clean_subset_acc"] is not None else b["id_acc"]
+                 f"in hindsight trial #{o['number']} is best under shift ({pct(o[schema.OOD_ACC_MEAN])}%, "
+                 f"{pts(o[schema.OOD_ACC_MEAN] - b[schema.OOD_ACC_MEAN])} points)")
+    id_v, id_d = _acc_card(s, b, schema.ID_ACC, s["n_test"], "id_acc_ci")
+    ood_v, ood_d = _acc_card(s, b, schema.OOD_ACC_MEAN, s["n_shift_eval"], "ood_acc_ci")
+    clean = b[schema.CLEAN_SUBSET_ACC] if b[schema.CLEAN_SUBSET_ACC] is not None else b[schema.ID_ACC]
     cards = [
         ("Selected configuration", f"trial #{b['number']}",
          f"{b['text'] or '-'}, lr {lr_text(b['lr'])}" + (f" ({schema.BASELINES[b['baseline']]} baseline)" if b['baseline'] else "")),
         ("ID test accuracy", id_v, id_d),
         ("Mean OOD accuracy", ood_v,
-         f"{ood_d}; OOD \u2212 clean (same images) {pts((b['ood_acc_mean'] or 0) - (clean or 0))} points"),
-        ("Worst shift", f"{worst or '-'}", f"{pct(b['ood_acc_worst'])}% accuracy"),
+         f"{ood_d}; OOD \u2212 clean (same images) {pts((b[schema.OOD_ACC_MEAN] or 0) - (clean or 0))} points"),
+        ("Worst shift", f"{worst or '-'}", f"{pct(b[schema.OOD_ACC_WORST])}% accuracy"),
         ("Against the baselines", vs or "-",
          "points of mean OOD accuracy, paired on the same images, 95% bootstrap interval; each family's best on validation"),
     ]
