@@ -109,7 +109,7 @@ def _seeds(r: dict, key: str) -> str:
 
 
 def _with_ci(r: dict, key: str) -> Raw:
-    cik = {"id_acc": "id_acc_ci", "ood_acc_mean": "ood_acc_ci"}[key]
+    cik = {schema.ID_ACC: "id_acc_ci", schema.OOD_ACC_MEAN: "ood_acc_ci"}[key]
     return Raw(f'<td><span data-key="{esc(key)}">{esc(pct(r[key]))}</span> '
                f'<small class="ci" data-key="{esc(cik)}">{esc(ci(r[cik]))}</small>{_seeds(r, key)}</td>')
 
@@ -126,11 +126,11 @@ def leaderboard(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
             continue
         rows = [[td(r["rank"]), trial_cell(r, s),
                  td(r["text"] or "-", cls="wrap"), td(lr_text(r["lr"]), "lr"), td(pct(r["objective"]), "objective"),
-                 _with_ci(r, "id_acc"), _with_ci(r, "ood_acc_mean"),
-                 Raw(f'<td><span data-key="ood_acc_worst">{esc(pct(r["ood_acc_worst"]))}</span> '
-                     f'<small class="ci">{esc(r["worst_shift"] or "")}</small>{_seeds(r, "ood_acc_worst")}</td>'),
+                 _with_ci(r, schema.ID_ACC), _with_ci(r, schema.OOD_ACC_MEAN),
+                 Raw(f'<td><span data-key="{schema.OOD_ACC_WORST}">{esc(pct(r[schema.OOD_ACC_WORST]))}</span> '
+                     f'<small class="ci">{esc(r["worst_shift"] or "")}</small>{_seeds(r, schema.OOD_ACC_WORST)}</td>'),
                  td(pts(r["effective_robustness"]), "effective_robustness"),
-                 td(num(r["id_ece"]), "id_ece"), td(num(r["ood_ece_mean"]), "ood_ece_mean")] for r in done]
+                 td(num(r[schema.ID_ECE]), schema.ID_ECE), td(num(r[schema.OOD_ECE_MEAN]), schema.OOD_ECE_MEAN)] for r in done]
         attrs = [{"data-run-id": r["run_id"], "data-trial": r["number"],
                   "class": "selected" if r["number"] == s["best"] else ("baseline" if r["baseline"] else "")} for r in done]
         body.append(Raw(f'<div class="scroll">{table(head, rows, "leaderboard", attrs)}</div>'))
@@ -175,7 +175,7 @@ def _fits(s: dict) -> list[Raw]:
     return [table(["OOD accuracy of", "slope", "intercept", "R\u00b2", "trials"], rows, "fits"),
             Raw("<details><summary>effective robustness per trial (points above the line)</summary>"),
             table(["trial", "role", "strategy", "ID acc (%)", "OOD mean (%)", "eff. robustness (pts)"],
-                  [[f"#{r['number']}", td(chips(r, s)), r["text"], pct(r["id_acc"]), pct(r["ood_acc_mean"]),
+                  [[f"#{r['number']}", td(chips(r, s)), r["text"], pct(r[schema.ID_ACC]), pct(r[schema.OOD_ACC_MEAN]),
                     pts(r["effective_robustness"])] for r in done], "er"),
             Raw("</details>")]
 
@@ -202,7 +202,7 @@ def _importance_table(s: dict) -> list[Raw]:
     rows = []
     for param in s["axes"]:
         cells = [param]
-        for target in ("id_acc", "ood_acc_mean"):
+        for target in (schema.ID_ACC, schema.OOD_ACC_MEAN):
             imp = s["importances"].get(target, {})
             v = imp.get("values", {}).get(param)
             cells.append(Raw(f'<td class="bar" data-key="importance/{esc(target)}/{esc(param)}">'
@@ -220,7 +220,7 @@ def _strategy_table(s: dict) -> list[Raw]:
     """Accuracy per strategy and per tuned group (surgical), ID and OOD; absent for prefix-only studies."""
     if not s.get("per_strategy"):
         return []
-    rows = [[g["label"], str(g["n"]), pct(g["id_acc"]), pct(g["ood_acc_mean"]),
+    rows = [[g["label"], str(g["n"]), pct(g[schema.ID_ACC]), pct(g[schema.OOD_ACC_MEAN]),
              ", ".join(f"#{n}" for n in g["trials"])] for g in s["per_strategy"]]
     return [Raw("<h3>Which groups to tune: accuracy per strategy and tuned group</h3>"),
             table(["strategy (surgical: the one group tuned, 0 = first)", "trials", "ID acc (%)", "OOD mean (%)",
@@ -245,7 +245,7 @@ def hyper_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]
             body.append(ph)
             front = [r for r in s["trials"] if r["number"] in s["pareto"]]
             body.append(table(["Pareto trial", "strategy", "lr", "ID acc (%)", "OOD mean (%)"],
-                              [[f"#{r['number']}", r["text"], lr_text(r["lr"]), pct(r["id_acc"]), pct(r["ood_acc_mean"])]
+                              [[f"#{r['number']}", r["text"], lr_text(r["lr"]), pct(r[schema.ID_ACC]), pct(r[schema.OOD_ACC_MEAN])]
                                for r in front], "pareto"))
     return ("top: ID (upper row) and OOD (lower row) accuracy of every completed trial against each hyperparameter "
             "(axis plots; the selected trial is a star, baselines are coloured). Importances (fANOVA, share of "
@@ -256,7 +256,7 @@ def hyper_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]
 def calibration_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
     fig = figures.fig_severity(summaries, "ece")
     body = [fig] if fig else [Raw('<p class="empty">No ECE under shift was logged.</p>')]
-    keys = ("id_ece", "id_nll", "id_brier", "ood_ece_mean", "ood_nll_mean")
+    keys = (schema.ID_ECE, schema.ID_NLL, schema.ID_BRIER, schema.OOD_ECE_MEAN, schema.OOD_NLL_MEAN)
     for s in summaries:
         trials = figures.shown(s)
         if not trials:
@@ -316,7 +316,7 @@ def metrics_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Ra
         if not trials:
             continue
         # system/* samples (CPU, memory, GPU over time) are not results; MLflow's system-metrics tab shows them
-        keys = sorted({k for r in trials for k in r["final"] if not k.startswith("system/")})
+        keys = sorted({k for r in trials for k in r["final"] if not schema.is_system(k)})
         body.append(heading(summaries, s))
         body.append(table(["metric"] + [figures.trial_label(r, s["best"]) for r in trials],
                           [[k] + [td(num(r["final"].get(k), ".4g"), k) for r in trials] for k in keys], "metrics"))
