@@ -16,7 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from harness import store
+from harness import schema, store
 from harness.config import ROOT
 
 # MlflowClient with explicit run ids, never the fluent active-run stack: that stack is per thread and per
@@ -29,7 +29,7 @@ def experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> s
     if exp is None:
         location = (artifact_root / "artifacts" / name).resolve().as_uri() if artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location, tags={"harness.study_name": name,
+            return client.create_experiment(name, artifact_location=location, tags={schema.TAG_STUDY_NAME: name,
                                                                                    EXPERIMENT_KIND: "finetuning"})
         except MlflowException:
             exp = client.get_experiment_by_name(name)  # another process won the race
@@ -43,18 +43,18 @@ def experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> s
     return exp.experiment_id
 
 
-def parent_run(client: MlflowClient, exp_id: str, study_name: str, role: str = "study") -> tuple[str, bool]:
+def parent_run(client: MlflowClient, exp_id: str, study_name: str, role: str = schema.ROLE_STUDY) -> tuple[str, bool]:
     """(run id, created): the study's parent run (tag harness.role = study, or sustain for harness.sustain), reused
     and set RUNNING again on resume."""
-    runs = client.search_runs([exp_id], f"tags.`harness.role` = '{role}'", max_results=1,
+    runs = client.search_runs([exp_id], f"tags.`{schema.TAG_ROLE}` = '{role}'", max_results=1,
                               order_by=["attributes.start_time ASC"])
     if runs:
         client.update_run(runs[0].info.run_id, status="RUNNING")
         return runs[0].info.run_id, False
     run = client.create_run(exp_id, run_name=study_name,
-                            tags={"harness.role": role, "optuna.study_name": study_name})
+                            tags={schema.TAG_ROLE: role, schema.TAG_OPTUNA_STUDY: study_name})
     # two machines starting the same study at once may both create one: the earliest wins, the other is deleted
-    first = client.search_runs([exp_id], f"tags.`harness.role` = '{role}'", max_results=1,
+    first = client.search_runs([exp_id], f"tags.`{schema.TAG_ROLE}` = '{role}'", max_results=1,
                                order_by=["attributes.start_time ASC", "attributes.run_id ASC"])[0].info.run_id
     if first != run.info.run_id:
         client.delete_run(run.info.run_id)
@@ -72,19 +72,19 @@ def existing_role(uri: str, name: str) -> str | None:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         return None
-    for role in ("study", "sustain"):
-        if client.search_runs([exp.experiment_id], f"tags.`harness.role` = '{role}'", max_results=1):
+    for role in (schema.ROLE_STUDY, schema.ROLE_SUSTAIN):
+        if client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_ROLE}` = '{role}'", max_results=1):
             return role
-    if client.search_runs([exp.experiment_id], "tags.`harness.role` = 'trial'", max_results=1):
-        return "study"
+    if client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_ROLE}` = '{schema.ROLE_TRIAL}'", max_results=1):
+        return schema.ROLE_STUDY
     return None
 
 
 def child_run(client, exp_id, parent_id, study_name, number, params: dict, tags: dict = None) -> str:
     """A trial's run, created when the trial starts, so its curves are visible while it trains."""
     run = client.create_run(exp_id, run_name=f"trial-{number:04d}", tags={
-        "mlflow.parentRunId": parent_id, "harness.role": "trial", "optuna.study_name": study_name,
-        "optuna.trial_number": str(number), **(tags or {})})
+        schema.TAG_PARENT_RUN: parent_id, schema.TAG_ROLE: schema.ROLE_TRIAL, schema.TAG_OPTUNA_STUDY: study_name,
+        schema.TAG_TRIAL_NUMBER: str(number), **(tags or {})})
     log_params(client, run.info.run_id, params)
     return run.info.run_id
 
@@ -92,10 +92,10 @@ def child_run(client, exp_id, parent_id, study_name, number, params: dict, tags:
 def replicate_run(client, exp_id, parent_id, study_name, number: int, seed: int, params: dict, baseline: str) -> str:
     """A seed replicate of trial `number` (harness.trial.replicate): run name trial-NNNN-seedS, role replicate, tags
     harness.replicate_of and harness.seed, no optuna.trial_number (it is no Optuna trial and counts toward none)."""
-    tags = {"mlflow.parentRunId": parent_id, "harness.role": "replicate", "optuna.study_name": study_name,
-            "harness.replicate_of": str(number), "harness.seed": str(seed)}
+    tags = {schema.TAG_PARENT_RUN: parent_id, schema.TAG_ROLE: schema.ROLE_REPLICATE,
+            schema.TAG_OPTUNA_STUDY: study_name, schema.TAG_REPLICATE_OF: str(number), schema.TAG_SEED: str(seed)}
     if baseline:
-        tags["harness.baseline"] = baseline
+        tags[schema.TAG_BASELINE] = baseline
     run = client.create_run(exp_id, run_name=f"trial-{number:04d}-seed{seed}", tags=tags)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
@@ -143,7 +143,7 @@ def end_run(client, run_id: str, status: str, tags: dict = None) -> None:
     try:
         client.flush(run_id)
     except Exception as e:
-        tags = {**(tags or {}), "harness.logging_error": f"{type(e).__name__}: {e}"}
+        tags = {**(tags or {}), schema.TAG_LOGGING_ERROR: f"{type(e).__name__}: {e}"}
     if tags:
         set_tags(client, run_id, tags)
     client.set_terminated(run_id, status=status)
@@ -170,17 +170,17 @@ def log_figure(client, run_id: str, figure, path: str) -> None:
 
 def running_children(client, exp_id: str, parent_id: str) -> list[tuple[int, str]]:
     """(trial number, run id) of the parent's child runs still RUNNING (bookkeeping for crash recovery)."""
-    runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
-                              max_results=10000)
-    return [(int(r.data.tags.get("optuna.trial_number", -1)), r.info.run_id) for r in runs]
+    runs = client.search_runs([exp_id], f"tags.`{schema.TAG_PARENT_RUN}` = '{parent_id}' "
+                                          "and attributes.status = 'RUNNING'", max_results=10000)
+    return [(int(r.data.tags.get(schema.TAG_TRIAL_NUMBER, -1)), r.info.run_id) for r in runs]
 
 
 def replicate_runs(client, exp_id: str, parent_id: str) -> list[dict]:
     """The parent's replicate runs: [{"run_id", "status", "of" (source trial number), "seed"}]."""
-    runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}' and tags.`harness.role` = 'replicate'",
-                              max_results=10000)
-    return [{"run_id": r.info.run_id, "status": r.info.status, "of": int(r.data.tags["harness.replicate_of"]),
-             "seed": int(r.data.tags["harness.seed"])} for r in runs]
+    runs = client.search_runs([exp_id], f"tags.`{schema.TAG_PARENT_RUN}` = '{parent_id}' and "
+                                          f"tags.`{schema.TAG_ROLE}` = '{schema.ROLE_REPLICATE}'", max_results=10000)
+    return [{"run_id": r.info.run_id, "status": r.info.status, "of": int(r.data.tags[schema.TAG_REPLICATE_OF]),
+             "seed": int(r.data.tags[schema.TAG_SEED])} for r in runs]
 
 
 def fail_runs(client, run_ids: list[str], reason: str) -> None:
@@ -188,7 +188,7 @@ def fail_runs(client, run_ids: list[str], reason: str) -> None:
     the run's end and Optuna's tell may have left the run FINISHED. Optuna's state is the truth."""
     for run_id in run_ids:
         try:
-            end_run(client, run_id, "FAILED", {"harness.fail_reason": reason})
+            end_run(client, run_id, "FAILED", {schema.TAG_FAIL_REASON: reason})
         except MlflowException:
             pass  # the run never got created: nothing to clean
 
@@ -227,8 +227,8 @@ def log_json(client, run_id: str, obj, path: str) -> None:
 # Dataset inputs, system metrics and descriptions, all by explicit ids as above (models and their versions:
 # harness.model_registry).
 
-DESCRIPTION = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
-EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI opens a "finetuning" experiment on its runs, not on GenAI traces
+DESCRIPTION = schema.TAG_NOTE  # the run's description in the MLflow UI (markdown)
+EXPERIMENT_KIND = schema.TAG_EXPERIMENT_KIND  # the UI opens a "finetuning" experiment on its runs, not on GenAI traces
 
 
 def set_description(client, run_id: str, text: str) -> None:
@@ -252,7 +252,7 @@ def dataset_input(name: str, digest: str, source: str, context: str, tags: dict 
     ds = Dataset(name=name, digest=digest, source_type="local" if "/" in source else "code",
                  source=json.dumps({"uri": source} if "/" in source else {"tags": {"name": source}}),
                  schema=schema_json if shape else None)
-    input_tags = [InputTag("mlflow.data.context", context)]
+    input_tags = [InputTag(schema.INPUT_CONTEXT, context)]
     input_tags += [InputTag(k, str(v)) for k, v in (tags or {}).items()]
     return DatasetInput(ds, tags=input_tags)
 
@@ -288,20 +288,20 @@ def _sample(s: SystemSampler) -> None:
 
     t0 = time.perf_counter()
     vm = psutil.virtual_memory()
-    m = {"system/cpu_utilization_percentage": psutil.cpu_percent(None),  # since the previous call
-         "system/system_memory_usage_megabytes": (vm.total - vm.available) / 2**20,
-         "system/system_memory_usage_percentage": vm.percent,
-         "system/process_rss_megabytes": psutil.Process().memory_info().rss / 2**20}
+    m = {schema.SYSTEM_CPU_PERCENT: psutil.cpu_percent(None),  # since the previous call
+         schema.SYSTEM_MEMORY_MB: (vm.total - vm.available) / 2**20,
+         schema.SYSTEM_MEMORY_PERCENT: vm.percent,
+         schema.SYSTEM_PROCESS_RSS_MB: psutil.Process().memory_info().rss / 2**20}
     if s.gpu:
         import torch
 
         try:
-            m["system/gpu_0_utilization_percentage"] = float(torch.cuda.utilization(0))  # needs pynvml
+            m[schema.SYSTEM_GPU_PERCENT] = float(torch.cuda.utilization(0))  # needs pynvml
         except Exception:
             pass
         free, total = torch.cuda.mem_get_info(0)
-        m["system/gpu_0_memory_usage_megabytes"] = (total - free) / 2**20
-        m["system/gpu_0_memory_usage_percentage"] = 100.0 * (total - free) / total
+        m[schema.SYSTEM_GPU_MEMORY_MB] = (total - free) / 2**20
+        m[schema.SYSTEM_GPU_MEMORY_PERCENT] = 100.0 * (total - free) / total
     now = int(time.time() * 1000)
     s.client.log_batch(s.run_id, metrics=[Metric(k, float(v), now, s.step) for k, v in m.items()])
     s.step += 1
