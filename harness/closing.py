@@ -25,7 +25,7 @@ def publish_model(ctx: context.Context, log=print, study: optuna.Study | None = 
             log(f"warning: the selected model was not registered ({type(e).__name__}: {e})")
             got.append(None)
 
-    best = ctx.client.get_run(ctx.parent_id).data.tags.get("harness.best_run_id")
+    best = ctx.client.get_run(ctx.parent_id).data.tags.get(schema.TAG_BEST_RUN_ID)
     if study is not None and best:
         while units.once(study, f"champion-{best}", publish) is None:  # another launcher registers it now
             time.sleep(0.5)
@@ -40,14 +40,14 @@ def publish_model(ctx: context.Context, log=print, study: optuna.Study | None = 
 
 def selected_trial(ctx: context.Context, study: optuna.Study) -> dict | None:
     """The selected trial (the parent's harness.best_run_id) as the parent's description needs it."""
-    run_id = ctx.client.get_run(ctx.parent_id).data.tags.get("harness.best_run_id")
+    run_id = ctx.client.get_run(ctx.parent_id).data.tags.get(schema.TAG_BEST_RUN_ID)
     if not run_id:
         return None
     run = ctx.client.get_run(run_id)
     params = {k: v for k, v in run.data.params.items() if k in schema.TRIAL_PARAMS}  # strings; strategy() casts
     return {"run_id": run_id, "run_name": run.info.run_name,
             "strategy": records.strategy(params, ctx.cfg.train.epochs, ctx.n_groups,
-                                         run.data.tags.get("harness.baseline", "")),
+                                         run.data.tags.get(schema.TAG_BASELINE, "")),
             **{k: run.data.metrics.get(k) for k in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.OOD_ACC_WORST)}}
 
 
@@ -66,10 +66,10 @@ def describe_parent(ctx: context.Context, study: optuna.Study, model: dict | Non
 def ui_urls(ctx: context.Context, study: optuna.Study, base: str) -> dict:
     """The study's runs view and a comparison of the selected trial with the baselines, in the UI at `base`."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best = ctx.client.get_run(ctx.parent_id).data.tags.get("harness.best_run_id")
-    ids = ([best] if best else []) + [t.user_attrs["mlflow_run_id"] for t in done
-                                      if t.user_attrs.get("baseline") and "mlflow_run_id" in t.user_attrs]
-    order = schema.OOD_VAL_ACC if ctx.cfg.study.objective == "ood_val_acc" else schema.VAL_ACC_FINAL  # the objective
+    best = ctx.client.get_run(ctx.parent_id).data.tags.get(schema.TAG_BEST_RUN_ID)
+    ids = ([best] if best else []) + [t.user_attrs[schema.ATTR_RUN_ID] for t in done
+                                      if t.user_attrs.get(schema.ATTR_BASELINE) and schema.ATTR_RUN_ID in t.user_attrs]
+    order = schema.OOD_VAL_ACC if ctx.cfg.study.objective == schema.OOD_VAL_ACC else schema.VAL_ACC_FINAL  # the objective
     out = {"runs": links.runs_url(base, ctx.exp_id, ctx.cfg.study.name, order)}
     if len(set(ids)) > 1:
         out["compare"] = links.compare_url(base, ctx.exp_id, ids)

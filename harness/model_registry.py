@@ -11,6 +11,8 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
+from harness import schema
+
 
 def log_pytorch_model(client, exp_id: str, run_id: str, model, example, name: str = "model",
                       tags: dict | None = None, step: int = 0) -> str:
@@ -64,7 +66,7 @@ def register_model(client, name: str, model_id: str, run_id: str, tags: dict, al
     """A new version of registered model `name` (created when absent) from LoggedModel `model_id`, with `tags`,
     and `alias` moved onto it. Returns the version."""
     try:
-        client.create_registered_model(name, tags={"harness.registered_by": "harness"})
+        client.create_registered_model(name, tags={schema.RM_REGISTERED_BY: "harness"})
     except MlflowException as e:
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise

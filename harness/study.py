@@ -38,12 +38,12 @@ def summary(ctx: context.Context, study: optuna.Study, wall: float, log=print) -
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
     done.sort(key=lambda t: -t.values[0])
     obj = "val_acc,ood_val_acc" if cfg.study.objective == "multi" else cfg.study.objective
-    log(f"\n{'trial':>5} {'baseline':<13} {'lr':>9} {'freeze':>6} {'unfreeze':>8} {obj:>12} {'id_acc':>7} {'ood_acc':>7}")
+    log(f"\n{'trial':>5} {'baseline':<13} {'lr':>9} {'freeze':>6} {'unfreeze':>8} {obj:>12} {schema.ID_ACC:>7} {'ood_acc':>7}")
     for t in done[:8]:
-        baseline = t.user_attrs.get("baseline", "")
+        baseline = t.user_attrs.get(schema.ATTR_BASELINE, "")
         p = trialmod.with_strategy(cfg, t.params, baseline)
         k, when = strategies.of(p, baseline).words(p, cfg.train.epochs)["cells"]  # its strategy in the two columns
-        log(f"{t.number:>5} {t.user_attrs.get('baseline', ''):<13} {t.params.get('lr', float('nan')):>9.2e} {k:>6} {when:>8} "
+        log(f"{t.number:>5} {t.user_attrs.get(schema.ATTR_BASELINE, ''):<13} {t.params.get('lr', float('nan')):>9.2e} {k:>6} {when:>8} "
             f"{', '.join(f'{v:.4f}' for v in t.values):>12} {t.user_attrs.get(schema.ID_ACC, float('nan')):>7.4f} "
             f"{t.user_attrs.get(schema.OOD_ACC_MEAN, float('nan')):>7.4f}")
     base = links.ui_base(ctx.uri)

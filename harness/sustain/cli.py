@@ -172,7 +172,7 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     tracking.log_json(ctx.client, ctx.parent_id, {str(s): c.recipes for s, c in sr.seeds.items()
                                                   if isinstance(c, replay.SeedContext)}, "stream.json")
     tracking.end_run(ctx.client, ctx.parent_id, "FINISHED",
-                     {"harness.failed_runs": len(found["failed"]) if found else len(failed)})
+                     {schema.TAG_FAILED_RUNS: len(found["failed"]) if found else len(failed)})
     if not st.search and summary:
         _table(summary, log)
     log(f"\nsustain study {cfg.study.name!r} took {time.perf_counter() - t_start:.0f} s. Open the MLflow UI on this "
@@ -222,14 +222,14 @@ def summarize(results: dict[str, list[dict]]) -> dict:
 
 def _table(summary: dict, log) -> None:
     """Mean ± std over seeds; update cost as wall seconds and as images x epochs trained (device independent)."""
-    log(f"\n{'policy':<11} {'seeds':>5} {'stream_acc_mean':>15} {'worst':>13} {'bwt':>14} {'forgetting':>14} "
-        f"{'fwt':>14} {'updates':>9} {'update_s':>11} {'update_examples':>15}")
+    log(f"\n{'policy':<11} {'seeds':>5} {schema.STREAM_ACC_MEAN:>15} {'worst':>13} {schema.BWT:>14} {schema.FORGETTING:>14} "
+        f"{schema.FWT:>14} {'updates':>9} {'update_s':>11} {schema.UPDATE_EXAMPLES:>15}")
     for lab, e in summary.items():
         f = lambda k, w=".3f": f"{e[k]['mean']:{w}} ± {e[k]['std']:.3f}"
         g = lambda k, w: f"{e[k]['mean']:{w}} ± {e[k]['std']:{w}}"
-        log(f"{lab:<11} {e['n_seeds']:>5} {f('stream_acc_mean'):>15} {f('stream_acc_worst'):>13} {f('bwt', '+.3f'):>14} "
-            f"{f('forgetting', '+.3f'):>14} {f('fwt', '+.3f'):>14} {g('n_updates', '.1f'):>9} "
-            f"{g('update_seconds', '.1f'):>11} {g('update_examples', '.0f'):>15}")
+        log(f"{lab:<11} {e['n_seeds']:>5} {f(schema.STREAM_ACC_MEAN):>15} {f(schema.STREAM_ACC_WORST):>13} {f(schema.BWT, '+.3f'):>14} "
+            f"{f(schema.FORGETTING, '+.3f'):>14} {f(schema.FWT, '+.3f'):>14} {g(schema.N_UPDATES, '.1f'):>9} "
+            f"{g(schema.UPDATE_SECONDS, '.1f'):>11} {g(schema.UPDATE_EXAMPLES, '.0f'):>15}")
 
 
 def _log_parent(ctx: context.Context) -> None:
@@ -240,13 +240,13 @@ def _log_parent(ctx: context.Context) -> None:
     tracking.log_json(client, run_id, tracking.versions(), "versions.json")
     if cfg.stream.search:
         tracking.log_json(client, run_id, search.space(cfg.stream), "search_space.json")
-    tracking.set_tags(client, run_id, {"harness.git_sha": tracking.git_sha(), "harness.device": str(ctx.device),
-                                       "harness.stream": cfg.stream.kind,
-                                       "harness.stream_shift": streams.stream_shift(cfg.stream),
-                                       "harness.pool_fraction": cfg.stream.pool_fraction,
-                                       "harness.policies": ",".join(cfg.stream.policies),
-                                       "harness.seeds": ",".join(map(str, streams.seeds_of(cfg))),
-                                       "harness.search": str(cfg.stream.search).lower()})
+    tracking.set_tags(client, run_id, {schema.TAG_GIT_SHA: tracking.git_sha(), schema.TAG_DEVICE: str(ctx.device),
+                                       schema.TAG_STREAM: cfg.stream.kind,
+                                       schema.TAG_STREAM_SHIFT: streams.stream_shift(cfg.stream),
+                                       schema.TAG_POOL_FRACTION: cfg.stream.pool_fraction,
+                                       schema.TAG_POLICIES: ",".join(cfg.stream.policies),
+                                       schema.TAG_SEEDS: ",".join(map(str, streams.seeds_of(cfg))),
+                                       schema.TAG_SEARCH: str(cfg.stream.search).lower()})
     if ctx.created:  # params are immutable in MLflow: the config of the first invocation; later ones under config/
         tracking.log_params(client, run_id, {f"{s}.{k}": v for s, vals in config.to_dict(cfg).items()
                                              for k, v in vals.items() if s != "study" or k in ("seed", "sampler")})
