@@ -30,7 +30,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from harness import bench_report, bench_studies, bench_trials, config, data as datamod, store, suite as suitemod, tracking
+from harness import bench_report, bench_studies, bench_trials, config, data as datamod, schema, store
+from harness import suite as suitemod, tracking
 
 # --quick shrinks every workload (seconds, for the test suite); the figures worth quoting come from the full run.
 QUICK = ["data.labels_per_class=12", "data.image_size=16", "pretrain.epochs=1", "train.epochs=2",
@@ -104,12 +105,12 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
          "batch_size": cfg.train.batch_size, "throughput": a, "mlflow": bench_trials.mlflow_share(a["trials"]),
          "study": st, "suite": suite, "trial_times": tt, "workers": w, "native": f, "cache": g,
          "cache_bound": bench_studies.cache_bound(st["median-nocache"]),
-         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-         "rss_mb": psutil.Process().memory_info().rss / 2**20,
+         schema.PEAK_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+         schema.RSS_MB: psutil.Process().memory_info().rss / 2**20,
          "shift_lists": {"config": cfg.shifts.selection + cfg.shifts.test, "selection": cfg.shifts.selection,
                          "severities": cfg.shifts.severities, "eval_images": cfg.shifts.eval_images}}
     if device.type == "cuda":
-        r["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        r[schema.GPU_PEAK_MB] = torch.cuda.max_memory_allocated() / 2**20
     r["wall"] = time.perf_counter() - t_start
     text = bench_report.render(r)
     out.parent.mkdir(parents=True, exist_ok=True)

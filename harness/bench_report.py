@@ -9,6 +9,8 @@ import statistics
 
 import torch
 
+from harness import schema
+
 
 def device_line(device: torch.device) -> str:
     if device.type == "cuda":
@@ -28,7 +30,7 @@ def _eval_shares(r: dict) -> tuple[float, float]:
     """Shift evaluation's share of a trial's time, eval_seconds / (train_seconds + eval_seconds) (issue 11's budget:
     at most a quarter): median over the (a) trials, and of the bench-none study's medians."""
     tt = r["trial_times"]
-    return statistics.median(t["eval_seconds"] / (t["train_seconds"] + t["eval_seconds"])
+    return statistics.median(t[schema.EVAL_SECONDS] / (t[schema.TRAIN_SECONDS] + t[schema.EVAL_SECONDS])
                              for t in r["throughput"]["trials"]), tt["eval"] / (tt["train"] + tt["eval"])
 
 
@@ -77,7 +79,7 @@ def _table(r: dict) -> list[str]:
         f"<= {100 * targets['eval_share']:.0f}% | {ok(ev <= targets['eval_share'])} |",
         f"| (d) same, completed trials of study bench-none (median of {tt['n']}) | {100 * ev_study:.0f}% | "
         f"<= {100 * targets['eval_share']:.0f}% | {ok(ev_study <= targets['eval_share'])} |",
-        f"| (e) peak RSS | {r['peak_rss_mb']:.0f} MB | no growth across trials | |",
+        f"| (e) peak RSS | {r[schema.PEAK_RSS_MB]:.0f} MB | no growth across trials | |",
         *_table_f(r),
         *_table_g(r),
         *_table_h(r),
@@ -227,7 +229,7 @@ def _section_b(r: dict) -> list[str]:
 def _sections_cde(r: dict) -> list[str]:
     s, st, tt, tr = r["suite"], r["study"], r["trial_times"], r["throughput"]["trials"]
     ev, ev_study = _eval_shares(r)
-    ev_s, tr_s = [t["eval_seconds"] for t in tr], [t["train_seconds"] for t in tr]
+    ev_s, tr_s = [t[schema.EVAL_SECONDS] for t in tr], [t[schema.TRAIN_SECONDS] for t in tr]
     lines = ["## (c) trials per minute (harness.launch.run in a temp working dir, as `python -m harness.study` runs it)"]
     for key, v in st.items():
         lines.append(f"- study bench-{key}: {v['finished']} finished ({v['pruned']} pruned) in {v['span']:.1f} s "
@@ -249,8 +251,8 @@ def _sections_cde(r: dict) -> list[str]:
         f"train_seconds {tt['train']:.2f}, eval_seconds {tt['eval']:.2f} ({100 * ev_study:.0f}%).",
         "",
         "## (e) memory",
-        f"- peak RSS of the benchmark process (all of the above in-process): {r['peak_rss_mb']:.0f} MB; "
-        f"RSS at the end {r['rss_mb']:.0f} MB" + (f"; GPU peak {r['gpu_peak_mb']:.0f} MB" if r.get("gpu_peak_mb") else ""),
+        f"- peak RSS of the benchmark process (all of the above in-process): {r[schema.PEAK_RSS_MB]:.0f} MB; "
+        f"RSS at the end {r[schema.RSS_MB]:.0f} MB" + (f"; GPU peak {r[schema.GPU_PEAK_MB]:.0f} MB" if r.get(schema.GPU_PEAK_MB) else ""),
         f"- RSS after each trial of study bench-none (MB, trial order, the last epoch's rss_mb; the process also "
         f"holds everything above): {', '.join(f'{v:.0f}' for v in tt['rss'])}",
         "",

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import config, store
+from harness import config, schema, store
 
 # (h)'s ratios are judged only on studies whose trials span MIN_STUDY_SECONDS: a worker's start (imports, context
 # from the caches: 5-20 s here) and its 1 s poll while the last trials finish are fixed costs, which decide the
@@ -85,7 +85,7 @@ def _frozen_share(t, epochs: int) -> float:
     frozen epochs are its cheapest: no backward through the prefix; nothing after them can be served); none for a
     trial that freezes nothing (full FT, LP-FT, TPE's freeze_layers = 0)."""
     p = t.params
-    if t.user_attrs.get("baseline") == "linear_probe" or p.get("strategy", "prefix") != "prefix":
+    if t.user_attrs.get(schema.ATTR_BASELINE) == "linear_probe" or p.get("strategy", "prefix") != "prefix":
         return 1.0
     if p.get("freeze_layers", 0) == 0:
         return 0.0
@@ -168,11 +168,11 @@ def trial_times(uri: str, study_name: str) -> dict:
 
     client = store.connect(uri, existing=True)
     exp, parent = results.find_parent(client, study_name)
-    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_PARENT_RUN}` = '{parent.info.run_id}'")
     done = [r for r in runs if r.info.status == "FINISHED"]
-    tr = [r.data.metrics["train_seconds"] for r in done if "train_seconds" in r.data.metrics]
-    ev = [r.data.metrics["eval_seconds"] for r in done if "eval_seconds" in r.data.metrics]
+    tr = [r.data.metrics[schema.TRAIN_SECONDS] for r in done if schema.TRAIN_SECONDS in r.data.metrics]
+    ev = [r.data.metrics[schema.EVAL_SECONDS] for r in done if schema.EVAL_SECONDS in r.data.metrics]
     # rss_mb is logged every epoch (the latest value: the trial's last epoch), pruned trials included
-    rss = sorted((int(r.data.tags["optuna.trial_number"]), r.data.metrics["rss_mb"]) for r in runs
-                 if "rss_mb" in r.data.metrics)
+    rss = sorted((int(r.data.tags[schema.TAG_TRIAL_NUMBER]), r.data.metrics[schema.RSS_MB]) for r in runs
+                 if schema.RSS_MB in r.data.metrics)
     return {"n": len(tr), "train": statistics.median(tr), "eval": statistics.median(ev), "rss": [v for _, v in rss]}

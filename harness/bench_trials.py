@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness import context, models, prefix, tracking
+from harness import context, models, prefix, schema, tracking
 
 # The measured trial's hyperparameters: stem and layer1 frozen (no grads, BN in eval mode) for the first epoch,
 # then everything trains; lr inside the default search range [1e-3, 0.3].
@@ -102,7 +102,7 @@ def harness_trial(ctx: context.Context, spent: dict, n, keep_state: bool = False
             out["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         save(trial, value, model, run_id)
 
-    study.enqueue_trial(params, user_attrs={"baseline": baseline} if baseline else None)
+    study.enqueue_trial(params, user_attrs={schema.ATTR_BASELINE: baseline} if baseline else None)
     trial = study.ask()
     with contextlib.redirect_stdout(io.StringIO()):  # progress lines, as a non-tty study would print them
         progress = workers.Progress(study, cfg.study.n_trials, cfg.train.epochs, log=lambda *a: None)
@@ -114,10 +114,11 @@ def harness_trial(ctx: context.Context, spent: dict, n, keep_state: bool = False
     study.tell(trial, value)
     sampler = ctx.info.get("system_sampler")
     out["system_seconds"], out["system_samples"] = (sampler.seconds, sampler.step) if sampler else (0.0, 0)
-    client, run_id = ctx.client, trial.user_attrs["mlflow_run_id"]
+    client, run_id = ctx.client, trial.user_attrs[schema.ATTR_RUN_ID]
     metrics = client.get_run(run_id).data.metrics
-    out.update(train_seconds=metrics["train_seconds"], eval_seconds=metrics["eval_seconds"],
-               val_acc=[m.value for m in sorted(client.get_metric_history(run_id, "val_acc"), key=lambda m: m.step)])
+    out.update({schema.TRAIN_SECONDS: metrics[schema.TRAIN_SECONDS], schema.EVAL_SECONDS: metrics[schema.EVAL_SECONDS],
+                schema.VAL_ACC: [m.value for m in sorted(client.get_metric_history(run_id, schema.VAL_ACC),
+                                                         key=lambda m: m.step)]})
     return out
 
 
@@ -225,7 +226,7 @@ def throughput(ctx: context.Context, pairs: int = PAIRS) -> dict:
             _same_start(ctx.device)
             if name == "harness":
                 trials.append(harness_trial(ctx, spent, r + 1))
-                times["harness"].append(trials[-1]["train_seconds"])
+                times["harness"].append(trials[-1][schema.TRAIN_SECONDS])
             else:
                 times["bare"].append(bare_run(ctx)[0])
     images = ctx.cfg.train.epochs * len(ctx.data["train"][0])
@@ -269,8 +270,8 @@ def cache_trials(ctx: context.Context, repeats: int) -> dict:
         wall = {side: [t["wall"] for t in ts] for side, ts in runs.items()}
         out[name] = {"params": params, "baseline": baseline, "wall": wall, "repeats": repeats,
                      "held_mb": warm.prefix.used / 2**20,
-                     "train": {side: [t["train_seconds"] for t in ts] for side, ts in runs.items()},
-                     "eval": {side: [t["eval_seconds"] for t in ts] for side, ts in runs.items()},
+                     "train": {side: [t[schema.TRAIN_SECONDS] for t in ts] for side, ts in runs.items()},
+                     "eval": {side: [t[schema.EVAL_SECONDS] for t in ts] for side, ts in runs.items()},
                      **{side: statistics.median(o / c for o, c in zip(wall["off"], wall[side]))
                         for side in ("cold", "warm")}}
     return out

@@ -162,15 +162,6 @@ def test_strategies_target_domain_and_files_write_only_declared_names(tiny_confi
 
 HARNESS = Path(__file__).resolve().parent.parent / "harness"
 
-# ALLOWLIST, temporary: the files the branches `objective` (trial, train, tracking) and `cli` (study, sustain/cli,
-# bench*, report/study_page) own in this pass. Their literals become schema names once those branches have merged
-# (branch `schema`'s report lists each one); then PENDING goes, and so do modules split from these files.
-PENDING = {"train.py", "tracking.py", "study.py", "sustain/cli.py", "bench.py", "bench_studies.py",
-           "bench_trials.py", "bench_report.py", "report/study_page.py",
-           # split from those files by the same branches (objective: runs, model_registry; cli: launch, closing,
-           # sampling, flags, report/headline)
-           "model_registry.py", "closing.py", "sampling.py", "flags.py", "report/headline.py"}
-
 # "lr" is a metric (EPOCH), a trial param (strategies.PARAMS) and a policy param, and also the optimizer's param-group
 # key and config keys (train.lr, stream.lr): the literal alone cannot say which, so the scan leaves it out.
 AMBIGUOUS_METRICS = {schema.LR}
@@ -299,12 +290,12 @@ def schema_literals(source: str, path: str = "") -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-def harness_literals(pending: bool = False) -> dict[str, list]:
-    """{file under harness/: its literals} outside schema.py (and, unless pending, outside PENDING)."""
+def harness_literals() -> dict[str, list]:
+    """{file under harness/: its literals} outside schema.py."""
     out = {}
     for f in sorted(HARNESS.rglob("*.py")):
         rel = f.relative_to(HARNESS).as_posix()
-        if rel == "schema.py" or (rel in PENDING) != pending:
+        if rel == "schema.py":
             continue
         found = schema_literals(f.read_text(), rel)
         if found:
@@ -313,9 +304,9 @@ def harness_literals(pending: bool = False) -> dict[str, list]:
 
 
 def test_no_name_is_written_as_a_literal_outside_the_schema():
-    """No harness module but schema.py (and, until their branches merge, PENDING) writes a metric, tag or Optuna attr
-    name as a string literal: each comes from a harness.schema constant or template function. Each exception in
-    OTHER_MEANINGS still names a literal of its file (a stale one goes)."""
+    """No harness module but schema.py writes a metric, tag or Optuna attr name as a string literal: each comes from
+    a harness.schema constant or template function. Each exception in OTHER_MEANINGS still names a literal of its
+    file (a stale one goes)."""
     assert harness_literals() == {}
     for path, literal in OTHER_MEANINGS:
         constants = {n.value for n in ast.walk(ast.parse((HARNESS / path).read_text())) if isinstance(n, ast.Constant)}
