@@ -59,7 +59,17 @@ def test_three_launchers_with_two_workers_each_survive_random_sigkills(tiny_conf
            "--set", "search.unfreeze_epoch=[1, 4]"] + (["--storage", storage] if backend == "postgresql" else [])
     start = lambda: subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa
     procs, seen, kills = [start()], {}, []
-    time.sleep(3)  # the first launcher makes the stores and the caches; the others start on them
+    # the first launcher makes the stores (MLflow's and Optuna's schemas, created by Alembic migrations that a kill
+    # could leave half-done: that first start is not what this test is about) and the caches; the chaos starts once
+    # its first trial runs, and the other launchers start on the stores it made
+    while time.time() - t0 < 90 and procs[0].poll() is None:
+        try:
+            if optuna.load_study(study_name=name, storage=storage).get_trials(
+                    states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)):
+                break
+        except Exception:  # not created yet
+            pass
+        time.sleep(0.5)
     procs += [start() for _ in range(LAUNCHERS - 1)]
     try:
         while len(kills) < KILLS and time.time() - t0 < BUDGET_S - 60:
