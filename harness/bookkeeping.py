@@ -60,7 +60,7 @@ def seed_per_trial(sampler, seed: int):
       instead, two processes of one study drew identical parameters (issue 15: trials 2 and 3);
     - QMC's point: the trial number is its index in the one scrambled sequence. Optuna's own index is a counter in
       the study's system attrs, read then written without a transaction, so two processes could read one value
-      and draw the same point (QMCSampler._find_sample_id says so in its TODO)."""
+      and draw the same point (a comment in QMCSampler._find_sample_id says the block should be atomic and is not)."""
     states = [obj._rng for obj in (sampler, getattr(sampler, "_random_sampler", None),
                                    getattr(sampler, "_independent_sampler", None)) if hasattr(obj, "_rng")]
     original, number = sampler.before_trial, [0]
