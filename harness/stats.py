@@ -219,15 +219,16 @@ def _matrix(x, what: str):
 
 
 def two_level_bootstrap(a: list, b: list, resamples: int = BOOTSTRAP, seed: int = 0) -> dict | None:
-    """Paired two-level bootstrap of mean(a) - mean(b), a[s][i] and b[s][i] being side a's and side b's value (correctness 0/1, or a mean over shifts and
-    severities) on image i under training seed s, the same images i on both sides, any number of seeds per side.
-    Seeds and images are crossed factors (every seed sees every image), so each resample draws images (shared by
-    both sides) and, independently per side, seeds, with replacement (_resampled_differences): Owen 2007's
-    "pigeonhole" bootstrap of crossed random effects, mildly conservative by his analysis. The 95% interval is the 2.5 / 97.5 percentiles (numpy, linear interpolation).
-    The p-value is the percentile bootstrap's two-sided one, p = 2 min(P*(d <= 0), P*(d >= 0)) with the +1 of a
-    Monte Carlo test (Davison & Hinkley 1997, ch. 4) so it is never 0: each tail is (1 + #{d* <= 0}) / (R + 1); p < 0.05 iff the interval excludes 0,
-    up to that +1. A side with one seed has no seed level (level "image noise only": its training randomness is
-    missing from the interval); a claim needs CLAIM_SEEDS seeds on each side ("claimable").
+    """Paired two-level bootstrap of mean(a) - mean(b), a[s][i] and b[s][i] being side a's and side b's value
+    (correctness 0/1, or a mean over shifts and severities) on image i under training seed s, the same images i on
+    both sides, any number of seeds per side. Seeds and images are crossed factors (every seed sees every image), so
+    each resample draws images (shared by both sides) and, independently per side, seeds, with replacement
+    (_resampled_differences): Owen 2007's "pigeonhole" bootstrap of crossed random effects, mildly conservative by
+    his analysis. The 95% interval is the 2.5 / 97.5 percentiles (numpy, linear interpolation).
+    The p-value is the percentile bootstrap's two-sided one, p = 2 min(P*(d <= 0), P*(d >= 0)), each tail with the
+    +1 of a Monte Carlo test (Davison & Hinkley 1997, ch. 4) so it is never 0: (1 + #{d* <= 0}) / (R + 1); p < 0.05
+    iff the interval excludes 0, up to that +1. A side with one seed has no seed level (level "image noise only": its
+    training randomness is missing from the interval); a claim needs CLAIM_SEEDS seeds on each side ("claimable").
     Returns None when either side is empty; raises ValueError on ragged or mismatched sides."""
     import numpy as np
 
@@ -316,5 +317,6 @@ def calibration_at_n(confidences, correct, n_bins: int = 15, q: float = 0.95) ->
 
     conf = torch.as_tensor(confidences, dtype=torch.float64).flatten()
     hits = torch.as_tensor(correct, dtype=torch.float64).flatten()
-    return {"ece": metrics.binned_ece(conf, hits, n_bins).item(), "ece_debiased": metrics.debiased_ece(conf, hits, n_bins),
+    return {"ece": metrics.binned_ece(conf, hits, n_bins).item(),
+            "ece_debiased": metrics.debiased_ece(conf, hits, n_bins),
             "ece_calibrated_q": calibrated_ece_reference(conf, n_bins, q), "n": len(conf)}

@@ -128,6 +128,16 @@ def _npy_files(folder: str) -> list[Path]:
     return sorted(Path(folder).expanduser().glob("*.npy")) if folder else []
 
 
+def file_rows(cfg: Shifts, y: torch.Tensor) -> torch.Tensor:
+    """The rows of one block of labels y that shifts.files sets hold (sorted): eval_images of them, class-stratified
+    and seeded by shifts.seed (all when 0). The clean test split's same rows are the files' clean images when the
+    files were made from it in order, as CIFAR-10-C was (trial.files_clean_acc checks the labels)."""
+    if cfg.eval_images and cfg.eval_images < len(y):
+        return datamod.stratified_split(y, [cfg.eval_images / len(y), 1 - cfg.eval_images / len(y)],
+                                        torch.Generator().manual_seed(cfg.seed))[0].sort().values
+    return torch.arange(len(y))
+
+
 def read_files(cfg: Shifts, size: int, num_classes: int) -> list[EvalSet]:
     """CIFAR-10-C's layout in cfg.files: a severity set c10c.<corruption> per file at shifts.severities (images float
     [n, 3, size, size]), n = eval_images per severity (a stratified subset of the block's labels, seeded by
@@ -147,10 +157,7 @@ def read_files(cfg: Shifts, size: int, num_classes: int) -> list[EvalSet]:
         y = labels[:block]
         if int(labels.max()) >= num_classes or int(labels.min()) < 0:
             raise ValueError(f"shifts.files: labels.npy has classes up to {int(labels.max())}, the study {num_classes}")
-        keep = torch.arange(block)
-        if cfg.eval_images and cfg.eval_images < block:
-            keep = datamod.stratified_split(y, [cfg.eval_images / block, 1 - cfg.eval_images / block],
-                                            torch.Generator().manual_seed(cfg.seed))[0].sort().values
+        keep = file_rows(cfg, y)
         sets = []
         for s in cfg.severities:
             rows = (s - 1) * block + keep.numpy()

@@ -12,8 +12,8 @@ import optuna
 import psutil
 import torch
 
-from harness import (corruption_error, metrics, models, prefix, probe as probemod, runs, schema, strategies, tracking,
-                     train)
+from harness import (corruption_error, metrics, models, prefix, probe as probemod, runs, schema, stats, strategies,
+                     suite as suitemod, tracking, train)
 from harness.config import Config, Model
 
 
@@ -106,8 +106,10 @@ def selection_metrics(model, suite, batch_size, device) -> dict:
 
 
 def _summary(logits, y) -> dict:
-    """metrics.summarize plus the per-image correctness (bool, on the CPU) that paired comparisons resample."""
-    return {**metrics.summarize(logits, y), "correct": (logits.argmax(1) == y).cpu()}
+    """metrics.summarize plus the per-image correctness (bool, on the CPU) that paired comparisons resample and the
+    top-1 confidences (pooled_calibration)."""
+    return {**metrics.summarize(logits, y), "correct": (logits.argmax(1) == y).cpu(),
+            "conf": torch.softmax(logits.detach().double(), 1).max(1).values.cpu()}
 
 
 def test_metrics(model, suite, data: dict, batch_size, device) -> tuple[dict, dict, dict | None]:
@@ -174,6 +176,33 @@ def label_shift_metrics(model, suite, data: dict, batch_size, device, val_logits
             schema.LABEL_SHIFT_PRIOR_L1_ERROR: (est - true).abs().sum().item(),
             schema.LABEL_SHIFT_W_SQ_ERROR: ((est - true) / source_prior.clamp_min(1e-12)).pow(2).sum().item(),
             "priors": {"true": true.tolist(), "bbse": est.tolist()}}  # logged per class (step = class index)
+
+
+def files_clean_acc(model, ctx, batch_size, device) -> float | None:
+    """Accuracy on the clean images of the shifts.files sets (clean_files_acc): the clean test split's rows those
+    sets hold (suite.file_rows), when the files were made from that split in order (CIFAR-10-C from CIFAR-10's test
+    split), checked on the labels; None without files or when the labels there differ. The whole split is predicted
+    (a stable tensor: the prefix cache keeps its outputs) and the rows read from it."""
+    files = [e for e in ctx.suite.test if e.provenance.source]
+    if not files:
+        return None
+    x, y = ctx.data.get("clean_test", ctx.data["test"])
+    rows = suitemod.file_rows(ctx.cfg.shifts, y.cpu())
+    if len(rows) != len(files[0].labels) or not torch.equal(y.cpu()[rows], files[0].labels.cpu()):
+        return None
+    hits = (train.predict(model, x, batch_size, device).argmax(1) == y.to(device)).cpu()
+    return hits[rows].double().mean().item()
+
+
+def pooled_calibration(curves: dict, sets) -> dict:
+    """Calibration at its sample size (issue 22): the severity sets' images at each set's highest severity pooled,
+    their plug-in and debiased ECE and the ECE a calibrated model scores on them (stats.calibration_at_n), as
+    schema.ECE_POOLED's metrics; {} without severity sets."""
+    top = [curves[e.name][max(e.severities)] for e in sets if e.name in curves]
+    if not top:
+        return {}
+    out = stats.calibration_at_n(torch.cat([c["conf"] for c in top]), torch.cat([c["correct"] for c in top]))
+    return {schema.ECE_POOLED[k]: v for k, v in out.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,11 +279,15 @@ def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, d
     final.update(label)
     correct = correctness(curves, [e.name for e in suite.test if e.paired], clean)
     shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
-    corruptions = [e for e in suite.test if e.kind == "severity"]  # unpaired ones: their clean error is id_acc's
-    ce = corruption_error.corruption_errors(final.get(schema.CLEAN_SUBSET_ACC, final[schema.ID_ACC]),
+    corruptions = [e for e in suite.test if e.kind == "severity"]  # files: their clean error is clean_files_acc's
+    files_clean = files_clean_acc(view, ctx, bs, device)
+    if files_clean is not None:
+        final[schema.CLEAN_FILES_ACC] = files_clean
+    ce = corruption_error.corruption_errors(final.get(schema.CLEAN_SUBSET_ACC),
                                             {e.name: curves[e.name] for e in corruptions}, reference,
-                                            final[schema.ID_ACC], {e.name for e in corruptions if not e.paired})
+                                            files_clean, {e.name for e in corruptions if not e.paired})
     final.update(ce)
+    final.update(pooled_calibration(curves, corruptions))
     final.update({schema.VAL_ACC_FINAL: val["acc"], schema.EVAL_SECONDS: time.perf_counter() - t1,
                   schema.PEAK_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     if device.type == "cuda":
@@ -283,7 +316,8 @@ def log_trial(trial: optuna.Trial, ctx, run_id: str, final: dict, series: dict, 
     """The run (log_run), what later trials need in the trial's user attrs; returns the objective value: val_acc,
     ood_val_acc, or both (multi), all from validation data."""
     log_run(ctx, run_id, final, series, sel)
-    for key in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.VAL_ACC_FINAL, schema.CLEAN_SUBSET_ACC):
+    for key in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.VAL_ACC_FINAL, schema.CLEAN_SUBSET_ACC,
+                schema.CLEAN_FILES_ACC):
         if key in final:
             trial.set_user_attr(key, final[key])
     trial.set_user_attr(schema.ATTR_CE_REFERENCE, sel["ce_reference"])

@@ -58,7 +58,8 @@ def test_quantiles_and_intervals_match_scipy_and_tables():
     vals = [0.81, 0.84, 0.79, 0.86]
     out = stats.seed_interval(vals)
     half = t.ppf(0.975, 3) * np.std(vals, ddof=1) / 2
-    assert out["ci"] == pytest.approx([np.mean(vals) - half, np.mean(vals) + half]) and out["half"] == pytest.approx(half)
+    assert out["ci"] == pytest.approx([np.mean(vals) - half, np.mean(vals) + half])
+    assert out["half"] == pytest.approx(half)
     assert stats.seed_interval([0.8])["ci"] is None
     assert stats.Z95 == pytest.approx(norm.ppf(0.975), rel=1e-14)
     for k, n in ((0, 20), (3, 60), (30, 60), (57, 60), (60, 60), (912, 1000)):

@@ -27,8 +27,11 @@ OOD_ECE_MEAN, OOD_NLL_MEAN = "ood_ece_mean", "ood_nll_mean"  # ood_mean(what)
 CLEAN_SUBSET_ACC, CLEAN_SUBSET_ECE = "clean_subset_acc", "clean_subset_ece"
 OOD_VAL_ACC, VAL_ACC_FINAL = "ood_val_acc", "val_acc_final"
 MCE, RELATIVE_MCE = "mce", "relative_mce"
-MCE_BENCHMARK, RELATIVE_MCE_BENCHMARK = "mce_benchmark", "relative_mce_benchmark"
-MCE_BENCHMARK_FILES, RELATIVE_MCE_BENCHMARK_FILES = "mce_benchmark_files", "relative_mce_benchmark_files"
+MCE_FILES, RELATIVE_MCE_FILES = "mce_files", "relative_mce_files"
+MCE_POOLED, RELATIVE_MCE_POOLED = "mce_pooled", "relative_mce_pooled"
+CLEAN_FILES_ACC = "clean_files_acc"
+OOD_ECE_POOLED, OOD_ECE_POOLED_DEBIASED = "ood_ece_pooled", "ood_ece_pooled_debiased"
+OOD_ECE_POOLED_CALIBRATED_Q95, OOD_ECE_POOLED_N = "ood_ece_pooled_calibrated_q95", "ood_ece_pooled_n"
 TRAIN_SECONDS, EVAL_SECONDS, PEAK_RSS_MB, GPU_PEAK_MB = "train_seconds", "eval_seconds", "peak_rss_mb", "gpu_peak_mb"
 LABEL_SHIFT_BALANCED_ACC, LABEL_SHIFT_ACC_BBSE = "label_shift/balanced_acc", "label_shift/acc_bbse_corrected"
 LABEL_SHIFT_PRIOR_L1_ERROR, LABEL_SHIFT_W_SQ_ERROR = "label_shift/prior_l1_error", "label_shift/w_sq_error"
@@ -52,13 +55,24 @@ FINAL = {
     CLEAN_SUBSET_ECE: "ECE on the clean images of the shifted test sets",
     OOD_VAL_ACC: "mean accuracy on the selection shifts of the validation split (the only shifts selection reads)",
     VAL_ACC_FINAL: "val_acc after the last epoch",
-    MCE_BENCHMARK: "mCE over CIFAR-10-C's 15 benchmark corruptions (shifts.BENCHMARK); only when all 15 are test shifts",
-    RELATIVE_MCE_BENCHMARK: "relative mCE over the 15 benchmark corruptions; only when all 15 are test shifts",
-    MCE_BENCHMARK_FILES: "mCE over the 15 benchmark corruptions read from shifts.files (c10c.<corruption>)",
-    RELATIVE_MCE_BENCHMARK_FILES: "relative mCE over the 15 benchmark corruptions read from shifts.files",
-    MCE: "corruption error pooled over the test corruptions: sum_c sum_s E / sum_c sum_s E_ref (reference: see ce)",
-    RELATIVE_MCE: "relative corruption error pooled over the test corruptions (clean error of the same images "
-                  "subtracted): sum_c sum_s (E - E_clean) / sum_c sum_s (E_ref - E_ref_clean)",
+    CLEAN_FILES_ACC: "accuracy on the clean test images of the rows the shifts.files sets hold (their same images "
+                     "clean; absent when the clean test split's labels there differ from the files')",
+    MCE: "mCE as published (Hendrycks & Dietterich 2019): the mean of CE_c (shift/<c>/ce) over the CIFAR-10-C "
+         "benchmark corruptions (shifts.BENCHMARK) among the simulated test shifts; geometric and extra shifts "
+         "excluded",
+    RELATIVE_MCE: "relative mCE as published: the mean of relative CE_c (shift/<c>/rce) over mce's corruptions; "
+                  "absent when one of them has none",
+    MCE_FILES: "mce over the shifts.files sets of the benchmark corruptions (c10c.<c>)",
+    RELATIVE_MCE_FILES: "relative_mce over the shifts.files sets of the benchmark corruptions (c10c.<c>)",
+    MCE_POOLED: "not the published mCE: sum_c sum_s E / sum_c sum_s E_ref over mce's corruptions (a ratio of sums)",
+    RELATIVE_MCE_POOLED: "not the published relative mCE: sum_c sum_s (E - E_clean) / sum_c sum_s (E_ref - "
+                         "E_ref_clean) over mce's corruptions",
+    OOD_ECE_POOLED: "plug-in ECE (15 bins) of the images of every held-out severity set at its highest severity, "
+                    "pooled (ood_ece_pooled_n of them)",
+    OOD_ECE_POOLED_DEBIASED: "debiased ECE (Kumar et al. 2019, metrics.debiased_ece) of ood_ece_pooled's images",
+    OOD_ECE_POOLED_CALIBRATED_Q95: "95% quantile of the plug-in ECE a perfectly calibrated model with ood_ece_pooled's "
+                                   "confidences scores on as many images (stats.calibrated_ece_reference)",
+    OOD_ECE_POOLED_N: "number of images ood_ece_pooled pools",
     TRAIN_SECONDS: "wall seconds of the training epochs",
     EVAL_SECONDS: "wall seconds of the evaluation on the clean test split and every shift",
     PEAK_RSS_MB: "peak resident memory of the process, MiB",
@@ -68,18 +82,22 @@ FINAL = {
     LABEL_SHIFT_PRIOR_L1_ERROR: "L1 error of the BBSE class-prior estimate",
     LABEL_SHIFT_W_SQ_ERROR: "squared error of the BBSE importance weights",
     FAMILY_ACC: "mean test-shift accuracy of one shift family (noise, blur, weather, digital, geometric, ...)",
-    SHIFT_CE: "corruption error of one test corruption: sum of errors over severities / the reference's; the "
+    SHIFT_CE: "CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}, E the error at severity s of test corruption c; the "
               "reference is the tuned full fine-tuning baseline (tag harness.ce_reference: its run id)",
-    SHIFT_RCE: "relative corruption error of one test corruption (clean error subtracted)",
+    SHIFT_RCE: "relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} - E^ref_clean), E_clean the error on "
+               "the same images clean (clean_subset_acc; clean_files_acc for shifts.files sets); absent when the "
+               "reference does not degrade (denominator <= 0) or no same-image clean error exists",
 }
 # the clean test split's summary (metrics.summarize: acc, nll, ece, brier) as trial.test_metrics logs it: id_key(what)
 ID_METRICS = {"acc": ID_ACC, "nll": ID_NLL, "ece": ID_ECE, "brier": ID_BRIER}
 # the OOD means of the test shifts' calibration (trial.test_metrics: ood_mean(what))
 OOD_MEANS = {"ece": OOD_ECE_MEAN, "nll": OOD_NLL_MEAN}
-# the pooled corruption errors (corruption_error.corruption_errors): over the test corruptions, over CIFAR-10-C's 15
-# (shifts.BENCHMARK) and over shifts.files' c10c.<corruption> sets: (mCE, relative mCE) of each pool
-CE_POOLS = {"test": (MCE, RELATIVE_MCE), "benchmark": (MCE_BENCHMARK, RELATIVE_MCE_BENCHMARK),
-            "benchmark_files": (MCE_BENCHMARK_FILES, RELATIVE_MCE_BENCHMARK_FILES)}
+# (mCE, relative mCE) over the simulated test shifts and over shifts.files' sets (corruption_error.corruption_errors)
+CE_MEANS = {"test": (MCE, RELATIVE_MCE), "files": (MCE_FILES, RELATIVE_MCE_FILES)}
+CE_POOLED = (MCE_POOLED, RELATIVE_MCE_POOLED)
+# the pooled calibration at its sample size (stats.calibration_at_n's keys -> the trial's metrics)
+ECE_POOLED = {"ece": OOD_ECE_POOLED, "ece_debiased": OOD_ECE_POOLED_DEBIASED,
+              "ece_calibrated_q": OOD_ECE_POOLED_CALIBRATED_Q95, "n": OOD_ECE_POOLED_N}
 
 SEVERITY = {
     SHIFT_ACC: "accuracy on one shift at each severity (selection shifts on validation, test shifts on test)",
