@@ -23,7 +23,8 @@ FILES_PREFIX = "c10c."  # test shifts read from shifts.files: c10c.<corruption> 
 # (both logged at step 1)
 KINDS = ("severity", "set", "domain")
 # The families of the sets that are not registry shifts (a registry shift's family is shifts.FAMILY's), each with
-# the kind its sets are. ood_acc/<family> averages a family's sets: a set of no declared family is an error
+# the kind its sets are: a set of no declared family is an error. ood_acc/<family> averages only a family's held-out
+# severity shifts (Suite.shifted); a set of family label, subpopulation or clean has its own metric (schema.SET_ACC)
 FAMILIES = {
     "label": "set",  # the test split resampled to a Dirichlet class prior (label shift, Lipton et al. 2018)
     "subpopulation": "set",  # classes held out of fine-tuning (data.holdout_classes)
@@ -54,8 +55,8 @@ class Provenance:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
-    """One evaluation set: logged as shift/<name>/<metric> (step = severity, 1 for a set or domain), averaged into
-    ood_acc/<family>."""
+    """One evaluation set: logged as shift/<name>/<metric> (step = severity, 1 for a set or domain); a held-out
+    severity shift (Suite.shifted) is averaged into ood_acc_mean and ood_acc/<family>, any other set is not."""
     name: str
     family: str
     kind: str  # one of KINDS, the one its family has (kind_of)
@@ -110,10 +111,28 @@ class Suite:
     clean_selection: Subset
     clean_test: Subset
 
+    @property
+    def shifted(self) -> tuple[EvalSet, ...]:
+        """The held-out severity shifts: the test sets that are clean_test shifted row for row (EvalSet.paired), the
+        one population of ood_acc_mean, ood_acc_worst, the OOD means, ood_acc/<family>, correct.json and the drops
+        against clean_test. Not the label-shift, subpopulation or clean sets, nor shifts.files (their own images)."""
+        return tuple(e for e in self.test if e.paired)
+
+    @property
+    def files(self) -> tuple[EvalSet, ...]:
+        """The test sets read from shifts.files: severity sets on their own images (files/acc_mean)."""
+        return tuple(e for e in self.test if e.kind == "severity" and not e.paired)
+
     def __post_init__(self):
         names = [e.name for e in self.selection + self.test]
         if len(set(names)) != len(names):  # metrics are keyed by name: a second set would overwrite the first
             raise ValueError(f"evaluation sets named twice: {sorted({n for n in names if names.count(n) > 1})}")
+        # a paired set's rows are its clean subset's rows, shifted: the drops and correct.json compare them image by
+        # image, so a set whose labels differ from its subset's would compare other images
+        for sets, clean in ((self.selection, self.clean_selection), (self.test, self.clean_test)):
+            for e in sets:
+                if e.paired and not torch.equal(e.labels, clean.labels):
+                    raise ValueError(f"evaluation set {e.name!r}: its labels are not its clean subset's, row for row")
 
 
 def cache_key(cfg: Shifts, data_key: str) -> str:

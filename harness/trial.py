@@ -112,32 +112,53 @@ def _summary(logits, y) -> dict:
             "conf": torch.softmax(logits.detach().double(), 1).max(1).values.cpu()}
 
 
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def ood_metrics(curves: dict, suite) -> dict:
+    """The OOD numbers, each over the held-out severity shifts (suite.shifted: the clean test subset shifted, every
+    severity) and nothing else (schema.FINAL states each once): ood_acc_mean (the mean over shifts of each shift's
+    severity mean), ood_acc_worst, ood_ece_mean and ood_nll_mean (over every shift and severity), ood_acc/<family>;
+    the label-shift, subpopulation and clean sets under their own names (schema.SET_ACC); shifts.files' corruptions
+    as files/acc_mean and files/acc_worst. {} parts for sets the suite lacks."""
+    final = {}
+    shifted = [e.name for e in suite.shifted]
+    if shifted:
+        means = {n: _mean(c["acc"] for c in curves[n].values()) for n in shifted}
+        final[schema.OOD_ACC_MEAN] = _mean(means.values())
+        final[schema.OOD_ACC_WORST] = min(means.values())
+        for key in ("ece", "nll"):
+            final[schema.ood_mean(key)] = _mean(c[key] for n in shifted for c in curves[n].values())
+        families = {}
+        for e in suite.shifted:
+            families.setdefault(e.family, []).append(means[e.name])
+        final.update({schema.family_key(f): _mean(v) for f, v in families.items()})
+    files = {e.name: _mean(c["acc"] for c in curves[e.name].values()) for e in suite.files}
+    if files:
+        final[schema.FILES_ACC_MEAN], final[schema.FILES_ACC_WORST] = _mean(files.values()), min(files.values())
+    final.update({schema.SET_ACC[e.family]: curves[e.name][1]["acc"] for e in suite.test if e.kind != "severity"})
+    return final
+
+
 def test_metrics(model, suite, data: dict, batch_size, device) -> tuple[dict, dict, dict | None]:
-    """Held-out evaluation: clean test set, the clean images of the shifted sets (the subset every paired set is
-    measured on: a curve's severity-0 point and every drop use it) and every test set of the suite, in its order.
-    Returns (final metrics, per-set curves {name: {step: {acc, ece, nll, brier, correct}}}, the clean subset's
-    summary or None). A target-domain study's clean set is a curve like any other; the clean subset is not one."""
+    """Held-out evaluation: clean test set, the clean test subset (the images every held-out severity shift shifts:
+    a curve's severity-0 point and every drop use it) and every test set of the suite, in its order, summarized by
+    ood_metrics. Returns (final metrics, per-set curves {name: {step: {acc, ece, nll, brier, correct}}}, the clean
+    subset's summary or None). A target-domain study's clean set is a curve like any other; the clean subset is not
+    one."""
     x, y = data["test"]
     final = {schema.id_key(k): v for k, v in metrics.summarize(train.predict(model, x, batch_size, device), y).items()}
     clean_summary = None
-    if any(e.paired for e in suite.test):
+    if suite.shifted:
         clean = suite.clean_test
         clean_summary = _summary(train.predict(model, clean.images, batch_size, device), clean.labels)
         final[schema.CLEAN_SUBSET_ACC] = clean_summary["acc"]
         final[schema.CLEAN_SUBSET_ECE] = clean_summary["ece"]
     curves = {e.name: {s: _summary(train.predict(model, xs, batch_size, device), e.labels) for s, xs in e.at()}
               for e in suite.test}  # name -> {step: {acc, ece, nll, brier, correct}}
-    if curves:
-        means = {n: sum(c["acc"] for c in cv.values()) / len(cv) for n, cv in curves.items()}
-        final[schema.OOD_ACC_MEAN] = sum(means.values()) / len(means)
-        final[schema.OOD_ACC_WORST] = min(means.values())  # the worst shift, each averaged over its severities
-        for key in ("ece", "nll"):
-            vals = [c[key] for cv in curves.values() for c in cv.values()]
-            final[schema.ood_mean(key)] = sum(vals) / len(vals)
-        families = {}
-        for e in suite.test:
-            families.setdefault(e.family, []).append(means[e.name])
-        final.update({schema.family_key(f): sum(v) / len(v) for f, v in families.items()})
+    final.update(ood_metrics(curves, suite))
     return final, curves, clean_summary
 
 
@@ -277,7 +298,7 @@ def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, d
     label = label_shift_metrics(view, suite, data, bs, device, val["logits"])
     priors = label.pop("priors", None)
     final.update(label)
-    correct = correctness(curves, [e.name for e in suite.test if e.paired], clean)
+    correct = correctness(curves, [e.name for e in suite.shifted], clean)
     shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
     corruptions = [e for e in suite.test if e.kind == "severity"]  # files: their clean error is clean_files_acc's
     files_clean = files_clean_acc(view, ctx, bs, device)

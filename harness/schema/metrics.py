@@ -36,6 +36,8 @@ TRAIN_SECONDS, EVAL_SECONDS, PEAK_RSS_MB, GPU_PEAK_MB = "train_seconds", "eval_s
 LABEL_SHIFT_BALANCED_ACC, LABEL_SHIFT_ACC_BBSE = "label_shift/balanced_acc", "label_shift/acc_bbse_corrected"
 LABEL_SHIFT_PRIOR_L1_ERROR, LABEL_SHIFT_W_SQ_ERROR = "label_shift/prior_l1_error", "label_shift/w_sq_error"
 FAMILY_ACC = "ood_acc/{family}"  # family_key(family)
+LABEL_SHIFT_ACC, SUBPOPULATION_ACC, TARGET_CLEAN_ACC = "label_shift/acc", "subpopulation/acc", "target/clean_acc"
+FILES_ACC_MEAN, FILES_ACC_WORST = "files/acc_mean", "files/acc_worst"
 # shift_key(shift, what)
 SHIFT_ACC, SHIFT_ECE, SHIFT_NLL = "shift/{shift}/acc", "shift/{shift}/ece", "shift/{shift}/nll"
 SHIFT_CE, SHIFT_RCE = "shift/{shift}/ce", "shift/{shift}/rce"
@@ -47,12 +49,22 @@ FINAL = {
     ID_NLL: "mean negative log-likelihood on the clean test split",
     ID_ECE: "expected calibration error (15 bins) on the clean test split",
     ID_BRIER: "Brier score on the clean test split",
-    OOD_ACC_MEAN: "mean over held-out test shifts of each shift's accuracy averaged over its severities",
-    OOD_ACC_WORST: "the worst held-out test shift's accuracy (averaged over its severities)",
-    OOD_ECE_MEAN: "ECE averaged over every test shift and severity",
-    OOD_NLL_MEAN: "NLL averaged over every test shift and severity",
-    CLEAN_SUBSET_ACC: "accuracy on the clean images of the shifted test sets (the same subset as every severity)",
-    CLEAN_SUBSET_ECE: "ECE on the clean images of the shifted test sets",
+    # The OOD numbers: one definition each, over the "held-out severity shifts" = the study's test shifts
+    # (shifts.test) applied to the clean test subset (suite.Suite.shifted), at every severity of shifts.severities:
+    # the images of correct.json's "shifts", which the report's paired comparisons resample. Label shift,
+    # subpopulation, a target domain's clean set and shifts.files are never averaged in: each has its own metric.
+    OOD_ACC_MEAN: "mean over the held-out severity shifts of each shift's accuracy averaged over its severities (the "
+                  "same images at every shift and severity, so also the mean over every (shift, severity) set and the "
+                  "mean of correct.json's per-image accuracy)",
+    OOD_ACC_WORST: "the lowest, over the held-out severity shifts, of a shift's accuracy averaged over its severities",
+    OOD_ECE_MEAN: "ECE averaged over every held-out severity shift and severity",
+    OOD_NLL_MEAN: "NLL averaged over every held-out severity shift and severity",
+    CLEAN_SUBSET_ACC: "accuracy on the clean test subset: the very images (row for row) that every held-out severity "
+                      "shift shifts, at every severity (shifts.eval_images of the test split, stratified; in a "
+                      "target-domain study the source domain's clean test images). The drops are taken on these "
+                      "images: clean_subset_acc - ood_acc_mean and clean_subset_acc - ood_acc_worst (absent with "
+                      "no held-out severity shift: no drop on other images)",
+    CLEAN_SUBSET_ECE: "ECE on the clean test subset (the images of clean_subset_acc)",
     OOD_VAL_ACC: "mean accuracy on the selection shifts of the validation split (the only shifts selection reads)",
     VAL_ACC_FINAL: "val_acc after the last epoch",
     CLEAN_FILES_ACC: "accuracy on the clean test images of the rows the shifts.files sets hold (their same images "
@@ -81,7 +93,18 @@ FINAL = {
     LABEL_SHIFT_ACC_BBSE: "accuracy after BBSE reweighting (Lipton et al. 2018)",
     LABEL_SHIFT_PRIOR_L1_ERROR: "L1 error of the BBSE class-prior estimate",
     LABEL_SHIFT_W_SQ_ERROR: "squared error of the BBSE importance weights",
-    FAMILY_ACC: "mean test-shift accuracy of one shift family (noise, blur, weather, digital, geometric, ...)",
+    FAMILY_ACC: "mean over the held-out severity shifts of one family (noise, blur, weather, digital, geometric) of "
+                "each shift's accuracy averaged over its severities",
+    LABEL_SHIFT_ACC: "accuracy on the label-shifted test set (the test split resampled to a Dirichlet class prior; "
+                     "its shift/label_shift/acc at step 1); not part of ood_acc_mean",
+    SUBPOPULATION_ACC: "accuracy on the subpopulation set (classes held out of fine-tuning, data.holdout_classes; "
+                       "its shift/subpopulation/acc at step 1); not part of ood_acc_mean",
+    TARGET_CLEAN_ACC: "target-domain study (data.target_shift): accuracy on the source domain's clean test images "
+                      "(shift/clean/acc at step 1; the same images as clean_subset_acc); not part of ood_acc_mean",
+    FILES_ACC_MEAN: "mean over the shifts.files corruptions (c10c.<name>) of each one's accuracy averaged over its "
+                    "severities, on their own images (labels.npy); not in ood_acc_mean (their clean counterpart, when the files "
+                    "hold rows of the clean test split, is clean_files_acc)",
+    FILES_ACC_WORST: "the lowest shifts.files corruption accuracy (averaged over its severities)",
     SHIFT_CE: "CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}, E the error at severity s of test corruption c; the "
               "reference is the tuned full fine-tuning baseline (tag harness.ce_reference: its run id)",
     SHIFT_RCE: "relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} - E^ref_clean), E_clean the error on "
@@ -90,7 +113,9 @@ FINAL = {
 }
 # the clean test split's summary (metrics.summarize: acc, nll, ece, brier) as trial.test_metrics logs it: id_key(what)
 ID_METRICS = {"acc": ID_ACC, "nll": ID_NLL, "ece": ID_ECE, "brier": ID_BRIER}
-# the OOD means of the test shifts' calibration (trial.test_metrics: ood_mean(what))
+# the accuracy of each evaluation set that is not a severity shift, by its family (harness.suite.FAMILIES)
+SET_ACC = {"label": LABEL_SHIFT_ACC, "subpopulation": SUBPOPULATION_ACC, "clean": TARGET_CLEAN_ACC}
+# the OOD means of the held-out severity shifts' calibration (trial.test_metrics: ood_mean(what))
 OOD_MEANS = {"ece": OOD_ECE_MEAN, "nll": OOD_NLL_MEAN}
 # (mCE, relative mCE) over the simulated test shifts and over shifts.files' sets (corruption_error.corruption_errors)
 CE_MEANS = {"test": (MCE, RELATIVE_MCE), "files": (MCE_FILES, RELATIVE_MCE_FILES)}
