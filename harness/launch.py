@@ -73,9 +73,10 @@ def _check_url_syntax(flag: str, uri: str) -> None:
         except ValueError:
             ok = False
         if not ok:
-            raise ConfigError(flag, f"the {parts.scheme} URL's host:port does not parse (URL not shown: it may hold a "
-                              f"password); write it as {parts.scheme}://USER:PASSWORD@HOST:PORT with '/', '@', ':', "
-                              f"'?' and '#' in the user or password percent-encoded (e.g. '/' as %2F)")
+            raise ConfigError(flag, f"the {parts.scheme} URL's host:port does not parse (the URL is not shown: it may "
+                              f"hold a password); percent-encode '/', '@', ':', '?' and '#' in a user name or password "
+                              f"('/' as %2F, '@' as %40), or pass them in MLFLOW_TRACKING_USERNAME and "
+                              f"MLFLOW_TRACKING_PASSWORD")
 
 
 # ------------------------------------------------------------------------------------------ launch

@@ -214,7 +214,7 @@ EMOJI_NAME = "\U0001F600" * 70  # 70 characters, 280 bytes of UTF-8
 LAST_TRACEBACKS = [
     (["--set", 'data.target_shift="gaussian_noise:\u00b2"'], "data.target_shift", "severity 1..5"),
     (["--set", "study.sampler=" + "[" * 3000 + "]" * 3000], "study.sampler", "nested too deep"),
-    (["--tracking-uri", f"http://u:ab/cd{SECRET}@127.0.0.1:5000"], "--tracking-uri", "percent-encoded"),
+    (["--tracking-uri", f"http://u:ab/cd{SECRET}@127.0.0.1:5000"], "--tracking-uri", "percent-encode"),
     (["--tracking-uri", "http://127.0.0.1:5000/\nx"], "--tracking-uri", "control character"),
     (["--study-name", EMOJI_NAME], "study.name", "280 bytes"),
     (["--study-name", ".."], "study.name", "'..'"),
@@ -240,9 +240,9 @@ def test_config_nested_too_deep_is_bad_input(workdir, capsys, monkeypatch):
 
 
 def test_image_size_is_checked_against_memory(workdir, monkeypatch):
-    """data.image_size = 1024 on the 1797 digits, with 4 GiB available: refused before allocating, with the numbers
-    (1797 x 3 x 1024^2 float32 values, built with two more copies: 1797 x 3 x 1024^2 x 12 bytes = 63.2 GiB); 32
-    fits (0.06 GiB)."""
+    """data.image_size against 80% of the memory available (4.5 GiB here), before allocating, with the numbers: the
+    1797 digits are built as float32 with two more copies, 1797 x 3 x S^2 x 12 bytes: 63.2 GiB at S = 1024 and
+    3.9 GiB at 256 (over 80% of 4.5 = 3.6 GiB, under 4.5) are refused; 3.0 GiB at 224 fits."""
     import types
 
     import psutil
@@ -251,12 +251,14 @@ def test_image_size_is_checked_against_memory(workdir, monkeypatch):
     from harness import config, launch
 
     (workdir / "tiny.toml").write_text(TINY)
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=4 * 2**30))
-    need = 1797 * 3 * 1024**2 * 12 / 2**30
-    with pytest.raises(config.ConfigError) as err:
-        launch.preflight(config.load("tiny.toml", ["data.image_size=1024"]))
-    assert err.value.key == "data.image_size" and f"{need:.1f} GiB" in str(err.value) and "4.0 GiB" in str(err.value)
-    launch.preflight(config.load("tiny.toml", ["data.image_size=32"]))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=4.5 * 2**30))
+    for size in (1024, 256):
+        need = 1797 * 3 * size**2 * 12 / 2**30
+        with pytest.raises(config.ConfigError) as err:
+            launch.preflight(config.load("tiny.toml", [f"data.image_size={size}"]))
+        assert err.value.key == "data.image_size" and f"{need:.1f} GiB" in str(err.value), err.value
+        assert "4.5 GiB available" in str(err.value) and len(str(err.value)) < MAX_ERR
+    launch.preflight(config.load("tiny.toml", ["data.image_size=224"]))
     assert sorted(p.name for p in workdir.iterdir()) == ["tiny.toml"]
 
 
