@@ -12,7 +12,7 @@ import torch
 
 from harness import bookkeeping, closing, config, context, cores, data as datamod, models, records, sampling, shifts
 from harness import schema, store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
-from harness import shiftfiles
+from harness import flags, shiftfiles
 from harness.config import ConfigError
 
 
@@ -47,36 +47,12 @@ def preflight(cfg: config.Config) -> int:
     shiftfiles.check(cfg.shifts, datamod.n_classes(cfg.data))
     train.pick_device(cfg.study.device)
     for flag, uri in (("--storage", cfg.study.storage), ("--tracking-uri", cfg.study.tracking_uri)):
-        _check_url_syntax(flag, uri)
+        flags.check_url_syntax(flag, uri)
     store.check_uris(cfg.study.storage, cfg.study.tracking_uri)
     bound, why = cores.max_workers()
     if cfg.study.workers > bound:
         raise ConfigError("study.workers", f"at most {bound} on this machine ({why}), got {cfg.study.workers}")
     return n_groups
-
-
-def _check_url_syntax(flag: str, uri: str) -> None:
-    """What urllib and http.client refuse only when the store is opened (InvalidURL, a traceback, after mlruns/
-    exists): a control character, or an http(s) URL whose host part does not parse, as when a password holds a raw
-    '/' (http://u:ab/cd@host reads as host 'u', port 'ab'). The URL is never quoted: its password would be."""
-    if not uri:
-        return
-    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
-        raise ConfigError(flag, "the URL contains a control character (a newline, a tab...); remove it")
-    if uri.startswith(("http://", "https://")):
-        import urllib.parse
-
-        parts = urllib.parse.urlsplit(uri)
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a port that is no number in 0..65535
-            ok = bool(parts.hostname)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(flag, f"the {parts.scheme} URL's host:port does not parse (the URL is not shown: it may "
-                              f"hold a password); percent-encode '/', '@', ':', '?' and '#' in a user name or password "
-                              f"('/' as %2F, '@' as %40), or pass them in MLFLOW_TRACKING_USERNAME and "
-                              f"MLFLOW_TRACKING_PASSWORD")
 
 
 # ------------------------------------------------------------------------------------------ launch

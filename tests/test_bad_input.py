@@ -286,14 +286,17 @@ def test_ui_optuna_with_an_unreachable_database_is_bad_input(workdir, capsys):
     (["--ui-url", "data:text/html,<script>alert(1)</script>"], "--ui-url"),
     (["--ui-url", "http:///nohost"], "--ui-url"),
     (["--ui-url", "http://127.0.0.1:5000/ onmouseover=x"], "--ui-url"),
+    (["--tracking-uri", f"http://u:ab/cd{SECRET}@127.0.0.1:5000"], "--tracking-uri"),  # was exit 1, port 'ab' shown
 ])
 def test_report_arguments_are_checked_first(workdir, capsys, args, key):
-    """report --out naming a file (or a path below one) and a --ui-url that is not http(s): exit 2 naming the flag,
-    before any store is read (the study does not even exist) and nothing is written."""
+    """report --out naming a file (or a path below one), a --ui-url that is not http(s) and a tracking URI whose
+    host:port does not parse: exit 2 naming the flag, before any store is read (the study does not even exist), no
+    part of the password printed, nothing written."""
     from harness.report.__main__ import main
 
     (workdir / "afile").write_text("not a folder")
     assert main(["--study-name", "tiny", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {key}: ") and len(err.strip().splitlines()) == 1, err
+    assert "ab/cd" not in err and SECRET not in err
     assert sorted(p.name for p in workdir.iterdir()) == ["afile"]

@@ -7,8 +7,8 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from harness import results, store
-from harness.config import _short
+from harness import flags, results, store
+from harness.config import ConfigError, _short
 from harness.report import build
 
 
@@ -56,6 +56,11 @@ def main(argv=None) -> int:
         print("error: --study-name: must not be empty", file=sys.stderr)
         return 2
     bad = _check_out(args.out) or _check_ui_url(args.ui_url)
+    try:
+        for flag, url in (("--tracking-uri", uri), ("--storage", args.storage)):
+            flags.check_url_syntax(flag, url)
+    except ConfigError as e:
+        bad = bad or str(e)
     if bad:
         print(f"error: {bad}", file=sys.stderr)
         return 2
