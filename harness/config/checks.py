@@ -198,7 +198,7 @@ def _check_shifts(cfg: Config) -> None:
     _positive("shifts.label_alpha", sh.label_alpha, allow_zero=True)
     _positive("shifts.eval_images", sh.eval_images, allow_zero=True)
     if sh.files and not (Path(sh.files).expanduser() / "labels.npy").is_file():
-        raise ConfigError("shifts.files", f"{sh.files} has no labels.npy (expected CIFAR-10-C's layout: "
+        raise ConfigError("shifts.files", f"{_short(sh.files)} has no labels.npy (expected CIFAR-10-C's layout: "
                           "<corruption>.npy files of 5 x N images and labels.npy)")
     domain = {n for n, _ in target_shifts(cfg.data)}
     for key in ("test", "selection"):  # the target domain is in-distribution for the study, never an OOD set
