@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import data as datamod, imageops, shifts, store
+from harness import data as datamod, imageops, shiftfiles, shifts, store
 from harness.config import Shifts
 
 VERSION = 3  # 3: tensors under index keys, each set described in the file's header (EvalSet); no name parsed back
@@ -163,26 +163,17 @@ def read_files(cfg: Shifts, size: int, num_classes: int) -> list[EvalSet]:
     shifts.seed, the same images at every severity; 0 = all). Files are memory-mapped and only the subset is read:
     one corruption is 150 MB, the 19 never sit in memory together."""
     folder = Path(cfg.files).expanduser()
-    labels = torch.from_numpy(np.load(folder / "labels.npy").astype(np.int64))
+    labels, files = shiftfiles.check(cfg, num_classes)  # shape, dtype, range, labels (checked first in the preflight)
     out = []
-    for path in _npy_files(cfg.files):
-        if path.name == "labels.npy":
-            continue
+    for path in files:
         images = np.load(path, mmap_mode="r")
-        if images.ndim != 4 or images.shape[0] != len(labels) or len(labels) % 5 or images.shape[-1] != 3:
-            raise ValueError(f"shifts.files: {path.name} has shape {images.shape}; expected (5 x N, H, W, 3) with "
-                             f"5 x N = {len(labels)} labels")
         block = len(labels) // 5
         y = labels[:block]
-        if int(labels.max()) >= num_classes or int(labels.min()) < 0:
-            raise ValueError(f"shifts.files: labels.npy has classes up to {int(labels.max())}, the study {num_classes}")
         keep = file_rows(cfg, y)
         sets = []
         for s in cfg.severities:
             rows = (s - 1) * block + keep.numpy()
-            if not torch.equal(labels[torch.from_numpy(rows)], y[keep]):
-                raise ValueError(f"shifts.files: labels.npy is not 5 repeats of one block (severity {s} differs)")
-            x = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2).float() / 255
+            x = shiftfiles.pixels(images, rows)  # uint8 / 255, float [0, 1] as it is
             if x.shape[-1] != size or x.shape[-2] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
             sets.append(x.contiguous())
