@@ -71,6 +71,7 @@ def main(argv=None, execv=os.execvp) -> int:
                     "current directory)")
     args = ap.parse_args(argv)
     uri = args.tracking_uri or store.default_tracking_uri()
+    store.redaction.remember(uri, args.storage or "")
     if args.port is None:
         args.port = 8080 if args.optuna else 5000
     if not 1 <= args.port <= 65535:
