@@ -47,6 +47,11 @@ def storage(url: str, client=None) -> optuna.storages.RDBStorage:
                               f"{store.redact(str(e).splitlines()[0][:300])}") from None
 
 
+def study_system_attr(study: optuna.Study, key: str, value) -> None:
+    """A system attr of the study (Study.set_system_attr is deprecated; the storage's own call is not)."""
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
 def trial_seed(seed: int, number: int) -> int:
     """A trial's sampler seed: 32 bits of sha256("seed:number"), so neighbouring numbers give unrelated streams."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "little")

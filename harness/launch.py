@@ -10,7 +10,8 @@ import time
 import optuna
 import torch
 
-from harness import bookkeeping, closing, config, context, cores, data as datamod, models, records, sampling, shifts
+from harness import bookkeeping, closing, config, context, cores, data as datamod, fingerprint, models, records
+from harness import sampling, shifts
 from harness import schema, store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
 from harness.config import ConfigError
 
@@ -207,7 +208,7 @@ class Outcome:
     code: int  # 0; 1: stopped short of study.n_trials; EXIT_WORKER_CRASHED: the target reached, a worker crashed
 
 
-def run(cfg: config.Config, n_groups: int, log=print) -> Outcome:
+def run(cfg: config.Config, n_groups: int, log=print, resume: fingerprint.Resume | None = None) -> Outcome:
     """The study to its end: context, study and parent run, recovery of a dead earlier run, the search (in this
     process or cfg.study.workers spawned ones), the end-of-study records, the post-search units, the parent run
     ended (FAILED when the study stopped short of its target)."""
@@ -216,6 +217,7 @@ def run(cfg: config.Config, n_groups: int, log=print) -> Outcome:
     ctx = context.open_context(cfg, n_groups, log=log)
     study = sampling.open_study(cfg, ctx.storage, create=True)
     launch(ctx, study, log)
+    fingerprint.record(ctx.client, ctx.parent_id, resume or fingerprint.Resume(fingerprint.of(cfg)), study, ctx.uri)
     n_dead = bookkeeping.recover_dead(study, ctx.client)
     n_orphans = bookkeeping.sweep_orphans(ctx.client, ctx.exp_id, ctx.parent_id, study)
     if n_dead or n_orphans:

@@ -54,6 +54,12 @@ CLAIM_ATTRS = {
     ATTR_SEEN_UNNAMED: "when a process first saw the claim without a holder (its holder died naming itself)",
     ATTR_DONE: "True once the claim's work is done",
 }
+# Study system attrs of a study (harness.fingerprint): the stores that must agree about it
+ATTR_TRACKING_URI = "harness.tracking_uri"
+STUDY_SYSTEM_ATTRS = {
+    ATTR_TRACKING_URI: "the MLflow tracking store holding the study's parent run (a sqlite file's resolved path, any "
+                       "other URI redacted): a resume on another store is refused",
+}
 
 # The enqueued baselines (the values of tag harness.baseline) and how the report names them
 BASELINES = {name: b.label for name, b in strategies.BASELINES.items()}
