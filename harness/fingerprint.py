@@ -140,8 +140,8 @@ def _optuna_side(storage: str, name: str) -> tuple[int, dict] | None:
         rdb.engine.dispose()
 
 
-def _mlflow_side(uri: str, name: str) -> tuple[dict, int] | None:
-    """(the parent run's tags, its trial runs) of the study in the tracking store, None when it has no parent."""
+def _mlflow_side(uri: str, name: str) -> tuple[dict, int, str] | None:
+    """(the parent run's tags, its trial runs, its id) of the study in the tracking store, None without a parent."""
     path = store.sqlite_path(uri)
     if path is not None and not path.is_file():
         return None
@@ -155,7 +155,7 @@ def _mlflow_side(uri: str, name: str) -> tuple[dict, int] | None:
         return None
     trials = client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_ROLE}` = '{schema.ROLE_TRIAL}'",
                                 max_results=1000)
-    return parents[0].data.tags, len(trials)
+    return parents[0].data.tags, len(trials), parents[0].info.run_id
 
 
 def check(cfg: config.Config, allow: list[str] = ()) -> Resume:
@@ -167,15 +167,19 @@ def check(cfg: config.Config, allow: list[str] = ()) -> Resume:
     uri = cfg.study.tracking_uri or store.default_tracking_uri()
     storage = cfg.study.storage or store.default_storage()
     opt, mlf = _optuna_side(storage, name), _mlflow_side(uri, name)
-    recorded = (opt or (0, {}))[1].get(schema.ATTR_TRACKING_URI)
-    if opt and recorded and recorded != where(uri):
-        raise ConfigError("--tracking-uri", f"the Optuna study {name!r} in {store.redact(storage)} is tracked in "
-                          f"{recorded}, not in {where(uri)}: one study in two tracking stores would split its runs; "
-                          f"pass --tracking-uri {recorded} (with its password) or choose a new --study-name")
+    attrs = (opt or (0, {}))[1]
+    # the parent's run id, not the store's path, says which store it is: a project folder moved elsewhere keeps it
+    recorded, parent = attrs.get(schema.ATTR_TRACKING_URI), attrs.get(schema.ATTR_PARENT_RUN)
+    tracked = f" (it was tracked in {recorded})" if recorded else ""
+    if opt and mlf and parent and parent != mlf[2]:
+        raise ConfigError("--tracking-uri", f"the Optuna study {name!r} in {store.redact(storage)} belongs to the "
+                          f"MLflow parent run {parent}{tracked}, not to run {mlf[2]} of {where(uri)}: one study in two "
+                          f"tracking stores would split its runs; pass the tracking store it used or choose a new "
+                          f"--study-name")
     if opt and mlf is None:
         raise ConfigError("--tracking-uri", f"the Optuna study {name!r} ({opt[0]} trials) in {store.redact(storage)} "
-                          f"has no MLflow parent run in {where(uri)} (a deleted or another MLflow store): its trials "
-                          f"cannot be resumed without it; pass the tracking store it used or choose a new "
+                          f"has no MLflow parent run in {where(uri)}{tracked}: a deleted or another MLflow store; its "
+                          f"trials cannot be resumed without it. Pass the tracking store it used or choose a new "
                           f"--study-name")
     if mlf and opt is None and mlf[1]:
         raise ConfigError("--storage", f"the MLflow parent run of {name!r} in {where(uri)} has {mlf[1]} trial runs "
@@ -184,7 +188,7 @@ def check(cfg: config.Config, allow: list[str] = ()) -> Resume:
                           f"storage it used or choose a new --study-name")
     try:
         old = json.loads(mlf[0][schema.TAG_FINGERPRINT]) if mlf and schema.TAG_FINGERPRINT in mlf[0] else None
-    except ValueError:  # cut by MLflow's 5000-character cap: the study predates nothing, but cannot be compared
+    except ValueError:  # cut by MLflow's 5000-character cap: cannot be compared, so it is recorded again
         old = None
     return Resume(new, compare(old, new, allow) if old else [])
 
@@ -201,3 +205,4 @@ def record(client, parent_id: str, resume: Resume, study, uri: str) -> None:
         tags[schema.TAG_ALLOWED_CHANGES] = tags[schema.TAG_ALLOWED_CHANGES][-5000:]  # MLflow's cap: the latest kept
     tracking.set_tags(client, parent_id, tags)
     bookkeeping.study_system_attr(study, schema.ATTR_TRACKING_URI, where(uri))
+    bookkeeping.study_system_attr(study, schema.ATTR_PARENT_RUN, parent_id)

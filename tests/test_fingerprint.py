@@ -82,8 +82,10 @@ def test_the_fingerprint_is_recorded_and_every_key_is_checked(done):
     assert set(recorded) == set(fingerprint.KEYS)
     assert recorded["train.epochs"] == 1 and recorded["search.lr"] == [1e-3, 0.1]
     assert recorded["study.directions"] == ["maximize"] and recorded["shifts.test"] == ["gaussian_noise", "contrast"]
-    attrs = optuna.load_study(study_name="tiny", storage=f"sqlite:///{done / 'mlruns' / 'optuna.db'}").system_attrs
+    rdb = optuna.storages.RDBStorage(f"sqlite:///{done / 'mlruns' / 'optuna.db'}")
+    attrs = rdb.get_study_system_attrs(rdb.get_study_id_from_name("tiny"))
     assert attrs[schema.ATTR_TRACKING_URI] == f"sqlite:///{(done / 'mlruns' / 'mlflow.db').resolve()}"
+    assert attrs[schema.ATTR_PARENT_RUN] == parent.info.run_id
 
 
 def test_an_allowed_wider_range_passes_and_is_recorded(copy, capsys):
@@ -125,8 +127,22 @@ def test_a_deleted_optuna_storage_is_refused_before_training(copy, capsys):
 def test_another_tracking_store_is_refused(copy, capsys):
     assert study.main(["--config", "tiny.toml", "--no-report", "--tracking-uri", f"sqlite:///{copy / 'other.db'}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --tracking-uri: the Optuna study 'tiny'") and "mlruns/mlflow.db" in err
+    assert err.startswith("error: --tracking-uri: the Optuna study 'tiny'") and "it was tracked in sqlite:///" in err
     assert not (copy / "other.db").exists()
+
+
+def test_the_same_study_in_two_tracking_stores_is_refused(copy, capsys):
+    """Another store holding a parent run of the same name (made here directly): not the study's parent."""
+    from mlflow.tracking import MlflowClient
+
+    other = f"sqlite:///{copy / 'other.db'}"
+    client = MlflowClient(other)
+    client.create_run(client.create_experiment("tiny"), tags={schema.TAG_ROLE: schema.ROLE_STUDY})
+    capsys.readouterr()  # MLflow's own lines on creating other.db
+    assert study.main(["--config", "tiny.toml", "--no-report", "--tracking-uri", other]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --tracking-uri: the Optuna study 'tiny'") and "two tracking stores" in err
+    assert len(client.search_runs([client.get_experiment_by_name("tiny").experiment_id])) == 1
 
 
 def test_the_optuna_file_as_tracking_store_is_refused(copy, capsys):
