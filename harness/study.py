@@ -10,7 +10,8 @@ import optuna
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
-from harness import closing, config, context, fingerprint, flags, launch, links, schema, store, strategies, tracking
+from harness import closing, config, context, fingerprint, flags, launch, links, schema, stopping, store, strategies
+from harness import tracking
 from harness import trial as trialmod
 from harness.config import ConfigError
 
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(store.redact(f"error: {e}"), file=sys.stderr)
         return 2
+    stopping.install()  # SIGTERM and SIGINT: Interrupted, wound down below
     try:
         if tracking.existing_role(cfg.study.tracking_uri or store.default_tracking_uri(), cfg.study.name) == "sustain":
             print(f"error: study.name: {cfg.study.name!r} is the MLflow experiment of a sustain study (python -m "
@@ -107,6 +109,14 @@ def main(argv=None) -> int:
             print(store.redact(f"error: {e}"), file=sys.stderr)
             return 2
         return finish(cfg, launch.run(cfg, n_groups, resume=resume))
+    except stopping.Interrupted as e:
+        try:
+            n = stopping.wind_down(e)
+        except Exception as err:  # noqa: BLE001 - a store gone with the signal: the next run recovers the trials
+            n = f"? ({type(err).__name__}; the next run recovers them)"
+        print(store.redact(f"\n{e.reason}: {n} running trial(s) failed and re-queued, the study's run ended KILLED; "
+                           f"re-run the same command to resume the study"), file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         print("\ninterrupted: re-run the same command to resume the study", file=sys.stderr)
         return 130
