@@ -49,6 +49,7 @@ def main(argv=None) -> int:
                     "when it is an http(s) server, else no links)")
     args = ap.parse_args(argv)
     uri = args.tracking_uri or store.default_tracking_uri()
+    store.redaction.remember(uri, args.storage or "")  # masked wherever the page or an error quotes them
     if not uri.startswith(store.TRACKING_SCHEMES):
         print(f"error: --tracking-uri: unsupported URI {store.redact(uri)!r}; use sqlite:///PATH or http://HOST:PORT", file=sys.stderr)
         return 2
