@@ -270,19 +270,27 @@ def run_extension(ctx, study: optuna.Study, worker: int, log=print):
 def extend_grid(ctx, study: optuna.Study, runners: dict, log=print, worker: int = 0) -> dict:
     """Round after round, the next point beyond the edge of every baseline family whose best lr is on one
     (harness.baseline_grid), as units run exactly once across processes, until no family has a point to add; then
-    the grids' record on the parent (baseline_grid.json). Nothing while any trial waits (a sweep cut short by
-    study.n_trials: its grid is not finished). runners: every kind's (a process still draining this round may pop
-    the next phase's units). Returns this process's unit counts."""
+    the grids' record on the parent (baseline_grid.json). Nothing while a trial other than an extension waits (a
+    sweep cut short by study.n_trials: its grid is not finished); an extension waiting or running (another process
+    runs it) is drained first, and the edges are read again after it. runners: every kind's (a process still
+    draining this round may pop the next phase's units). Returns this process's unit counts."""
     done = {"complete": 0, "failed": 0}
-    while not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        have = set(units.keys(units.companion(study)))
+    companion = units.companion(study)
+    while not any(not t.user_attrs.get(schema.ATTR_BASELINE_EXTENSION)
+                  for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+        # read in this order: the planned keys, then whether any unit is in flight, then the trials. A unit ends
+        # after its trial, so with none in flight the trials read next are final, and a plan made meanwhile by
+        # another process has keys this process did not see and plans (and drains) again
+        have = set(units.keys(companion))
+        c = units.counts(companion)
         todo = [units.Unit("extend", f"extend:{e['family']}:{e['lr']:.6g}", e)
                 for e in baseline_grid.extensions(ctx.cfg, baseline_rows(study), ctx.n_groups)]
         todo = [u for u in todo if u.key not in have]  # planned before and failed: not again (no endless rounds)
-        if not todo:
+        name = "extend-" + store.cache_key(sorted(u.key for u in todo))[:16] if todo else None
+        if name:
+            units.plan(study, name, todo)
+        elif not c["waiting"] and not c["running"]:
             break
-        name = "extend-" + store.cache_key(sorted(u.key for u in todo))[:16]
-        units.plan(study, name, todo)
         got = units.drain(study, ctx.client, runners, worker, log, until_planned=name)
         done = {k: done[k] + got[k] for k in done}
     status = baseline_grid.status(ctx.cfg, baseline_rows(study))

@@ -225,3 +225,73 @@ def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, wor
     assert study.main(args) == 0  # resume: nothing left to run
     assert len(load_study(workdir).get_trials()) == 8
     assert len(client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")) == len(reps)
+
+
+def test_tied_study_with_workers_names_one_selection_everywhere(tiny_config, workdir):
+    """Issue 22, --workers 2: search.lr fixed at 0.01 and nothing frozen, so every searched trial is full FT at 0.01
+    with the study seed, as the full FT baseline at 0.01 is: their validation accuracies tie. Full FT's grid [0.01,
+    0.02] and LP-FT's [0.001, 0.002] end with their best on an edge; widening with at most 1 added point, each family
+    gets exactly the next point one step beyond that edge. Then the finalists (top 2 and each family's best) get a
+    second seed. Checked against an independent reading of the stores:
+    - tag_best's harness.best_trial, the champion's registered trial and the report's selected trial are the trial that
+      the rule picks when recomputed here by hand from Optuna's values and the replicate runs' val_acc_final;
+    - the replicated trials are exactly the finalists recomputed here;
+    - no baseline was pruned: each reported every epoch;
+    - every run (search-time trial and replicate) carries harness.seed and val_correct.json; the record
+      baseline_grid.json names the added lrs."""
+    from harness import numbers, results
+
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "7", "--workers", "2",
+            "--set", "search.lr=[0.01, 0.01]", "--set", "search.freeze_layers=[0, 0]",
+            "--set", "study.baseline_lrs=[0.01, 0.02]", "--set", 'search.extend_baseline_grid="widen"',
+            "--set", "search.baseline_extensions=1", "--set", "study.replicates=2", "--set", "study.finalists=2"]
+    assert study.main(args) == 0
+    s = load_study(workdir)
+    trials = s.get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    # the edge extension: one point per lr family, one grid step (x2) beyond the edge its best lay on
+    for fam, grid in (("full_ft", [0.01, 0.02]), ("lp_ft", [0.001, 0.002])):
+        sweep = [t for t in done if t.user_attrs.get("baseline") == fam and not t.user_attrs.get("baseline_extension")]
+        best = min(sweep, key=lambda t: (-t.value, t.number))
+        want = best.params["lr"] * 2 if best.params["lr"] == pytest.approx(grid[1]) else best.params["lr"] / 2
+        added = [t for t in trials if t.user_attrs.get("baseline") == fam and t.user_attrs.get("baseline_extension")]
+        assert [t.params["lr"] for t in added] == pytest.approx([want])
+        assert added[0].state == TrialState.COMPLETE
+    for t in trials:
+        if t.user_attrs.get("baseline") and t.user_attrs.get("baseline") != "linear_probe":
+            assert t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3  # train.epochs: never pruned
+    searched = [t for t in done if not t.user_attrs.get("baseline")]
+    ff = next(t for t in done if t.user_attrs.get("baseline") == "full_ft" and t.params["lr"] == pytest.approx(0.01))
+    assert searched and all(t.value == ff.value for t in searched)  # the forced tie
+    # the rule by hand: top 2 by (value desc, number asc) + each family's best; then mean over seeds
+    order = sorted(done, key=lambda t: (-t.value, t.number))
+    finalists = [t.number for t in order[:2]]
+    for fam in ("full_ft", "linear_probe", "lp_ft"):
+        b = next(t.number for t in order if t.user_attrs.get("baseline") == fam)
+        finalists += [b] if b not in finalists else []
+    client = mlflow_client(workdir)
+    exp = client.get_experiment_by_name("tiny")
+    parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+    reps = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")
+    assert sorted(int(r.data.tags["harness.replicate_of"]) for r in reps) == sorted(finalists)
+    seeds = {n: [next(t.value for t in done if t.number == n)] for n in finalists}
+    for r in reps:
+        seeds[int(r.data.tags["harness.replicate_of"])].append(r.data.metrics["val_acc_final"])
+    want = min(finalists, key=lambda n: (-round(sum(seeds[n]) / len(seeds[n]), 12), -len(seeds[n]), n))
+    assert parent.data.tags["harness.best_trial"] == str(want)
+    champion = client.get_model_version_by_alias("tiny", "champion")
+    assert champion.tags["harness.trial"] == str(want)
+    summary = numbers.summarize(results.load("tiny", f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"))
+    assert summary["best"] == want and summary["selection"]["selected"] == want
+    assert {r["number"] for r in summary["selection"]["finalists"]} == set(finalists)
+    assert sum(r["share"] for r in summary["selection"]["finalists"]) == pytest.approx(1.0)
+    grid = summary["selection"]["extended"]["families"]
+    assert grid["full_ft"]["added"] == pytest.approx([t.params["lr"] for t in trials
+                                                      if t.user_attrs.get("baseline_extension")
+                                                      and t.user_attrs["baseline"] == "full_ft"])
+    assert grid["full_ft"]["stopped"] in ("limit", "interior")
+    for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"):
+        if r.info.status == "FINISHED":
+            want_seed = r.data.tags.get("harness.seed")
+            assert want_seed == ("0" if r.data.tags["harness.role"] == "trial" else "1")
+            assert schema.VAL_CORRECT_ARTIFACT in {a.path for a in client.list_artifacts(r.info.run_id)}
