@@ -38,7 +38,7 @@ def test_tie_rule_mean_then_seeds_then_lower_number():
 def test_in_pool_keeps_every_possible_selection():
     """A trial that is a finalist at the end was one when it finished: replay every completion order of a fixture
     and check that in_pool said True for each final finalist (so its weights were saved)."""
-    search = {0: 0.9, 1: 0.95, 2: 0.95, 3: 0.7, 4: 0.92}
+    search = {0: 0.9, 1: 0.95, 2: 0.95, 3: 0.7, 4: 0.945}
     families = {3: "lp_ft"}
     final = set(selection.finalists(search, families, 2))
     for order in itertools.permutations(search):
