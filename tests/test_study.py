@@ -295,3 +295,34 @@ def test_tied_study_with_workers_names_one_selection_everywhere(tiny_config, wor
             want_seed = r.data.tags.get("harness.seed")
             assert want_seed == ("0" if r.data.tags["harness.role"] == "trial" else "1")
             assert schema.VAL_CORRECT_ARTIFACT in {a.path for a in client.list_artifacts(r.info.run_id)}
+
+
+def test_baselines_run_every_epoch_where_the_median_would_prune_them(tiny_config, workdir):
+    """Issue 22: three searched trials already in the storage at val 1.0 every epoch set the median pruner's bar at
+    1.0, so a plain MedianPruner prunes every baseline (val < 1.0) at epoch 1, after prune_warmup = 1 (LP-FT's
+    "sweep" was one lr that way). The study's pruner never prunes a baseline: each of the 3 runs its 3 epochs and
+    completes, with harness.seed on its run."""
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    (workdir / "mlruns").mkdir()
+    st = optuna.create_study(study_name="tiny", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}",
+                             direction="maximize")
+    for lr in (0.02, 0.03, 0.04):
+        st.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "freeze_layers": 0}, value=1.0, intermediate_values={0: 1.0, 1: 1.0, 2: 1.0},
+            distributions={"lr": FloatDistribution(1e-3, 0.1, log=True), "freeze_layers": IntDistribution(0, 4)}))
+    plain = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "6", "--set", 'study.pruner="median"']
+    assert study.main(args) == 0
+    trials = load_study(workdir).get_trials()
+    baselines = [t for t in trials if t.user_attrs.get("baseline") in ("full_ft", "lp_ft")]
+    assert len(baselines) == 2
+    client = mlflow_client(workdir)
+    for t in baselines:
+        assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [0, 1, 2]
+        # the plain pruner, on the study as it stood, would have pruned it at epoch 1
+        early = optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values={0: t.intermediate_values[0],
+                                                                                         1: t.intermediate_values[1]})
+        assert t.intermediate_values[1] < 1.0 and plain.prune(load_study(workdir), early)
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["harness.seed"] == "0"
