@@ -180,30 +180,32 @@ def test_multi_objective_pareto_without_pruning(tiny_config, workdir):
 
 
 def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, workdir):
-    """The default sweep (3 lrs) with --n-trials 8 and study.replicates = 2:
-    - trials 0-6 are the baselines (full FT x 3 lrs, linear probe, LP-FT x 3 lrs), trial 7 is TPE's: the sweep counts
-      toward n_trials (8 finished trials, no more);
-    - after the search, one replicate run (seed = study seed + 1) of the selected trial and of the best of each
-      baseline family on validation, each a child run tagged with its source trial and seed, with the source's params
-      exactly (replicates differ in the seed and nothing else), and no Optuna trial of its own;
+    """A two-point sweep (full FT at 0.01 and 0.03, LP-FT a decade lower) with --n-trials 6, study.replicates = 2
+    and the grid extension off:
+    - trials 0-4 are the baselines (full FT x 2 lrs, linear probe, LP-FT x 2 lrs), trial 5 is TPE's: the sweep counts
+      toward n_trials (6 finished trials, no more);
+    - after the search, one replicate run (seed = study seed + 1) of each finalist: the top 3 trials on validation
+      (ties to the lower number) and the best of each baseline family, each a child run tagged with its source trial
+      and seed, with the source's params exactly (replicates differ in the seed and nothing else), and no Optuna
+      trial of its own;
     - a re-run adds neither trials nor replicates."""
-    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "8", "--set", "study.baseline_lrs=[]",
-            "--set", "study.replicates=2", "--set", 'study.pruner="none"']
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "6", "--set", "study.baseline_lrs=[0.01, 0.03]",
+            "--set", "study.replicates=2", "--set", 'study.pruner="none"', "--set", 'search.extend_baseline_grid="off"']
     assert study.main(args) == 0
     s = load_study(workdir)
     trials = s.get_trials()
-    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert [t.user_attrs.get("baseline", "") for t in trials] == \
-        ["full_ft"] * 3 + ["linear_probe"] + ["lp_ft"] * 3 + [""]
-    assert "lr" not in trials[3].params  # the probe has no lr
-    assert [t.params["lr"] for t in trials[:3]] == [t.params["lr"] for t in trials[4:7]]
+        ["full_ft"] * 2 + ["linear_probe"] + ["lp_ft"] * 2 + [""]
+    assert "lr" not in trials[2].params  # the probe has no lr
+    assert [t.params["lr"] for t in trials[3:5]] == pytest.approx([t.params["lr"] / 10 for t in trials[:2]])
 
     def best(ts):
         return min(ts, key=lambda t: (-t.value, t.number))
 
-    selected = min(trials, key=lambda t: (-t.value, t.datetime_complete))
-    sources = {selected.number} | {best([t for t in trials if t.user_attrs.get("baseline") == f]).number
-                                   for f in ("full_ft", "linear_probe", "lp_ft")}
+    order = sorted(trials, key=lambda t: (-t.value, t.number))
+    sources = {t.number for t in order[:3]} | {best([t for t in trials if t.user_attrs.get("baseline") == f]).number
+                                               for f in ("full_ft", "linear_probe", "lp_ft")}
     client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("tiny")
     parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
@@ -223,7 +225,7 @@ def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, wor
         assert schema.CORRECT_ARTIFACT in {a.path for a in client.list_artifacts(r.info.run_id)}
     assert parent.data.tags["harness.replicates"] == "1"
     assert study.main(args) == 0  # resume: nothing left to run
-    assert len(load_study(workdir).get_trials()) == 8
+    assert len(load_study(workdir).get_trials()) == 6
     assert len(client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")) == len(reps)
 
 

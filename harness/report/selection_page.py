@@ -32,7 +32,7 @@ def selection_section(studies: list[dict], summaries: list[dict]) -> tuple[str, 
         body.append(table(["finalist", "family", "seeds", "mean validation", "selected in % of resamples",
                            "fresh seeds"], rows, "selection") if rows else Raw('<p class="empty">No finalist.</p>'))
         body.append(Raw(_grids(block)))
-    rule = esc((summaries[0].get("selection") or {}).get("rule", ""))
+    rule = (summaries[0].get("selection") or {}).get("rule", "")  # section() escapes the text
     return (f"rule: {rule}. The share is how often the same rule selects each finalist when the validation images "
             f"(paired across finalists) and each finalist's seeds are resampled with replacement; a selection that "
             f"one image can flip has a share well under 100%. Fresh seeds are the runs whose test numbers are free of "
