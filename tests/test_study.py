@@ -41,8 +41,9 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     assert trials[0].params["freeze_layers"] == 0
     assert trials[1].params["freeze_layers"] == 4 and trials[1].params["unfreeze_epoch"] >= 3  # never
     assert "lr" not in trials[1].params  # the probe is a logistic regression (harness.probe): no lr
-    # LP-FT (issue 11): every group trains from the probe's converged head, at its own lr
-    assert trials[2].params["freeze_layers"] == 0 and trials[2].params["lr"] == pytest.approx(0.01)
+    # LP-FT (issue 11): every group trains from the probe's converged head, at its own lr: a tenth of full FT's
+    # (issue 22, Kumar et al. 2022)
+    assert trials[2].params["freeze_layers"] == 0 and trials[2].params["lr"] == pytest.approx(0.001)
 
     client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("tiny")
