@@ -256,14 +256,15 @@ def run(cfg: config.Config, n_groups: int, log=print, resume: fingerprint.Resume
         finally:
             torch.set_num_threads(before)  # run() may be called in-process (tests, bench): leave it as it was
     workers.backfill(ctx, study, log)  # trials that finished before the CE reference, e.g. in another worker or run
-    workers.tag_best(ctx, study)
-    model = closing.publish_model(ctx, log, study)
-    closing.describe_parent(ctx, study, model)
     finished = bookkeeping.counts(study)[0]
     short = finished < cfg.study.n_trials and not timed_out
-    if not short and not timed_out and cfg.study.replicates > 1:
+    if not short and not timed_out:  # the grids' extensions and the finalists' seeds, before the selection reads them
         if ctx.data is None:  # the workers had them; what units remain (a dead worker's retry) run here too
             ctx = context.open_context(cfg, n_groups, log=lambda *_: None)
         workers.post_search(ctx, study, log)
+        workers.backfill(ctx, study, log)
+    workers.tag_best(ctx, study)  # harness.selection: the finalist with the best mean validation over seeds
+    model = closing.publish_model(ctx, log, study)
+    closing.describe_parent(ctx, study, model)
     tracking.end_run(ctx.client, ctx.parent_id, "FAILED" if short else "FINISHED")
     return Outcome(ctx, study, t0, finished, crashed, 1 if short else EXIT_WORKER_CRASHED if crashed else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from harness import schema, strategies
+from harness import schema, selection, strategies
 from harness.stats import (BOOTSTRAP, importances, infer_test_size, on_the_line, paired_bootstrap, pareto,
                            seed_interval, wilson)
 
@@ -357,12 +357,13 @@ def summarize(study: dict) -> dict:
     done.sort(key=lambda r: (-(r["objective"] if r["objective"] is not None else -1), r["number"] or 0))
     for i, r in enumerate(done, 1):
         r["rank"] = i
-    best = done[0] if done else None
+    reps = study.get("replicates", [])
+    choice = selection.from_study(study, done, reps, objective)  # the rule of tag_best, the champion, the replicates
+    best = next((r for r in done if r["number"] == choice["selected"]), None)
     with_ood = [r for r in done if r[schema.OOD_ACC_MEAN] is not None]
     oracle = max(with_ood, key=lambda r: (r[schema.OOD_ACC_MEAN], -(r["number"] or 0))) if with_ood else None
     # the best of each baseline family on validation (the study objective; ties: the lower trial number)
     baselines = {b: next((r for r in done if r["baseline"] == b), None) for b in strategies.BASELINES}
-    reps = study.get("replicates", [])
     replicated = {r["replicate_of"] for r in reps}  # the selected trial, each baseline family's best, sweep groups' best
     for r in done:
         if r["number"] in replicated:
@@ -389,6 +390,6 @@ def summarize(study: dict) -> dict:
         "on_the_line": fits,
         "pareto": pareto({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}),
         "axes": axes, "importances": importances(done, search, axes) if done else {},
-        "per_strategy": _per_strategy(done),
+        "per_strategy": _per_strategy(done), "selection": choice,
     }
 

@@ -17,7 +17,7 @@ from harness import schema, store
 STATES = {"FINISHED": "complete", "KILLED": "pruned", "FAILED": "failed", "RUNNING": "running",
           "SCHEDULED": "running"}
 # Small artifacts of the parent run that the report shows; anything else is listed, not read.
-TEXT_ARTIFACTS = ("config/resolved.toml", "versions.json", "search_space.json")
+TEXT_ARTIFACTS = ("config/resolved.toml", "versions.json", "search_space.json", schema.BASELINE_GRID_ARTIFACT)
 # One get_metric_history call per (run, key): ~1 ms on sqlite, ~10 ms over HTTP; 8 threads keep a
 # 12-trial default study (~60 keys a run) at a second or two over HTTP.
 THREADS = 8
@@ -143,7 +143,7 @@ def _children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
 
 def trials(client: MlflowClient, exp_id: str, parent_id: str) -> list[dict]:
     """Every child run of the parent (trials and seed replicates), with its full metric histories and, for FINISHED
-    runs, its per-image correctness (correct.json, None when absent), ordered by trial number (replicates last)."""
+    runs, its per-image correctness (correct.json, None when absent) and on validation (val_correct.json), ordered by trial number (replicates last)."""
     runs = _children(client, exp_id, parent_id)
     jobs = [(r.info.run_id, k) for r in runs for k in r.data.metrics]
     finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
@@ -151,8 +151,10 @@ def trials(client: MlflowClient, exp_id: str, parent_id: str) -> list[dict]:
         hists = dict(zip(jobs, pool.map(lambda j: _history(client, *j), jobs)))
         correct = dict(zip(finished, pool.map(
             lambda rid: _json_or_none(artifact(client, rid, schema.CORRECT_ARTIFACT)), finished)))
-    out = [{**_trial(r, {k: hists[(r.info.run_id, k)] for k in r.data.metrics}), "correct": correct.get(r.info.run_id)}
-           for r in runs]
+        val_correct = dict(zip(finished, pool.map(
+            lambda rid: _json_or_none(artifact(client, rid, schema.VAL_CORRECT_ARTIFACT)), finished)))
+    out = [{**_trial(r, {k: hists[(r.info.run_id, k)] for k in r.data.metrics}), "correct": correct.get(r.info.run_id),
+            "val_correct": val_correct.get(r.info.run_id)} for r in runs]
     return sorted(out, key=lambda t: (t["number"] is None, t["number"] if t["number"] is not None else 0,
                                       t["seed"] or 0))
 

@@ -37,8 +37,10 @@ def trial_run(ctx, trial: optuna.Trial, params: dict, baseline: str = ""):
     FAILED with the epoch and the reason when it raises anything else. A trial that another process finished
     meanwhile (it judged this worker dead, and Optuna refuses the write) ends FAILED saying so, and
     bookkeeping.TrialTaken is raised instead: the worker goes on."""
+    # the training seed of a search-time trial is the study seed (trial.train_trial); replicates tag their own
+    tags = {schema.TAG_SEED: str(ctx.cfg.study.seed), **({schema.TAG_BASELINE: baseline} if baseline else {})}
     run_id = tracking.child_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, trial.number,
-                                _logged(params), {schema.TAG_BASELINE: baseline} if baseline else {})
+                                _logged(params), tags)
     trial.set_user_attr(schema.ATTR_RUN_ID, run_id)
     with _open(ctx, run_id, params, baseline, trial) as run:
         yield run

@@ -12,8 +12,8 @@ import optuna
 import psutil
 import torch
 
-from harness import (corruption_error, metrics, models, prefix, probe as probemod, runs, schema, stats, strategies,
-                     suite as suitemod, tracking, train)
+from harness import (baseline_grid, corruption_error, metrics, models, prefix, probe as probemod, runs, schema, stats,
+                     strategies, suite as suitemod, tracking, train)
 from harness.config import Config, Model
 
 
@@ -54,23 +54,14 @@ def source_params(cfg: Config, source: dict, n_groups: int) -> dict:
 
 
 def baseline_lrs(cfg: Config) -> list[float]:
-    """The lr sweep every baseline with an lr gets: study.baseline_lrs, else the centres of three equal bins of
-    search.lr on a log scale (default [1e-3, 0.3]: 2.6e-3, 1.7e-2, 0.12). One guess per baseline against TPE over lr
-    is not a fair comparison (issue 11); Kumar et al. 2022 sweep 10 lrs for FT and LP-FT alike."""
-    if cfg.study.baseline_lrs:
-        lrs = cfg.study.baseline_lrs
-    else:
-        lo, hi = math.log(cfg.search.lr[0]), math.log(cfg.search.lr[1])
-        lrs = [math.exp(lo + (hi - lo) * (2 * i + 1) / 6) for i in range(3)]
-    return list(dict.fromkeys(lrs))  # a fixed search.lr = [a, a] gives one lr, enqueued once
+    """Full FT's lr sweep (harness.baseline_grid.full_grid: study.baseline_lrs, else 5 log-spaced points); the surgical
+    sweep's lrs. One guess per baseline against TPE over lr is not a fair comparison (issues 11, 22)."""
+    return baseline_grid.full_grid(cfg)
 
 
 def baselines(cfg: Config, n_groups: int) -> list[dict]:
-    """The enqueued baselines (strategies.BASELINES), in order: full fine-tuning at each sweep lr, the converged linear
-    probe (no lr), LP-FT (Kumar et al. 2022: every group fine-tuned from the probe's head) at each sweep lr."""
-    lrs = baseline_lrs(cfg)
-    return [{"name": name, "params": b.params(lr, n_groups, cfg.train.epochs)}
-            for name, b in strategies.BASELINES.items() for lr in (lrs if strategies.get(b.strategy).lr else [None])]
+    """The enqueued baselines, each family on its own grid (harness.baseline_grid.baselines)."""
+    return baseline_grid.baselines(cfg, n_groups)
 
 
 def surgical_sweep(cfg: Config, n_groups: int) -> list[dict]:
@@ -99,10 +90,12 @@ def fresh_model(model_cfg: Model, num_classes: int, pretrained: dict | None, dev
 def selection_metrics(model, suite, batch_size, device) -> dict:
     """Accuracy on the selection shifts of the validation split: the only part of the suite (harness.suite.Suite)
     model selection reads (suite.selection, each set with its labels), so no held-out test shift can steer it."""
-    accs = {e.name: {s: metrics.accuracy(train.predict(model, x, batch_size, device), e.labels) for s, x in e.at()}
-            for e in suite.selection}
+    hits = {e.name: {s: train.predict(model, x, batch_size, device).argmax(1) == e.labels for s, x in e.at()}
+            for e in suite.selection}  # per image: the selection bootstrap resamples them (harness.selection)
+    accs = {n: {s: h.double().mean().item() for s, h in sev.items()} for n, sev in hits.items()}
     flat = [a for sev in accs.values() for a in sev.values()]
-    return {schema.OOD_VAL_ACC: sum(flat) / len(flat) if flat else float("nan"), "per_shift": accs}
+    bits = {n: {str(s): "".join("1" if v else "0" for v in h.tolist()) for s, h in sev.items()} for n, sev in hits.items()}
+    return {schema.OOD_VAL_ACC: sum(flat) / len(flat) if flat else float("nan"), "per_shift": accs, "bits": bits}
 
 
 def _summary(logits, y) -> dict:
@@ -320,7 +313,10 @@ def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, d
     series.update({schema.shift_key(name, key): {s: c[key] for s, c in cv.items()}
                    for name, cv in curves.items() for key in ("acc", "ece", "nll")})
     series.update({schema.label_prior(key): dict(enumerate(prior)) for key, prior in (priors or {}).items()})
+    sel_bits = sel.pop("bits")
+    val_bits = "".join("1" if v else "0" for v in (val["logits"].argmax(1).cpu() == data["val"][1].cpu()).tolist())
     return final, series, {**sel, "shift_acc": shift_acc, "correct": correct,
+                           "val_correct": {"val": val_bits, "selection": sel_bits},
                            "ce_reference": reference["run_id"] if ce and reference else None}
 
 
@@ -329,6 +325,7 @@ def log_run(ctx, run_id: str, final: dict, series: dict, sel: dict) -> None:
     tag on its run."""
     tracking.log_metrics(ctx.client, run_id, final, series=series)
     tracking.log_json(ctx.client, run_id, sel["correct"], schema.CORRECT_ARTIFACT)
+    tracking.log_json(ctx.client, run_id, sel["val_correct"], schema.VAL_CORRECT_ARTIFACT)
     if sel["ce_reference"]:
         tracking.set_tags(ctx.client, run_id, {schema.TAG_CE_REFERENCE: sel["ce_reference"]})
 

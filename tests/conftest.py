@@ -28,6 +28,7 @@ n_trials = 4
 seed = 0
 prune_warmup = 1
 baseline_lrs = [0.01]  # one lr per baseline family: the 3 baselines are trials 0-2 (tests of the sweep set their own)
+replicates = 1         # no seed replicates (the default is 3): tests of replicates set their own
 
 [data]
 source = "digits"

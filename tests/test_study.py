@@ -41,8 +41,9 @@ def test_study_end_to_end_layout_baselines_resume_and_pruning(tiny_config, workd
     assert trials[0].params["freeze_layers"] == 0
     assert trials[1].params["freeze_layers"] == 4 and trials[1].params["unfreeze_epoch"] >= 3  # never
     assert "lr" not in trials[1].params  # the probe is a logistic regression (harness.probe): no lr
-    # LP-FT (issue 11): every group trains from the probe's converged head, at its own lr
-    assert trials[2].params["freeze_layers"] == 0 and trials[2].params["lr"] == pytest.approx(0.01)
+    # LP-FT (issue 11): every group trains from the probe's converged head, at its own lr: a tenth of full FT's
+    # (issue 22, Kumar et al. 2022)
+    assert trials[2].params["freeze_layers"] == 0 and trials[2].params["lr"] == pytest.approx(0.001)
 
     client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("tiny")
@@ -180,30 +181,32 @@ def test_multi_objective_pareto_without_pruning(tiny_config, workdir):
 
 
 def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, workdir):
-    """The default sweep (3 lrs) with --n-trials 8 and study.replicates = 2:
-    - trials 0-6 are the baselines (full FT x 3 lrs, linear probe, LP-FT x 3 lrs), trial 7 is TPE's: the sweep counts
-      toward n_trials (8 finished trials, no more);
-    - after the search, one replicate run (seed = study seed + 1) of the selected trial and of the best of each
-      baseline family on validation, each a child run tagged with its source trial and seed, with the source's params
-      exactly (replicates differ in the seed and nothing else), and no Optuna trial of its own;
+    """A two-point sweep (full FT at 0.01 and 0.03, LP-FT a decade lower) with --n-trials 6, study.replicates = 2
+    and the grid extension off:
+    - trials 0-4 are the baselines (full FT x 2 lrs, linear probe, LP-FT x 2 lrs), trial 5 is TPE's: the sweep counts
+      toward n_trials (6 finished trials, no more);
+    - after the search, one replicate run (seed = study seed + 1) of each finalist: the top 3 trials on validation
+      (ties to the lower number) and the best of each baseline family, each a child run tagged with its source trial
+      and seed, with the source's params exactly (replicates differ in the seed and nothing else), and no Optuna
+      trial of its own;
     - a re-run adds neither trials nor replicates."""
-    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "8", "--set", "study.baseline_lrs=[]",
-            "--set", "study.replicates=2", "--set", 'study.pruner="none"']
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "6", "--set", "study.baseline_lrs=[0.01, 0.03]",
+            "--set", "study.replicates=2", "--set", 'study.pruner="none"', "--set", 'search.extend_baseline_grid="off"']
     assert study.main(args) == 0
     s = load_study(workdir)
     trials = s.get_trials()
-    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert [t.user_attrs.get("baseline", "") for t in trials] == \
-        ["full_ft"] * 3 + ["linear_probe"] + ["lp_ft"] * 3 + [""]
-    assert "lr" not in trials[3].params  # the probe has no lr
-    assert [t.params["lr"] for t in trials[:3]] == [t.params["lr"] for t in trials[4:7]]
+        ["full_ft"] * 2 + ["linear_probe"] + ["lp_ft"] * 2 + [""]
+    assert "lr" not in trials[2].params  # the probe has no lr
+    assert [t.params["lr"] for t in trials[3:5]] == pytest.approx([t.params["lr"] / 10 for t in trials[:2]])
 
     def best(ts):
         return min(ts, key=lambda t: (-t.value, t.number))
 
-    selected = min(trials, key=lambda t: (-t.value, t.datetime_complete))
-    sources = {selected.number} | {best([t for t in trials if t.user_attrs.get("baseline") == f]).number
-                                   for f in ("full_ft", "linear_probe", "lp_ft")}
+    order = sorted(trials, key=lambda t: (-t.value, t.number))
+    sources = {t.number for t in order[:3]} | {best([t for t in trials if t.user_attrs.get("baseline") == f]).number
+                                               for f in ("full_ft", "linear_probe", "lp_ft")}
     client = mlflow_client(workdir)
     exp = client.get_experiment_by_name("tiny")
     parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
@@ -223,5 +226,106 @@ def test_baseline_sweep_and_replicates_are_enqueued_and_counted(tiny_config, wor
         assert schema.CORRECT_ARTIFACT in {a.path for a in client.list_artifacts(r.info.run_id)}
     assert parent.data.tags["harness.replicates"] == "1"
     assert study.main(args) == 0  # resume: nothing left to run
-    assert len(load_study(workdir).get_trials()) == 8
+    assert len(load_study(workdir).get_trials()) == 6
     assert len(client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")) == len(reps)
+
+
+def test_tied_study_with_workers_names_one_selection_everywhere(tiny_config, workdir):
+    """Issue 22, --workers 2: search.lr fixed at 0.01 and nothing frozen, so every searched trial is full FT at 0.01
+    with the study seed, as the full FT baseline at 0.01 is: their validation accuracies tie. Full FT's grid [0.01,
+    0.02] and LP-FT's [0.001, 0.002] end with their best on an edge; widening with at most 1 added point, each family
+    gets exactly the next point one step beyond that edge. Then the finalists (top 2 and each family's best) get a
+    second seed. Checked against an independent reading of the stores:
+    - tag_best's harness.best_trial, the champion's registered trial and the report's selected trial are the trial that
+      the rule picks when recomputed here by hand from Optuna's values and the replicate runs' val_acc_final;
+    - the replicated trials are exactly the finalists recomputed here;
+    - no baseline was pruned: each reported every epoch;
+    - every run (search-time trial and replicate) carries harness.seed and val_correct.json; the record
+      baseline_grid.json names the added lrs."""
+    from harness import numbers, results
+
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "7", "--workers", "2",
+            "--set", "search.lr=[0.01, 0.01]", "--set", "search.freeze_layers=[0, 0]",
+            "--set", "study.baseline_lrs=[0.01, 0.02]", "--set", 'search.extend_baseline_grid="widen"',
+            "--set", "search.baseline_extensions=1", "--set", "study.replicates=2", "--set", "study.finalists=2"]
+    assert study.main(args) == 0
+    s = load_study(workdir)
+    trials = s.get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    # the edge extension: one point per lr family, one grid step (x2) beyond the edge its best lay on
+    for fam, grid in (("full_ft", [0.01, 0.02]), ("lp_ft", [0.001, 0.002])):
+        sweep = [t for t in done if t.user_attrs.get("baseline") == fam and not t.user_attrs.get("baseline_extension")]
+        best = min(sweep, key=lambda t: (-t.value, t.number))
+        want = best.params["lr"] * 2 if best.params["lr"] == pytest.approx(grid[1]) else best.params["lr"] / 2
+        added = [t for t in trials if t.user_attrs.get("baseline") == fam and t.user_attrs.get("baseline_extension")]
+        assert [t.params["lr"] for t in added] == pytest.approx([want])
+        assert added[0].state == TrialState.COMPLETE
+    for t in trials:
+        if t.user_attrs.get("baseline") and t.user_attrs.get("baseline") != "linear_probe":
+            assert t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3  # train.epochs: never pruned
+    searched = [t for t in done if not t.user_attrs.get("baseline")]
+    ff = next(t for t in done if t.user_attrs.get("baseline") == "full_ft" and t.params["lr"] == pytest.approx(0.01))
+    assert searched and all(t.value == ff.value for t in searched)  # the forced tie
+    # the rule by hand: top 2 by (value desc, number asc) + each family's best; then mean over seeds
+    order = sorted(done, key=lambda t: (-t.value, t.number))
+    finalists = [t.number for t in order[:2]]
+    for fam in ("full_ft", "linear_probe", "lp_ft"):
+        b = next(t.number for t in order if t.user_attrs.get("baseline") == fam)
+        finalists += [b] if b not in finalists else []
+    client = mlflow_client(workdir)
+    exp = client.get_experiment_by_name("tiny")
+    parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+    reps = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'replicate'")
+    assert sorted(int(r.data.tags["harness.replicate_of"]) for r in reps) == sorted(finalists)
+    seeds = {n: [next(t.value for t in done if t.number == n)] for n in finalists}
+    for r in reps:
+        seeds[int(r.data.tags["harness.replicate_of"])].append(r.data.metrics["val_acc_final"])
+    want = min(finalists, key=lambda n: (-round(sum(seeds[n]) / len(seeds[n]), 12), -len(seeds[n]), n))
+    assert parent.data.tags["harness.best_trial"] == str(want)
+    champion = client.get_model_version_by_alias("tiny", "champion")
+    assert champion.tags["harness.trial"] == str(want)
+    summary = numbers.summarize(results.load("tiny", f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"))
+    assert summary["best"] == want and summary["selection"]["selected"] == want
+    assert {r["number"] for r in summary["selection"]["finalists"]} == set(finalists)
+    assert sum(r["share"] for r in summary["selection"]["finalists"]) == pytest.approx(1.0)
+    grid = summary["selection"]["extended"]["families"]
+    assert grid["full_ft"]["added"] == pytest.approx([t.params["lr"] for t in trials
+                                                      if t.user_attrs.get("baseline_extension")
+                                                      and t.user_attrs["baseline"] == "full_ft"])
+    assert grid["full_ft"]["stopped"] in ("limit", "interior")
+    for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"):
+        if r.info.status == "FINISHED":
+            want_seed = r.data.tags.get("harness.seed")
+            assert want_seed == ("0" if r.data.tags["harness.role"] == "trial" else "1")
+            assert schema.VAL_CORRECT_ARTIFACT in {a.path for a in client.list_artifacts(r.info.run_id)}
+
+
+def test_baselines_run_every_epoch_where_the_median_would_prune_them(tiny_config, workdir):
+    """Issue 22: three searched trials already in the storage at val 1.0 every epoch set the median pruner's bar at
+    1.0, so a plain MedianPruner prunes every baseline (val < 1.0) at epoch 1, after prune_warmup = 1 (LP-FT's
+    "sweep" was one lr that way). The study's pruner never prunes a baseline: each of the 3 runs its 3 epochs and
+    completes, with harness.seed on its run."""
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    (workdir / "mlruns").mkdir()
+    st = optuna.create_study(study_name="tiny", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}",
+                             direction="maximize")
+    for lr in (0.02, 0.03, 0.04):
+        st.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "freeze_layers": 0}, value=1.0, intermediate_values={0: 1.0, 1: 1.0, 2: 1.0},
+            distributions={"lr": FloatDistribution(1e-3, 0.1, log=True), "freeze_layers": IntDistribution(0, 4)}))
+    plain = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    args = ["--config", str(tiny_config), "--no-report", "--n-trials", "6", "--set", 'study.pruner="median"']
+    assert study.main(args) == 0
+    trials = load_study(workdir).get_trials()
+    baselines = [t for t in trials if t.user_attrs.get("baseline") in ("full_ft", "lp_ft")]
+    assert len(baselines) == 2
+    client = mlflow_client(workdir)
+    for t in baselines:
+        assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [0, 1, 2]
+        # the plain pruner, on the study as it stood, would have pruned it at epoch 1
+        early = optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values={0: t.intermediate_values[0],
+                                                                                         1: t.intermediate_values[1]})
+        assert t.intermediate_values[1] < 1.0 and plain.prune(load_study(workdir), early)
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["harness.seed"] == "0"

@@ -95,25 +95,28 @@ def test_strategy_config_is_checked():
 
 
 def test_baselines_are_full_ft_linear_probe_lp_ft():
-    """The default sweep: 3 lrs at the centres of three equal log bins of search.lr, full FT at each, the converged
-    linear probe (no lr, every group frozen, never unfrozen), LP-FT at each lr (every group trains from the probe's
-    head); study.baseline_lrs replaces the sweep."""
+    """The default sweep (issue 22): full FT at 5 points log-spaced on [10 x low, high] of search.lr, ends included,
+    the converged linear probe (no lr, every group frozen, never unfrozen), LP-FT (every group trains from the
+    probe's head) at full FT's points divided by 10, so its grid reaches a decade lower; study.baseline_lrs replaces
+    full FT's points (LP-FT's are still a tenth of them)."""
     cfg = config.load()
     b = trial.baselines(cfg, 4)
-    assert [x["name"] for x in b] == ["full_ft"] * 3 + ["linear_probe"] + ["lp_ft"] * 3
+    assert [x["name"] for x in b] == ["full_ft"] * 5 + ["linear_probe"] + ["lp_ft"] * 5
     lo, hi = cfg.search.lr
-    want = [lo * (hi / lo) ** (q / 6) for q in (1, 3, 5)]
-    assert [x["params"]["lr"] for x in b[:3]] == pytest.approx(want) == [x["params"]["lr"] for x in b[4:]]
-    assert all(x["params"]["freeze_layers"] == 0 for x in b[:3] + b[4:])
-    assert b[3]["params"] == {"freeze_layers": 4, "unfreeze_epoch": cfg.train.epochs}
+    want = [10 * lo * (hi / (10 * lo)) ** (q / 4) for q in range(5)]  # 0.01, 0.0234, 0.0548, 0.128, 0.3
+    assert [x["params"]["lr"] for x in b[:5]] == pytest.approx(want)
+    assert [x["params"]["lr"] for x in b[6:]] == pytest.approx([w / 10 for w in want])
+    assert min(x["params"]["lr"] for x in b[6:]) <= min(x["params"]["lr"] for x in b[:5]) / 10
+    assert all(x["params"]["freeze_layers"] == 0 for x in b[:5] + b[6:])
+    assert b[5]["params"] == {"freeze_layers": 4, "unfreeze_epoch": cfg.train.epochs}
     mine = trial.baselines(config.load(None, ["study.baseline_lrs=[0.01, 0.05]"]), 4)
-    assert [x["params"].get("lr") for x in mine] == [0.01, 0.05, None, 0.01, 0.05]
+    assert [x["params"].get("lr") for x in mine] == pytest.approx([0.01, 0.05, None, 0.001, 0.005])
 
 
 def test_baseline_sweep_enqueues_once_with_lp_ft_apart_from_full_ft(tmp_path):
     """Enqueued as launch.launch does (skip_if_exists), twice: the sweep is there once, in order, each trial with its
-    baseline user attr; LP-FT and full FT at the same lr are both there (skip_if_exists compares params), and the
-    first trial asked is the first full FT."""
+    baseline user attr; LP-FT at 0.01 (a tenth of full FT's 0.1) and full FT at 0.01 are both there (skip_if_exists
+    compares params), and the first trial asked is the first full FT."""
     cfg = config.load(None, ["study.baseline_lrs=[0.01, 0.1]"])
     st = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="s")
     for _ in range(2):

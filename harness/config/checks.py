@@ -76,6 +76,7 @@ def _check_study(cfg: Config) -> None:
         raise ConfigError("study.registered_model", f"must be at most 200 characters without / \\ : @, "
                           f"got {_short(s.registered_model)}")
     _positive("study.replicates", s.replicates)
+    _positive("study.finalists", s.finalists)
     if any(not (math.isfinite(v) and v > 0) for v in s.baseline_lrs):
         raise ConfigError("study.baseline_lrs", f"every lr must be finite and > 0, got {s.baseline_lrs}")
 
@@ -180,6 +181,8 @@ def _check_search(cfg: Config) -> None:
     if not q.tune_head or len(set(q.tune_head)) != len(q.tune_head):
         raise ConfigError("search.tune_head", f"needs distinct booleans (true, false or both), got {q.tune_head}")
     _bounds("search.gradual_every", q.gradual_every, low_min=1)
+    _choice("search.extend_baseline_grid", q.extend_baseline_grid, ("within", "widen", "off"))  # baseline_grid.MODES
+    _positive("search.baseline_extensions", q.baseline_extensions, allow_zero=True)
     if q.surgical_sweep and ("surgical" not in q.strategy or False not in q.tune_head):
         raise ConfigError("search.surgical_sweep", "needs \"surgical\" in search.strategy and false in search.tune_head")
 

@@ -38,10 +38,15 @@ class Study:
     # "" = the study name, "none" = not logged
     registered_model: str = ""
     system_metrics: float = 10.0  # seconds between system-metric samples of a trial (+ one at its end); 0 = off
-    # the lr sweep every baseline with an lr gets (full FT, LP-FT), enqueued before the search; [] = 3 log-spaced
-    # values inside search.lr (the centres of three equal log bins)
+    # full FT's lr sweep, enqueued before the search; LP-FT's is it times 0.1 (harness.baseline_grid); [] = 5 points
+    # log-spaced on [10 x search.lr low, search.lr high] (default 0.01 ... 0.3; LP-FT 0.001 ... 0.03)
     baseline_lrs: list[float] = field(default_factory=list)
-    replicates: int = 1  # training seeds of the selected configuration and of each baseline family's best (1 = none added)
+    # training seeds of every finalist (the search-time run is one; 1 = no replicate): 3 is the least a "beats"
+    # claim over seeds needs (issue 22)
+    replicates: int = 3
+    # the top-k trials by validation that are replicated (with each baseline family's best) and selected from on
+    # their mean validation over seeds (harness.selection)
+    finalists: int = 3
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,11 @@ class Search:
     # enqueue, after the baselines, one surgical trial per group (that group alone, head frozen) at the baselines'
     # lr: Lee et al.'s sweep of which block to tune (needs "surgical" in strategy and false in tune_head)
     surgical_sweep: bool = False
+    # after the search, a baseline family whose best lr (on validation) is on an edge of its grid gets the next point
+    # beyond it, one grid step out, until its best is interior (harness.baseline_grid): "within" search.lr, "widen"
+    # (the baselines may leave search.lr), or "off"
+    extend_baseline_grid: str = "within"
+    baseline_extensions: int = 2  # at most this many points added to each family's grid
 
 
 @dataclass(frozen=True)

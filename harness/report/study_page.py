@@ -5,6 +5,7 @@ from __future__ import annotations
 from harness import links, schema
 from harness.report import figures
 from harness.report.headline import headline
+from harness.report.selection_page import selection_section
 from harness.report.kit import Raw, ci, esc, heading, img, lr_text, num, page, pct, pts, table, td
 from harness.strategies import PARAMS
 
@@ -328,7 +329,8 @@ def metrics_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Ra
 # id -> (title, function(studies, summaries) -> (how to read it, body)): the page's sections and contents, in order
 SECTIONS = {
     "headline": ("Headline", headline), "provenance": ("Provenance", provenance),
-    "leaderboard": ("Leaderboard", leaderboard), "shifts": ("Shifts", shifts_section),
+    "leaderboard": ("Leaderboard", leaderboard), "selection": ("Selection", selection_section),
+    "shifts": ("Shifts", shifts_section),
     "on-the-line": ("Accuracy on the line", line_section), "hyperparameters": ("Hyperparameters", hyper_section),
     "calibration": ("Calibration under shift", calibration_section), "training": ("Training curves", training_section),
     "failures": ("Pruned and failed trials", failures_section), "examples": ("Shift examples", examples_section),

@@ -44,6 +44,12 @@ SHIFT_CE, SHIFT_RCE = "shift/{shift}/ce", "shift/{shift}/rce"
 # per-image correctness of a trial or replicate run (artifact, JSON): {"clean": "0110...", "shifts": {name: {sev: ...}}},
 # one character per image of the shifted test sets' fixed subset, the same images at every severity
 CORRECT_ARTIFACT = "correct.json"
+# per-image correctness on validation of a trial or replicate run (artifact, JSON): {"val": "0110..." (the last
+# epoch, every validation image), "selection": {shift: {sev: ...}} (the selection shifts' validation subset)}: the
+# evidence harness.selection.selection_frequency resamples
+VAL_CORRECT_ARTIFACT = "val_correct.json"
+# the parent run's record of the baselines' lr grids and their extension (harness.baseline_grid.status, JSON)
+BASELINE_GRID_ARTIFACT = "baseline_grid.json"
 FINAL = {
     ID_ACC: "accuracy on the clean test split",
     ID_NLL: "mean negative log-likelihood on the clean test split",

@@ -10,6 +10,7 @@ from harness import strategies
 # failed trial's reason)
 ATTR_HOST, ATTR_PID, ATTR_PID_START = "harness.host", "harness.pid", "harness.pid_start"
 ATTR_PID_TICKS, ATTR_WORKER, ATTR_FAIL_REASON = "harness.pid_ticks", "harness.worker", "fail_reason"
+ATTR_FIXED_PARAMS = "fixed_params"  # Optuna's own, read only
 IDENTITY_ATTRS = {
     ATTR_HOST: "the host of the process running the trial (or holding a claim)",
     ATTR_PID: "its pid",
@@ -20,14 +21,18 @@ TRIAL_SYSTEM_ATTRS = {
     **IDENTITY_ATTRS,
     ATTR_WORKER: "the worker index (--workers) of that process",
     ATTR_FAIL_REASON: "why the trial FAILED (a dead worker, an exception, another process that finished it)",
+    ATTR_FIXED_PARAMS: "Optuna's own: an enqueued trial's params (read for a WAITING baseline's lr, never written)",
 }
 # Trial user attrs (trial.py, study.py, sustain/search.py): what later trials and the end of the study read
 ATTR_BASELINE, ATTR_SURGICAL_SWEEP, ATTR_RUN_ID = "baseline", "surgical_sweep", "mlflow_run_id"
 ATTR_CE_REFERENCE, ATTR_SHIFT_ACC, ATTR_PRUNED_EPOCH = "ce_reference", "shift_acc", "pruned_epoch"
 ATTR_RUN_IDS, ATTR_SPEC = "mlflow_run_ids", "spec"
+ATTR_BASELINE_EXTENSION = "baseline_extension"
 TRIAL_USER_ATTRS = {
     ATTR_BASELINE: "the baseline family of an enqueued baseline trial (tag harness.baseline's value)",
     ATTR_SURGICAL_SWEEP: "True on the trials search.surgical_sweep enqueued",
+    ATTR_BASELINE_EXTENSION: "high | low on a baseline trial added beyond that edge of its family's lr grid after "
+                             "the search (harness.baseline_grid)",
     ATTR_RUN_ID: "the trial's (or unit's) MLflow run id",
     ATTR_CE_REFERENCE: "the CE reference's run id the trial's corruption errors used (None before it was settled)",
     ATTR_SHIFT_ACC: "{shift: {severity: accuracy}} of the test corruptions: the CE reference's and backfill's input",
@@ -42,8 +47,8 @@ TRIAL_USER_ATTRS = {
 # mlflow_run_id and the trial system attrs
 ATTR_UNIT_KIND, ATTR_UNIT_KEY, ATTR_UNIT_PAYLOAD = "unit_kind", "unit_key", "unit_payload"
 UNIT_ATTRS = {
-    ATTR_UNIT_KIND: "the unit's kind: names its runner (replicate)",
-    ATTR_UNIT_KEY: "unique within the study, e.g. replicate:3:1",
+    ATTR_UNIT_KIND: "the unit's kind: names its runner (replicate, extend)",
+    ATTR_UNIT_KEY: "unique within the study, e.g. replicate:3:1, extend:lp_ft:0.0004",
     ATTR_UNIT_PAYLOAD: "what the runner needs, JSON",
 }
 # Study system attrs of a claim (a study named <study>:claim:<name>[#attempt], harness.units): its holder's

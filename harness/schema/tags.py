@@ -25,6 +25,7 @@ TAG_SHIFT_SUITE, TAG_DATA, TAG_TARGET_DOMAIN = "harness.shift_suite", "harness.d
 TAG_N_TEST, TAG_N_SHIFT_EVAL, TAG_PRETRAIN = "harness.n_test", "harness.n_shift_eval", "harness.pretrain"
 TAG_BEST_TRIAL, TAG_BEST_RUN_ID, TAG_REPLICATES = "harness.best_trial", "harness.best_run_id", "harness.replicates"
 TAG_FINGERPRINT, TAG_ALLOWED_CHANGES = "harness.fingerprint", "harness.allowed_changes"
+TAG_FINALISTS = "harness.finalists"
 TAG_VERSION = "harness.version.{package}"  # version_tag(package); version_package(tag) reads the package back
 TAG_STUDY_NAME = "harness.study_name"  # an experiment tag
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # an experiment tag
@@ -64,7 +65,7 @@ TAGS = {
     TAG_GIT_SHA: "git commit of the harness (-dirty with local changes)",
     TAG_DEVICE: "the resolved device",
     TAG_SAMPLER: "Optuna sampler", TAG_PRUNER: "Optuna pruner (none in multi-objective studies)",
-    TAG_OBJECTIVE: "study objective", TAG_SEED: "study seed (policy and replicate runs: the run's training seed)",
+    TAG_OBJECTIVE: "study objective", TAG_SEED: "study seed (trial, replicate and policy runs: the run's training seed)",
     TAG_N_TRIALS_TARGET: "the requested number of finished trials",
     TAG_OPTUNA_STORAGE: "Optuna storage URL, password redacted",
     TAG_SHIFTS_SELECTION: "selection shifts", TAG_SHIFTS_TEST: "held-out test shifts",
@@ -75,7 +76,9 @@ TAGS = {
     TAG_N_TEST: "clean test images (sample size of id_acc)",
     TAG_N_SHIFT_EVAL: "images per shifted test set (sample size of shift accuracies)",
     TAG_PRETRAIN: "cache key of the source-task pretraining",
-    TAG_BEST_TRIAL: "number of the best completed trial", TAG_BEST_RUN_ID: "its run id",
+    TAG_BEST_TRIAL: "number of the selected trial (harness.selection: the best finalist by mean validation over "
+                    "seeds; while the search runs, the best so far)", TAG_BEST_RUN_ID: "its (search-time) run id",
+    TAG_FINALISTS: "study.finalists of the last invocation: the k of harness.selection's top-k finalists",
     TAG_REPLICATES: "seeds of the replicate runs, comma-separated (the study seed's run is the trial itself)",
     TAG_FINGERPRINT: "JSON of what makes the study's trials comparable (harness.fingerprint.KEYS): a resume with "
                      "another value exits 2 naming the keys",
