@@ -98,9 +98,28 @@ def _retry_callback(client, max_retry: int = MAX_RETRY, reason: str = "worker di
         # the retry copies system attrs: drop the dead worker's identity and its fail reason
         clone = copy.deepcopy(frozen)
         clone.system_attrs = {k: v for k, v in frozen.system_attrs.items() if k not in schema.TRIAL_SYSTEM_ATTRS}
+        clone.distributions = _holding(clone.params, clone.distributions)
         retry(study, clone)
 
     return callback
+
+
+def _holding(params: dict, distributions: dict) -> dict:
+    """The distributions widened to hold the trial's own values. An enqueued baseline's fixed value may lie outside
+    the search's range (the linear probe's unfreeze_epoch = train.epochs, beyond search.unfreeze_epoch's bounds);
+    Optuna stored it, but its retry (create_trial) validates values against distributions and would refuse it, so a
+    dead baseline would never run again."""
+    out = dict(distributions)
+    for name, d in distributions.items():
+        v = params.get(name)
+        if v is None or d._contains(d.to_internal_repr(v)):
+            continue
+        if isinstance(d, (optuna.distributions.IntDistribution, optuna.distributions.FloatDistribution)):
+            out[name] = type(d)(low=min(d.low, v), high=max(d.high, v), log=d.log,
+                                step=None if d.step is None or d.log else d.step)
+        elif isinstance(d, optuna.distributions.CategoricalDistribution):
+            out[name] = optuna.distributions.CategoricalDistribution(list(d.choices) + [v])
+    return out
 
 
 @contextlib.contextmanager

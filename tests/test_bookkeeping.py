@@ -81,6 +81,28 @@ def test_a_dead_or_reused_pid_fails_its_trial_with_the_reason(tmp_path):
     assert sorted(w.params["lr"] for w in waiting) == sorted(t.params["lr"] for t in trials)
 
 
+def test_a_dead_baseline_whose_fixed_value_lies_outside_the_search_range_runs_again(tmp_path):
+    """The linear-probe baseline is enqueued with unfreeze_epoch = train.epochs, beyond search.unfreeze_epoch's
+    bounds; Optuna keeps the fixed value, but its retry validates values against distributions. Its worker died:
+    the same params (7 of a 1..4 range, the lr) are enqueued again."""
+    s = _study(tmp_path)
+    s.enqueue_trial({"unfreeze_epoch": 7, "lr": 0.05})
+    t = s.ask()
+    with pytest.warns(UserWarning):  # Optuna: the fixed value is outside the range and kept
+        assert t.suggest_int("unfreeze_epoch", 1, 4) == 7
+    t.suggest_float("lr", 1e-3, 0.3, log=True)
+    gone = subprocess.Popen(["sleep", "60"])
+    attrs = {**bookkeeping.identity(), "harness.pid": gone.pid, "harness.pid_ticks": bookkeeping.start_ticks(gone.pid),
+             "harness.pid_start": psutil.Process(gone.pid).create_time()}
+    gone.kill()
+    gone.wait()
+    for k, v in attrs.items():
+        s._storage.set_trial_system_attr(t._trial_id, k, v)
+    assert bookkeeping.recover_dead(s, None) == 1
+    [w] = s.get_trials(states=(TrialState.WAITING,))
+    assert w.params == {"unfreeze_epoch": 7, "lr": 0.05}
+
+
 def test_a_stale_heartbeat_fails_the_trial_with_a_reason(tmp_path):
     """Another machine's dead worker: no heartbeat for the grace period. Optuna's own check leaves no reason; ours
     names the worker and the silence."""
