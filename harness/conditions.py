@@ -93,8 +93,8 @@ def _regret(best: dict, oracle: dict | None, paired: dict) -> dict:
     if oracle is None:
         return _cond(name, statistic, _n(paired.get("n"), seeds), rule, None, None, "n/a", "no per-image data")
     if oracle["number"] == best["number"]:
-        return _cond(name, statistic, _n(paired.get("n"), seeds), rule, 0.0, [0.0, 0.0], "pass",
-                     f"the selected trial {best['number']} is itself the hindsight-best")
+        return _cond(name, statistic, _n(paired.get("n"), seeds), rule, 0.0, None, "pass",
+                     f"the selected trial {best['number']} is itself the hindsight-best: the regret is 0 by definition")
     o = (paired.get("oracle") or {}).get("ood")
     if not o:
         return _cond(name, statistic, _n(paired.get("n"), seeds), rule, None, None, "n/a", "no per-image data")

@@ -103,11 +103,14 @@ def _conditions(s: dict) -> Raw:
         return Raw("")
     rows = []
     for c in s["conditions"]:
-        why = f"{c['statistic']}. Rule: {c['rule']}." + (f" {c['detail']}." if c.get("detail") else "")
-        rows.append([Raw(f'<td><span class="badge {esc(c["outcome"])}">{esc(c["outcome"])}</span></td>'), c["name"],
-                     value_text(c, c["value"]), interval_text(c), n_text(c), why])
-    return Raw("<h3>Conditions</h3>" + table(["outcome", "condition", "value", "95% interval", "n", "statistic, rule"],
-                                              rows, "conditions"))
+        detail = c.get("detail") or ""
+        detail = f'<br><small class="evidence">{esc(detail[:1].upper() + detail[1:])}.</small>' if detail else ""
+        rows.append([Raw(f'<td><span class="badge {esc(c["outcome"])}">{esc(c["outcome"])}</span></td>'),
+                     Raw(f"<td><b>{esc(c['name'])}</b>{detail}</td>"), value_text(c, c["value"]), interval_text(c),
+                     n_text(c), Raw(f"<td><small>{esc(c['statistic'][:1].upper() + c['statistic'][1:])}. "
+                                    f"<b>Rule:</b> {esc(c['rule'])}.</small></td>")])
+    return Raw("<h3>Conditions</h3>" + table(["outcome", "condition and evidence", "value", "95% interval", "n",
+                                              "statistic and rule"], rows, "conditions"))
 
 
 def budget_text(b: dict | None) -> str:
@@ -119,7 +122,8 @@ def budget_text(b: dict | None) -> str:
            else f"1 lr ({lr_text(grid[0])})" if grid else "no lr")
     edge = {"low": ", best at the low edge", "high": ", best at the high edge"}.get(b.get("best_lr_edge"), "")
     ext = {True: ", grid extended", False: ", grid not extended"}.get(b.get("extended"), "")
-    return (f"{b['trials']} trials ({b['complete']} finished, {b['pruned']} pruned), {b['epochs']} epochs, "
+    return (f"{b['trials']} trial{'s' * (b['trials'] != 1)} ({b['complete']} finished, {b['pruned']} pruned), "
+            f"{b['epochs']} epoch{'s' * (b['epochs'] != 1)}, "
             f"{lrs}{edge}{ext}")
 
 
