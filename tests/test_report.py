@@ -350,7 +350,8 @@ def _verify_leaderboard(page: str, t) -> set:
             lo, hi = k[key].text.split("\u2013")
             want = stats.wilson(p, n)  # the OOD sets are a subset of the test split: n = one shifted set's size
             assert near(lo, want[0], PCT, 100) and near(hi, want[1], PCT, 100), (key, k[key].text, want)
-        name = row.cells[7].text.split()[-1]  # the worst held-out shift's name (any of them on a tie)
+        # the worst held-out shift's name (any of them on a tie), before the seeds line of a replicated row
+        name = re.sub(r" [\d.]+ \u00b1 .*$", "", row.cells[7].text).split()[-1]
         assert name not in t.selection and tr["shift_mean"][name] == worst_shift(tr, t), (tr["number"], name)
         for key in ("id_acc", "ood_acc_mean", "ood_acc_worst"):  # replicated rows: mean over seeds +- scipy's t
             if len(tr["seeds"]) > 1:
@@ -505,7 +506,7 @@ def _verify_conditions(page: str, t) -> set:
         elif name.startswith("Beats"):
             assert outcome == w[0], (name, outcome, w)
             if b["baseline"]:
-                assert f"the search found nothing better than {schema.BASELINES[b['baseline']]}" in cond, cond
+                assert f"the search found nothing better than {schema.BASELINES[b['baseline']]}" in cond.lower(), cond
             for f, x, y, c, adj in fams:
                 got = re.search(rf"{re.escape(schema.BASELINES[f])} \(trial (\d+)\) ([+-][\d.]+) \[([+-][\d.]+), "
                                 rf"([+-][\d.]+)\], Holm p ([\d.e+-]+)", cond)
@@ -779,7 +780,32 @@ def _verify_failures(page: str, t) -> set:
     return {c.pos for r in rows for c in r.cells}
 
 
-VERIFIERS = (_verify_leaderboard, _verify_cards, _verify_conditions, _verify_comparisons, _verify_provenance, _verify_fits,
+def _verify_budgets(page: str, t) -> set:
+    """Each family's budget counted from MLflow's trial runs: runs, FINISHED and KILLED ones, val_acc epochs logged,
+    the distinct lr params; the sampled (non-baseline) trials are the search's."""
+    _, rows = _table(page, "budgets")
+    fams = [f for f in schema.BASELINES if any(r["baseline"] == f for r in t.trials.values())]
+    fams += ["search"] if any(not r["baseline"] for r in t.trials.values()) else []
+    assert [r.cells[0].text for r in rows] == [schema.BASELINES.get(f, "search (sampled trials)") for f in fams]
+    for row, f in zip(rows, fams):
+        runs = [r for r in t.trials.values() if r["baseline"] == ("" if f == "search" else f)]
+        epochs = sum(len(r["hist"].get("val_acc", {})) for r in runs)
+        lrs = sorted({r["params"]["lr"] for r in runs if "lr" in r["params"]})
+        text = row.cells[1].text
+        head = (f"{len(runs)} trial{'s' * (len(runs) != 1)} ({sum(r['status'] == 'FINISHED' for r in runs)} finished, "
+                f"{sum(r['status'] == 'KILLED' for r in runs)} pruned), {epochs} epoch{'s' * (epochs != 1)}, ")
+        assert text.startswith(head), (f, text, head)
+        grid = text[len(head):]
+        if not lrs:
+            assert grid.startswith("no lr"), grid
+        elif len(lrs) == 1:
+            assert grid.startswith(f"1 lr ({lrs[0]:.3g})"), grid
+        else:
+            assert grid.startswith(f"{len(lrs)} lr points ({lrs[0]:.3g} to {lrs[-1]:.3g})"), grid
+    return {c.pos for r in rows for c in r.cells}
+
+
+VERIFIERS = (_verify_budgets, _verify_leaderboard, _verify_cards, _verify_conditions, _verify_comparisons, _verify_provenance, _verify_fits,
              _verify_effective_robustness, _verify_pareto, _verify_importances, _verify_calibration, _verify_metrics,
              _verify_failures)
 
@@ -986,9 +1012,7 @@ def test_cli_bad_input_exits_2_with_a_message(built, tmp_path, capsys):
     assert "no MLflow store" in capsys.readouterr().err and not missing.exists()
     assert cli.main(["--study-name", "tiny", "--tracking-uri", "ftp://x", "--out", str(tmp_path / "r")]) == 2
     assert "unsupported URI" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        cli.main([])
-    assert e.value.code == 2
+    assert cli.main([]) == 2 and "--study-name: required" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

@@ -113,7 +113,7 @@ def parse(text: str) -> list[dict]:
     if BEGIN not in text or END not in text:
         raise ValueError(f"no generated block: expected {BEGIN!r} ... {END!r}")
     body = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    studies, table, lines = [], None, [x for x in body.splitlines()]
+    studies, lines = [], body.splitlines()
     i = 0
     while i < len(lines):
         line = lines[i].strip()
@@ -128,7 +128,9 @@ def parse(text: str) -> list[dict]:
         if t:
             if not studies or t[2] != studies[-1]["name"] or t[1] not in TABLES:
                 raise ValueError(f"unexpected table heading {line!r}")
-            head = [c.strip() for c in lines[i].strip().strip("|").split(" | ")]
+            while i < len(lines) and not lines[i].strip():
+                i += 1
+            head = [c.strip() for c in lines[i].strip().strip("|").split(" | ")] if i < len(lines) else []
             if head != TABLES[t[1]]:
                 raise ValueError(f"table {t[1]!r} has columns {head}, expected {TABLES[t[1]]}")
             table = studies[-1]["tables"].setdefault(t[1], [])
