@@ -1,26 +1,30 @@
-"""Corruption errors (Hendrycks & Dietterich 2019) against the study's fixed reference, the tuned full fine-tuning
-baseline: per corruption, pooled over corruptions, over CIFAR-10-C's 15, and backfilled on trials that finished first."""
+"""Corruption errors as Hendrycks & Dietterich 2019 publish them, against the study's fixed reference (the tuned full
+fine-tuning baseline): per corruption, their mean over the CIFAR-10-C benchmark corruptions, and the backfill of
+trials that finished first."""
 
 from __future__ import annotations
 
 import optuna
 
 from harness import schema, shifts, tracking
+from harness.suite import FILES_PREFIX
 
 
-def corruption_errors(clean_acc: float, curves: dict, reference: dict | None, id_acc: float | None = None,
-                      files=()) -> dict:
-    """Corruption errors per test shift (Hendrycks & Dietterich 2019) with the study's tuned full fine-tuning baseline
-    in AlexNet's place (ce_reference): CE_c = sum_s E_s,c / sum_s E_ref_s,c, and relative CE_c = sum_s (E_s,c -
-    E_clean) / sum_s (E_ref_s,c - E_ref_clean), the clean error measured on the same images as the shifted sets
-    (for `files`, the real CIFAR-10-C sets, whose images are the whole test split: id_acc's error, the reference's
-    likewise). mce and relative_mce pool the sums over corruptions (sum_c sum_s E / sum_c sum_s E_ref) rather than
-    averaging per-corruption ratios: a tuned reference can be nearly perfect on one corruption of a few hundred
-    images, and a ratio over 1-2 errors (or a degradation near 0) is noise, which made relative mCE 6-10 in the
-    default study before issue 11. rce is logged only where the reference degrades (sum of drops > 0). The
-    *_benchmark versions pool CIFAR-10-C's 15 corruptions (shifts.BENCHMARK), only when all 15 are test shifts (and
-    *_benchmark_files the same over shifts.files' c10c.<corruption> sets).
-    reference = {"clean_acc", "id_acc", "shift_acc": {name: {sev: acc}}}; None until it is settled: {}."""
+def corruption_errors(clean_acc: float | None, curves: dict, reference: dict | None,
+                      files_clean_acc: float | None = None, files=()) -> dict:
+    """Corruption errors of Hendrycks & Dietterich 2019 with the study's tuned full fine-tuning baseline in AlexNet's
+    place (ce_reference), E the error (1 - accuracy):
+    CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c} and relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} -
+    E^ref_clean) for every test shift c in `curves`, the clean error on the same images as the shifted sets:
+    clean_acc's (clean_subset_acc) for the simulated shifts, files_clean_acc's (clean_files_acc) for `files`, the
+    shifts.files sets (c10c.<corruption>); no same-image clean error, no relative CE.
+    mCE and relative mCE are the plain means of CE_c and relative CE_c over CIFAR-10-C's 15 benchmark corruptions
+    (shifts.BENCHMARK) among the test shifts: geometric shifts (rotate, translate) and the 4 extra corruptions never
+    enter them; logged when every such corruption has its CE_c (or relative CE_c: the reference must degrade on each,
+    sum of drops > 0), and separately for the files (mce_files). mce_pooled keeps the pre-issue-22 ratio of sums
+    over mce's corruptions, sum_c sum_s E / sum_c sum_s E^ref, steadier where the reference makes 1-2 errors on one
+    corruption, but not the published mCE (relative_mce_pooled likewise with the drops).
+    reference = {"clean_acc", "files_clean_acc", "shift_acc": {name: {sev: acc}}}; None until it is settled: {}."""
     if not reference:
         return {}
     out, sums = {}, {}  # name -> (errors, reference errors, drops, reference drops), each summed over severities
@@ -28,33 +32,28 @@ def corruption_errors(clean_acc: float, curves: dict, reference: dict | None, id
         ref = reference["shift_acc"].get(name)
         if not ref or set(map(str, cv)) != set(ref):
             continue
-        own_clean, ref_clean = ((id_acc, reference.get(schema.ID_ACC)) if name in files
-                                else (clean_acc, reference["clean_acc"]))
+        own_clean, ref_clean = ((files_clean_acc, reference.get("files_clean_acc")) if name in files
+                                else (clean_acc, reference.get("clean_acc")))
         err, ref_err = sum(1 - c["acc"] for c in cv.values()), sum(1 - a for a in ref.values())
-        if own_clean is None or ref_clean is None:
-            rel = ref_rel = 0.0
-        else:
-            rel, ref_rel = sum(own_clean - c["acc"] for c in cv.values()), sum(ref_clean - a for a in ref.values())
-        sums[name] = (err, ref_err, rel, ref_rel)
+        rel = ref_rel = None
         if ref_err > 0:
             out[schema.shift_key(name, "ce")] = err / ref_err
-        if ref_rel > 0:
-            out[schema.shift_key(name, "rce")] = rel / ref_rel
-
-    def pooled(names, pool):
-        err, ref_err, rel, ref_rel = (sum(x) for x in zip(*(sums[n] for n in names)))
-        mce, relative = schema.CE_POOLS[pool]
-        if ref_err > 0:
-            out[mce] = err / ref_err
-        if ref_rel > 0:
-            out[relative] = rel / ref_rel
-
-    if sums:
-        pooled(list(sums), "test")
-    for prefix, pool in (("", "benchmark"), ("c10c.", "benchmark_files")):
-        names = [prefix + c for c in shifts.BENCHMARK]
-        if all(n in sums for n in names):
-            pooled(names, pool)
+        if own_clean is not None and ref_clean is not None:
+            rel, ref_rel = sum(own_clean - c["acc"] for c in cv.values()), sum(ref_clean - a for a in ref.values())
+            if ref_rel > 0:
+                out[schema.shift_key(name, "rce")] = rel / ref_rel
+        sums[name] = (err, ref_err, rel, ref_rel)
+    for prefix, (mce, relative) in (("", schema.CE_MEANS["test"]), (FILES_PREFIX, schema.CE_MEANS["files"])):
+        names = [prefix + c for c in shifts.BENCHMARK if prefix + c in sums]
+        for key, what in ((mce, "ce"), (relative, "rce")):
+            values = [out.get(schema.shift_key(n, what)) for n in names]
+            if names and None not in values:
+                out[key] = sum(values) / len(values)
+        if prefix == "" and names:
+            for key, (i, j) in zip(schema.CE_POOLED, ((0, 1), (2, 3))):
+                own, ref = [sums[n][i] for n in names], [sums[n][j] for n in names]
+                if None not in own and None not in ref and sum(ref) > 0:
+                    out[key] = sum(own) / sum(ref)
     return out
 
 
@@ -73,7 +72,7 @@ def ce_reference(trials) -> dict | None:
     best = min(done, key=lambda t: (-t.user_attrs[schema.VAL_ACC_FINAL], t.number))
     a = best.user_attrs
     return {"number": best.number, "run_id": a.get(schema.ATTR_RUN_ID), "shift_acc": a[schema.ATTR_SHIFT_ACC],
-            "clean_acc": a.get(schema.CLEAN_SUBSET_ACC, a[schema.ID_ACC]), schema.ID_ACC: a[schema.ID_ACC]}
+            "clean_acc": a.get(schema.CLEAN_SUBSET_ACC), "files_clean_acc": a.get(schema.CLEAN_FILES_ACC)}
 
 
 def _ce_curves(shift_acc: dict, corruptions) -> dict:
@@ -97,9 +96,9 @@ def backfill_corruption_errors(study: optuna.Study, client, corruptions: list[st
         tags = client.get_run(run_id).data.tags
         if schema.tag(tags, schema.TAG_CE_REFERENCE) == ref["run_id"]:  # an earlier backfill did it
             continue
-        clean = t.user_attrs.get(schema.CLEAN_SUBSET_ACC, t.user_attrs[schema.ID_ACC])
-        ce = corruption_errors(clean, _ce_curves(t.user_attrs[schema.ATTR_SHIFT_ACC], corruptions), ref,
-                               t.user_attrs[schema.ID_ACC], files)
+        ce = corruption_errors(t.user_attrs.get(schema.CLEAN_SUBSET_ACC),
+                               _ce_curves(t.user_attrs[schema.ATTR_SHIFT_ACC], corruptions), ref,
+                               t.user_attrs.get(schema.CLEAN_FILES_ACC), files)
         if ce:
             tracking.log_metrics(client, run_id, ce)
             tracking.set_tags(client, run_id, {schema.TAG_CE_REFERENCE: ref["run_id"]})

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import store
-from harness.config import ConfigError, Data, NotFound
+from harness import imagefiles, store
+from harness.config import ConfigError, Data, NotFound, _short
 
 # Every split is a pair (images float32 [N, 3, H, W] in [0, 1], labels int64 [N]); models normalize inside,
 # so shifts act on plain [0, 1] pixels exactly as CIFAR-10-C defines them.
@@ -19,13 +19,18 @@ CACHE_VERSION = 4  # bump when the construction below changes, so stale caches a
 def cache_key(cfg: Data, seed: int) -> str:
     listing = ""
     if cfg.source == "imagefolder" and cfg.path:
-        # the folder's listing (paths, sizes, mtimes) is part of its content address
-        files = sorted(p for p in Path(cfg.path).expanduser().rglob("*") if p.is_file())
-        listing = "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+        # the files the folder's links lead to (paths, sizes, mtimes) are part of its content address: an image added
+        # behind a symlinked class folder makes a new key
+        listing = imagefiles.listing(folder_splits(_root(cfg))).stamp
     # the target shift is applied later (suite.target_domain, with its own cache): the clean splits and the
     # pretraining built on them are shared by every target domain
     clean = {k: v for k, v in cfg.__dict__.items() if k != "target_shift"}
     return store.cache_key({"cfg": clean, "seed": seed, "v": CACHE_VERSION}, listing)
+
+
+# An imagefolder dataset decoded by check() (the preflight) for load() to take, by cache key: decoded once, and
+# every bad file found before a store exists
+_DECODED: dict[str, tuple[dict, dict]] = {}
 
 
 def load(cfg: Data, seed: int, cache_dir: Path | None = None) -> dict:
@@ -36,7 +41,7 @@ def load(cfg: Data, seed: int, cache_dir: Path | None = None) -> dict:
     if cached is not None and cached[1] is not None:
         tensors, meta = cached
     else:
-        tensors, meta = BUILDERS[cfg.source](cfg, seed)
+        tensors, meta = _DECODED.pop(key, None) or BUILDERS[cfg.source](cfg, seed)
         if path:
             store.save_tensors(tensors, path, meta=meta)
     out = {"key": key, **meta}
@@ -48,31 +53,65 @@ def load(cfg: Data, seed: int, cache_dir: Path | None = None) -> dict:
     return out
 
 
+# What the data takes in memory while it is built, in bytes per pixel of one image channel at data.image_size:
+# digits are built as float32 and a broadcast makes two more full copies (3 x 4); the others are decoded as uint8,
+# indexed into splits (a second uint8 copy), then made float32 by load() (1 + 1 + 4)
+BYTES_PER_VALUE = {"digits": 12}
+BYTES_PER_VALUE_DEFAULT = 6
+MEMORY_MARGIN = 0.8  # of the memory available now: the rest for the model, the shift suite and the interpreter
+TV_SIZES = {"mnist": (70_000, 10), "fashionmnist": (70_000, 10), "cifar10": (60_000, 10), "cifar100": (60_000, 100),
+            "svhn": (99_289, 10)}  # images (train + test) and classes of torchvision's sets
+
+
+def _root(cfg: Data) -> Path:
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise NotFound("data.path", f"{_short(str(root))} is not a folder")
+    return root
+
+
+def n_classes(cfg: Data, listing: imagefiles.Listing | None = None) -> int:
+    """The number of target classes, without building the data (shifts.files's labels are checked against it)."""
+    if cfg.source == "digits":
+        return 2 if cfg.task == "parity" else len(cfg.target_classes)
+    if cfg.source == "imagefolder":
+        return len((listing or imagefiles.listing(folder_splits(_root(cfg)))).classes)
+    return TV_SIZES[cfg.source][1]
+
+
+def check_memory(cfg: Data, n_images: int, available: int | None = None) -> None:
+    """data.image_size against the memory available now, before anything is allocated: 1797 digits at 1024 x 1024
+    would ask for 68 GB at once. Bad input with the numbers."""
+    import psutil
+
+    need = n_images * 3 * cfg.image_size ** 2 * BYTES_PER_VALUE.get(cfg.source, BYTES_PER_VALUE_DEFAULT)
+    available = psutil.virtual_memory().available if available is None else available
+    if need > MEMORY_MARGIN * available:
+        raise ConfigError("data.image_size", f"{cfg.image_size} needs about {need / 2**30:.1f} GiB to build "
+                          f"{n_images} images of 3 x {cfg.image_size} x {cfg.image_size}, over "
+                          f"{MEMORY_MARGIN:.0%} of the {available / 2**30:.1f} GiB available; lower data.image_size "
+                          f"(at most ~{int((MEMORY_MARGIN * available / (need / cfg.image_size ** 2)) ** 0.5)} here)")
+
+
 def check(cfg: Data, seed: int, cache_dir: Path | None = None) -> None:
-    """Raise now what load() would raise about data.path, decoding no image, so a bad path is bad input (exit 2)
-    before a store or cache is created. A cached dataset needs no check."""
-    if cfg.source == "digits" or (cache_dir and (cache_dir / f"data-{cache_key(cfg, seed)}.safetensors").exists()):
+    """Raise now what load() would raise about data.path and its files, so bad data is bad input (exit 2) before a
+    store or cache is created: an image folder is listed (links followed, loops refused), its class sizes checked
+    and every image decoded (kept for load(), so decoded once). The memory the data needs is checked first."""
+    listing = None
+    if cfg.source == "imagefolder":
+        listing = imagefiles.listing(folder_splits(_root(cfg)))
+    n = (len(digits()[1]) if cfg.source == "digits" else
+         sum(map(len, listing.samples.values())) if listing else TV_SIZES[cfg.source][0])
+    check_memory(cfg, n)
+    key = cache_key(cfg, seed)
+    if cfg.source == "digits" or (cache_dir and (cache_dir / f"data-{key}.safetensors").exists()):
         return
     if cfg.source == "imagefolder":
-        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-        root = Path(cfg.path).expanduser()
-        if not root.is_dir():
-            raise NotFound("data.path", f"{root} is not a folder")
-        classes = None
-        for path in folder_splits(root).values():
-            try:
-                found, index = find_classes(str(path))
-                make_dataset(str(path), index, extensions=IMG_EXTENSIONS)  # lists files: a class without images fails
-            except FileNotFoundError as e:
-                raise NotFound("data.path", str(e)) from None
-            if classes is not None and found != classes:
-                raise ConfigError("data.path", f"class folders differ between the split folders of {root}: "
-                                  f"{', '.join(classes)} versus {', '.join(found)}")
-            classes = found
-        if len(classes) < 2:  # one class trains to loss 0 and accuracy 1.0: a study that measures nothing
-            raise ConfigError("data.path", f"{root} has {len(classes)} class folder ({', '.join(classes)}); a "
-                              f"classifier needs at least 2")
+        if len(listing.classes) < 2:  # one class trains to loss 0 and accuracy 1.0: a study that measures nothing
+            raise ConfigError("data.path", f"{_short(str(_root(cfg)))} has {len(listing.classes)} class folder "
+                              f"({_short(', '.join(listing.classes))}); a classifier needs at least 2")
+        _DECODED.clear()  # one dataset waits at a time
+        _DECODED[key] = _imagefolder(cfg, seed)
         return
     if not cfg.download:
         _torchvision_sets(cfg)  # reads the files it finds (torchvision has no cheaper public check)
@@ -96,8 +135,7 @@ def stratified_split(labels: torch.Tensor, fractions: list[float], gen: torch.Ge
     for c in labels.unique(sorted=True).tolist():
         idx = (labels == c).nonzero().squeeze(1)
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        bounds = np.cumsum([0] + [round(f * len(idx)) for f in fractions[:-1]] + [len(idx)])
-        bounds = np.minimum(bounds, len(idx))
+        bounds = imagefiles.split_bounds(len(idx), fractions)  # the rule the preflight's class-size check reads
         for i in range(len(fractions)):
             parts[i].append(idx[bounds[i]:bounds[i + 1]])
     return [torch.cat(p).sort().values for p in parts]
@@ -167,18 +205,12 @@ def _few_shot(tensors: dict, cfg: Data, gen: torch.Generator) -> None:
 
 
 def _resize_uint8(paths: list, size: int) -> torch.Tensor:
-    """Image files -> uint8 [N, 3, size, size]: resize the short side, centre crop (decoded once, then cached).
-    One image is decoded at a time, so memory holds the small result, never the full-size photos."""
-    from PIL import Image
-    from torchvision.transforms.v2 import functional as TF
-
+    """Image files -> uint8 [N, 3, size, size] (imagefiles.decode: resized, centre-cropped, 16-bit and float images
+    with their real range; bad files are bad input naming them). One image is decoded at a time, so memory holds the
+    small result, never the full-size photos."""
     out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
     for i, path in enumerate(paths):
-        with Image.open(path) as img:
-            img.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 2-8x (never below size): ~3x faster
-            t = TF.pil_to_tensor(img.convert("RGB"))
-        t = TF.resize(t, size, antialias=True)
-        out[i] = TF.center_crop(t, [size, size])
+        out[i] = imagefiles.decode(path, size)
     return out
 
 
@@ -201,26 +233,18 @@ def folder_splits(root: Path) -> dict[str, Path]:
 
 
 def _imagefolder(cfg: Data, seed: int):
-    from torchvision.datasets import ImageFolder
-
-    root = Path(cfg.path).expanduser()
-    if not root.is_dir():
-        raise NotFound("data.path", f"{root} is not a folder")
+    root = _root(cfg)
     gen = torch.Generator().manual_seed(seed)
-    try:
-        folders = {split: ImageFolder(str(path)) for split, path in folder_splits(root).items()}
-    except FileNotFoundError as e:  # torchvision: no class folder, or no image in one
-        raise NotFound("data.path", str(e)) from None
-    classes = next(iter(folders.values())).classes
-    for split, ds in folders.items():
-        if ds.classes != classes:
-            raise ConfigError("data.path", f"class folders differ between {ds.root} ({', '.join(ds.classes)}) and "
-                              f"{folders['train'].root} ({', '.join(classes)})")
-    read = {split: (_resize_uint8([p for p, _ in ds.samples], cfg.image_size), torch.tensor(ds.targets))
-            for split, ds in folders.items()}
+    splits = folder_splits(root)
+    listing = imagefiles.listing(splits)  # links followed, each file once, loops and shared files refused
+    fr = [1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction]
+    cut = {"all": (fr, ("train", "val", "test"))} if "all" in splits else \
+        {} if "val" in splits else {"train": ([1 - cfg.val_fraction, cfg.val_fraction], ("train", "val"))}
+    imagefiles.check_class_sizes(listing, cut, root)  # before decoding: a class absent from a split is bad input
+    read = {split: (_resize_uint8([p for p, _ in samples], cfg.image_size), torch.tensor([y for _, y in samples]))
+            for split, samples in listing.samples.items()}
     if "all" in read:
         x, y = read.pop("all")
-        fr = [1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction]
         read = {split: (x[idx], y[idx]) for split, idx in zip(("train", "val", "test"), stratified_split(y, fr, gen))}
     elif "val" not in read:
         x, y = read["train"]
@@ -228,7 +252,7 @@ def _imagefolder(cfg: Data, seed: int):
         read.update(train=(x[tr], y[tr]), val=(x[va], y[va]))
     tensors = {f"{split}_{k}": v.contiguous() for split, (x, y) in read.items() for k, v in (("x", x), ("y", y))}
     _few_shot(tensors, cfg, gen)
-    return tensors, {"classes": classes, "source_classes": []}
+    return tensors, {"classes": listing.classes, "source_classes": []}
 
 
 def _torchvision_sets(cfg: Data):

@@ -1,10 +1,12 @@
-"""The flags `python -m harness.study` and `python -m harness.sustain` share, and the config keys they set."""
+"""The flags `python -m harness.study` and `python -m harness.sustain` share, the config keys they set, and the
+syntax check of the store URLs they (and harness.report) take."""
 
 from __future__ import annotations
 
 import argparse
 
 from harness import config
+from harness.config import ConfigError
 
 # flag -> (its help in harness.study's words, argparse's other settings); a command words any of them its own way
 # through add_common_args's `help`
@@ -44,3 +46,27 @@ def load_config(args: argparse.Namespace) -> config.Config:
              "study.seed": args.seed, "study.workers": args.workers,
              "study.report": False if getattr(args, "no_report", False) else None}
     return config.load(args.config, args.set, **flags)
+
+
+def check_url_syntax(flag: str, uri: str) -> None:
+    """What urllib and http.client refuse only when the store is opened (InvalidURL, a traceback, after mlruns/
+    exists): a control character, or an http(s) URL whose host part does not parse, as when a password holds a raw
+    '/' (http://u:ab/cd@host reads as host 'u', port 'ab'). The URL is never quoted: its password would be."""
+    if not uri:
+        return
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise ConfigError(flag, "the URL contains a control character (a newline, a tab...); remove it")
+    if uri.startswith(("http://", "https://")):
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(uri)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is no number in 0..65535
+            ok = bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(flag, f"the {parts.scheme} URL's host:port does not parse (the URL is not shown: it may "
+                              f"hold a password); percent-encode '/', '@', ':', '?' and '#' in a user name or password "
+                              f"('/' as %2F, '@' as %40), or pass them in MLFLOW_TRACKING_USERNAME and "
+                              f"MLFLOW_TRACKING_PASSWORD")

@@ -12,6 +12,7 @@ import torch
 
 from harness import bookkeeping, closing, config, context, cores, data as datamod, models, records, sampling, shifts
 from harness import schema, store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
+from harness import flags, shiftfiles
 from harness.config import ConfigError
 
 
@@ -43,7 +44,10 @@ def preflight(cfg: config.Config) -> int:
         raise
     except (ValueError, FileNotFoundError) as e:  # torchvision's own, reading the files: still data.path's fault
         raise ConfigError("data.path", str(e)) from None
+    shiftfiles.check(cfg.shifts, datamod.n_classes(cfg.data))
     train.pick_device(cfg.study.device)
+    for flag, uri in (("--storage", cfg.study.storage), ("--tracking-uri", cfg.study.tracking_uri)):
+        flags.check_url_syntax(flag, uri)
     store.check_uris(cfg.study.storage, cfg.study.tracking_uri)
     bound, why = cores.max_workers()
     if cfg.study.workers > bound:

@@ -1,4 +1,5 @@
-"""Statistics of the report, pure functions of numbers: intervals, probit fits, Pareto fronts, sample sizes, fANOVA."""
+"""Statistics of the report, pure functions of numbers: intervals (Wilson, t, paired bootstraps), Holm, probit fits,
+Pareto fronts, sample sizes, fANOVA, the ECE a calibrated model scores."""
 
 from __future__ import annotations
 
@@ -155,15 +156,11 @@ def _fanova(done: list[dict], search: dict, target: str, axes) -> dict:
         return {"note": f"importance could not be computed ({type(e).__name__}: {e})"}
 
 
-# two-sided 95% Student t quantiles t_{0.975, df}, df = 1..10 (replicates are few: 3 seeds have df = 2)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
 def t975(df: int) -> float:
-    """t_{0.975, df}: the table above, then Cornish-Fisher's first correction to the normal quantile (error < 0.01)."""
-    if df <= len(T975):
-        return T975[df - 1]
-    return Z95 + (Z95 ** 3 + Z95) / (4 * df)
+    """t_{0.975, df}, the two-sided 95% Student t quantile (scipy.stats.t; t_{0.975, 2} = 4.303 for 3 seeds)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
 def seed_interval(values: list) -> dict:
@@ -179,20 +176,147 @@ def seed_interval(values: list) -> dict:
 
 
 BOOTSTRAP = 2000  # resamples: the 2.5% / 97.5% percentiles move by ~0.2 points between seeds of the resampling
+CLAIM_SEEDS = 3  # seeds each side needs before a difference may be claimed (issue 22): 2 seeds give 1 df of spread
+
+
+def _resampled_differences(a, b, resamples: int, seed: int):
+    """The bootstrap distribution of mean(a) - mean(b) for (seeds x images) arrays a and b on the same images: each
+    resample draws n image indices (shared by both sides: paired), then a's seeds and b's seeds, each with
+    replacement, in that order from numpy default_rng(seed); the statistic averages the drawn seeds' rows over the
+    drawn images. Vectorised through counts: with w the seed counts and c the image counts of a resample,
+    mean = (w @ a @ c) / (seeds * n), so 2000 resamples x 3 seeds x 1000 images is a few (2000 x 1000) arrays."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    images = rng.integers(0, n, size=(resamples, n))
+    seeds_a = rng.integers(0, a.shape[0], size=(resamples, a.shape[0]))
+    seeds_b = rng.integers(0, b.shape[0], size=(resamples, b.shape[0]))
+
+    def counts(idx, k):  # (resamples, k): how often each index was drawn in each resample
+        rows = np.arange(len(idx))[:, None] * k
+        return np.bincount((idx + rows).ravel(), minlength=len(idx) * k).reshape(len(idx), k).astype(float)
+
+    c = counts(images, n)
+
+    def side(x, drawn):
+        return ((counts(drawn, x.shape[0]) @ x) * c).sum(1) / (x.shape[0] * n)
+
+    return side(a, seeds_a) - side(b, seeds_b)
+
+
+def _matrix(x, what: str):
+    import numpy as np
+
+    try:
+        m = np.asarray(x, dtype=float)
+    except ValueError:
+        raise ValueError(f"{what}: every seed needs the same number of per-image values") from None
+    if m.ndim != 2 or 0 in m.shape or not np.isfinite(m).all():
+        raise ValueError(f"{what}: need a non-empty list of seeds, each a list of finite per-image values; "
+                         f"got shape {m.shape}")
+    return m
+
+
+def two_level_bootstrap(a: list, b: list, resamples: int = BOOTSTRAP, seed: int = 0) -> dict | None:
+    """Paired two-level bootstrap of mean(a) - mean(b), a[s][i] and b[s][i] being side a's and side b's value
+    (correctness 0/1, or a mean over shifts and severities) on image i under training seed s, the same images i on
+    both sides, any number of seeds per side. Seeds and images are crossed factors (every seed sees every image), so
+    each resample draws images (shared by both sides) and, independently per side, seeds, with replacement
+    (_resampled_differences): Owen 2007's "pigeonhole" bootstrap of crossed random effects, mildly conservative by
+    his analysis. The 95% interval is the 2.5 / 97.5 percentiles (numpy, linear interpolation).
+    The p-value is the percentile bootstrap's two-sided one, p = 2 min(P*(d <= 0), P*(d >= 0)), each tail with the
+    +1 of a Monte Carlo test (Davison & Hinkley 1997, ch. 4) so it is never 0: (1 + #{d* <= 0}) / (R + 1); p < 0.05
+    iff the interval excludes 0, up to that +1. A side with one seed has no seed level (level "image noise only": its
+    training randomness is missing from the interval); a claim needs CLAIM_SEEDS seeds on each side ("claimable").
+    Returns None when either side is empty; raises ValueError on ragged or mismatched sides."""
+    import numpy as np
+
+    if not len(a) or not len(b) or not len(a[0]) or not len(b[0]):
+        return None
+    x, y = _matrix(a, "side a"), _matrix(b, "side b")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"paired bootstrap: side a has {x.shape[1]} images, side b {y.shape[1]}; the same images "
+                         f"are needed on both sides")
+    boot = _resampled_differences(x, y, resamples, seed)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    tail = min(int((boot <= 0).sum()), int((boot >= 0).sum()))
+    sa, sb = x.shape[0], y.shape[0]
+    return {"diff": float(x.mean() - y.mean()), "ci": [float(lo), float(hi)], "n_images": x.shape[1],
+            "seeds_a": sa, "seeds_b": sb, "resamples": resamples,
+            "level": "seeds and images" if min(sa, sb) >= 2 else "image noise only",
+            "claimable": sa >= CLAIM_SEEDS and sb >= CLAIM_SEEDS, "significant": bool(lo > 0 or hi < 0),
+            "p": min(1.0, 2 * (1 + tail) / (resamples + 1))}
 
 
 def paired_bootstrap(a: list[float], b: list[float], resamples: int = BOOTSTRAP, seed: int = 0) -> dict | None:
-    """Paired bootstrap over images of mean(a) - mean(b), where a[i] and b[i] are two configurations' accuracy on
-    image i (averaged over shifts, severities and seeds): numpy default_rng(seed) draws a (resamples x n) matrix of
-    image indices, the difference of means on each row, and the 2.5 / 97.5 percentiles (linear interpolation) are the
-    95% interval. Significant when the interval excludes 0."""
-    import numpy as np
-
+    """The one-level paired bootstrap over images of mean(a) - mean(b), a[i] and b[i] two configurations' value on
+    image i (seeds averaged first, so training randomness is left out): two_level_bootstrap with one seed a side,
+    which draws the same image indices as before it existed. {"diff", "ci", "n", "resamples", "significant", "p"}."""
     if not a or len(a) != len(b):
         return None
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
-    boot = d[idx].mean(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"diff": float(d.mean()), "ci": [float(lo), float(hi)], "n": len(d), "resamples": resamples,
-            "significant": bool(lo > 0 or hi < 0)}
+    out = two_level_bootstrap([a], [b], resamples, seed)
+    return {"diff": out["diff"], "ci": out["ci"], "n": out["n_images"], "resamples": resamples,
+            "significant": out["significant"], "p": out["p"]}
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979), in the input's order: sort ascending, p_(j) * (k - j + 1)
+    (j = 1..k), made non-decreasing by a running maximum and capped at 1. Rejecting where adjusted < alpha controls
+    the family-wise error at alpha over the k comparisons of a page. "Beats every baseline" is an
+    intersection-union claim, which unadjusted tests already protect (Berger 1982); Holm is the stricter choice and
+    also covers each row of the table read alone, so the report applies it to the two-sided bootstrap p-values
+    (two_level_bootstrap's "p") of the selected configuration against every family."""
+    k = len(pvalues)
+    order = sorted(range(k), key=lambda i: pvalues[i])
+    out, running = [0.0] * k, 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (k - j) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+ECE_SIMS = 1000  # simulated outcomes: the 95% quantile of a calibrated model's ECE moves by ~1% of itself between seeds
+
+
+def calibrated_ece_reference(confidences, n_bins: int = 15, q: float = 0.95, sims: int = ECE_SIMS, seed: int = 0,
+                             debiased: bool = False) -> float:
+    """The q-quantile of the ECE that a perfectly calibrated model with these top-1 confidences scores on this many
+    images: correctness ~ Bernoulli(confidence), drawn `sims` times (torch.Generator seeded by `seed`), the plug-in
+    15-bin ECE of each draw (metrics.binned_ece; debiased: metrics.debiased_ece). Bröcker & Smith 2007's consistency
+    resampling: at 60 images a calibrated model's mean plug-in ECE is ~0.12 (issue 22), so a fixed "ECE < 0.10" rule
+    measures the sample size; "ECE <= this reference" says the ECE is no worse than calibration explains at this n.
+    Simulated in blocks of <= 2e7 draws (190k pooled images x 1000 sims would be 1.5 GB at once)."""
+    import torch
+
+    from harness import metrics
+
+    conf = torch.as_tensor(confidences, dtype=torch.float64).flatten()
+    if not len(conf) or not bool(((conf >= 0) & (conf <= 1)).all()):
+        raise ValueError(f"calibrated_ece_reference: need confidences in [0, 1], got {len(conf)} values")
+    gen = torch.Generator().manual_seed(seed)
+    block = max(1, min(sims, 20_000_000 // len(conf)))
+    out = []
+    for start in range(0, sims, block):
+        correct = (torch.rand(min(block, sims - start), len(conf), generator=gen, dtype=torch.float64) < conf).double()
+        if debiased:
+            out += [metrics.debiased_ece(conf, c, n_bins) for c in correct]
+        else:
+            out.append(metrics.binned_ece(conf, correct, n_bins))
+    values = torch.tensor(out, dtype=torch.float64) if debiased else torch.cat(out)
+    return float(torch.quantile(values, q))
+
+
+def calibration_at_n(confidences, correct, n_bins: int = 15, q: float = 0.95) -> dict:
+    """A pool's calibration judged at its sample size: {"ece": plug-in ECE, "ece_debiased" (Kumar et al. 2019),
+    "ece_calibrated_q": calibrated_ece_reference's q-quantile of the plug-in ECE at these confidences, "n"}. A rule
+    passes the plug-in ECE when it is <= ece_calibrated_q (nothing beyond what calibration explains at this n)."""
+    import torch
+
+    from harness import metrics
+
+    conf = torch.as_tensor(confidences, dtype=torch.float64).flatten()
+    hits = torch.as_tensor(correct, dtype=torch.float64).flatten()
+    return {"ece": metrics.binned_ece(conf, hits, n_bins).item(),
+            "ece_debiased": metrics.debiased_ece(conf, hits, n_bins),
+            "ece_calibrated_q": calibrated_ece_reference(conf, n_bins, q), "n": len(conf)}

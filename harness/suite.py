@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import data as datamod, imageops, shifts, store
+from harness import data as datamod, imageops, shiftfiles, shifts, store
 from harness.config import Shifts
 
 VERSION = 3  # 3: tensors under index keys, each set described in the file's header (EvalSet); no name parsed back
@@ -23,7 +23,8 @@ FILES_PREFIX = "c10c."  # test shifts read from shifts.files: c10c.<corruption> 
 # (both logged at step 1)
 KINDS = ("severity", "set", "domain")
 # The families of the sets that are not registry shifts (a registry shift's family is shifts.FAMILY's), each with
-# the kind its sets are. ood_acc/<family> averages a family's sets: a set of no declared family is an error
+# the kind its sets are: a set of no declared family is an error. ood_acc/<family> averages only a family's held-out
+# severity shifts (Suite.shifted); a set of family label, subpopulation or clean has its own metric (schema.SET_ACC)
 FAMILIES = {
     "label": "set",  # the test split resampled to a Dirichlet class prior (label shift, Lipton et al. 2018)
     "subpopulation": "set",  # classes held out of fine-tuning (data.holdout_classes)
@@ -54,8 +55,8 @@ class Provenance:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
-    """One evaluation set: logged as shift/<name>/<metric> (step = severity, 1 for a set or domain), averaged into
-    ood_acc/<family>."""
+    """One evaluation set: logged as shift/<name>/<metric> (step = severity, 1 for a set or domain); a held-out
+    severity shift (Suite.shifted) is averaged into ood_acc_mean and ood_acc/<family>, any other set is not."""
     name: str
     family: str
     kind: str  # one of KINDS, the one its family has (kind_of)
@@ -110,10 +111,28 @@ class Suite:
     clean_selection: Subset
     clean_test: Subset
 
+    @property
+    def shifted(self) -> tuple[EvalSet, ...]:
+        """The held-out severity shifts: the test sets that are clean_test shifted row for row (EvalSet.paired), the
+        one population of ood_acc_mean, ood_acc_worst, the OOD means, ood_acc/<family>, correct.json and the drops
+        against clean_test. Not the label-shift, subpopulation or clean sets, nor shifts.files (their own images)."""
+        return tuple(e for e in self.test if e.paired)
+
+    @property
+    def files(self) -> tuple[EvalSet, ...]:
+        """The test sets read from shifts.files: severity sets on their own images (files/acc_mean)."""
+        return tuple(e for e in self.test if e.kind == "severity" and not e.paired)
+
     def __post_init__(self):
         names = [e.name for e in self.selection + self.test]
         if len(set(names)) != len(names):  # metrics are keyed by name: a second set would overwrite the first
             raise ValueError(f"evaluation sets named twice: {sorted({n for n in names if names.count(n) > 1})}")
+        # a paired set's rows are its clean subset's rows, shifted: the drops and correct.json compare them image by
+        # image, so a set whose labels differ from its subset's would compare other images
+        for sets, clean in ((self.selection, self.clean_selection), (self.test, self.clean_test)):
+            for e in sets:
+                if e.paired and not torch.equal(e.labels, clean.labels):
+                    raise ValueError(f"evaluation set {e.name!r}: its labels are not its clean subset's, row for row")
 
 
 def cache_key(cfg: Shifts, data_key: str) -> str:
@@ -128,35 +147,33 @@ def _npy_files(folder: str) -> list[Path]:
     return sorted(Path(folder).expanduser().glob("*.npy")) if folder else []
 
 
+def file_rows(cfg: Shifts, y: torch.Tensor) -> torch.Tensor:
+    """The rows of one block of labels y that shifts.files sets hold (sorted): eval_images of them, class-stratified
+    and seeded by shifts.seed (all when 0). The clean test split's same rows are the files' clean images when the
+    files were made from it in order, as CIFAR-10-C was (trial.files_clean_acc checks the labels)."""
+    if cfg.eval_images and cfg.eval_images < len(y):
+        return datamod.stratified_split(y, [cfg.eval_images / len(y), 1 - cfg.eval_images / len(y)],
+                                        torch.Generator().manual_seed(cfg.seed))[0].sort().values
+    return torch.arange(len(y))
+
+
 def read_files(cfg: Shifts, size: int, num_classes: int) -> list[EvalSet]:
     """CIFAR-10-C's layout in cfg.files: a severity set c10c.<corruption> per file at shifts.severities (images float
     [n, 3, size, size]), n = eval_images per severity (a stratified subset of the block's labels, seeded by
     shifts.seed, the same images at every severity; 0 = all). Files are memory-mapped and only the subset is read:
     one corruption is 150 MB, the 19 never sit in memory together."""
     folder = Path(cfg.files).expanduser()
-    labels = torch.from_numpy(np.load(folder / "labels.npy").astype(np.int64))
+    labels, files = shiftfiles.check(cfg, num_classes)  # shape, dtype, range, labels (checked first in the preflight)
     out = []
-    for path in _npy_files(cfg.files):
-        if path.name == "labels.npy":
-            continue
+    for path in files:
         images = np.load(path, mmap_mode="r")
-        if images.ndim != 4 or images.shape[0] != len(labels) or len(labels) % 5 or images.shape[-1] != 3:
-            raise ValueError(f"shifts.files: {path.name} has shape {images.shape}; expected (5 x N, H, W, 3) with "
-                             f"5 x N = {len(labels)} labels")
         block = len(labels) // 5
         y = labels[:block]
-        if int(labels.max()) >= num_classes or int(labels.min()) < 0:
-            raise ValueError(f"shifts.files: labels.npy has classes up to {int(labels.max())}, the study {num_classes}")
-        keep = torch.arange(block)
-        if cfg.eval_images and cfg.eval_images < block:
-            keep = datamod.stratified_split(y, [cfg.eval_images / block, 1 - cfg.eval_images / block],
-                                            torch.Generator().manual_seed(cfg.seed))[0].sort().values
+        keep = file_rows(cfg, y)
         sets = []
         for s in cfg.severities:
             rows = (s - 1) * block + keep.numpy()
-            if not torch.equal(labels[torch.from_numpy(rows)], y[keep]):
-                raise ValueError(f"shifts.files: labels.npy is not 5 repeats of one block (severity {s} differs)")
-            x = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2).float() / 255
+            x = shiftfiles.pixels(images, rows)  # uint8 / 255, float [0, 1] as it is
             if x.shape[-1] != size or x.shape[-2] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
             sets.append(x.contiguous())

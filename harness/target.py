@@ -31,8 +31,9 @@ def target_domain(cfg: config.Data, data: dict, seed: int, cache_dir: Path | Non
     """The study's target domain (data.target_shift): train, val and test images (and the subpopulation set, so that
     subpopulation shift is measured inside the target domain, not mixed with the return to clean images) shifted by
     their registry shifts (deterministic per seed, cached), the clean splits kept as clean_<split> (harness.suite
-    makes the clean test subset the OOD set of family clean), "target_shift" the domain as "name:severity" texts,
-    and a data key that names the domain (so the suite's cache differs). No target shift: data unchanged."""
+    makes the clean test subset the OOD set of family clean, logged as target/clean_acc), "target_shift" the domain
+    as "name:severity" texts, and a data key that names the domain (so the suite's cache differs). No target shift:
+    data unchanged."""
     pairs = config.target_shifts(cfg)  # the one parser of data.target_shift
     if not pairs:
         return data

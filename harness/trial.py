@@ -12,8 +12,8 @@ import optuna
 import psutil
 import torch
 
-from harness import (corruption_error, metrics, models, prefix, probe as probemod, runs, schema, strategies, tracking,
-                     train)
+from harness import (corruption_error, metrics, models, prefix, probe as probemod, runs, schema, stats, strategies,
+                     suite as suitemod, tracking, train)
 from harness.config import Config, Model
 
 
@@ -106,36 +106,59 @@ def selection_metrics(model, suite, batch_size, device) -> dict:
 
 
 def _summary(logits, y) -> dict:
-    """metrics.summarize plus the per-image correctness (bool, on the CPU) that paired comparisons resample."""
-    return {**metrics.summarize(logits, y), "correct": (logits.argmax(1) == y).cpu()}
+    """metrics.summarize plus the per-image correctness (bool, on the CPU) that paired comparisons resample and the
+    top-1 confidences (pooled_calibration)."""
+    return {**metrics.summarize(logits, y), "correct": (logits.argmax(1) == y).cpu(),
+            "conf": torch.softmax(logits.detach().double(), 1).max(1).values.cpu()}
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def ood_metrics(curves: dict, suite) -> dict:
+    """The OOD numbers, each over the held-out severity shifts (suite.shifted: the clean test subset shifted, every
+    severity) and nothing else (schema.FINAL states each once): ood_acc_mean (the mean over shifts of each shift's
+    severity mean), ood_acc_worst, ood_ece_mean and ood_nll_mean (over every shift and severity), ood_acc/<family>;
+    the label-shift, subpopulation and clean sets under their own names (schema.SET_ACC); shifts.files' corruptions
+    as files/acc_mean and files/acc_worst. {} parts for sets the suite lacks."""
+    final = {}
+    shifted = [e.name for e in suite.shifted]
+    if shifted:
+        means = {n: _mean(c["acc"] for c in curves[n].values()) for n in shifted}
+        final[schema.OOD_ACC_MEAN] = _mean(means.values())
+        final[schema.OOD_ACC_WORST] = min(means.values())
+        for key in ("ece", "nll"):
+            final[schema.ood_mean(key)] = _mean(c[key] for n in shifted for c in curves[n].values())
+        families = {}
+        for e in suite.shifted:
+            families.setdefault(e.family, []).append(means[e.name])
+        final.update({schema.family_key(f): _mean(v) for f, v in families.items()})
+    files = {e.name: _mean(c["acc"] for c in curves[e.name].values()) for e in suite.files}
+    if files:
+        final[schema.FILES_ACC_MEAN], final[schema.FILES_ACC_WORST] = _mean(files.values()), min(files.values())
+    final.update({schema.SET_ACC[e.family]: curves[e.name][1]["acc"] for e in suite.test if e.kind != "severity"})
+    return final
 
 
 def test_metrics(model, suite, data: dict, batch_size, device) -> tuple[dict, dict, dict | None]:
-    """Held-out evaluation: clean test set, the clean images of the shifted sets (the subset every paired set is
-    measured on: a curve's severity-0 point and every drop use it) and every test set of the suite, in its order.
-    Returns (final metrics, per-set curves {name: {step: {acc, ece, nll, brier, correct}}}, the clean subset's
-    summary or None). A target-domain study's clean set is a curve like any other; the clean subset is not one."""
+    """Held-out evaluation: clean test set, the clean test subset (the images every held-out severity shift shifts:
+    a curve's severity-0 point and every drop use it) and every test set of the suite, in its order, summarized by
+    ood_metrics. Returns (final metrics, per-set curves {name: {step: {acc, ece, nll, brier, correct}}}, the clean
+    subset's summary or None). A target-domain study's clean set is a curve like any other; the clean subset is not
+    one."""
     x, y = data["test"]
     final = {schema.id_key(k): v for k, v in metrics.summarize(train.predict(model, x, batch_size, device), y).items()}
     clean_summary = None
-    if any(e.paired for e in suite.test):
+    if suite.shifted:
         clean = suite.clean_test
         clean_summary = _summary(train.predict(model, clean.images, batch_size, device), clean.labels)
         final[schema.CLEAN_SUBSET_ACC] = clean_summary["acc"]
         final[schema.CLEAN_SUBSET_ECE] = clean_summary["ece"]
     curves = {e.name: {s: _summary(train.predict(model, xs, batch_size, device), e.labels) for s, xs in e.at()}
               for e in suite.test}  # name -> {step: {acc, ece, nll, brier, correct}}
-    if curves:
-        means = {n: sum(c["acc"] for c in cv.values()) / len(cv) for n, cv in curves.items()}
-        final[schema.OOD_ACC_MEAN] = sum(means.values()) / len(means)
-        final[schema.OOD_ACC_WORST] = min(means.values())  # the worst shift, each averaged over its severities
-        for key in ("ece", "nll"):
-            vals = [c[key] for cv in curves.values() for c in cv.values()]
-            final[schema.ood_mean(key)] = sum(vals) / len(vals)
-        families = {}
-        for e in suite.test:
-            families.setdefault(e.family, []).append(means[e.name])
-        final.update({schema.family_key(f): sum(v) / len(v) for f, v in families.items()})
+    final.update(ood_metrics(curves, suite))
     return final, curves, clean_summary
 
 
@@ -174,6 +197,33 @@ def label_shift_metrics(model, suite, data: dict, batch_size, device, val_logits
             schema.LABEL_SHIFT_PRIOR_L1_ERROR: (est - true).abs().sum().item(),
             schema.LABEL_SHIFT_W_SQ_ERROR: ((est - true) / source_prior.clamp_min(1e-12)).pow(2).sum().item(),
             "priors": {"true": true.tolist(), "bbse": est.tolist()}}  # logged per class (step = class index)
+
+
+def files_clean_acc(model, ctx, batch_size, device) -> float | None:
+    """Accuracy on the clean images of the shifts.files sets (clean_files_acc): the clean test split's rows those
+    sets hold (suite.file_rows), when the files were made from that split in order (CIFAR-10-C from CIFAR-10's test
+    split), checked on the labels; None without files or when the labels there differ. The whole split is predicted
+    (a stable tensor: the prefix cache keeps its outputs) and the rows read from it."""
+    files = [e for e in ctx.suite.test if e.provenance.source]
+    if not files:
+        return None
+    x, y = ctx.data.get("clean_test", ctx.data["test"])
+    rows = suitemod.file_rows(ctx.cfg.shifts, y.cpu())
+    if len(rows) != len(files[0].labels) or not torch.equal(y.cpu()[rows], files[0].labels.cpu()):
+        return None
+    hits = (train.predict(model, x, batch_size, device).argmax(1) == y.to(device)).cpu()
+    return hits[rows].double().mean().item()
+
+
+def pooled_calibration(curves: dict, sets) -> dict:
+    """Calibration at its sample size (issue 22): the severity sets' images at each set's highest severity pooled,
+    their plug-in and debiased ECE and the ECE a calibrated model scores on them (stats.calibration_at_n), as
+    schema.ECE_POOLED's metrics; {} without severity sets."""
+    top = [curves[e.name][max(e.severities)] for e in sets if e.name in curves]
+    if not top:
+        return {}
+    out = stats.calibration_at_n(torch.cat([c["conf"] for c in top]), torch.cat([c["correct"] for c in top]))
+    return {schema.ECE_POOLED[k]: v for k, v in out.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,13 +298,17 @@ def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, d
     label = label_shift_metrics(view, suite, data, bs, device, val["logits"])
     priors = label.pop("priors", None)
     final.update(label)
-    correct = correctness(curves, [e.name for e in suite.test if e.paired], clean)
+    correct = correctness(curves, [e.name for e in suite.shifted], clean)
     shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
-    corruptions = [e for e in suite.test if e.kind == "severity"]  # unpaired ones: their clean error is id_acc's
-    ce = corruption_error.corruption_errors(final.get(schema.CLEAN_SUBSET_ACC, final[schema.ID_ACC]),
+    corruptions = [e for e in suite.test if e.kind == "severity"]  # files: their clean error is clean_files_acc's
+    files_clean = files_clean_acc(view, ctx, bs, device)
+    if files_clean is not None:
+        final[schema.CLEAN_FILES_ACC] = files_clean
+    ce = corruption_error.corruption_errors(final.get(schema.CLEAN_SUBSET_ACC),
                                             {e.name: curves[e.name] for e in corruptions}, reference,
-                                            final[schema.ID_ACC], {e.name for e in corruptions if not e.paired})
+                                            files_clean, {e.name for e in corruptions if not e.paired})
     final.update(ce)
+    final.update(pooled_calibration(curves, corruptions))
     final.update({schema.VAL_ACC_FINAL: val["acc"], schema.EVAL_SECONDS: time.perf_counter() - t1,
                   schema.PEAK_RSS_MB: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     if device.type == "cuda":
@@ -283,7 +337,8 @@ def log_trial(trial: optuna.Trial, ctx, run_id: str, final: dict, series: dict, 
     """The run (log_run), what later trials need in the trial's user attrs; returns the objective value: val_acc,
     ood_val_acc, or both (multi), all from validation data."""
     log_run(ctx, run_id, final, series, sel)
-    for key in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.VAL_ACC_FINAL, schema.CLEAN_SUBSET_ACC):
+    for key in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.VAL_ACC_FINAL, schema.CLEAN_SUBSET_ACC,
+                schema.CLEAN_FILES_ACC):
         if key in final:
             trial.set_user_attr(key, final[key])
     trial.set_user_attr(schema.ATTR_CE_REFERENCE, sel["ce_reference"])

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from harness import links, schema, store
+from harness.config import ConfigError
 
 HOST = "127.0.0.1"  # loopback only: the UI has no authentication and can delete runs
 
@@ -106,6 +107,16 @@ def _dashboard(storage: str, port: int, execv) -> int:
     if db is not None and not db.is_file():
         print(f"error: --storage: no Optuna storage at {db}; run `python -m harness.study` first", file=sys.stderr)
         return 2
+    if db is None:  # a database: its scheme and driver, then an answer, before optuna-dashboard replaces this process
+        try:
+            store.check_uris(storage, "")  # the scheme and the driver
+            store.check_reachable(storage, timeout=5, flag="--storage")
+        except ConfigError as e:
+            print(store.redact(f"error: {e}"), file=sys.stderr)
+            return 2
+        except ConnectionError as e:  # a store that does not answer is the --storage given: bad input here
+            print(store.redact(f"error: --storage: {e}"), file=sys.stderr)
+            return 2
     if not port_free(port):
         print(f"error: --port: {HOST}:{port} is in use; pass another --port", file=sys.stderr)
         return 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,83 @@ def test_parity_task_holds_out_a_subpopulation():
     x, y = d["subpop"]
     assert len(x) == int((labels == 8).sum() + (labels == 9).sum())
     assert y.bincount().tolist() == [int((labels == 8).sum()), int((labels == 9).sum())]  # 8 even, 9 odd
+
+
+# ------------------------------------------------------------------ issue 27: links, 16-bit and float images, files
+
+def _rgb_images(folder, n, seed=0, size=12):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_cache_key_follows_symlinked_class_folders(tmp_path):
+    """Class folders that are links to folders elsewhere: an image added there changes the dataset key (a listing
+    that does not follow links keeps the key, and a new study reuses the stale cache)."""
+    for c in ("ants", "bees"):
+        _rgb_images(tmp_path / "real" / c, 4)
+        (tmp_path / "ds").mkdir(exist_ok=True)
+        os.symlink(tmp_path / "real" / c, tmp_path / "ds" / c)
+    cfg = Data(source="imagefolder", path=str(tmp_path / "ds"), image_size=12, val_fraction=0.25, test_fraction=0.25)
+    key = data.cache_key(cfg, 0)
+    assert data.cache_key(cfg, 0) == key
+    Image.new("RGB", (12, 12)).save(tmp_path / "real" / "ants" / "new.png")
+    assert data.cache_key(cfg, 0) != key
+    d = data.load(cfg, 0)
+    assert sum(len(d[s][1]) for s in ("train", "val", "test")) == 9  # 5 ants (4 + new) and 4 bees, all read
+
+
+def test_a_file_reachable_twice_is_counted_once(tmp_path):
+    """Two links to one file and one folder linked twice into a class: each image once. ants: 6 files, l1 and l2 ->
+    0.png, more/ and again/ -> extra/ (3 files): 6 + 3 = 9 images; bees: 6."""
+    _rgb_images(tmp_path / "ds" / "ants", 6)
+    _rgb_images(tmp_path / "ds" / "bees", 6, seed=1)
+    _rgb_images(tmp_path / "extra", 3, seed=2)
+    ants = tmp_path / "ds" / "ants"
+    os.symlink(ants / "0.png", ants / "l1.png")
+    os.symlink(ants / "0.png", ants / "l2.png")
+    os.symlink(tmp_path / "extra", ants / "more")
+    os.symlink(tmp_path / "extra", ants / "again")
+    d = data.load(Data(source="imagefolder", path=str(tmp_path / "ds"), image_size=12, val_fraction=0.25,
+                       test_fraction=0.25), 0)
+    y = torch.cat([d[s][1] for s in ("train", "val", "test")])
+    assert y.bincount().tolist() == [9, 6]
+    x = torch.cat([d[s][0] for s in ("train", "val", "test")]).flatten(1)
+    assert len({tuple(v.tolist()) for v in x}) == 15  # no image twice (random images: all distinct)
+
+
+def test_16_bit_and_float_images_keep_their_range(tmp_path):
+    """A 16-bit PNG (PIL mode I;16) is scaled by 257 (65535 -> 255) and a float TIFF (mode F) in [0, 1] by 255,
+    grey in all 3 channels; PIL's own convert("RGB") clips both at 255 (16-bit: white) or truncates (float: black)."""
+    size = 12
+    v16 = (np.arange(size * size).reshape(size, size) * 455).astype(np.uint16)  # 0 .. 65065
+    vf = np.linspace(0, 1, size * size, dtype=np.float32).reshape(size, size)
+    for c, arr, ext in (("deep", v16, "png"), ("float", vf, "tiff")):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            Image.fromarray(arr).save(tmp_path / c / f"{i}.{ext}")
+    assert Image.open(tmp_path / "deep" / "0.png").mode == "I;16" and Image.open(tmp_path / "float" / "0.tiff").mode == "F"
+    d = data.load(Data(source="imagefolder", path=str(tmp_path), image_size=size, val_fraction=0.2, test_fraction=0.2), 0)
+    x, y = (torch.cat([d[s][i] for s in ("train", "val", "test")]) for i in (0, 1))
+    want = {0: np.rint(v16 / 257) / 255, 1: np.rint(vf.astype(np.float64) * 255) / 255}  # classes: deep, float
+    for label, expected in want.items():
+        got = x[y == label]
+        assert len(got) == 5
+        assert torch.allclose(got, torch.from_numpy(expected).float().expand_as(got), atol=1e-6)
+
+
+def test_float_corruption_files_are_read_as_they_are(tmp_path):
+    """shifts.files: a float32 corruption file in [0, 1] is read as it is (0.5 stays 0.5), a uint8 one divided by
+    255 (128 -> 0.502); dividing the float file by 255 would give 0.00196."""
+    from harness import suite
+    from harness.config import Shifts
+
+    folder = tmp_path / "c10c"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.tile(np.arange(10) % 2, 5))
+    np.save(folder / "fog.npy", np.full((50, 8, 8, 3), 0.5, np.float32))
+    np.save(folder / "snow.npy", np.full((50, 8, 8, 3), 128, np.uint8))
+    sets = {e.name: e for e in suite.read_files(Shifts(files=str(folder), severities=[1, 5], eval_images=0), 8, 2)}
+    assert torch.allclose(sets["c10c.fog"].images[1], torch.full((10, 3, 8, 8), 0.5))
+    assert torch.allclose(sets["c10c.snow"].images[0], torch.full((10, 3, 8, 8), 128 / 255))

@@ -196,7 +196,9 @@ def test_corruption_files_are_read_with_their_labels(tmp_path):
 
 
 def test_corruption_files_are_evaluated_like_shifts(tmp_path):
-    """test_metrics gives each file set per-severity accuracy against labels.npy's labels (not the test split's)."""
+    """test_metrics gives each file set per-severity accuracy against labels.npy's labels (not the test split's),
+    averaged into files/acc_mean, never into ood_acc_mean or a family mean; with no clean counterpart of their images
+    there is no clean subset and so no drop."""
     from harness import trial
 
     cfg, data = _setup(tmp_path)
@@ -211,7 +213,8 @@ def test_corruption_files_are_evaluated_like_shifts(tmp_path):
     final, curves, _ = trial.test_metrics(Oracle(), s, data, 8, torch.device("cpu"))
     # labels 0..4 twice: predicting class 0 everywhere is right on 2 of 10
     assert curves["c10c.frost"][2]["acc"] == pytest.approx(0.2) and curves["c10c.gaussian_noise"][2]["acc"] == pytest.approx(0.2)
-    assert final["ood_acc/weather"] == pytest.approx(0.2)
+    assert final["files/acc_mean"] == final["files/acc_worst"] == pytest.approx(0.2)
+    assert not {"ood_acc_mean", "ood_acc_worst", "ood_acc/weather", "clean_subset_acc"} & set(final)
 
 
 def test_corruption_files_config_is_checked(tmp_path):
@@ -221,3 +224,32 @@ def test_corruption_files_config_is_checked(tmp_path):
     with _pytest.raises(config.ConfigError) as err:
         config.load(None, [f'shifts.files="{tmp_path}"'])
     assert err.value.key == "shifts.files"
+
+
+def test_held_out_severity_shifts_are_the_clean_subset_row_for_row(tmp_path):
+    """With a target domain, label shift, a subpopulation set and shifts.files all present, Suite.shifted (what
+    ood_acc_mean, the family means, the drops and correct.json average) is exactly the configured test shifts, each
+    severity shifts.apply of the clean test subset with its labels; the files are Suite.files; the label-shift,
+    subpopulation and clean sets are neither. A paired set whose rows are not its subset's is refused."""
+    cfg, data = _setup(tmp_path)
+    d = dataclasses.replace(cfg.data, task="parity", holdout_classes=[9], target_shift=["gaussian_noise:5"])
+    domain = target.target_domain(d, datamod.load(d, cfg.study.seed), 0, None)
+    write_c10c(tmp_path / "c10c", per=10, classes=2)  # parity: 2 classes
+    sh = dataclasses.replace(cfg.shifts, test=["contrast", "impulse_noise"], files=str(tmp_path / "c10c"),
+                             eval_images=20)
+    s, _ = suite.build(sh, domain, None)
+    assert [e.name for e in s.shifted] == ["contrast", "impulse_noise"]
+    assert [e.name for e in s.files] == ["c10c.frost", "c10c.gaussian_noise"]
+    assert {e.name for e in s.test} - {e.name for e in s.shifted + s.files} == {"clean", "label_shift", "subpopulation"}
+    for i, name in enumerate(sh.test):
+        e = _named(s.test)[name]
+        assert torch.equal(e.labels, s.clean_test.labels)
+        for sev in sh.severities:
+            assert torch.equal(_sev(e, sev), shifts.apply(name, s.clean_test.images, sev, sh.seed + 1000 * i + sev))
+    rows = domain["clean_test"][0].flatten(1)  # the clean subset is clean test images (not the target domain's)
+    assert all((rows == img.flatten()).all(1).any() for img in s.clean_test.images)
+    e = _named(s.test)["contrast"]
+    swapped = dataclasses.replace(e, labels=e.labels.roll(1))
+    assert not torch.equal(swapped.labels, e.labels)
+    with pytest.raises(ValueError, match="contrast.*clean subset"):
+        dataclasses.replace(s, test=tuple(swapped if x.name == "contrast" else x for x in s.test))

@@ -4,6 +4,7 @@ and named on the report's provenance."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +120,51 @@ def test_the_report_names_the_target_domain():
     assert "held-out set clean" in words
     assert page_row({"harness.target_domain": "none"}) == ("none", "the clean target task (no data.target_shift)")
     assert page_row({}) == (None, "-")
+
+
+@pytest.mark.slow
+def test_ood_acc_mean_is_the_held_out_severity_shifts_alone(workdir):
+    """A real study with a target domain, a label-shifted set and a subpopulation set: ood_acc_mean of the trial's run
+    equals, exactly, the mean over the configured test shifts of each one's severity mean, computed once from the
+    shift/<name>/acc curves (MlflowClient) and once from correct.json's per-image strings; the report's paired
+    comparisons (numbers.image_accuracy) average the same number. Label shift, subpopulation and the clean set are
+    logged under their own names and are not in it; clean_subset_acc is correct.json's clean images."""
+    import json
+
+    from harness import numbers, schema, study
+
+    from conftest import mlflow_client
+
+    (workdir / "tiny.toml").write_text(TINY)
+    sets = ['data.task="parity"', "data.holdout_classes=[9]", 'data.target_shift=["gaussian_noise:5"]',
+            'shifts.test=["contrast", "impulse_noise"]']
+    assert study.main(["--config", "tiny.toml", "--no-report", "--n-trials", "1",
+                       *[a for s in sets for a in ("--set", s)]]) == 0
+    client = mlflow_client(workdir)
+    exp = client.get_experiment_by_name("tiny")
+    run = next(r for r in client.search_runs([exp.experiment_id]) if schema.ID_ACC in r.data.metrics)
+    m, rid = run.data.metrics, run.info.run_id
+    names, severities = ["contrast", "impulse_noise"], [1, 3]
+
+    def curve(name):
+        return {h.step: h.value for h in client.get_metric_history(rid, f"shift/{name}/acc")}
+
+    from_curves = {n: sum(curve(n)[s] for s in severities) / len(severities) for n in names}
+    correct = json.loads((Path(client.download_artifacts(rid, schema.CORRECT_ARTIFACT, str(workdir)))).read_text())
+    rate = lambda bits: bits.count("1") / len(bits)
+    from_bits = {n: sum(rate(correct["shifts"][n][str(s)]) for s in severities) / len(severities) for n in names}
+    assert set(correct["shifts"]) == set(names)  # the paired comparisons' images: the severity shifts alone
+    assert m["ood_acc_mean"] == sum(from_curves.values()) / 2 == sum(from_bits.values()) / 2
+    assert m["ood_acc_worst"] == min(from_curves.values()) == min(from_bits.values())
+    assert m["ood_acc/digital"] == from_bits["contrast"] and m["ood_acc/noise"] == from_bits["impulse_noise"]
+    ood, clean = numbers.image_accuracy([correct], names)
+    assert sum(ood) / len(ood) == pytest.approx(m["ood_acc_mean"], abs=1e-12)
+    assert m["clean_subset_acc"] == rate(correct["clean"]) == sum(clean) / len(clean)
+    # the other sets: their own names, their own curves at step 1, never ood_acc/<their family>
+    for name, key in (("label_shift", "label_shift/acc"), ("subpopulation", "subpopulation/acc"),
+                      ("clean", "target/clean_acc")):
+        assert m[key] == curve(name)[1]
+        assert f"ood_acc/{ {'label_shift': 'label'}.get(name, name)}" not in m
+    assert m["target/clean_acc"] == m["clean_subset_acc"]  # the clean set is the clean subset: the same images
+    # were label shift averaged in, the mean would move: the check above can tell
+    assert (sum(from_curves.values()) + m["label_shift/acc"]) / 3 != m["ood_acc_mean"]

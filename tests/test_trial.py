@@ -176,23 +176,45 @@ def test_selection_metrics_cannot_read_test_shifts():
 
 def test_test_metrics_means_worst_families_and_label_shift():
     """test_metrics: id_* on the clean test split; per shift and severity acc/ece/nll on the shifted sets with their
-    own (subset) labels; ood_acc_mean = mean over shifts of each shift's mean over severities, worst = the lowest
-    such mean, one ood_acc/<family> per family. label_shift_metrics: balanced accuracy and BBSE priors that sum to 1."""
+    own (subset) labels; ood_acc_mean = mean over the held-out severity shifts of each shift's mean over severities,
+    worst = the lowest such mean, one ood_acc/<family> per family of severity shifts. The label-shift, subpopulation
+    and clean sets are their own metrics, never in a mean. label_shift_metrics: balanced accuracy and BBSE priors
+    that sum to 1."""
     g = torch.Generator().manual_seed(1)
     suite, model, cpu = _tiny_suite(g), _linear(1), torch.device("cpu")
+    prov = suitemod.Provenance("test", 0)
+    subpop = suitemod.EvalSet("subpopulation", "subpopulation", "set", (), (torch.rand(9, 3, 4, 4, generator=g),),
+                              torch.randint(0, 3, (9,), generator=g), prov)
+    clean = suitemod.EvalSet("clean", "clean", "domain", (), (suite.clean_test.images,), suite.clean_test.labels, prov)
+    suite = dataclasses.replace(suite, test=(clean,) + suite.test + (subpop,))
     data = {"test": (torch.rand(20, 3, 4, 4, generator=g), torch.randint(0, 3, (20,), generator=g)),
             "val": (torch.rand(30, 3, 4, 4, generator=g), torch.arange(30) % 3), "classes": ["a", "b", "c"]}
     final, curves, _ = trial.test_metrics(model, suite, data, 8, cpu)
     logits = model(data["test"][0])
     assert final["id_acc"] == pytest.approx((logits.argmax(1) == data["test"][1]).double().mean().item())
-    assert set(curves) == {"gaussian_noise", "contrast", "label_shift"} and set(curves["contrast"]) == {1, 3}
+    assert set(curves) == {"clean", "gaussian_noise", "contrast", "label_shift", "subpopulation"}
+    assert set(curves["contrast"]) == {1, 3}
     contrast = next(e for e in suite.test if e.name == "contrast")
     acc = (model(contrast.images[contrast.severities.index(3)]).argmax(1) == suite.clean_test.labels).double().mean().item()
     assert curves["contrast"][3]["acc"] == pytest.approx(acc)
-    means = {n: sum(c["acc"] for c in cv.values()) / len(cv) for n, cv in curves.items()}
-    assert final["ood_acc_mean"] == pytest.approx(sum(means.values()) / 3)
-    assert final["ood_acc_worst"] == pytest.approx(min(means.values()))
-    assert final["ood_acc/digital"] == pytest.approx(means["contrast"]) and "ood_acc/label" in final
+
+    def acc_of(e, x):  # an independent accuracy: the model's argmax against the set's labels
+        return (model(x).argmax(1) == e.labels).double().mean().item()
+
+    by_name = {e.name: e for e in suite.test}
+    means = {n: sum(acc_of(by_name[n], x) for x in by_name[n].images) / 2 for n in ("gaussian_noise", "contrast")}
+    assert final["ood_acc_mean"] == pytest.approx((means["gaussian_noise"] + means["contrast"]) / 2, abs=1e-12)
+    assert final["ood_acc_worst"] == pytest.approx(min(means.values()), abs=1e-12)
+    assert final["ood_acc/digital"] == pytest.approx(means["contrast"]) and final["ood_acc/noise"] == pytest.approx(
+        means["gaussian_noise"])
+    assert final["ood_ece_mean"] == pytest.approx(
+        sum(c["ece"] for n in means for c in curves[n].values()) / 4, abs=1e-12)
+    for name, key in (("label_shift", "label_shift/acc"), ("subpopulation", "subpopulation/acc"),
+                      ("clean", "target/clean_acc")):
+        assert final[key] == pytest.approx(acc_of(by_name[name], by_name[name].images[0]), abs=1e-12)
+    # the clean set of a target domain is the clean subset itself: the drop's clean accuracy, on the same images
+    assert final["target/clean_acc"] == final["clean_subset_acc"] == acc_of(clean, suite.clean_test.images)
+    assert not any(k.startswith("ood_acc/") and k.split("/")[1] in ("label", "subpopulation", "clean") for k in final)
     label = trial.label_shift_metrics(model, suite, data, 8, cpu)
     assert 0 <= label["label_shift/balanced_acc"] <= 1
     assert sum(label["priors"]["bbse"]) == pytest.approx(1) and label["priors"]["true"] == pytest.approx([0.2, 0.3, 0.5])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 import tomllib
 import typing
 from pathlib import Path
@@ -77,13 +78,16 @@ def _section(name: str, values: dict):
 def parse_override(text: str) -> tuple[str, str, object]:
     """'section.key=value' -> (section, key, value); the value is read as TOML, else as a bare string."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError("--set", f"expected SECTION.KEY=VALUE, got {text!r}")
+        raise ConfigError("--set", f"expected SECTION.KEY=VALUE, got {_short(text)}")
     path, raw = text.split("=", 1)
     section, key = path.strip().split(".", 1)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # bare strings such as model.name=resnet18 need no quotes
+    except RecursionError:  # tomllib recurses once per nested array: [[[...]]] 3000 deep exhausts the stack
+        raise ConfigError(f"{section}.{key}", f"the value is nested too deep to read ({raw.count('[')} '[' in "
+                          f"{len(raw)} characters); no key takes nested lists") from None
     return section, key, value
 
 
@@ -102,13 +106,18 @@ def load(path: str | Path | None = None, overrides: list[str] = (), **flags) -> 
     """Read a TOML study file, apply `--set` overrides then CLI flags (section.key -> value), validate."""
     path = Path(path) if path else DEFAULT_CONFIG
     if path.is_dir():
-        raise ConfigError("--config", f"{path} is a folder; give the study's TOML file (e.g. studies/default.toml)")
+        raise ConfigError("--config", f"{_short(str(path))} is a folder; give the study's TOML file (e.g. studies/default.toml)")
     if not path.is_file():
-        raise ConfigError("--config", f"file not found: {path}")
+        raise ConfigError("--config", f"file not found: {_short(str(path))}")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError("--config", f"{path} is not valid UTF-8 TOML: {e}") from None
+        raise ConfigError("--config", f"{_short(str(path))} is not valid UTF-8 TOML: {e}") from None
+    except OSError as e:  # unreadable: permissions, an I/O error
+        raise ConfigError("--config", f"{_short(str(path))} cannot be read ({e.strerror or e})") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table: 3000 deep exhausts the stack
+        raise ConfigError("--config", f"{_short(str(path))} nests arrays or tables too deep to read (Python's "
+                          f"recursion limit, {sys.getrecursionlimit()}); no key takes nested values") from None
 
     def table(section):
         if section not in SECTIONS:

@@ -4,6 +4,7 @@ Checks that need a registry's facts import its module inside themselves (config 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from harness import strategies
@@ -14,7 +15,7 @@ from harness.config.sections import (DEVICES, OBJECTIVES, OPTIMIZERS, PRUNERS, S
 
 def _choice(key, value, allowed):
     if value not in allowed:
-        raise ConfigError(key, f"{value!r} is not allowed; choose one of: {', '.join(allowed)}")
+        raise ConfigError(key, f"{_short(value)} is not allowed; choose one of: {', '.join(allowed)}")
 
 
 def _bounds(key, pair, low_min=None):
@@ -32,11 +33,31 @@ def _positive(key, value, allow_zero=False):
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+NAME_BYTES = 200  # a study name is an MLflow experiment, an Optuna study and a report folder: ext4 allows 255 bytes
+
+
+def _check_name(name: str) -> None:
+    """study.name: 1..NAME_BYTES bytes of UTF-8 (a 70-emoji name is 280 bytes: over a file name's 255), and nothing
+    that climbs out of, or hides in, the folders named after it: no '.' or '..', no slash, backslash, NUL or other
+    control character, no leading '-' (read as a flag by the commands printed with it)."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: argv bytes that were not UTF-8
+        raise ConfigError("study.name", f"is not valid UTF-8 text, got {_short(name)}") from None
+    why = ("must not be empty" if not name else
+           f"is {size} bytes of UTF-8; at most {NAME_BYTES}" if size > NAME_BYTES else
+           "must not be '.' or '..' (a folder of its own parent)" if name in (".", "..") else
+           "must not contain '/', '\\', NUL or another control character" if any(
+               c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in name) else
+           "must not start with '-' (a command line would read it as a flag)" if name.startswith("-") else "")
+    if why:
+        raise ConfigError("study.name", f"{why}, got {_short(name)}")
+
+
 def _check_study(cfg: Config) -> None:
     """The [study] section(s): choices, ranges and cross-key rules."""
     s = cfg.study
-    if not s.name or any(c in s.name for c in "/\\\0") or len(s.name) > 200:
-        raise ConfigError("study.name", f"must be 1-200 characters without slashes, got {s.name!r}")
+    _check_name(s.name)
     _positive("study.n_trials", s.n_trials)
     _choice("study.sampler", s.sampler, SAMPLERS)
     _choice("study.pruner", s.pruner, PRUNERS)
@@ -53,7 +74,7 @@ def _check_study(cfg: Config) -> None:
     _positive("study.system_metrics", s.system_metrics, allow_zero=True)
     if len(s.registered_model) > 200 or any(c in s.registered_model for c in "/\\\0:@"):
         raise ConfigError("study.registered_model", f"must be at most 200 characters without / \\ : @, "
-                          f"got {s.registered_model!r}")
+                          f"got {_short(s.registered_model)}")
     _positive("study.replicates", s.replicates)
     if any(not (math.isfinite(v) and v > 0) for v in s.baseline_lrs):
         raise ConfigError("study.baseline_lrs", f"every lr must be finite and > 0, got {s.baseline_lrs}")
@@ -104,14 +125,15 @@ def target_shifts(d: Data, known=None) -> list[tuple[str, int]]:
     out = []
     for text in d.target_shift:
         name, _, sev = text.partition(":")
-        if not name or not sev.strip().isdigit() or not 1 <= int(sev) <= 5:
-            raise ConfigError("data.target_shift", f"expected \"name:severity\" with severity 1..5, got {text!r}")
+        # ASCII digits only: str.isdigit() accepts '²', which int() then refuses (a traceback)
+        if not name or not re.fullmatch(r"[0-9]{1,2}", sev.strip()) or not 1 <= int(sev) <= 5:
+            raise ConfigError("data.target_shift", f"expected \"name:severity\" with severity 1..5, got {_short(text)}")
         out.append((name.strip(), int(sev)))
     if len({n for n, _ in out}) != len(out):
         raise ConfigError("data.target_shift", f"lists a shift twice: {d.target_shift}")
     for name, _ in out if known is not None else ():
         if name not in known:
-            raise ConfigError("data.target_shift", f"unknown shift {name!r}; allowed: {', '.join(known)}")
+            raise ConfigError("data.target_shift", f"unknown shift {_short(name)}; allowed: {', '.join(known)}")
     return out
 
 
@@ -176,7 +198,7 @@ def _check_shifts(cfg: Config) -> None:
     _positive("shifts.label_alpha", sh.label_alpha, allow_zero=True)
     _positive("shifts.eval_images", sh.eval_images, allow_zero=True)
     if sh.files and not (Path(sh.files).expanduser() / "labels.npy").is_file():
-        raise ConfigError("shifts.files", f"{sh.files} has no labels.npy (expected CIFAR-10-C's layout: "
+        raise ConfigError("shifts.files", f"{_short(sh.files)} has no labels.npy (expected CIFAR-10-C's layout: "
                           "<corruption>.npy files of 5 x N images and labels.npy)")
     domain = {n for n, _ in target_shifts(cfg.data)}
     for key in ("test", "selection"):  # the target domain is in-distribution for the study, never an OOD set

@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
 import json
+import sys
+import urllib.parse
 from pathlib import Path
 
-from harness import results, store
+from harness import flags, results, store
+from harness.config import ConfigError, _short
 from harness.report import build, markdown, summaries
+
+
+def _check_out(out: str) -> str:
+    """--out must be a folder or a path one can become: an existing file (or a file above it) fails after the store
+    was read, with an OSError."""
+    path = Path(out).expanduser()
+    for p in (path, *path.parents):
+        if p.exists():
+            return "" if p.is_dir() else f"--out: {_short(str(p))} exists and is not a folder; give a folder for the report"
+    return ""
+
+
+def _check_ui_url(url: str | None) -> str:
+    """--ui-url becomes the href of every trial's link: only http(s) URLs with a host ('javascript:...' would run)."""
+    if url is None:
+        return ""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        return (f"--ui-url: expected an http(s) URL such as http://127.0.0.1:5000 (no spaces or control characters), "
+                f"got {_short(store.redact(url))}")
+    return ""
 
 
 def main(argv=None) -> int:
@@ -41,7 +63,7 @@ def main(argv=None) -> int:
         print("error: --study-name: required (repeat it to compare studies)", file=sys.stderr)
         return 2
     if args.markdown and args.out and not args.out.endswith(".md"):
-        print(f"error: --out: with --markdown a .md file, got {args.out!r}", file=sys.stderr)
+        print(f"error: --out: with --markdown a .md file, got {_short(args.out)}", file=sys.stderr)
         return 2
     if args.markdown and args.json:
         return _markdown_from_json(args.json, args.out, args.study_name)
@@ -51,6 +73,15 @@ def main(argv=None) -> int:
         return 2
     if any(not n.strip() for n in args.study_name or []):
         print("error: --study-name: must not be empty", file=sys.stderr)
+        return 2
+    bad = (_check_out(args.out) if args.out and not args.markdown else "") or _check_ui_url(args.ui_url)
+    try:
+        for flag, url in (("--tracking-uri", uri), ("--storage", args.storage)):
+            flags.check_url_syntax(flag, url)
+    except ConfigError as e:
+        bad = bad or str(e)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
         return 2
     try:
         store.check_reachable(uri)

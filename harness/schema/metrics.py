@@ -27,12 +27,17 @@ OOD_ECE_MEAN, OOD_NLL_MEAN = "ood_ece_mean", "ood_nll_mean"  # ood_mean(what)
 CLEAN_SUBSET_ACC, CLEAN_SUBSET_ECE = "clean_subset_acc", "clean_subset_ece"
 OOD_VAL_ACC, VAL_ACC_FINAL = "ood_val_acc", "val_acc_final"
 MCE, RELATIVE_MCE = "mce", "relative_mce"
-MCE_BENCHMARK, RELATIVE_MCE_BENCHMARK = "mce_benchmark", "relative_mce_benchmark"
-MCE_BENCHMARK_FILES, RELATIVE_MCE_BENCHMARK_FILES = "mce_benchmark_files", "relative_mce_benchmark_files"
+MCE_FILES, RELATIVE_MCE_FILES = "mce_files", "relative_mce_files"
+MCE_POOLED, RELATIVE_MCE_POOLED = "mce_pooled", "relative_mce_pooled"
+CLEAN_FILES_ACC = "clean_files_acc"
+OOD_ECE_POOLED, OOD_ECE_POOLED_DEBIASED = "ood_ece_pooled", "ood_ece_pooled_debiased"
+OOD_ECE_POOLED_CALIBRATED_Q95, OOD_ECE_POOLED_N = "ood_ece_pooled_calibrated_q95", "ood_ece_pooled_n"
 TRAIN_SECONDS, EVAL_SECONDS, PEAK_RSS_MB, GPU_PEAK_MB = "train_seconds", "eval_seconds", "peak_rss_mb", "gpu_peak_mb"
 LABEL_SHIFT_BALANCED_ACC, LABEL_SHIFT_ACC_BBSE = "label_shift/balanced_acc", "label_shift/acc_bbse_corrected"
 LABEL_SHIFT_PRIOR_L1_ERROR, LABEL_SHIFT_W_SQ_ERROR = "label_shift/prior_l1_error", "label_shift/w_sq_error"
 FAMILY_ACC = "ood_acc/{family}"  # family_key(family)
+LABEL_SHIFT_ACC, SUBPOPULATION_ACC, TARGET_CLEAN_ACC = "label_shift/acc", "subpopulation/acc", "target/clean_acc"
+FILES_ACC_MEAN, FILES_ACC_WORST = "files/acc_mean", "files/acc_worst"
 # shift_key(shift, what)
 SHIFT_ACC, SHIFT_ECE, SHIFT_NLL = "shift/{shift}/acc", "shift/{shift}/ece", "shift/{shift}/nll"
 SHIFT_CE, SHIFT_RCE = "shift/{shift}/ce", "shift/{shift}/rce"
@@ -44,21 +49,42 @@ FINAL = {
     ID_NLL: "mean negative log-likelihood on the clean test split",
     ID_ECE: "expected calibration error (15 bins) on the clean test split",
     ID_BRIER: "Brier score on the clean test split",
-    OOD_ACC_MEAN: "mean over held-out test shifts of each shift's accuracy averaged over its severities",
-    OOD_ACC_WORST: "the worst held-out test shift's accuracy (averaged over its severities)",
-    OOD_ECE_MEAN: "ECE averaged over every test shift and severity",
-    OOD_NLL_MEAN: "NLL averaged over every test shift and severity",
-    CLEAN_SUBSET_ACC: "accuracy on the clean images of the shifted test sets (the same subset as every severity)",
-    CLEAN_SUBSET_ECE: "ECE on the clean images of the shifted test sets",
+    # The OOD numbers: one definition each, over the "held-out severity shifts" = the study's test shifts
+    # (shifts.test) applied to the clean test subset (suite.Suite.shifted), at every severity of shifts.severities:
+    # the images of correct.json's "shifts", which the report's paired comparisons resample. Label shift,
+    # subpopulation, a target domain's clean set and shifts.files are never averaged in: each has its own metric.
+    OOD_ACC_MEAN: "mean over the held-out severity shifts of each shift's accuracy averaged over its severities (the "
+                  "same images at every shift and severity, so also the mean over every (shift, severity) set and the "
+                  "mean of correct.json's per-image accuracy)",
+    OOD_ACC_WORST: "the lowest, over the held-out severity shifts, of a shift's accuracy averaged over its severities",
+    OOD_ECE_MEAN: "ECE averaged over every held-out severity shift and severity",
+    OOD_NLL_MEAN: "NLL averaged over every held-out severity shift and severity",
+    CLEAN_SUBSET_ACC: "accuracy on the clean test subset: the very images (row for row) that every held-out severity "
+                      "shift shifts, at every severity (shifts.eval_images of the test split, stratified; in a "
+                      "target-domain study the source domain's clean test images). The drops are taken on these "
+                      "images: clean_subset_acc - ood_acc_mean and clean_subset_acc - ood_acc_worst (absent with "
+                      "no held-out severity shift: no drop on other images)",
+    CLEAN_SUBSET_ECE: "ECE on the clean test subset (the images of clean_subset_acc)",
     OOD_VAL_ACC: "mean accuracy on the selection shifts of the validation split (the only shifts selection reads)",
     VAL_ACC_FINAL: "val_acc after the last epoch",
-    MCE_BENCHMARK: "mCE over CIFAR-10-C's 15 benchmark corruptions (shifts.BENCHMARK); only when all 15 are test shifts",
-    RELATIVE_MCE_BENCHMARK: "relative mCE over the 15 benchmark corruptions; only when all 15 are test shifts",
-    MCE_BENCHMARK_FILES: "mCE over the 15 benchmark corruptions read from shifts.files (c10c.<corruption>)",
-    RELATIVE_MCE_BENCHMARK_FILES: "relative mCE over the 15 benchmark corruptions read from shifts.files",
-    MCE: "corruption error pooled over the test corruptions: sum_c sum_s E / sum_c sum_s E_ref (reference: see ce)",
-    RELATIVE_MCE: "relative corruption error pooled over the test corruptions (clean error of the same images "
-                  "subtracted): sum_c sum_s (E - E_clean) / sum_c sum_s (E_ref - E_ref_clean)",
+    CLEAN_FILES_ACC: "accuracy on the clean test images of the rows the shifts.files sets hold (their same images "
+                     "clean; absent when the clean test split's labels there differ from the files')",
+    MCE: "mCE as published (Hendrycks & Dietterich 2019): the mean of CE_c (shift/<c>/ce) over the CIFAR-10-C "
+         "benchmark corruptions (shifts.BENCHMARK) among the simulated test shifts; geometric and extra shifts "
+         "excluded",
+    RELATIVE_MCE: "relative mCE as published: the mean of relative CE_c (shift/<c>/rce) over mce's corruptions; "
+                  "absent when one of them has none",
+    MCE_FILES: "mce over the shifts.files sets of the benchmark corruptions (c10c.<c>)",
+    RELATIVE_MCE_FILES: "relative_mce over the shifts.files sets of the benchmark corruptions (c10c.<c>)",
+    MCE_POOLED: "not the published mCE: sum_c sum_s E / sum_c sum_s E_ref over mce's corruptions (a ratio of sums)",
+    RELATIVE_MCE_POOLED: "not the published relative mCE: sum_c sum_s (E - E_clean) / sum_c sum_s (E_ref - "
+                         "E_ref_clean) over mce's corruptions",
+    OOD_ECE_POOLED: "plug-in ECE (15 bins) of the images of every held-out severity set at its highest severity, "
+                    "pooled (ood_ece_pooled_n of them)",
+    OOD_ECE_POOLED_DEBIASED: "debiased ECE (Kumar et al. 2019, metrics.debiased_ece) of ood_ece_pooled's images",
+    OOD_ECE_POOLED_CALIBRATED_Q95: "95% quantile of the plug-in ECE a perfectly calibrated model with ood_ece_pooled's "
+                                   "confidences scores on as many images (stats.calibrated_ece_reference)",
+    OOD_ECE_POOLED_N: "number of images ood_ece_pooled pools",
     TRAIN_SECONDS: "wall seconds of the training epochs",
     EVAL_SECONDS: "wall seconds of the evaluation on the clean test split and every shift",
     PEAK_RSS_MB: "peak resident memory of the process, MiB",
@@ -67,19 +93,36 @@ FINAL = {
     LABEL_SHIFT_ACC_BBSE: "accuracy after BBSE reweighting (Lipton et al. 2018)",
     LABEL_SHIFT_PRIOR_L1_ERROR: "L1 error of the BBSE class-prior estimate",
     LABEL_SHIFT_W_SQ_ERROR: "squared error of the BBSE importance weights",
-    FAMILY_ACC: "mean test-shift accuracy of one shift family (noise, blur, weather, digital, geometric, ...)",
-    SHIFT_CE: "corruption error of one test corruption: sum of errors over severities / the reference's; the "
+    FAMILY_ACC: "mean over the held-out severity shifts of one family (noise, blur, weather, digital, geometric) of "
+                "each shift's accuracy averaged over its severities",
+    LABEL_SHIFT_ACC: "accuracy on the label-shifted test set (the test split resampled to a Dirichlet class prior; "
+                     "its shift/label_shift/acc at step 1); not part of ood_acc_mean",
+    SUBPOPULATION_ACC: "accuracy on the subpopulation set (classes held out of fine-tuning, data.holdout_classes; "
+                       "its shift/subpopulation/acc at step 1); not part of ood_acc_mean",
+    TARGET_CLEAN_ACC: "target-domain study (data.target_shift): accuracy on the source domain's clean test images "
+                      "(shift/clean/acc at step 1; the same images as clean_subset_acc); not part of ood_acc_mean",
+    FILES_ACC_MEAN: "mean over the shifts.files corruptions (c10c.<name>) of each one's accuracy averaged over its "
+                    "severities, on their own images (labels.npy); not in ood_acc_mean (their clean counterpart, when the files "
+                    "hold rows of the clean test split, is clean_files_acc)",
+    FILES_ACC_WORST: "the lowest shifts.files corruption accuracy (averaged over its severities)",
+    SHIFT_CE: "CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}, E the error at severity s of test corruption c; the "
               "reference is the tuned full fine-tuning baseline (tag harness.ce_reference: its run id)",
-    SHIFT_RCE: "relative corruption error of one test corruption (clean error subtracted)",
+    SHIFT_RCE: "relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} - E^ref_clean), E_clean the error on "
+               "the same images clean (clean_subset_acc; clean_files_acc for shifts.files sets); absent when the "
+               "reference does not degrade (denominator <= 0) or no same-image clean error exists",
 }
 # the clean test split's summary (metrics.summarize: acc, nll, ece, brier) as trial.test_metrics logs it: id_key(what)
 ID_METRICS = {"acc": ID_ACC, "nll": ID_NLL, "ece": ID_ECE, "brier": ID_BRIER}
-# the OOD means of the test shifts' calibration (trial.test_metrics: ood_mean(what))
+# the accuracy of each evaluation set that is not a severity shift, by its family (harness.suite.FAMILIES)
+SET_ACC = {"label": LABEL_SHIFT_ACC, "subpopulation": SUBPOPULATION_ACC, "clean": TARGET_CLEAN_ACC}
+# the OOD means of the held-out severity shifts' calibration (trial.test_metrics: ood_mean(what))
 OOD_MEANS = {"ece": OOD_ECE_MEAN, "nll": OOD_NLL_MEAN}
-# the pooled corruption errors (corruption_error.corruption_errors): over the test corruptions, over CIFAR-10-C's 15
-# (shifts.BENCHMARK) and over shifts.files' c10c.<corruption> sets: (mCE, relative mCE) of each pool
-CE_POOLS = {"test": (MCE, RELATIVE_MCE), "benchmark": (MCE_BENCHMARK, RELATIVE_MCE_BENCHMARK),
-            "benchmark_files": (MCE_BENCHMARK_FILES, RELATIVE_MCE_BENCHMARK_FILES)}
+# (mCE, relative mCE) over the simulated test shifts and over shifts.files' sets (corruption_error.corruption_errors)
+CE_MEANS = {"test": (MCE, RELATIVE_MCE), "files": (MCE_FILES, RELATIVE_MCE_FILES)}
+CE_POOLED = (MCE_POOLED, RELATIVE_MCE_POOLED)
+# the pooled calibration at its sample size (stats.calibration_at_n's keys -> the trial's metrics)
+ECE_POOLED = {"ece": OOD_ECE_POOLED, "ece_debiased": OOD_ECE_POOLED_DEBIASED,
+              "ece_calibrated_q": OOD_ECE_POOLED_CALIBRATED_Q95, "n": OOD_ECE_POOLED_N}
 
 SEVERITY = {
     SHIFT_ACC: "accuracy on one shift at each severity (selection shifts on validation, test shifts on test)",
