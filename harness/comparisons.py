@@ -5,62 +5,24 @@ from __future__ import annotations
 import math
 
 from harness import schema, stats
-from harness.stats import BOOTSTRAP
-
-MIN_SEEDS = 3  # a "beats" claim needs >= 3 seeds on each side (issue 22 item 5); fewer: "image noise only"
+from harness.stats import BOOTSTRAP, CLAIM_SEEDS as MIN_SEEDS  # a "beats" claim needs >= 3 seeds on each side
 
 
-# ------------------------------------------------------------------------------------------------ adapters
-# stats provides two_level_bootstrap and holm (issue 22 item 5); until they land these call what stats has. One
-# function each, so that switching over is deleting the fallback branch.
+# ------------------------------------------------------------------------------------------------ intervals
 
 def bootstrap(a: list[list[float]], b: list[list[float]]) -> dict | None:
     """The paired comparison mean(a) - mean(b) of two configurations, each a list over its seeds of per-image values
-    on the same images: stats.two_level_bootstrap (seeds and images resampled); the result carries a two-sided
-    bootstrap p-value under "p" (stats' own when it gives one, else the normal p-value of the interval)."""
+    on the same images: stats.two_level_bootstrap (seeds and images resampled, its two-sided p-value under "p"),
+    with "n" = its n_images. None when a side is empty or the sides are ragged."""
     if not a or not b or any(len(x) != len(a[0]) for x in a + b):
         return None
-    two_level = getattr(stats, "two_level_bootstrap", None)
-    if two_level is not None:
-        out = dict(two_level(a, b, resamples=BOOTSTRAP, seed=0) or {})
-    else:  # fallback until stats lands: each side's seeds averaged first, images resampled
-        mean_a = [sum(col) / len(col) for col in zip(*a)]
-        mean_b = [sum(col) / len(col) for col in zip(*b)]
-        p = stats.paired_bootstrap(mean_a, mean_b)
-        claimable = len(a) >= MIN_SEEDS and len(b) >= MIN_SEEDS
-        out = {"diff": p["diff"], "ci": p["ci"], "n_images": p["n"], "seeds_a": len(a), "seeds_b": len(b),
-               "resamples": p["resamples"], "level": "image noise only", "claimable": claimable,
-               "significant": p["significant"]}
-    if not out:
-        return None
-    out["n"] = out.get("n_images")
-    if out.get("p") is None:
-        out["p"] = _p_from_interval(out["diff"], out["ci"])
-    return out
-
-
-def _p_from_interval(diff: float, ci: list[float]) -> float:
-    """Two-sided p-value of diff = 0 from a 95% interval read as normal (se = width / 3.92)."""
-    from scipy.stats import norm
-
-    se = (ci[1] - ci[0]) / (2 * stats.Z95)
-    if se <= 0:
-        return 0.0 if diff else 1.0
-    return float(2 * norm.sf(abs(diff) / se))
+    out = stats.two_level_bootstrap(a, b, resamples=BOOTSTRAP, seed=0)
+    return {**out, "n": out["n_images"]} if out else None
 
 
 def holm(pvalues: list[float]) -> list[float]:
-    """Holm-adjusted p-values (stats.holm when present; else the step-down rule: the k-th smallest p times m - k + 1,
-    made monotone, capped at 1)."""
-    fn = getattr(stats, "holm", None)
-    if fn is not None:
-        return list(fn(pvalues))
-    m, order = len(pvalues), sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    out, running = [0.0] * m, 0.0
-    for k, i in enumerate(order):
-        running = max(running, min(1.0, (m - k) * pvalues[i]))
-        out[i] = running
-    return out
+    """Holm-adjusted p-values over the comparisons of a page (stats.holm)."""
+    return stats.holm(pvalues)
 
 
 # ------------------------------------------------------------------------------------------ per-image data

@@ -175,21 +175,49 @@ def test_per_seed_image_accuracy_by_hand():
     assert comparisons.per_seed([c1, None], ["a"]) is None
 
 
-def test_bootstrap_adapter_against_numpy():
-    """Without stats.two_level_bootstrap: each side's seeds averaged, then the paired image bootstrap with numpy
-    default_rng(0) (2000 x n indices); with it: its result, plus a p-value and n."""
+def two_level(a, b, resamples=2000, seed=0):
+    """The two-level bootstrap written out with numpy: per resample, n image indices shared by both sides, then each
+    side's seeds, drawn with replacement in that order from default_rng(seed); the statistic is the mean over the drawn
+    seeds and images; (diff, 2.5th, 97.5th percentile, p = 2 (1 + smaller tail count) / (R + 1))."""
     import numpy as np
-    from harness import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, a.shape[1], size=(resamples, a.shape[1]))
+    sa, sb = (rng.integers(0, x.shape[0], size=(resamples, x.shape[0])) for x in (a, b))
+
+    def side(x, s):
+        return np.take_along_axis(x[s], img[:, None, :].repeat(x.shape[0], 1), axis=2).mean(axis=(1, 2))
+
+    boot = side(a, sa) - side(b, sb)
+    tail = min((boot <= 0).sum(), (boot >= 0).sum())
+    return a.mean() - b.mean(), *np.percentile(boot, [2.5, 97.5]), min(1.0, 2 * (1 + tail) / (resamples + 1))
+
+
+def test_bootstrap_against_a_two_level_bootstrap_written_out():
+    """comparisons.bootstrap (stats.two_level_bootstrap) equals the numpy resampling above: 3 seeds against 1 and
+    3 against 3; one seed on a side is image noise only and never claimable."""
+    import numpy as np
 
     rng = np.random.default_rng(1)
     a = [list(rng.integers(0, 2, 80) * 1.0) for _ in range(3)]
-    b = [list(rng.integers(0, 2, 80) * 1.0)]
-    got = comparisons.bootstrap(a, b)
-    d = np.mean(a, axis=0) - np.mean(b, axis=0)
-    assert got["diff"] == pytest.approx(d.mean()) and got["n"] == 80 and 0 <= got["p"] <= 1
-    if not hasattr(stats, "two_level_bootstrap"):
-        boot = d[np.random.default_rng(0).integers(0, 80, size=(2000, 80))].mean(axis=1)
-        assert got["ci"] == pytest.approx(list(np.percentile(boot, [2.5, 97.5])))
-        assert got["level"] == "image noise only" and not got["claimable"]
-    else:
-        assert got["seeds_a"] == 3 and got["seeds_b"] == 1 and not got["claimable"]
+    for b in ([list(rng.integers(0, 2, 80) * 1.0)], [list(rng.integers(0, 2, 80) * 1.0) for _ in range(3)]):
+        got = comparisons.bootstrap(a, b)
+        d, lo, hi, p = two_level(a, b)
+        assert got["diff"] == pytest.approx(d) and got["ci"] == pytest.approx([lo, hi]) and got["p"] == pytest.approx(p)
+        assert got["n"] == 80 and got["claimable"] == (len(b) >= 3)
+        assert got["level"] == ("seeds and images" if len(b) >= 2 else "image noise only")
+
+
+@pytest.mark.parametrize("ece, debiased, q95, want", [(0.05, 0.02, 0.07, "pass"), (0.25, 0.2, 0.08, "fail"),
+                                                      (0.11, 0.03, 0.12, "inconclusive"), (0.15, 0.05, 0.08, "inconclusive")])
+def test_ece_rule_is_judged_at_its_sample_size(ece, debiased, q95, want):
+    """Pass: within what a calibrated model scores at this n, and that reference resolves 0.10; fail: beyond it and
+    the debiased ECE above 0.10; a calibrated-looking ECE at too small an n (reference 0.12) is inconclusive."""
+    from harness import schema
+
+    best = _row(1)
+    best["final"] = {schema.OOD_ECE_POOLED: ece, schema.OOD_ECE_POOLED_DEBIASED: debiased,
+                     schema.OOD_ECE_POOLED_CALIBRATED_Q95: q95, schema.OOD_ECE_POOLED_N: 330}
+    c = _by_prefix(_evaluate(best, _paired(best, {"full_ft": _boot(0.05, 0.02, 0.08)})), "Calibrated at")
+    assert c["outcome"] == want and c["n"]["images"] == 330 and c["value"] == ece
