@@ -28,11 +28,13 @@ def holm(pvalues: list[float]) -> list[float]:
 # ------------------------------------------------------------------------------------------ per-image data
 
 def seed_corrects(trials: list[dict], reps: list[dict], number) -> list:
-    """correct.json of a configuration's runs: the trial's own and its FINISHED seed replicates'."""
+    """correct.json of a configuration's runs: the trial's own, then its FINISHED seed replicates' by seed (the seed
+    bootstrap draws seed indices, so the order is part of the result)."""
     run = next((t for t in trials if t["number"] == number), None)
     if run is None:
         return []
-    return [run["correct"]] + [r["correct"] for r in reps if r["replicate_of"] == number and r["status"] == "FINISHED"]
+    mine = [r for r in reps if r["replicate_of"] == number and r["status"] == "FINISHED"]
+    return [run["correct"]] + [r["correct"] for r in sorted(mine, key=lambda r: (r["seed"] is None, r["seed"] or 0))]
 
 
 def per_seed(corrects: list, names: list[str]) -> dict | None:

@@ -286,7 +286,7 @@ def truth(built):
         rid, m = run.info.run_id, run.data.metrics
         if run.data.tags.get("harness.role") == "replicate":
             replicates.append({"of": int(run.data.tags["harness.replicate_of"]), "status": run.info.status, "m": m,
-                               "correct": _correct(client, run)})
+                               "seed": int(run.data.tags["harness.seed"]), "correct": _correct(client, run)})
             continue
         assert run.data.params["strategy"] == "prefix"  # every run names its strategy; a prefix-only study's: prefix
         hist = {k: _series(client, rid, k) for k in m}
@@ -317,7 +317,8 @@ def truth(built):
     fam_best = {f: next(r for r in done if r["baseline"] == f) for f in schema.BASELINES
                 if any(r["baseline"] == f for r in done)}
     for r in trials.values():  # a configuration's seeds: the trial's own run and its FINISHED replicate runs
-        r["seeds"] = [r] + [x for x in replicates if x["of"] == r["number"] and x["status"] == "FINISHED"]
+        r["seeds"] = [r] + sorted((x for x in replicates if x["of"] == r["number"] and x["status"] == "FINISHED"),
+                                  key=lambda x: x["seed"])  # by seed: the seed bootstrap draws seed indices
     # the hindsight-best: the highest mean OOD accuracy over the paired images, seeds averaged (ties: lower number)
     oracle = max(done, key=lambda r: (float(np.mean([per_image(x, SimpleNamespace(test=test, severities=sev))
                                                     for x in r["seeds"]])), -r["number"]))

@@ -63,7 +63,7 @@ def _cards(s: dict) -> Raw:
          f"{ood_d}; OOD \u2212 clean (same images) {pts((b[schema.OOD_ACC_MEAN] or 0) - (clean or 0))} points"),
         ("Worst shift", f"{worst or '-'}", f"{pct(b[schema.OOD_ACC_WORST])}% accuracy"),
         ("Against the baselines", vs or "-",
-         "points of mean OOD accuracy, paired on the same images, 95% bootstrap interval; each family's best on validation"),
+         "points of mean OOD accuracy, paired on the same images, 95% bootstrap interval over seeds and images; each family's best on validation"),
     ]
     html_ = "".join(f'<div class="card"><div class="k">{esc(k)}</div>'
                     f'<div class="v{" list" if isinstance(v, Raw) else ""}" data-key="{esc(k)}">{esc(v)}</div>'
