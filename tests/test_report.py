@@ -848,6 +848,18 @@ def test_conditions_table_equals_mlflow(built, truth):
     _verify_conditions(built["page"], truth)
 
 
+def test_paired_comparisons_equal_mlflow(built, truth):
+    """Each comparison of the selected trial (3 seeds) with a family's best and of the hindsight-best with the selected:
+    difference, two-level bootstrap interval, Holm p over the table's OOD rows, level and each family's budget,
+    recomputed from every seed's correct.json with numpy (compare above)."""
+    assert all(len(truth.fam_best[f]["seeds"]) == 3 for f in truth.fam_best) and len(truth.best["seeds"]) == 3
+    _verify_comparisons(built["page"], truth)
+
+
+def test_budgets_equal_mlflow(built, truth):
+    _verify_budgets(built["page"], truth)
+
+
 def test_provenance_numbers_equal_mlflow(built, truth):
     """The provenance table: experiment and parent run ids, tags (sampler, pruner, objective, seed, target, device, git
     SHA, cache keys, shifts), run-state counts of the child runs, wall time from the parent run's start/end and the
