@@ -47,6 +47,11 @@ def storage(url: str, client=None) -> optuna.storages.RDBStorage:
                               f"{store.redact(str(e).splitlines()[0][:300])}") from None
 
 
+def study_system_attr(study: optuna.Study, key: str, value) -> None:
+    """A system attr of the study (Study.set_system_attr is deprecated; the storage's own call is not)."""
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
 def trial_seed(seed: int, number: int) -> int:
     """A trial's sampler seed: 32 bits of sha256("seed:number"), so neighbouring numbers give unrelated streams."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "little")
@@ -81,15 +86,15 @@ def seed_per_trial(sampler, seed: int):
 MAX_RETRY = 3  # a search trial whose worker died runs again at most 3 times (units: harness.units.UNIT_RETRIES)
 
 
-def _retry_callback(client, max_retry: int = MAX_RETRY):
-    """A dead worker's trial: its MLflow run ends FAILED, and the same params and user attrs are enqueued again, at
-    most max_retry times along one lineage (Optuna's failed_trial / retry_history attrs)."""
+def _retry_callback(client, max_retry: int = MAX_RETRY, reason: str = "worker died (stale heartbeat or dead process)"):
+    """A dead worker's trial: its MLflow run ends FAILED (with `reason`), and the same params and user attrs are
+    enqueued again, at most max_retry times along one lineage (Optuna's failed_trial / retry_history attrs)."""
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def callback(study, frozen):
         run_id = frozen.user_attrs.get(schema.ATTR_RUN_ID)
         if client is not None and run_id:
-            tracking.fail_runs(client, [run_id], "worker died (stale heartbeat or dead process)")
+            tracking.fail_runs(client, [run_id], reason)
         # the retry copies system attrs: drop the dead worker's identity and its fail reason
         clone = copy.deepcopy(frozen)
         clone.system_attrs = {k: v for k, v in frozen.system_attrs.items() if k not in schema.TRIAL_SYSTEM_ATTRS}
@@ -170,11 +175,14 @@ def ask(study: optuna.Study, worker: int) -> optuna.Trial:
     """A new trial that says which process runs it (identity(): recover_dead's evidence), with a first heartbeat at
     once: Optuna never calls a trial stale before its first beat, so a worker dying in its first HEARTBEAT_S seconds
     would otherwise leave a RUNNING trial forever."""
-    trial = study.ask()
-    study._storage.record_heartbeat(trial._trial_id)
-    for k, v in {**identity(), schema.ATTR_WORKER: worker}.items():
-        if v is not None:
-            study._storage.set_trial_system_attr(trial._trial_id, k, v)
+    from harness import stopping
+
+    with stopping.deferred():  # a signal waits until the trial names its process (stopping.wind_down finds it)
+        trial = study.ask()
+        study._storage.record_heartbeat(trial._trial_id)
+        for k, v in {**identity(), schema.ATTR_WORKER: worker}.items():
+            if v is not None:
+                study._storage.set_trial_system_attr(trial._trial_id, k, v)
     return trial
 
 
@@ -183,8 +191,11 @@ def tell(study: optuna.Study, trial: optuna.Trial, values=None, state=TrialState
     heartbeat check that judged this worker dead), which must never take this live worker down. Optuna refuses a
     finished trial with ValueError ("Cannot tell a FAIL trial") or, when it finishes between Optuna's check and its
     write, UpdateFinishedTrialError; either is re-read from the storage, and raised again if the trial still runs."""
+    from harness import stopping
+
     try:
-        study.tell(trial, values, state=state)
+        with stopping.deferred():  # told whole, or not at all
+            study.tell(trial, values, state=state)
         return None
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
         frozen = study._storage.get_trial(trial._trial_id)
@@ -248,6 +259,21 @@ def fail_running(study: optuna.Study, reason: str) -> int:
     """FAIL every RUNNING trial (one-process studies: at start nothing can be running). Returns how many."""
     return sum(_fail(study, t._trial_id, reason)
                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def fail_own(study: optuna.Study, client, reason: str) -> int:
+    """The RUNNING trials of this process (its host and pid), as a crash is recovered: FAIL with `reason` (system
+    and user attr fail_reason), their MLflow runs FAILED with it, their params enqueued again (harness.stopping:
+    a signal). Returns how many."""
+    me, n, callback = identity(), 0, _retry_callback(client, reason=reason)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if all(t.system_attrs.get(k) == me[k] for k in (schema.ATTR_HOST, schema.ATTR_PID)):
+            with contextlib.suppress(Exception):
+                study._storage.set_trial_user_attr(t._trial_id, schema.ATTR_FAIL_REASON, reason)
+            if _fail(study, t._trial_id, reason):
+                callback(study, study._storage.get_trial(t._trial_id))
+                n += 1
+    return n
 
 
 def recover_dead(study: optuna.Study, client, max_retry: int = MAX_RETRY) -> int:

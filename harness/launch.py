@@ -10,7 +10,8 @@ import time
 import optuna
 import torch
 
-from harness import bookkeeping, closing, config, context, cores, data as datamod, models, records, sampling, shifts
+from harness import bookkeeping, closing, config, context, cores, data as datamod, fingerprint, models, records
+from harness import sampling, shifts, stopping
 from harness import schema, store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
 from harness import flags, shiftfiles
 from harness.config import ConfigError
@@ -160,6 +161,12 @@ def _worker_main(cfg, n_groups, worker, launcher=None):
     budget (OMP_NUM_THREADS and OMP_WAIT_POLICY came with its environment, see cores.worker_env) and GPU memory share,
     then the context from the caches, then trials and the post-search units."""
     cores.die_with_parent(launcher)
+    stopping.install()
+    with stopping.worker_exit():  # a signal: its trial failed and re-queued, exit 128 + signal, no traceback
+        _work_in_worker(cfg, n_groups, worker)
+
+
+def _work_in_worker(cfg, n_groups, worker):
     threads, why = cores.thread_budget(cfg)
     torch.set_num_threads(threads)
     device, share = train.pick_device(cfg.study.device), 1.0
@@ -171,6 +178,7 @@ def _worker_main(cfg, n_groups, worker, launcher=None):
           f"{env}" + (f", {share:.2f} of the GPU's memory" if share < 1 else ""), flush=True)
     ctx = context.open_context(cfg, n_groups, log=lambda *_: None, memory_share=share)
     study = sampling.open_study(cfg, ctx.storage, create=False, worker=worker)
+    stopping.watch(ctx, study)
     if workers.work(ctx, study, worker)["stopped"] == "target":  # then the post-search units, shared with the others
         workers.post_search(ctx, study, lambda line: print(f"[w{worker}] {line}", flush=True), worker)
 
@@ -186,8 +194,12 @@ def _run_workers(cfg: config.Config, n_groups: int, log) -> list[str]:
     with cores.environment(cores.worker_env(cores.thread_budget(cfg)[0])):
         for p in procs:
             p.start()
-    for p in procs:
-        p.join()
+    try:
+        for p in procs:
+            p.join()
+    except stopping.Interrupted as e:  # forwarded, waited for, then killed: no worker outlives its launcher
+        stopping.stop_workers(procs, e.signum)
+        raise
     crashed = [f"worker {i} pid {p.pid} " + (f"killed by {signal.Signals(-p.exitcode).name}" if p.exitcode < 0
                                               else f"exit code {p.exitcode}")
                for i, p in enumerate(procs) if p.exitcode]
@@ -212,7 +224,7 @@ class Outcome:
     code: int  # 0; 1: stopped short of study.n_trials; EXIT_WORKER_CRASHED: the target reached, a worker crashed
 
 
-def run(cfg: config.Config, n_groups: int, log=print) -> Outcome:
+def run(cfg: config.Config, n_groups: int, log=print, resume: fingerprint.Resume | None = None) -> Outcome:
     """The study to its end: context, study and parent run, recovery of a dead earlier run, the search (in this
     process or cfg.study.workers spawned ones), the end-of-study records, the post-search units, the parent run
     ended (FAILED when the study stopped short of its target)."""
@@ -220,7 +232,9 @@ def run(cfg: config.Config, n_groups: int, log=print) -> Outcome:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ctx = context.open_context(cfg, n_groups, log=log)
     study = sampling.open_study(cfg, ctx.storage, create=True)
+    stopping.watch(ctx, study)  # a signal from here on winds the study down (harness.study)
     launch(ctx, study, log)
+    fingerprint.record(ctx.client, ctx.parent_id, resume or fingerprint.Resume(fingerprint.of(cfg)), study, ctx.uri)
     n_dead = bookkeeping.recover_dead(study, ctx.client)
     n_orphans = bookkeeping.sweep_orphans(ctx.client, ctx.exp_id, ctx.parent_id, study)
     if n_dead or n_orphans:

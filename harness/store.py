@@ -8,14 +8,12 @@ import fcntl
 import hashlib
 import json
 import os
-import re
-import shlex
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from harness import redaction
 from harness.config import ConfigError
 
 SQLITE = "sqlite:///"
@@ -53,42 +51,16 @@ def same_sqlite(a: str, b: str) -> bool:
     return pa is not None and pb is not None and pa.resolve() == pb.resolve()
 
 
-# scheme://user:PASSWORD@ inside any text. The password runs to the last "@" before a "/" or a blank, so a raw "@"
-# in it (postgresql://u:p@ss@host) is hidden whole; over-redacting a neighbour is the safe side of the trade.
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^:/@\s]*):([^\s/]*)@")
-_QUERY_PASSWORD = re.compile(r"([?&;](?:password|passwd|pwd)=)[^&;\s\"']*", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Text fit to print, log or write: the password of every URL in it (scheme://user:PASSWORD@host, or a
-    ?password= parameter) becomes ***; scheme, user, host, port and path stay, so a person can tell which store it
-    is. The one redaction of the harness: console lines, error messages, report HTML and JSON, MLflow params, tags
-    and config artifacts all pass through it."""
-    if "://" not in text and "password" not in text.lower():
-        return text
-    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1\2:***@", text))
-
-
-def command_line(*args: str) -> str:
-    """A command to print for a person to paste into a POSIX shell: every argument redacted, then shell-quoted, so
-    a study name such as `a;touch X` or one with quotes or a newline stays one argument and runs nothing."""
-    return " ".join(shlex.quote(redact(str(a))) for a in args)
-
-
-def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
-    """(uri without user:password@, user, password) of an http(s) URI, percent-decoded: the credentials go in an
-    Authorization header (and MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD), never into a host name lookup."""
-    parts = urllib.parse.urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri, None, None
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user, _, password = userinfo.partition(":")
-    bare = urllib.parse.urlunsplit(parts._replace(netloc=host))
-    return bare, urllib.parse.unquote(user), urllib.parse.unquote(password) if password else None
+# the redaction lives in harness.redaction; these names stay here for their many callers
+redact, command_line, split_userinfo = redaction.redact, redaction.command_line, redaction.split_userinfo
 
 
 def check_uris(storage: str, tracking_uri: str) -> None:
-    """Scheme checks with no side effect (bad input, exit 2): ConfigError naming the flag."""
+    """Scheme checks with no side effect (bad input, exit 2): ConfigError naming the flag. Their passwords are
+    registered for redaction first (harness.redaction.remember), so no message below can quote one."""
+    redaction.remember(storage, tracking_uri)
+    for flag, uri in (("--storage", storage), ("--tracking-uri", tracking_uri)):
+        redaction.check(flag, uri)
     if storage and not storage.startswith(STORAGE_SCHEMES):
         raise ConfigError("--storage", f"unsupported URL {redact(storage)!r}; use sqlite:///PATH or "
                           f"postgresql://USER:PASSWORD@HOST/DB")
@@ -98,6 +70,10 @@ def check_uris(storage: str, tracking_uri: str) -> None:
     if storage and (storage == tracking_uri or same_sqlite(storage, tracking_uri or default_tracking_uri())):
         raise ConfigError("--storage", "the Optuna storage must not be the MLflow database (their Alembic schema "
                           "checks clash, optuna#2866); give it its own file or database")
+    if not storage and tracking_uri and same_sqlite(tracking_uri, default_storage()):  # MLflow tables in optuna.db
+        raise ConfigError("--tracking-uri", f"{sqlite_path(tracking_uri)} is the Optuna storage's default file; "
+                          f"their Alembic schema checks clash (optuna#2866): give MLflow its own file, e.g. the "
+                          f"default sqlite:///mlruns/mlflow.db")
     for flag, uri in (("--storage", storage), ("--tracking-uri", tracking_uri)):
         if uri and uri.startswith(SQLITE):
             _check_sqlite_writable(flag, sqlite_path(uri))
@@ -156,6 +132,7 @@ def check_reachable(uri: str, timeout: float = 10.0, flag: str = "--tracking-uri
     """Fail fast (seconds, not MLflow's minutes of retries) when an HTTP tracking server or a tracking database (or,
     flag="--storage", the Optuna database) does not answer. Called before any local file is made, so a dead store
     leaves nothing behind."""
+    redaction.remember(uri)  # whatever the server answers may echo it
     what = "Optuna storage" if flag == "--storage" else "tracking database"
     if uri.startswith(("postgresql", "mysql", "mssql")):
         # MLflow's own connect retries with backoff for ~110 s before it gives up on a dead database
@@ -295,6 +272,7 @@ class StoreNotFound(LookupError):
 def connect(uri: str, existing: bool = False):
     """An MlflowClient (with log_batch_later and flush, see _client_class) on `uri`. The writer (existing=False) fails fast on a dead server before any training; the
     reader (existing=True) refuses a missing sqlite file, which MLflow would silently create empty."""
+    redaction.remember(uri)
     path = sqlite_path(uri)
     if existing and path is not None and not path.is_file():
         raise StoreNotFound(f"no MLflow store at {path} (from --tracking-uri {redact(uri)}); run a study first or pass the "

@@ -10,7 +10,8 @@ import optuna
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
-from harness import closing, config, context, flags, launch, links, schema, store, strategies, tracking
+from harness import closing, config, context, fingerprint, flags, launch, links, schema, stopping, store, strategies
+from harness import tracking
 from harness import trial as trialmod
 from harness.config import ConfigError
 
@@ -23,6 +24,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  "'crashed workers: N' says which). Printed commands are shell-quoted, passwords "
                                  "shown as ***.")
     flags.add_common_args(ap)
+    ap.add_argument("--allow-changes", metavar="KEY[,KEY]", default="",
+                    help="resume the study although these config keys changed, where that is safe: widening a search "
+                    f"range or adding choices ({', '.join(fingerprint.EXTENDABLE)}); recorded on the parent run. Any "
+                    "other change of what makes trials comparable exits 2: choose a new --study-name")
     return ap.parse_args(argv)
 
 
@@ -92,12 +97,26 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(store.redact(f"error: {e}"), file=sys.stderr)
         return 2
+    stopping.install()  # SIGTERM and SIGINT: Interrupted, wound down below
     try:
         if tracking.existing_role(cfg.study.tracking_uri or store.default_tracking_uri(), cfg.study.name) == "sustain":
             print(f"error: study.name: {cfg.study.name!r} is the MLflow experiment of a sustain study (python -m "
                   f"harness.sustain); choose another --study-name", file=sys.stderr)
             return 2
-        return finish(cfg, launch.run(cfg, n_groups))
+        try:  # the stores agree about the study and a resume keeps its identity, before anything is created
+            resume = fingerprint.check(cfg, args.allow_changes.split(","))
+        except ConfigError as e:
+            print(store.redact(f"error: {e}"), file=sys.stderr)
+            return 2
+        return finish(cfg, launch.run(cfg, n_groups, resume=resume))
+    except stopping.Interrupted as e:
+        try:
+            n = stopping.wind_down(e)
+        except Exception as err:  # noqa: BLE001 - a store gone with the signal: the next run recovers the trials
+            n = f"? ({type(err).__name__}; the next run recovers them)"
+        print(store.redact(f"\n{e.reason}: {n} running trial(s) failed and re-queued, the study's run ended KILLED; "
+                           f"re-run the same command to resume the study"), file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         print("\ninterrupted: re-run the same command to resume the study", file=sys.stderr)
         return 130

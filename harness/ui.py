@@ -4,6 +4,7 @@ bound to 127.0.0.1 only; prints the direct URL of each study's runs."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -60,7 +61,46 @@ def port_free(port: int) -> bool:
     return True
 
 
-def main(argv=None, execv=os.execvp) -> int:
+def run_group(exe: str, cmd: list[str]) -> int:
+    """The server in a process group of its own, waited for; Ctrl-C or SIGTERM takes the whole group down (mlflow ui
+    starts uvicorn and its huey_consumer task workers: 7 processes were left behind when it replaced this one and
+    was stopped). SIGTERM first, SIGKILL for what is left after 10 s. Returns the server's exit code, or 128 + the
+    signal."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    got = []
+
+    def stop(signum, _frame):
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                break
+            except ProcessLookupError:
+                break
+            except Exception:  # noqa: BLE001 - TimeoutExpired: the next, harder signal
+                continue
+        with contextlib.suppress(ProcessLookupError):  # the group's stragglers (a huey worker that outlived its parent)
+            os.killpg(proc.pid, signal.SIGKILL)
+        print("stopped", file=sys.stderr)
+        return 128 + (got[0] if got else signal.SIGINT)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def main(argv=None, execv=run_group) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.ui", description="Start the MLflow UI on the study store, "
                                  "on 127.0.0.1 only; Ctrl-C stops it.",
                                  epilog="Exit codes: 0 success, 2 bad input (unknown store, port in use).")
@@ -72,6 +112,7 @@ def main(argv=None, execv=os.execvp) -> int:
                     "current directory)")
     args = ap.parse_args(argv)
     uri = args.tracking_uri or store.default_tracking_uri()
+    store.redaction.remember(uri, args.storage or "")
     if args.port is None:
         args.port = 8080 if args.optuna else 5000
     if not 1 <= args.port <= 65535:
@@ -98,8 +139,7 @@ def main(argv=None, execv=os.execvp) -> int:
           f"{store.command_line(*cmd)}\neach study's runs:", flush=True)
     study_urls(uri, f"http://{HOST}:{args.port}")
     sys.stdout.flush()
-    execv(cmd[0], cmd)  # replaces this process: Ctrl-C and the exit code are mlflow's own
-    return 0
+    return execv(cmd[0], cmd) or 0  # its own process group, taken down whole on Ctrl-C (run_group)
 
 
 def _dashboard(storage: str, port: int, execv) -> int:
@@ -122,8 +162,7 @@ def _dashboard(storage: str, port: int, execv) -> int:
         return 2
     cmd = dashboard_command(storage, port)
     print(f"optuna-dashboard on http://{HOST}:{port}  (storage {store.redact(storage)}; Ctrl-C to stop)", flush=True)
-    execv(cmd[0], cmd)
-    return 0
+    return execv(cmd[0], cmd) or 0
 
 
 if __name__ == "__main__":

@@ -130,10 +130,14 @@ def test_study_report_and_native_records_over_http(server, tiny_config, workdir,
     assert (logits.argmax(1) == y).double().mean().item() == pytest.approx(child.data.metrics["id_acc"], abs=1e-9)
 
 SECRET = "S3cretPW-http"
+# issue 27: a password with a raw "/", a blank and ":" (as typed in the URI: "%25" for its "%"), the PostgreSQL
+# password percent-encoded whole and a ?sslpassword= holding "/", a blank, "@", ":" and "%"
+HOSTILE = "S3c/r et:Pw%x"
+HOSTILE_SSL = "Ssl/ p@ss:w%rd"
 
 
 @pytest.fixture
-def auth_proxy(server):
+def auth_proxy(server, request):
     """A basic-auth gate in front of the MLflow server, on 127.0.0.1: a request without `harness:SECRET` gets 401,
     any other is forwarded as is (method, headers, body). Yields (its URL, the list of Authorization headers seen),
     so a test proves the credentials really travelled, in the header and never in a host name."""
@@ -144,7 +148,8 @@ def auth_proxy(server):
     from urllib.parse import urlsplit
 
     target = urlsplit(server)
-    expected = "Basic " + base64.b64encode(f"harness:{SECRET}".encode()).decode()
+    secret = getattr(request, "param", SECRET)
+    expected = "Basic " + base64.b64encode(f"harness:{secret}".encode()).decode()
     seen = []
 
     class Gate(BaseHTTPRequestHandler):
@@ -191,7 +196,9 @@ def _secrets_in_files(root: Path, secrets: list[str]) -> list[str]:
     return [f"{p}: {s}" for p in root.rglob("*") if p.is_file() for s in secrets if s.encode() in p.read_bytes()]
 
 
-def test_passwords_reach_no_output_file_or_artifact(auth_proxy, server_dir, tiny_config, workdir, capfd, monkeypatch):
+@pytest.mark.parametrize("auth_proxy", [SECRET, HOSTILE], indirect=True, ids=["plain", "hostile"])
+def test_passwords_reach_no_output_file_or_artifact(auth_proxy, server_dir, tiny_config, workdir, capfd, monkeypatch,
+                                                    request):
     """Issue 15: a real study (report included) with a password in --tracking-uri (an MLflow server behind basic
     auth) and in --storage (PostgreSQL, when there): the password is in no console line, no file under the working
     directory (MLflow server database and artifacts, Optuna sqlite or PostgreSQL rows, report HTML and JSON, caches),
@@ -208,12 +215,21 @@ def test_passwords_reach_no_output_file_or_artifact(auth_proxy, server_dir, tiny
 
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # set by the study; gone after this test
         monkeypatch.delenv(var, raising=False)
+    from urllib.parse import quote
+
     gate, seen = auth_proxy
-    uri = gate.replace("http://", f"http://harness:{SECRET}@")
+    http_secret = request.node.callspec.params["auth_proxy"]
+    # as typed: the "%" percent-encoded (its "/", blank and ":" raw, which the harness reads to the last "@")
+    uri = gate.replace("http://", f"http://harness:{http_secret.replace('%', '%25')}@")
     pg = os.environ.get("HARNESS_TEST_POSTGRES")
     need_service(bool(pg), "PostgreSQL (HARNESS_TEST_POSTGRES, set by .ci/run)")
     pg_secret = urlsplit(pg).password
-    secrets = [SECRET] + ([pg_secret] if pg_secret and pg_secret not in pg.replace(f":{pg_secret}@", "@") else [])
+    secrets = [http_secret] + ([pg_secret] if pg_secret and pg_secret not in pg.replace(f":{pg_secret}@", "@") else [])
+    if http_secret == HOSTILE and pg_secret:  # the same role through a URL that hides its password differently
+        encoded = "".join("%%%02X" % b for b in pg_secret.encode())
+        pg = pg.replace(f":{pg_secret}@", f":{encoded}@") + "?sslpassword=" + quote(HOSTILE_SSL, safe="")
+        # every form and a fragment of each: a cut at a blank or "@" would leak the rest
+        secrets += [encoded, HOSTILE_SSL, quote(HOSTILE_SSL, safe=""), "p@ss", "r et:Pw", HOSTILE.replace("%", "%25")]
     if os.environ.get("HARNESS_REQUIRE_SERVICES") == "1":
         assert len(secrets) == 2, "HARNESS_TEST_POSTGRES's password must differ from its user and database names"
     name = f"secret-{int(time.time())}"
@@ -228,7 +244,7 @@ def test_passwords_reach_no_output_file_or_artifact(auth_proxy, server_dir, tiny
     assert "harness:***@127.0.0.1" in console and "rebuild the report" in console
     assert not [s for s in secrets if s in console], console[-3000:]
 
-    expected = "Basic " + base64.b64encode(f"harness:{SECRET}".encode()).decode()
+    expected = "Basic " + base64.b64encode(f"harness:{http_secret}".encode()).decode()
     assert len(seen) > 20 and set(seen) == {expected}  # every request of the study and the report carried it
     assert not _secrets_in_files(workdir, secrets)  # mlruns/ (caches), reports/
     assert not _secrets_in_files(server_dir, secrets)  # the server's db and artifacts

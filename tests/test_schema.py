@@ -194,8 +194,8 @@ def _names() -> dict:
     """What the scan looks for: declared metric names and the instances of its templates, and the Optuna attr names."""
     metrics = {k for k in schema.METRICS if "{" not in k} - AMBIGUOUS_METRICS
     templates = [re.sub(r"\{[a-z]+\}", "x", k) for k in schema.METRICS if "{" in k]
-    attrs = {k for table in (schema.TRIAL_SYSTEM_ATTRS, schema.TRIAL_USER_ATTRS, schema.UNIT_ATTRS, schema.CLAIM_ATTRS)
-             for k in table if "{" not in k} - WORDS
+    attrs = {k for table in (schema.TRIAL_SYSTEM_ATTRS, schema.TRIAL_USER_ATTRS, schema.UNIT_ATTRS, schema.CLAIM_ATTRS,
+                             schema.STUDY_SYSTEM_ATTRS) for k in table if "{" not in k} - WORDS
     return {"metrics": metrics, "instances": sorted(metrics) + templates, "attrs": attrs}
 
 
@@ -383,5 +383,6 @@ def test_every_declared_table_is_keyed_by_its_constants():
     consts = {v for k, v in vars(schema).items() if k.isupper() and isinstance(v, str)}
     for table in (schema.METRICS, schema.TAGS, schema.INPUT_TAGS, schema.MODEL_VERSION_TAGS, schema.POLICY_PARAMS,
                   schema.TRIAL_SYSTEM_ATTRS, schema.TRIAL_USER_ATTRS, schema.UNIT_ATTRS, schema.CLAIM_ATTRS,
+                  schema.STUDY_SYSTEM_ATTRS,
                   schema.REGISTERED_MODEL_TAGS, schema.REGISTERED_MODEL_ALIASES, schema.ROLES):
         assert {k for k in table if k not in ("{metric}",)} <= consts, set(table) - consts

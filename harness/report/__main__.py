@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     if args.markdown and args.json:
         return _markdown_from_json(args.json, args.out, args.study_name)
     uri = args.tracking_uri or store.default_tracking_uri()
+    store.redaction.remember(uri, args.storage or "")  # masked wherever the page or an error quotes them
     if not uri.startswith(store.TRACKING_SCHEMES):
         print(f"error: --tracking-uri: unsupported URI {store.redact(uri)!r}; use sqlite:///PATH or http://HOST:PORT", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from harness.schema.metrics import (_SYSTEM_PREFIX, FAMILY_ACC, ID_METRICS, LABEL_PRIORS, METRICS, OOD_MEANS,
                                     PARENT_PARAM, POLICY_PARAMS, SEVERITY, SHIFT_METRICS, TRIAL_PARAMS)
-from harness.schema.optuna_attrs import CLAIM_ATTRS, TRIAL_SYSTEM_ATTRS, TRIAL_USER_ATTRS, UNIT_ATTRS
+from harness.schema.optuna_attrs import CLAIM_ATTRS, STUDY_SYSTEM_ATTRS, TRIAL_SYSTEM_ATTRS, TRIAL_USER_ATTRS, UNIT_ATTRS
 from harness.schema.tags import INPUT_TAGS, MODEL_VERSION_TAGS, TAG_VERSION, TAGS
 
 
@@ -106,7 +106,7 @@ def is_param(key: str) -> bool:
 def is_attr(key: str) -> bool:
     """An Optuna attr the harness keeps: a trial's system or user attr, a unit's, a claim's, or a final metric."""
     return (key in TRIAL_SYSTEM_ATTRS or key in TRIAL_USER_ATTRS or key in UNIT_ATTRS or key in CLAIM_ATTRS
-            or is_metric(key))
+            or key in STUDY_SYSTEM_ATTRS or is_metric(key))
 
 
 def is_input_tag(key: str) -> bool:

@@ -54,6 +54,14 @@ CLAIM_ATTRS = {
     ATTR_SEEN_UNNAMED: "when a process first saw the claim without a holder (its holder died naming itself)",
     ATTR_DONE: "True once the claim's work is done",
 }
+# Study system attrs of a study (harness.fingerprint): the stores that must agree about it
+ATTR_TRACKING_URI, ATTR_PARENT_RUN = "harness.tracking_uri", "harness.parent_run_id"
+STUDY_SYSTEM_ATTRS = {
+    ATTR_TRACKING_URI: "the MLflow tracking store holding the study's parent run (a sqlite file's resolved path, any "
+                       "other URI redacted), named when a resume finds no parent",
+    ATTR_PARENT_RUN: "the run id of the study's MLflow parent: a resume on a store whose parent is another run "
+                     "(the same name in two tracking stores) is refused",
+}
 
 # The enqueued baselines (the values of tag harness.baseline) and how the report names them
 BASELINES = {name: b.label for name, b in strategies.BASELINES.items()}

@@ -25,6 +25,7 @@ TAG_SHIFTS_SELECTION, TAG_SHIFTS_TEST, TAG_SHIFTS_FAMILY = \
 TAG_SHIFT_SUITE, TAG_DATA, TAG_TARGET_DOMAIN = "harness.shift_suite", "harness.data", "harness.target_domain"
 TAG_N_TEST, TAG_N_SHIFT_EVAL, TAG_PRETRAIN = "harness.n_test", "harness.n_shift_eval", "harness.pretrain"
 TAG_BEST_TRIAL, TAG_BEST_RUN_ID, TAG_REPLICATES = "harness.best_trial", "harness.best_run_id", "harness.replicates"
+TAG_FINGERPRINT, TAG_ALLOWED_CHANGES = "harness.fingerprint", "harness.allowed_changes"
 TAG_VERSION = "harness.version.{package}"  # version_tag(package); version_package(tag) reads the package back
 TAG_STUDY_NAME = "harness.study_name"  # an experiment tag
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # an experiment tag
@@ -79,6 +80,9 @@ TAGS = {
     TAG_PRETRAIN: "cache key of the source-task pretraining",
     TAG_BEST_TRIAL: "number of the best completed trial", TAG_BEST_RUN_ID: "its run id",
     TAG_REPLICATES: "seeds of the replicate runs, comma-separated (the study seed's run is the trial itself)",
+    TAG_FINGERPRINT: "JSON of what makes the study's trials comparable (harness.fingerprint.KEYS): a resume with "
+                     "another value exits 2 naming the keys",
+    TAG_ALLOWED_CHANGES: "the changes --allow-changes accepted on resumes, one line each: time, key: old -> new",
     TAG_VERSION: "package versions (torch, optuna, mlflow, python)",
     TAG_STUDY_NAME: "experiment tag: the experiment holds a harness study",
     TAG_EXPERIMENT_KIND: "experiment tag: MLflow's kind of experiment (the UI opens a fine-tuning one on its runs)",
