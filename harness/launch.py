@@ -91,6 +91,7 @@ def _log_study(ctx: context.Context) -> None:
     versions = tracking.versions()
     tracking.log_json(client, run, versions, "versions.json")
     tags = {schema.TAG_GIT_SHA: tracking.git_sha(), schema.TAG_DEVICE: str(ctx.device),
+            schema.TAG_LOAD_AVERAGE: ",".join(f"{v:.2f}" for v in os.getloadavg()), schema.TAG_CPU_COUNT: os.cpu_count(),
             schema.TAG_SAMPLER: cfg.study.sampler,
             schema.TAG_PRUNER: "none" if cfg.study.objective == "multi" else cfg.study.pruner,  # no pruning multi
             schema.TAG_SHIFTS_FAMILY: ",".join(f"{e.name}:{e.family}" for e in ctx.suite.selection + ctx.suite.test),

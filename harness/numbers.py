@@ -1,13 +1,12 @@
-"""The numbers a report shows: one loaded study (results.load) summarized into JSON-able dicts. No MLflow, no torch."""
+"""Study numbers: one loaded study (results.load) summarized into the report's JSON-able dicts; rows, provenance."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from harness import schema, selection, strategies
-from harness.stats import (BOOTSTRAP, importances, infer_test_size, on_the_line, paired_bootstrap, pareto,
-                           seed_interval, wilson)
+from harness import comparisons, conditions, schema, selection, strategies
+from harness.stats import importances, infer_test_size, on_the_line, pareto, seed_interval, wilson
 
 
 def json_artifact(study: dict, path: str):
@@ -142,69 +141,6 @@ def _row(t: dict, shifts: dict, epochs, objective: str) -> dict:
             "stopped_epoch": schema.tag(tags, schema.TAG_PRUNED_EPOCH, schema.tag(tags, schema.TAG_FAILED_EPOCH))}
 
 
-def _conditions(best: dict | None, oracle: dict | None, line: dict | None, failed: int, sev_max,
-                paired: dict) -> list[dict]:
-    """Pass / warn / fail checks on the selected configuration, deepchecks style; thresholds in points of
-    accuracy (notes/science.md 7.3: OOD drop < 10 pp, ECE at severity 5 < 0.1, BBSE prior error < 0.05). Claims that
-    one configuration beats another pass only when the paired bootstrap interval of the difference excludes 0."""
-    if best is None:
-        return []
-    out = []
-
-    def add(name, value, status, detail):
-        out.append({"name": name, "value": value, "status": status, "detail": detail})
-
-    def grade(v, ok, warn):  # smaller is better
-        return "n/a" if v is None else "pass" if v < ok else "warn" if v < warn else "fail"
-
-    # the drop is measured on the same images as the shifted sets (their clean subset), when logged
-    clean = best[schema.CLEAN_SUBSET_ACC] if best[schema.CLEAN_SUBSET_ACC] is not None else best[schema.ID_ACC]
-    drop = clean - best[schema.OOD_ACC_MEAN] if best[schema.OOD_ACC_MEAN] is not None else None
-    add("OOD accuracy drop under 10 points", drop, grade(drop, 0.10, 0.20),
-        "accuracy on the clean images of the shifted sets minus mean accuracy over held-out shifts; warn up to 20 points")
-    wdrop = clean - best[schema.OOD_ACC_WORST] if best[schema.OOD_ACC_WORST] is not None else None
-    add("Worst-shift drop under 20 points", wdrop, grade(wdrop, 0.20, 0.35),
-        f"clean-subset accuracy minus accuracy on the worst shift ({best['worst_shift'] or '-'}); warn up to 35 points")
-    eces = [v.get(str(sev_max)) for n, v in best["shift_ece"].items() if str(sev_max) in v and len(v) > 1]
-    ece5 = _mean(eces)
-    add(f"ECE at severity {sev_max} under 0.10", ece5, grade(ece5, 0.10, 0.20),
-        "mean expected calibration error (15 bins) over held-out shifts at the highest severity; warn up to 0.20")
-    rule = (f"paired bootstrap over the {paired.get('n') or '?'} images of the shifted test sets ({BOOTSTRAP} "
-            f"resamples) of the accuracy difference, averaged over every held-out severity shift and each "
-            f"configuration's seeds")
-    o = paired.get("oracle")
-    if oracle is not None and o is not None:
-        sig = o["ood"]["significant"] and o["ood"]["diff"] > 0
-        add("Validation picks the OOD-best configuration", o["ood"]["diff"], "warn" if sig else "pass",
-            f"trial {oracle['number']} has the highest held-out OOD accuracy; its advantage over the selected trial "
-            f"is {100 * o['ood']['diff']:+.1f} points, 95% CI {100 * o['ood']['ci'][0]:+.1f} to "
-            f"{100 * o['ood']['ci'][1]:+.1f}; pass unless the interval lies above 0 ({rule})")
-    elif oracle is not None:
-        add("Validation picks the OOD-best configuration", 0.0, "pass",
-            f"trial {oracle['number']}, the selected one, has the highest held-out OOD accuracy")
-    fams = paired.get("baselines", {})
-    if fams:
-        worst = min(fams.values(), key=lambda c: c["ood"]["ci"][0])
-        ok = all(c["ood"]["ci"][0] > 0 for c in fams.values())
-        parts = "; ".join(f"{schema.BASELINES.get(f, f)} (trial {c['number']}) {100 * c['ood']['diff']:+.1f} "
-                          f"[{100 * c['ood']['ci'][0]:+.1f}, {100 * c['ood']['ci'][1]:+.1f}]" for f, c in fams.items())
-        add("Beats every baseline on OOD accuracy", worst["ood"]["diff"], "pass" if ok else "warn",
-            f"pass only when the 95% interval of the difference lies above 0 for the best of every baseline family on "
-            f"validation: {parts} ({rule})")
-    if line is not None:
-        r2 = line["r2"]
-        add("ID accuracy predicts OOD accuracy (R\u00b2 \u2265 0.7)", r2,
-            "n/a" if r2 is None else "pass" if r2 >= 0.7 else "warn" if r2 >= 0.3 else "fail",
-            "accuracy-on-the-line fit over all completed trials (probit scale); low R\u00b2 means validation "
-            "accuracy is a poor proxy under this shift")
-    l1 = best["final"].get(schema.LABEL_SHIFT_PRIOR_L1_ERROR)
-    if l1 is not None:
-        add("Label-shift prior error (BBSE) under 0.05", l1, grade(l1, 0.05, 0.15),
-            "L1 distance between the true and the BBSE-estimated class priors of the label-shifted test set")
-    add("No failed trials", failed, "pass" if not failed else "warn", "failed trials are listed with their reasons")
-    return out
-
-
 REPLICATED = (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.OOD_ACC_WORST)
 
 
@@ -217,57 +153,6 @@ def _replicated(row: dict, reps: list[dict]) -> dict | None:
     vals = {k: [row[k]] + [_float(schema.metric(r["metrics"], k)) for r in runs] for k in REPLICATED}
     return {"n": 1 + len(runs), "seeds": [None] + [r["seed"] for r in runs], "run_ids": [r["run_id"] for r in runs],
             **{k: seed_interval(v) for k, v in vals.items()}}
-
-
-def image_accuracy(corrects: list, names: list[str]) -> tuple[list | None, list | None]:
-    """(per-image accuracy under shift, per-image clean accuracy) of one configuration: each image's correctness
-    averaged over the held-out severity shifts `names`, their severities and the runs (seeds) in `corrects`
-    (correct.json of each run); None where a run lacks it."""
-    cs = [c for c in corrects if c and c.get("shifts")]
-    if not cs or len(cs) != len(corrects):
-        return None, None
-    keys = [(n, sev) for n in names for sev in cs[0]["shifts"].get(n, {}) if all(sev in c["shifts"].get(n, {}) for c in cs)]
-    if not keys:
-        return None, None
-    n_img = len(cs[0]["shifts"][keys[0][0]][keys[0][1]])
-    ood = [sum(c["shifts"][n][sev][i] == "1" for c in cs for n, sev in keys) / (len(cs) * len(keys)) for i in range(n_img)]
-    clean = ([sum(c["clean"][i] == "1" for c in cs) / len(cs) for i in range(n_img)]
-             if all(c.get("clean") and len(c["clean"]) == n_img for c in cs) else None)
-    return ood, clean
-
-
-def _paired(best: dict | None, oracle: dict | None, baselines: dict, trials: list[dict], reps: list[dict],
-            names: list[str]) -> dict:
-    """Paired comparisons on the same images (stats.paired_bootstrap): the selected configuration against the best
-    of each baseline family (OOD and clean subset), and the OOD-best trial against the selected one. Each side's
-    per-image accuracy averages its seeds: the trial and its replicate runs."""
-    if best is None:
-        return {}
-    runs = {t["number"]: t for t in trials}
-
-    def acc(number):
-        cs = [runs[number]["correct"]] + [r["correct"] for r in reps
-                                          if r["replicate_of"] == number and r["status"] == "FINISHED"]
-        return image_accuracy(cs, names), len(cs)
-
-    (sel_ood, sel_clean), n_sel = acc(best["number"])
-    if sel_ood is None:
-        return {}
-    out = {"n": len(sel_ood), "resamples": BOOTSTRAP, "selected": best["number"], "selected_seeds": n_sel,
-           "baselines": {}, "oracle": None}
-    for fam, r in baselines.items():
-        if r is None or r["number"] == best["number"]:
-            continue
-        (ood, clean), n = acc(r["number"])
-        if ood is None or len(ood) != len(sel_ood):
-            continue
-        out["baselines"][fam] = {"number": r["number"], "seeds": n, "ood": paired_bootstrap(sel_ood, ood),
-                                 "clean": paired_bootstrap(sel_clean, clean) if sel_clean and clean else None}
-    if oracle is not None and oracle["number"] != best["number"]:
-        (ood, _), n = acc(oracle["number"])
-        if ood is not None and len(ood) == len(sel_ood):
-            out["oracle"] = {"number": oracle["number"], "seeds": n, "ood": paired_bootstrap(ood, sel_ood)}
-    return out
 
 
 def _ce_reference(trials: list[dict]) -> dict | None:
@@ -323,6 +208,7 @@ def _provenance(study: dict, rows: list[dict], objective: str, counts: dict, sea
         "sampler": tag(schema.TAG_SAMPLER), "pruner": tag(schema.TAG_PRUNER), "objective": objective,
         "seed": tag(schema.TAG_SEED), "n_trials_target": tag(schema.TAG_N_TRIALS_TARGET),
         "git_sha": tag(schema.TAG_GIT_SHA), "device": tag(schema.TAG_DEVICE),
+        "load_average": tag(schema.TAG_LOAD_AVERAGE), "cpu_count": tag(schema.TAG_CPU_COUNT),
         "optuna_storage": tag(schema.TAG_OPTUNA_STORAGE), "data_key": tag(schema.TAG_DATA),
         "shift_suite": tag(schema.TAG_SHIFT_SUITE), "status": p["status"],
         "target_domain": tag(schema.TAG_TARGET_DOMAIN),  # name:severity[,...], none, or None (not logged)
@@ -361,14 +247,19 @@ def summarize(study: dict) -> dict:
     choice = selection.from_study(study, done, reps, objective)  # the rule of tag_best, the champion, the replicates
     best = next((r for r in done if r["number"] == choice["selected"]), None)
     with_ood = [r for r in done if r[schema.OOD_ACC_MEAN] is not None]
-    oracle = max(with_ood, key=lambda r: (r[schema.OOD_ACC_MEAN], -(r["number"] or 0))) if with_ood else None
     # the best of each baseline family on validation (the study objective; ties: the lower trial number)
     baselines = {b: next((r for r in done if r["baseline"] == b), None) for b in strategies.BASELINES}
     replicated = {r["replicate_of"] for r in reps}  # the selected trial, each baseline family's best, sweep groups' best
     for r in done:
         if r["number"] in replicated:
             r["replicates"] = _replicated(r, reps)
-    paired = _paired(best, oracle, baselines, study["trials"], reps, shifts["test"])
+    # the hindsight-best by the metric the regret compares on (mean OOD accuracy over the paired images, seeds
+    # averaged); studies without per-image correctness fall back on ood_acc_mean
+    oracle, _ = comparisons.hindsight_best(done, study["trials"], reps, shifts["test"])
+    if oracle is None and with_ood:
+        oracle = max(with_ood, key=lambda r: (r[schema.OOD_ACC_MEAN], -(r["number"] or 0)))
+    paired = comparisons.paired(best, oracle, baselines, study["trials"], reps, shifts["test"])
+    drops = comparisons.drops(best, study["trials"], reps, shifts["test"]) if best else {}
     fits = _fits(rows, done, with_ood, shifts, n_test)
     search = json_artifact(study, "search_space.json")
     axes = strategies.axes(r["entry"] for r in done)  # what the hyperparameter plots and importances read
@@ -385,7 +276,9 @@ def summarize(study: dict) -> dict:
         "n_test": n_test, "n_test_source": n_source, "n_shift_eval": n_shift, "shifts": shifts,
         "trials": rows, "best": best["number"] if best else None, "oracle": oracle["number"] if oracle else None,
         "baselines": {b: (r["number"] if r else None) for b, r in baselines.items()},
-        "conditions": _conditions(best, oracle, fits["mean"], counts["failed"], sev_max, paired),
+        "conditions": conditions.evaluate(best, oracle, baselines, fits["mean"], counts["failed"], sev_max, paired,
+                                          drops, n_shift),
+        "budgets": comparisons.budgets(rows, baselines),
         "paired": paired, "ce_reference": _ce_reference(study["trials"]),
         "on_the_line": fits,
         "pareto": pareto({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}),

@@ -28,6 +28,21 @@ def _clean(obj):
     return obj
 
 
+def summaries(study_names: list[str] | None, tracking_uri: str, storage: str | None = None) -> list[dict]:
+    """The JSON-safe summaries of the named studies (None: every study in the store), as report.json holds them."""
+    storage = storage or store.default_storage()
+    if not study_names:
+        try:
+            study_names = results.study_names(store.connect(tracking_uri, existing=True))
+        except store.StoreNotFound as e:
+            raise results.StudyNotFound(*e.args) from None
+        if not study_names:
+            raise results.StudyNotFound("the store has no study")
+    studies = [results.load(n, tracking_uri, storage) for n in dict.fromkeys(study_names)]
+    return _clean([(sustain_numbers.summarize_sustain if st.get("kind") == "sustain" else numbers.summarize)(st)
+                   for st in studies])
+
+
 def build(study_names: list[str], tracking_uri: str, storage: str | None = None, out_dir="reports",
           log=print, ui_url: str | None = None) -> Path:
     """Read the studies from MLflow (and Optuna), write <out_dir>/<study>/index.html (several studies:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import urllib.parse
 from pathlib import Path
 
 from harness import flags, results, store
 from harness.config import ConfigError, _short
-from harness.report import build
+from harness.report import build, markdown, summaries
 
 
 def _check_out(out: str) -> str:
@@ -37,26 +38,44 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.report", description="Write the HTML report of one or more "
                                  "studies (several: side by side) from MLflow, and log it on each study's parent run.",
                                  epilog="Exit codes: 0 success, 1 runtime failure (e.g. server unreachable), 2 bad input.")
-    ap.add_argument("--study-name", action="append", required=True, metavar="NAME",
-                    help="study to report on; repeat to compare studies side by side")
+    ap.add_argument("--study-name", "--study", action="append", dest="study_name", metavar="NAME",
+                    help="study to report on; repeat to compare studies side by side (required, except with "
+                    "--markdown, where the default is every study in the store)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db in the current "
                     "directory)")
     ap.add_argument("--storage", help="Optuna storage URL (default: sqlite:///mlruns/optuna.db in the current "
                     "directory; used for the trial states, optional)")
-    ap.add_argument("--out", default="reports", help="output folder (default: reports)")
+    ap.add_argument("--out", help="output folder (default: reports); with --markdown a .md file: written, or, when "
+                    "it holds a generated block, that block replaced (default: standard output)")
+    ap.add_argument("--markdown", action="store_true", help="print the README's results tables (headline "
+                    "comparisons, conditions, leaderboard top rows, budgets) as Markdown between generated-block "
+                    "markers, with the commit, date, machine and load of each study; writes no HTML")
+    ap.add_argument("--json", metavar="REPORT_JSON", help="with --markdown: read the numbers from this report.json "
+                    "instead of the stores")
     ap.add_argument("--ui-url", help="base URL of an MLflow UI on this store (e.g. http://127.0.0.1:5000, what "
                     "python -m harness.ui serves): every trial links to its run there (default: the tracking URI "
                     "when it is an http(s) server, else no links)")
     args = ap.parse_args(argv)
+    if args.json and not args.markdown:
+        print("error: --json: only with --markdown", file=sys.stderr)
+        return 2
+    if not args.study_name and not args.markdown:
+        print("error: --study-name: required (repeat it to compare studies)", file=sys.stderr)
+        return 2
+    if args.markdown and args.out and not args.out.endswith(".md"):
+        print(f"error: --out: with --markdown a .md file, got {_short(args.out)}", file=sys.stderr)
+        return 2
+    if args.markdown and args.json:
+        return _markdown_from_json(args.json, args.out, args.study_name)
     uri = args.tracking_uri or store.default_tracking_uri()
     store.redaction.remember(uri, args.storage or "")  # masked wherever the page or an error quotes them
     if not uri.startswith(store.TRACKING_SCHEMES):
         print(f"error: --tracking-uri: unsupported URI {store.redact(uri)!r}; use sqlite:///PATH or http://HOST:PORT", file=sys.stderr)
         return 2
-    if any(not n.strip() for n in args.study_name):
+    if any(not n.strip() for n in args.study_name or []):
         print("error: --study-name: must not be empty", file=sys.stderr)
         return 2
-    bad = _check_out(args.out) or _check_ui_url(args.ui_url)
+    bad = (_check_out(args.out) if args.out and not args.markdown else "") or _check_ui_url(args.ui_url)
     try:
         for flag, url in (("--tracking-uri", uri), ("--storage", args.storage)):
             flags.check_url_syntax(flag, url)
@@ -67,7 +86,9 @@ def main(argv=None) -> int:
         return 2
     try:
         store.check_reachable(uri)
-        out = build(args.study_name, uri, args.storage, args.out, ui_url=args.ui_url)
+        if args.markdown:
+            return _write_markdown(markdown.render(summaries(args.study_name, uri, args.storage)), args.out)
+        out = build(args.study_name, uri, args.storage, args.out or "reports", ui_url=args.ui_url)
     except results.StudyNotFound as e:
         print(store.redact(f"error: {e.args[0] if e.args else e}"), file=sys.stderr)
         return 2
@@ -76,6 +97,32 @@ def main(argv=None) -> int:
         return 1
     print(f"report: {out}")
     return 0
+
+
+def _write_markdown(text: str, out: str | None) -> int:
+    """Standard output; or the .md file out: its generated block replaced when it has one, else the whole file."""
+    if not out:
+        sys.stdout.write(text)
+        return 0
+    path = Path(out)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.write_text(markdown.replace_block(old, text) if markdown.BEGIN in old else text, encoding="utf-8")
+    print(f"markdown: {path.resolve()}")
+    return 0
+
+
+def _markdown_from_json(path: str, out: str | None, names: list[str] | None) -> int:
+    """--markdown --json report.json: the tables of the studies in an existing report.json (all, or those named)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        studies = [s for s in data["studies"] if not names or s["name"] in names]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: --json: cannot read a report.json from {path!r} ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
+    if not studies:
+        print(f"error: --study-name: none of {names} is in {path!r}", file=sys.stderr)
+        return 2
+    return _write_markdown(markdown.render(studies), out)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,10 @@ tr.selected{background:#fff3f2}
 small.ci{color:var(--mut);font-size:11px}small.seeds{color:#333;font-size:11px}
 .grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:20px}
 .badge{display:inline-block;white-space:nowrap;min-width:44px;text-align:center;padding:1px 7px;border-radius:10px;font-size:11.5px;font-weight:600;color:#fff}
-.badge.pass{background:#1a7f37}.badge.warn{background:#bf8700}.badge.fail,.badge.failed{background:#cf222e}
+.badge.pass{background:#1a7f37}.badge.warn,.badge.inconclusive{background:#bf8700}.badge.fail,.badge.failed{background:#cf222e}
+table.conditions{width:100%}table.conditions td:nth-child(3),table.conditions td:nth-child(4){white-space:nowrap}
+table.conditions td:nth-child(2){width:30%}table.conditions td:last-child{width:36%;color:var(--mut)}
+small.evidence{color:var(--mut)}
 .badge.n\\/a,.badge.running{background:#8c959f}.badge.pruned{background:#6e7781}
 .chip{display:inline-block;padding:0 6px;margin-right:3px;border-radius:4px;font-size:11px;font-weight:600;border:1px solid}
 .chip.full_ft{color:#1f77b4;border-color:#1f77b4}.chip.linear_probe{color:#c25e00;border-color:#ff7f0e}

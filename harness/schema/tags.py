@@ -16,6 +16,7 @@ TAG_PRUNED_EPOCH, TAG_PRUNED_REASON = "harness.pruned_epoch", "harness.pruned_re
 TAG_LOGGING_ERROR = "harness.logging_error"
 # study parent
 TAG_GIT_SHA, TAG_DEVICE = "harness.git_sha", "harness.device"
+TAG_LOAD_AVERAGE, TAG_CPU_COUNT = "harness.load_average", "harness.cpu_count"
 TAG_SAMPLER, TAG_PRUNER = "harness.sampler", "harness.pruner"
 TAG_OBJECTIVE, TAG_SEED, TAG_N_TRIALS_TARGET = "harness.objective", "harness.seed", "harness.n_trials_target"
 TAG_OPTUNA_STORAGE = "harness.optuna_storage"
@@ -64,6 +65,8 @@ TAGS = {
     # study parent
     TAG_GIT_SHA: "git commit of the harness (-dirty with local changes)",
     TAG_DEVICE: "the resolved device",
+    TAG_LOAD_AVERAGE: "the machine's 1, 5 and 15 minute load averages when the study started, comma-separated",
+    TAG_CPU_COUNT: "the machine's CPU count (os.cpu_count) when the study started",
     TAG_SAMPLER: "Optuna sampler", TAG_PRUNER: "Optuna pruner (none in multi-objective studies)",
     TAG_OBJECTIVE: "study objective", TAG_SEED: "study seed (trial, replicate and policy runs: the run's training seed)",
     TAG_N_TRIALS_TARGET: "the requested number of finished trials",
