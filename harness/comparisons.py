@@ -27,14 +27,26 @@ def holm(pvalues: list[float]) -> list[float]:
 
 # ------------------------------------------------------------------------------------------ per-image data
 
+def fresh_seeds(reps: list[dict], number) -> list[dict]:
+    """A configuration's fresh-seed runs: its FINISHED replicate runs, one per seed (the earliest started: a unit
+    whose worker died after its run ended runs again), in seed order (the seed bootstrap draws seed indices, so the
+    order is part of the result)."""
+    first = {}
+    for r in sorted(reps, key=lambda r: (r["start_time"] or 0, r["run_id"])):
+        if r["replicate_of"] == number and r["status"] == "FINISHED":
+            first.setdefault(r["seed"], r)
+    return [first[k] for k in sorted(first, key=lambda k: (k is None, k or 0))]
+
+
 def seed_corrects(trials: list[dict], reps: list[dict], number) -> list:
-    """correct.json of a configuration's runs: the trial's own, then its FINISHED seed replicates' by seed (the seed
-    bootstrap draws seed indices, so the order is part of the result)."""
+    """correct.json of the runs that report a configuration's test numbers: its fresh seeds when it has any (the
+    search-time run is left out: it won a maximum over the search on validation, and its test numbers carry that
+    winner's curse), else the trial's own run (one seed: "image noise only")."""
+    fresh = fresh_seeds(reps, number)
+    if fresh:
+        return [r["correct"] for r in fresh]
     run = next((t for t in trials if t["number"] == number), None)
-    if run is None:
-        return []
-    mine = [r for r in reps if r["replicate_of"] == number and r["status"] == "FINISHED"]
-    return [run["correct"]] + [r["correct"] for r in sorted(mine, key=lambda r: (r["seed"] is None, r["seed"] or 0))]
+    return [run["correct"]] if run is not None else []
 
 
 def per_seed(corrects: list, names: list[str]) -> dict | None:

@@ -145,13 +145,14 @@ REPLICATED = (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.OOD_ACC_WORST)
 
 
 def _replicated(row: dict, reps: list[dict]) -> dict | None:
-    """A replicated configuration over its seeds (the trial itself at the study seed, and its FINISHED replicate
-    runs): mean, sd and 95% t interval of ID, mean OOD and worst OOD accuracy, as MLflow holds them per run."""
-    runs = [r for r in reps if r["replicate_of"] == row["number"] and r["status"] == "FINISHED"]
+    """A replicated configuration over its fresh seeds (comparisons.fresh_seeds: the search-time run, which won on
+    validation, is left out): mean, sd and 95% t interval of ID, mean OOD and worst OOD accuracy, as MLflow holds
+    them per run."""
+    runs = comparisons.fresh_seeds(reps, row["number"])
     if not runs:
         return None
-    vals = {k: [row[k]] + [_float(schema.metric(r["metrics"], k)) for r in runs] for k in REPLICATED}
-    return {"n": 1 + len(runs), "seeds": [None] + [r["seed"] for r in runs], "run_ids": [r["run_id"] for r in runs],
+    vals = {k: [_float(schema.metric(r["metrics"], k)) for r in runs] for k in REPLICATED}
+    return {"n": len(runs), "seeds": [r["seed"] for r in runs], "run_ids": [r["run_id"] for r in runs],
             **{k: seed_interval(v) for k, v in vals.items()}}
 
 
@@ -279,7 +280,7 @@ def summarize(study: dict) -> dict:
         "conditions": conditions.evaluate(best, oracle, baselines, fits["mean"], counts["failed"], sev_max, paired,
                                           drops, n_shift),
         "budgets": comparisons.budgets(rows, baselines),
-        "paired": paired, "ce_reference": _ce_reference(study["trials"]),
+        "paired": paired, "drops": drops, "ce_reference": _ce_reference(study["trials"]),
         "on_the_line": fits,
         "pareto": pareto({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}),
         "axes": axes, "importances": importances(done, search, axes) if done else {},

@@ -33,8 +33,9 @@ def _acc_card(s: dict, b: dict, key: str, n, ci_key: str) -> tuple[str, str]:
     replicated, else the trial's value with its Wilson interval over n images."""
     rep = (b.get("replicates") or {}).get(key)
     if rep and rep.get("ci"):
-        return (f"{pct(rep['mean'])}%", f"mean of {rep['n']} seeds, 95% CI {ci(rep['ci'])} over seeds (sd "
-                                          f"{100 * rep['sd']:.1f} points); one seed: 95% CI {ci(b[ci_key])} over n = {n or '?'} images")
+        return (f"{pct(rep['mean'])}%", f"mean of {rep['n']} fresh seeds (the search-time run, which won on "
+                                          f"validation, left out), 95% CI {ci(rep['ci'])} over seeds (sd "
+                                          f"{100 * rep['sd']:.1f} points; n = {n or '?'} images a seed)")
     return f"{pct(b[key])}%", f"95% CI {ci(b[ci_key])} (n = {n or '?'})"
 
 
@@ -54,13 +55,17 @@ def _cards(s: dict) -> Raw:
                  f"{pts(o[schema.OOD_ACC_MEAN] - b[schema.OOD_ACC_MEAN])} points)")
     id_v, id_d = _acc_card(s, b, schema.ID_ACC, s["n_test"], "id_acc_ci")
     ood_v, ood_d = _acc_card(s, b, schema.OOD_ACC_MEAN, s["n_shift_eval"], "ood_acc_ci")
+    # OOD - clean on the same images, over the seeds the cards use (comparisons.drops); the trial's own run otherwise
+    drop = (s.get("drops") or {}).get("mean")
     clean = b[schema.CLEAN_SUBSET_ACC] if b[schema.CLEAN_SUBSET_ACC] is not None else b[schema.ID_ACC]
+    gap = (f"{pts(-drop['diff'])} points [{pts(-drop['ci'][1])}, {pts(-drop['ci'][0])}]" if drop else
+           f"{pts((b[schema.OOD_ACC_MEAN] or 0) - (clean or 0))} points")
     cards = [
         ("Selected configuration", f"trial #{b['number']}",
          f"{b['text'] or '-'}, lr {lr_text(b['lr'])}" + (f" ({schema.BASELINES[b['baseline']]} baseline)" if b['baseline'] else "")),
         ("ID test accuracy", id_v, id_d),
         ("Mean OOD accuracy", ood_v,
-         f"{ood_d}; OOD \u2212 clean (same images) {pts((b[schema.OOD_ACC_MEAN] or 0) - (clean or 0))} points"),
+         f"{ood_d}; OOD \u2212 clean (same images) {gap}"),
         ("Worst shift", f"{worst or '-'}", f"{pct(b[schema.OOD_ACC_WORST])}% accuracy"),
         ("Against the baselines", vs or "-",
          "points of mean OOD accuracy, paired on the same images, 95% bootstrap interval over seeds and images; each family's best on validation"),
