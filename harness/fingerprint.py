@@ -117,7 +117,7 @@ def where(uri: str) -> str:
 
 
 def _optuna_side(storage: str, name: str) -> tuple[int, dict] | None:
-    """(trials, study system attrs) of the Optuna study `name`, None when there is none; creates nothing."""
+    """(trials that ran, study system attrs) of the Optuna study `name`, None when there is none; creates nothing."""
     import optuna
 
     path = store.sqlite_path(storage)
@@ -129,7 +129,10 @@ def _optuna_side(storage: str, name: str) -> tuple[int, dict] | None:
         return None
     try:
         study_id = rdb.get_study_id_from_name(name)
-        return len(rdb.get_all_trials(study_id, deepcopy=False)), rdb.get_study_system_attrs(study_id)
+        # trials that ran: a study made beforehand with only enqueued (WAITING) trials, Optuna's way to seed a search,
+        # has nothing an MLflow parent must hold
+        ran = [t for t in rdb.get_all_trials(study_id, deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
+        return len(ran), rdb.get_study_system_attrs(study_id)
     except KeyError:
         return None
     except Exception as e:  # noqa: BLE001 - tables missing: nothing of this study there
@@ -176,7 +179,7 @@ def check(cfg: config.Config, allow: list[str] = ()) -> Resume:
                           f"MLflow parent run {parent}{tracked}, not to run {mlf[2]} of {where(uri)}: one study in two "
                           f"tracking stores would split its runs; pass the tracking store it used or choose a new "
                           f"--study-name")
-    if opt and mlf is None:
+    if opt and opt[0] and mlf is None:
         raise ConfigError("--tracking-uri", f"the Optuna study {name!r} ({opt[0]} trials) in {store.redact(storage)} "
                           f"has no MLflow parent run in {where(uri)}{tracked}: a deleted or another MLflow store; its "
                           f"trials cannot be resumed without it. Pass the tracking store it used or choose a new "

@@ -20,7 +20,7 @@ from conftest import mlflow_client
 LEARNERS = [{"lr": lr, "freeze_layers": 0} for lr in (0.1, 0.05, 0.08, 0.03)]
 LP_FT = 6  # after the 4 learners: full FT (4), the linear probe (5), LP-FT (6), at the tiny config's one baseline lr
 SECOND = [({"lr": 1e-7, "freeze_layers": 0}, {}),
-          ({"lr": 0.01, "freeze_layers": 0, "unfreeze_epoch": 0}, {"baseline": "lp_ft"})]
+          (LP_FT, {"baseline": "lp_ft"})]  # LP-FT again: trial LP_FT's params (its lr a tenth of full FT's)
 # what differs between two runs of the same trial by construction: clocks, memory, the system-metrics sampler
 VARYING = ("train_seconds", "eval_seconds", "rss_mb", "peak_rss_mb", "gpu_peak_mb")
 
@@ -38,7 +38,7 @@ def _run(tiny_config, workdir, name, workers):
     assert study.main(args + ["--n-trials", "7", "--set", 'study.pruner="none"']) == 0
     s = optuna.load_study(study_name=name, storage=storage)
     for p, attrs in SECOND:
-        s.enqueue_trial(p, user_attrs=attrs)
+        s.enqueue_trial(s.trials[p].params if isinstance(p, int) else p, user_attrs=attrs)
     assert study.main(args + ["--n-trials", "9"]) == 0
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 
