@@ -50,8 +50,9 @@ def load_config(args: argparse.Namespace) -> config.Config:
 
 def check_url_syntax(flag: str, uri: str) -> None:
     """What urllib and http.client refuse only when the store is opened (InvalidURL, a traceback, after mlruns/
-    exists): a control character, or an http(s) URL whose host part does not parse, as when a password holds a raw
-    '/' (http://u:ab/cd@host reads as host 'u', port 'ab'). The URL is never quoted: its password would be."""
+    exists): a control character, or an http(s) URL whose host:port does not parse once its userinfo is taken off
+    (a raw '/' in a password is the password's: http://u:ab/cd@host has host 'host'). The URL is never quoted: its
+    password would be."""
     if not uri:
         return
     if any(ord(c) < 32 or ord(c) == 127 for c in uri):
@@ -59,7 +60,11 @@ def check_url_syntax(flag: str, uri: str) -> None:
     if uri.startswith(("http://", "https://")):
         import urllib.parse
 
-        parts = urllib.parse.urlsplit(uri)
+        from harness import redaction
+
+        # the userinfo read as the redaction reads it (to the last "@" of the authority: a raw "/", blank or ":" in
+        # a password is the password's), so only the host:port is judged here
+        parts = urllib.parse.urlsplit(redaction.split_userinfo(uri)[0])
         try:
             parts.port  # noqa: B018 - raises ValueError on a port that is no number in 0..65535
             ok = bool(parts.hostname)

@@ -225,13 +225,13 @@ def test_passwords_reach_no_output_file_or_artifact(auth_proxy, server_dir, tiny
     need_service(bool(pg), "PostgreSQL (HARNESS_TEST_POSTGRES, set by .ci/run)")
     pg_secret = urlsplit(pg).password
     secrets = [http_secret] + ([pg_secret] if pg_secret and pg_secret not in pg.replace(f":{pg_secret}@", "@") else [])
+    if os.environ.get("HARNESS_REQUIRE_SERVICES") == "1":
+        assert len(secrets) == 2, "HARNESS_TEST_POSTGRES's password must differ from its user and database names"
     if http_secret == HOSTILE and pg_secret:  # the same role through a URL that hides its password differently
         encoded = "".join("%%%02X" % b for b in pg_secret.encode())
         pg = pg.replace(f":{pg_secret}@", f":{encoded}@") + "?sslpassword=" + quote(HOSTILE_SSL, safe="")
         # every form and a fragment of each: a cut at a blank or "@" would leak the rest
         secrets += [encoded, HOSTILE_SSL, quote(HOSTILE_SSL, safe=""), "p@ss", "r et:Pw", HOSTILE.replace("%", "%25")]
-    if os.environ.get("HARNESS_REQUIRE_SERVICES") == "1":
-        assert len(secrets) == 2, "HARNESS_TEST_POSTGRES's password must differ from its user and database names"
     name = f"secret-{int(time.time())}"
     argv = ["--config", str(tiny_config), "--n-trials", "2", "--tracking-uri", uri, "--storage", pg,
             "--study-name", name]
