@@ -103,6 +103,7 @@ td{overflow-wrap:anywhere}
 table.leaderboard td,table.metrics td,table.calib td,table.er td,table.fits td,table.failures td{white-space:nowrap}
 table.failures td[data-key=reason]{white-space:normal}
 table.leaderboard td.wrap{white-space:normal;min-width:140px}
+table.conditions td:nth-child(5){min-width:9em}  /* n: "110 images, 3 seeds (seeds and images)" on 2-3 lines, not 8 */
 table.leaderboard th{white-space:normal;vertical-align:bottom}
 table.leaderboard th,table.leaderboard td{padding:4px 6px}
 .scroll{overflow-x:auto}
