@@ -103,7 +103,6 @@ td{overflow-wrap:anywhere}
 table.leaderboard td,table.metrics td,table.calib td,table.er td,table.fits td,table.failures td{white-space:nowrap}
 table.failures td[data-key=reason]{white-space:normal}
 table.leaderboard td.wrap{white-space:normal;min-width:140px}
-table.conditions td:nth-child(5){min-width:9em}  /* n: "110 images, 3 seeds (seeds and images)" on 2-3 lines, not 8 */
 table.leaderboard th{white-space:normal;vertical-align:bottom}
 table.leaderboard th,table.leaderboard td{padding:4px 6px}
 .scroll{overflow-x:auto}
@@ -123,6 +122,7 @@ small.ci{color:var(--mut);font-size:11px}small.seeds{color:#333;font-size:11px}
 .badge.pass{background:#1a7f37}.badge.warn,.badge.inconclusive{background:#bf8700}.badge.fail,.badge.failed{background:#cf222e}
 table.conditions{width:100%}table.conditions td:nth-child(3),table.conditions td:nth-child(4){white-space:nowrap}
 table.conditions td:nth-child(2){width:30%}table.conditions td:last-child{width:36%;color:var(--mut)}
+table.conditions td:nth-child(5){min-width:9em;overflow-wrap:normal}
 small.evidence{color:var(--mut)}
 .badge.n\\/a,.badge.running{background:#8c959f}.badge.pruned{background:#6e7781}
 .chip{display:inline-block;padding:0 6px;margin-right:3px;border-radius:4px;font-size:11px;font-weight:600;border:1px solid}
