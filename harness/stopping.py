@@ -40,10 +40,34 @@ def _raise(signum, _frame):
     raise Interrupted(signum)
 
 
+RESEND_S = 0.05  # after a swallowed Interrupted: long enough to leave the finalizer that swallowed it
+
+
+def _unraisable(default):
+    """sys.unraisablehook: an Interrupted raised while the main thread ran a finalizer or a weakref callback (the
+    signal arrives between any two bytecodes) is one Python can only print ("Exception ignored in ...") and drop; the
+    signal is sent again shortly, so it is raised in ordinary code. Anything else goes to the default hook."""
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, Interrupted):
+            import threading
+
+            signum = unraisable.exc_value.signum
+            signal.signal(signum, _raise)
+            threading.Timer(RESEND_S, os.kill, (os.getpid(), signum)).start()
+            return
+        default(unraisable)
+
+    return hook
+
+
 def install() -> None:
     """SIGTERM and SIGINT raise Interrupted in this process's main thread."""
     for s in SIGNALS:
         signal.signal(s, _raise)
+    if not getattr(sys.unraisablehook, "harness_stopping", False):
+        sys.unraisablehook = _unraisable(sys.unraisablehook)
+        sys.unraisablehook.harness_stopping = True
 
 
 def watch(ctx, study) -> None:

@@ -97,3 +97,34 @@ def test_a_signal_fails_the_running_trial_ends_the_runs_and_leaves_no_process(fo
     # re-queued as a crash's trial is (Optuna's retry: the failed trial named, its params fixed)
     waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
     assert {t.number for t in failed} <= {t.system_attrs.get("failed_trial") for t in waiting}, err
+
+
+SWALLOWED = """
+import os, signal, time
+from harness import stopping
+stopping.install()
+
+class Finalized:
+    def __del__(self):  # the signal's handler runs here, inside a finalizer, where Python drops what it raises
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100000):
+            pass
+
+try:
+    x = Finalized()
+    del x
+    time.sleep(5)
+    print("not interrupted")
+except stopping.Interrupted as e:
+    print("interrupted", e.signum)
+"""
+
+
+def test_a_signal_that_lands_in_a_finalizer_is_raised_again_in_ordinary_code(tmp_path):
+    """A SIGTERM whose Interrupted is raised inside a __del__ (or a weakref callback: seen in a --workers 2 study,
+    'Exception ignored in ... WeakKeyDictionary') is dropped by Python after printing a traceback; the harness
+    sends the signal again, so the process is interrupted in ordinary code and prints no traceback."""
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.stdout.strip() == f"interrupted {int(signal.SIGTERM)}", (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
