@@ -127,11 +127,11 @@ def test_ood_acc_mean_is_the_held_out_severity_shifts_alone(workdir):
     """A real study with a target domain, a label-shifted set and a subpopulation set: ood_acc_mean of the trial's run
     equals, exactly, the mean over the configured test shifts of each one's severity mean, computed once from the
     shift/<name>/acc curves (MlflowClient) and once from correct.json's per-image strings; the report's paired
-    comparisons (numbers.image_accuracy) average the same number. Label shift, subpopulation and the clean set are
+    comparisons (comparisons.image_accuracy) average the same number. Label shift, subpopulation and the clean set are
     logged under their own names and are not in it; clean_subset_acc is correct.json's clean images."""
     import json
 
-    from harness import numbers, schema, study
+    from harness import comparisons, schema, study
 
     from conftest import mlflow_client
 
@@ -157,7 +157,7 @@ def test_ood_acc_mean_is_the_held_out_severity_shifts_alone(workdir):
     assert m["ood_acc_mean"] == sum(from_curves.values()) / 2 == sum(from_bits.values()) / 2
     assert m["ood_acc_worst"] == min(from_curves.values()) == min(from_bits.values())
     assert m["ood_acc/digital"] == from_bits["contrast"] and m["ood_acc/noise"] == from_bits["impulse_noise"]
-    ood, clean = numbers.image_accuracy([correct], names)
+    ood, clean = comparisons.image_accuracy([correct], names)
     assert sum(ood) / len(ood) == pytest.approx(m["ood_acc_mean"], abs=1e-12)
     assert m["clean_subset_acc"] == rate(correct["clean"]) == sum(clean) / len(clean)
     # the other sets: their own names, their own curves at step 1, never ood_acc/<their family>
