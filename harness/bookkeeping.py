@@ -280,13 +280,14 @@ def fail_running(study: optuna.Study, reason: str) -> int:
                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
-def fail_own(study: optuna.Study, client, reason: str) -> int:
-    """The RUNNING trials of this process (its host and pid), as a crash is recovered: FAIL with `reason` (system
-    and user attr fail_reason), their MLflow runs FAILED with it, their params enqueued again (harness.stopping:
-    a signal). Returns how many."""
+def fail_own(study: optuna.Study, client, reason: str, pids=None) -> int:
+    """The RUNNING trials of this process (its host and pid; or of `pids` on this host: a launcher's stopped
+    workers), as a crash is recovered: FAIL with `reason` (system and user attr fail_reason), their MLflow runs
+    FAILED with it, their params enqueued again (harness.stopping: a signal). Returns how many."""
     me, n, callback = identity(), 0, _retry_callback(client, reason=reason)
+    pids = {me[schema.ATTR_PID]} if pids is None else set(pids)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if all(t.system_attrs.get(k) == me[k] for k in (schema.ATTR_HOST, schema.ATTR_PID)):
+        if t.system_attrs.get(schema.ATTR_HOST) == me[schema.ATTR_HOST] and t.system_attrs.get(schema.ATTR_PID) in pids:
             with contextlib.suppress(Exception):
                 study._storage.set_trial_user_attr(t._trial_id, schema.ATTR_FAIL_REASON, reason)
             if _fail(study, t._trial_id, reason):

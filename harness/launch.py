@@ -199,6 +199,7 @@ def _run_workers(cfg: config.Config, n_groups: int, log) -> list[str]:
             p.join()
     except stopping.Interrupted as e:  # forwarded, waited for, then killed: no worker outlives its launcher
         stopping.stop_workers(procs, e.signum)
+        e.worker_pids = [p.pid for p in procs]  # wind_down fails what they still hold
         raise
     crashed = [f"worker {i} pid {p.pid} " + (f"killed by {signal.Signals(-p.exitcode).name}" if p.exitcode < 0
                                               else f"exit code {p.exitcode}")

@@ -87,6 +87,9 @@ def wind_down(e: Interrupted, parent: bool = True) -> int:
     n = bookkeeping.fail_own(study, ctx.client, e.reason)
     if not parent:
         return n
+    # the launcher's own workers, stopped and waited for: whatever trial they still hold RUNNING (a wind-down cut
+    # short by a busy store) is theirs, whatever a liveness check would say of a pid just reaped
+    n += bookkeeping.fail_own(study, ctx.client, e.reason, pids=getattr(e, "worker_pids", ()))
     n += bookkeeping.recover_dead(study, ctx.client)  # workers killed after the grace period
     bookkeeping.sweep_orphans(ctx.client, ctx.exp_id, ctx.parent_id, study)
     tracking.end_run(ctx.client, ctx.parent_id, "KILLED", {schema.TAG_FAIL_REASON: e.reason})
