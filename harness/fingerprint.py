@@ -145,13 +145,12 @@ def _optuna_side(storage: str, name: str) -> tuple[int, dict] | None:
 
 def _mlflow_side(uri: str, name: str) -> tuple[dict, int, str] | None:
     """(the parent run's tags, its trial runs, its id) of the study in the tracking store, None without a parent."""
-    path = store.sqlite_path(uri)
-    if path is not None and not path.is_file():
+    from harness import tracking
+
+    found = tracking.existing_experiment(uri, name)
+    if found is None:
         return None
-    client = store.connect(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return None
+    client, exp = found
     parents = client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_ROLE}` = '{schema.ROLE_STUDY}'",
                                  max_results=1, order_by=["attributes.start_time ASC"])
     if not parents:

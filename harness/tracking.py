@@ -62,16 +62,24 @@ def parent_run(client: MlflowClient, exp_id: str, study_name: str, role: str = s
     return run.info.run_id, True
 
 
-def existing_role(uri: str, name: str) -> str | None:
-    """'study' or 'sustain': what the MLflow experiment `name` already holds (None if nothing), read without
-    creating a store. A study and a sustain study must not share an experiment."""
+def existing_experiment(uri: str, name: str):
+    """(client, experiment) of the MLflow experiment `name` in the tracking store `uri`, or None when the store or the
+    experiment does not exist; read without creating a store (a missing sqlite file stays missing)."""
     path = store.sqlite_path(uri)
     if path is not None and not path.is_file():
         return None
     client = store.connect(uri)
     exp = client.get_experiment_by_name(name)
-    if exp is None:
+    return None if exp is None else (client, exp)
+
+
+def existing_role(uri: str, name: str) -> str | None:
+    """'study' or 'sustain': what the MLflow experiment `name` already holds (None if nothing), read without
+    creating a store. A study and a sustain study must not share an experiment."""
+    found = existing_experiment(uri, name)
+    if found is None:
         return None
+    client, exp = found
     for role in (schema.ROLE_STUDY, schema.ROLE_SUSTAIN):
         if client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_ROLE}` = '{role}'", max_results=1):
             return role
