@@ -21,8 +21,10 @@ sync: .venv/.synced
 study: sync
 	$(UV) run --frozen python -m harness.study $(ARGS)
 
+# two test processes (pytest-xdist): the suite waits on subprocesses, servers and imports much of its time
+JOBS ?= 2
 test: sync
-	$(UV) run --frozen python -m pytest $(ARGS)
+	$(UV) run --frozen python -m pytest -n $(JOBS) $(ARGS)
 
 bench: sync
 	$(UV) run --frozen python -m harness.bench $(ARGS)

@@ -19,6 +19,7 @@ reports/bench.md and printed, each against its target (ok / MISSED):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -59,7 +60,7 @@ def suite_builds(cfg, data) -> dict:
 
 
 def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) -> dict:
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), os.getloadavg()
     overrides = QUICK if quick else []
     cfg = config.load(None, overrides, **{"study.name": "bench-trial", "study.device": device_name})
     n_trials = 2 if quick else cfg.study.n_trials  # (c): the default study's 16 trials
@@ -112,9 +113,13 @@ def run(quick: bool, device_name: str, out: Path, argv: list[str], log=print) ->
     if device.type == "cuda":
         r[schema.GPU_PEAK_MB] = torch.cuda.max_memory_allocated() / 2**20
     r["wall"] = time.perf_counter() - t_start
+    r["provenance"] = {"git_sha": tracking.git_sha(), "cpu_count": os.cpu_count(), "load_start": list(load_start),
+                       "load_end": list(os.getloadavg())}
     text = bench_report.render(r)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+    # the stored figures: `--readme` writes the README's table from them, so it is generated, never typed
+    out.with_suffix(".json").write_text(json.dumps(r, indent=1, default=str) + "\n")
     log(text)
     log(f"written: {out}")
     return r
@@ -125,8 +130,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny workloads (seconds): checks the benchmark runs")
     ap.add_argument("--device", choices=config.DEVICES, default="auto")
-    ap.add_argument("--out", default="reports/bench.md", help="where to write the markdown report")
+    ap.add_argument("--out", default="reports/bench.md", help="where to write the markdown report (its figures also "
+                    "go to the .json beside it)")
+    ap.add_argument("--readme", metavar="FILE_MD", help="run nothing: write the table of targets from --json into the "
+                    "benchmark's generated block of FILE_MD (the README's), with commit, date, machine and load")
+    ap.add_argument("--json", default="reports/bench.json", help="with --readme: the figures of an earlier run")
     args = ap.parse_args(argv)
+    if args.readme:
+        return bench_report.write_readme(Path(args.json), Path(args.readme))
     try:
         run(args.quick, args.device, Path(args.out).resolve(), argv)
     except ValueError as e:

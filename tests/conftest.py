@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# make test runs pytest-xdist with 2 workers: the cores are shared between them (2 cores, 2 workers: 1 thread each),
+# as harness.cores shares them between a study's --workers; a plain pytest run keeps 2 threads
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"

@@ -3,13 +3,16 @@ asserts: DESIGN §10)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import optuna
 import pytest
 import torch
 
-from harness import bench, bench_studies, bench_trials, config, data, models, train
+from harness import bench, bench_report, bench_studies, bench_trials, config, data, models, train
+from harness.report import markdown
 
 
 # a trial of seconds on CPU: 8 images a class at 16 px, 1 pretraining epoch, 2 fine-tuning epochs, 2 shifted sets
@@ -78,6 +81,30 @@ def test_quick_bench_writes_the_report(workdir):
     # every target judged, or not judged where its ratio declined to print: (h) always at --quick, (a) as it comes
     assert text.count(" | ok |") + text.count(" | MISSED |") + text.count(" | not judged |") == 10
     assert text.count(" | not judged |") == 1 + ("(range) | not printed: " in text)
+    # the figures are stored beside the report, and --readme writes the README's table from them (no run)
+    r = json.loads((workdir / "reports" / "bench.json").read_text())
+    assert r["command"] == "python -m harness.bench --quick --device cpu"
+    assert r["provenance"]["cpu_count"] == os.cpu_count() and len(r["provenance"]["load_start"]) == 3
+    readme = workdir / "R.md"
+    readme.write_text(f"before\n{bench_report.README_BEGIN}\ntyped by hand\n{markdown.END}\nafter\n")
+    assert bench.main(["--readme", str(readme)]) == 0
+    out = readme.read_text()
+    assert out.startswith(f"before\n{bench_report.README_BEGIN}\n") and out.endswith(f"{markdown.END}\nafter\n")
+    assert "typed by hand" not in out and f"commit {r['provenance']['git_sha'][:12]}, {r['date']}" in out
+    row = f"| (b) MLflow logging the trial waits for / trial wall time | {100 * r['mlflow']['share']:.2f}% |"
+    assert row in out and row in text  # the same figure, from the json, as the run's own report printed it
+
+
+def test_readme_block_needs_the_figures_and_the_block(workdir, capsys):
+    """--readme with no stored figures, or into a file without the benchmark's block: exit 2 naming which, and the
+    file is left as it was."""
+    readme = workdir / "R.md"
+    readme.write_text("no block here\n")
+    assert bench.main(["--readme", str(readme), "--json", str(workdir / "none.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+    (workdir / "b.json").write_text("{}")
+    assert bench.main(["--readme", str(readme), "--json", str(workdir / "b.json")]) == 2
+    assert "has no benchmark block" in capsys.readouterr().err and readme.read_text() == "no block here\n"
 
 
 def test_cache_bound_counts_only_what_frozen_epochs_could_save():

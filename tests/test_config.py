@@ -55,7 +55,7 @@ BAD = [
     (["--set", "study.objective=multi", "--set", "shifts.selection=[]"], "study.objective"),  # no OOD value
     (["--set", "train.optimizer=lion"], "train.optimizer"),
     (["--set", "shifts.test=[\"snowstorm\"]"], "shifts.test"),           # unknown shift
-    (["--set", "shifts.test=[\"gaussian_blur\"]"], "shifts.test"),       # overlaps the selection shifts
+    (["--set", "shifts.selection=[\"gaussian_blur\"]", "--set", "shifts.test=[\"gaussian_blur\"]"], "shifts.test"),  # overlap
     (["--set", "shifts.severities=[0, 6]"], "shifts.severities"),
     (["--set", "train.epochs"], "--set"),                                # not KEY=VALUE
     (["--n-trials", "0"], "study.n_trials"),

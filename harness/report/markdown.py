@@ -149,7 +149,9 @@ def parse(text: str) -> list[dict]:
     return studies
 
 
-def replace_block(text: str, block: str) -> str:
-    """text with its generated block (markers included) replaced by block."""
-    a, b = text.index(BEGIN), text.index(END) + len(END)
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """text with its generated block (markers included: begin ... end) replaced by block. Every generated block of
+    the README (this module's, the benchmark's) ends with END."""
+    a = text.index(begin)
+    b = text.index(end, a) + len(end)
     return text[:a] + block.rstrip("\n") + text[b:]
