@@ -6,7 +6,7 @@ PY ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/uvenv/bin/uv)
 ARGS ?=
 
-.PHONY: study test bench report ui sync
+.PHONY: study test bench report ui sync readme
 
 $(UV):
 	$(PY) -m venv .tools/uvenv
@@ -24,10 +24,17 @@ study: sync
 # two test processes (pytest-xdist): the suite waits on subprocesses, servers and imports much of its time
 JOBS ?= 2
 test: sync
-	$(UV) run --frozen python -m pytest -n $(JOBS) $(ARGS)
+	$(UV) run --frozen python -m pytest -n $(JOBS) --dist loadgroup $(ARGS)
 
 bench: sync
 	$(UV) run --frozen python -m harness.bench $(ARGS)
 
 ui: sync
 	$(UV) run --frozen python -m harness.ui $(ARGS)
+
+# the README's generated results blocks, written from the stored results under results/ (a study's report.json, the
+# benchmark's bench.json; results/README.md says how each was made); tests/test_readme.py checks them
+readme: sync
+	$(UV) run --frozen python -m harness.report --markdown --json results/default.json --out README.md
+	$(UV) run --frozen python -m harness.report --markdown --spread --json results/default.json --json results/default-rerun.json --json results/default-seed1.json --json results/default-seed2.json --out README.md
+	$(UV) run --frozen python -m harness.bench --readme README.md --json results/bench.json

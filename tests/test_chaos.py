@@ -22,10 +22,11 @@ from harness import units
 
 from conftest import need_service
 
-pytestmark = pytest.mark.slow
+# many processes each, with deadlines: make test (pytest-xdist, --dist loadgroup) runs them one at a time on one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES")
 SEED = int(os.environ.get("HARNESS_CHAOS_SEED", "0"))
-N_TRIALS, KILLS, LAUNCHERS, BUDGET_S = 10, 5, 3, 180
+N_TRIALS, KILLS, LAUNCHERS, BUDGET_S = 10, 5, 3, 240  # 95 s alone on 2 idle cores; make test runs a second test process beside it
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -47,7 +48,7 @@ def test_three_launchers_with_two_workers_each_survive_random_sigkills(tiny_conf
     """5 SIGKILLs (seeded times and victims, among launchers and workers), each killed launcher restarted; then one
     more launcher to finish what is left. Exactly N finished trials, no RUNNING or WAITING trial, no two finished trials
     with the same parameters, one MLflow run per trial at most and none RUNNING, every replicate unit COMPLETE exactly
-    once with one FINISHED replicate run per (trial, seed), no process left, the report built, under 3 minutes. Before
+    once with one FINISHED replicate run per (trial, seed), no process left, the report built, under 4 minutes. Before
     the units, two launchers each ran every replicate (two FINISHED runs per (trial, seed))."""
     if backend == "postgresql":
         need_service(bool(POSTGRES), "PostgreSQL (HARNESS_TEST_POSTGRES, set by .ci/run)")

@@ -18,7 +18,8 @@ from harness import launch, study
 
 from conftest import free_port, mlflow_client, need_service
 
-pytestmark = pytest.mark.slow
+# many processes each, with deadlines: make test (pytest-xdist, --dist loadgroup) runs them one at a time on one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

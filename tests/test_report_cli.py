@@ -54,7 +54,7 @@ def test_readme_generated_block_follows_the_markdown_format():
     from harness.report import markdown
 
     text = README.read_text(encoding="utf-8")
-    assert text.count(markdown.BEGIN) == 1 and text.count(markdown.END) == 1
+    assert text.count(markdown.BEGIN) == 1 and markdown.END in text.split(markdown.BEGIN, 1)[1]
     studies = markdown.parse(text)
     assert studies and all(set(s["tables"]) == set(markdown.TABLES) for s in studies)
 
@@ -100,7 +100,24 @@ def test_markdown_tables_equal_report_json(tmp_path_factory, tmp_path):
     assert markdown.parse(text)[0]["tables"] == s["tables"]
     again = run("--markdown", "--json", str(tmp_path / "tiny" / "report.json"))
     assert again.returncode == 0 and markdown.parse(again.stdout)[0]["tables"] == s["tables"]
-    for bad in (["--markdown", "--out", "x.txt"], ["--json", "r.json", "--study", "tiny"],
+    # --spread: one row per study given, its comparisons read from report.json (the same file twice: two rows), and
+    # into a file, its own block replaced, the results block left alone
+    rj = str(tmp_path / "tiny" / "report.json")
+    sp = run("--markdown", "--spread", "--json", rj, "--json", rj)
+    rows = [r for r in sp.stdout.splitlines() if r.startswith("| ") and not r.startswith("| study seed")]
+    assert sp.returncode == 0 and len(rows) == 2 and rows[0] == rows[1], sp.stderr
+    cells = [c.strip() for c in rows[0].strip("|").split(" | ")]
+    fam = {"full_ft": 5, "linear_probe": 6, "lp_ft": 7}
+    for f, c in data["paired"]["baselines"].items():
+        o = c["ood"]
+        assert cells[fam[f]].startswith(f"{100 * o['diff']:+.1f} [{100 * o['ci'][0]:+.1f}, {100 * o['ci'][1]:+.1f}]")
+        assert cells[fam[f]].endswith(" *") == (o["p_holm"] < 0.05)
+    assert cells[0] == str(data["provenance"]["seed"]) and cells[2].startswith(f"#{data['best']} ")
+    doc.write_text(doc.read_text() + f"{markdown.SPREAD_BEGIN}\nold spread\n{markdown.END}\n")
+    assert run("--markdown", "--spread", "--json", rj, "--out", str(doc)).returncode == 0
+    text = doc.read_text()
+    assert "old spread" not in text and rows[0] in text and markdown.parse(text)[0]["tables"] == s["tables"]
+    for bad in (["--markdown", "--out", "x.txt"], ["--json", "r.json", "--study", "tiny"], ["--spread"],
                 ["--markdown", "--json", str(tmp_path / "nope.json")]):
         p = run(*bad)
         assert p.returncode == 2 and "error: --" in p.stderr, (bad, p.stderr)

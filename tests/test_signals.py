@@ -18,7 +18,8 @@ from harness import schema
 
 from conftest import ROOT, TINY, mlflow_client
 
-pytestmark = pytest.mark.slow
+# many processes each, with deadlines: make test (pytest-xdist, --dist loadgroup) runs them one at a time on one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 CONFIG = TINY.replace("n_trials = 4", "n_trials = 30").replace("[pretrain]\nepochs = 2", "[pretrain]\nepochs = 1")
 WAIT_S = 240  # a loaded 2-core machine (load average 10) took over a minute to start a study

@@ -50,15 +50,18 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", action="store_true", help="print the README's results tables (headline "
                     "comparisons, conditions, leaderboard top rows, budgets) as Markdown between generated-block "
                     "markers, with the commit, date, machine and load of each study; writes no HTML")
-    ap.add_argument("--json", metavar="REPORT_JSON", help="with --markdown: read the numbers from this report.json "
-                    "instead of the stores")
+    ap.add_argument("--json", metavar="REPORT_JSON", action="append", help="with --markdown: read the numbers from "
+                    "this report.json instead of the stores (repeat it to read several)")
+    ap.add_argument("--spread", action="store_true", help="with --markdown: one row per study (the same study at "
+                    "several seeds or machines): its selection, selection share and paired comparisons")
     ap.add_argument("--ui-url", help="base URL of an MLflow UI on this store (e.g. http://127.0.0.1:5000, what "
                     "python -m harness.ui serves): every trial links to its run there (default: the tracking URI "
                     "when it is an http(s) server, else no links)")
     args = ap.parse_args(argv)
-    if args.json and not args.markdown:
-        print("error: --json: only with --markdown", file=sys.stderr)
-        return 2
+    for flag, given in (("--json", args.json), ("--spread", args.spread)):
+        if given and not args.markdown:
+            print(f"error: {flag}: only with --markdown", file=sys.stderr)
+            return 2
     if not args.study_name and not args.markdown:
         print("error: --study-name: required (repeat it to compare studies)", file=sys.stderr)
         return 2
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
         print(f"error: --out: with --markdown a .md file, got {_short(args.out)}", file=sys.stderr)
         return 2
     if args.markdown and args.json:
-        return _markdown_from_json(args.json, args.out, args.study_name)
+        return _markdown_from_json(args.json, args.out, args.study_name, args.spread)
     uri = args.tracking_uri or store.default_tracking_uri()
     store.redaction.remember(uri, args.storage or "")  # masked wherever the page or an error quotes them
     if not uri.startswith(store.TRACKING_SCHEMES):
@@ -87,7 +90,8 @@ def main(argv=None) -> int:
     try:
         store.check_reachable(uri)
         if args.markdown:
-            return _write_markdown(markdown.render(summaries(args.study_name, uri, args.storage)), args.out)
+            got = summaries(args.study_name, uri, args.storage)
+            return _write_markdown(markdown.spread(got) if args.spread else markdown.render(got), args.out)
         out = build(args.study_name, uri, args.storage, args.out or "reports", ui_url=args.ui_url)
     except results.StudyNotFound as e:
         print(store.redact(f"error: {e.args[0] if e.args else e}"), file=sys.stderr)
@@ -106,23 +110,27 @@ def _write_markdown(text: str, out: str | None) -> int:
         return 0
     path = Path(out)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    path.write_text(markdown.replace_block(old, text) if markdown.BEGIN in old else text, encoding="utf-8")
+    begin = text.split("\n", 1)[0]  # the block's own marker: the README has one block per command
+    path.write_text(markdown.replace_block(old, text, begin) if begin in old else text, encoding="utf-8")
     print(f"markdown: {path.resolve()}")
     return 0
 
 
-def _markdown_from_json(path: str, out: str | None, names: list[str] | None) -> int:
-    """--markdown --json report.json: the tables of the studies in an existing report.json (all, or those named)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        studies = [s for s in data["studies"] if not names or s["name"] in names]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"error: --json: cannot read a report.json from {path!r} ({type(e).__name__}: {e})", file=sys.stderr)
-        return 2
+def _markdown_from_json(paths: list[str], out: str | None, names: list[str] | None, spread: bool = False) -> int:
+    """--markdown --json report.json [--json ...]: the tables of the studies in existing report.json files (all, or
+    those named), in the order given; with spread, one row per study (markdown.spread)."""
+    studies = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            studies += [s for s in data["studies"] if not names or s["name"] in names]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"error: --json: cannot read a report.json from {path!r} ({type(e).__name__}: {e})", file=sys.stderr)
+            return 2
     if not studies:
-        print(f"error: --study-name: none of {names} is in {path!r}", file=sys.stderr)
+        print(f"error: --study-name: none of {names} is in {', '.join(map(repr, paths))}", file=sys.stderr)
         return 2
-    return _write_markdown(markdown.render(studies), out)
+    return _write_markdown(markdown.spread(studies) if spread else markdown.render(studies), out)
 
 
 if __name__ == "__main__":
