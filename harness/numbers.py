@@ -82,7 +82,8 @@ def _tuning(p: dict, epochs, baseline: str = "") -> dict:
     name = strategies.which(p, baseline)
     words = strategies.get(name).words(p, epochs)
     return {"strategy": schema.param(p, "strategy", "prefix"), "entry": name, "unfreeze": words["unfreeze"],
-            "text": words["text"], "strategy_label": words["label"], "short": words["short"]}
+            "text": words["text"] + strategies.bn_words(p), "strategy_label": words["label"] + strategies.bn_words(p),
+            "short": words["short"]}
 
 
 def _per_strategy(done: list[dict]) -> list[dict]:
