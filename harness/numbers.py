@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from harness import comparisons, conditions, schema, selection, strategies
+from harness import comparisons, conditions, reproduction, schema, selection, strategies
 from harness.stats import importances, infer_test_size, on_the_line, pareto, seed_interval, wilson
 
 
@@ -286,5 +286,6 @@ def summarize(study: dict) -> dict:
         "pareto": pareto({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}),
         "axes": axes, "importances": importances(done, search, axes) if done else {},
         "per_strategy": _per_strategy(done), "selection": choice,
+        "reproduction": reproduction.summarize(study, done) if done else None,  # issue 23: surgical vs full FT, paired
     }
 

@@ -78,7 +78,7 @@ def baselines(cfg: Config, n_groups: int) -> list[dict]:
 def surgical_sweep(cfg: Config, n_groups: int) -> list[dict]:
     """search.surgical_sweep: each surgical choice (search.surgical_groups, else each group alone, head frozen) at each
     of the baselines' sweep lrs (the same tuning budget as full FT, issue 11), crossed with each mode of search.bn
-    where it lists several; Lee et al. 2023's question of which block to tune. Enqueued after the baselines; [] when
+    where it lists several (only the search.bn_contrast choices, when it names some); Lee et al. 2023's question of which block to tune. Enqueued after the baselines; [] when
     the key is off. The replicates re-run the best lr of each (choice, bn) on validation (workers.sources)."""
     q = cfg.search
     if not q.surgical_sweep:
@@ -87,7 +87,12 @@ def surgical_sweep(cfg: Config, n_groups: int) -> list[dict]:
     choices = ([{"tune_set": c} for c in q.surgical_groups] if q.surgical_groups else
                [{"tune_group": j, "tune_head": False} for j in range(n_groups)])
     modes = [{"bn": m} for m in q.bn] if len(q.bn) > 1 else [{}]
-    return [{"lr": lr, **named, **c, **m} for c in choices for m in modes for lr in baseline_lrs(cfg)]
+
+    def modes_of(c):  # search.bn_contrast: only those choices at every mode, the others at train.bn
+        if q.bn_contrast and c.get("tune_set") not in q.bn_contrast:
+            return [{"bn": cfg.train.bn}] if len(q.bn) > 1 else [{}]
+        return modes
+    return [{"lr": lr, **named, **c, **m} for c in choices for m in modes_of(c) for lr in baseline_lrs(cfg)]
 
 
 def fresh_model(model_cfg: Model, num_classes: int, pretrained: dict | None, device, seed: int,
@@ -150,14 +155,17 @@ def ood_metrics(curves: dict, suite) -> dict:
     return final
 
 
-def test_metrics(model, suite, data: dict, batch_size, device) -> tuple[dict, dict, dict | None]:
+def test_metrics(model, suite, data: dict, batch_size, device, hits: dict | None = None) -> tuple[dict, dict, dict | None]:
     """Held-out evaluation: clean test set, the clean test subset (the images every held-out severity shift shifts:
     a curve's severity-0 point and every drop use it) and every test set of the suite, in its order, summarized by
     ood_metrics. Returns (final metrics, per-set curves {name: {step: {acc, ece, nll, brier, correct}}}, the clean
     subset's summary or None). A target-domain study's clean set is a curve like any other; the clean subset is not
-    one."""
+    one. hits: a dict that gets the test split's per-image correctness under "test" (a bool tensor on the CPU)."""
     x, y = data["test"]
-    final = {schema.id_key(k): v for k, v in metrics.summarize(train.predict(model, x, batch_size, device), y).items()}
+    logits = train.predict(model, x, batch_size, device)
+    final = {schema.id_key(k): v for k, v in metrics.summarize(logits, y).items()}
+    if hits is not None:
+        hits["test"] = (logits.argmax(1) == y.to(logits.device)).cpu()
     clean_summary = None
     if suite.shifted:
         clean = suite.clean_test
@@ -311,11 +319,18 @@ def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, d
     view = fitted.view  # the model, its frozen groups' outputs on each evaluation set computed once per worker
     t1 = time.perf_counter()
     sel = selection_metrics(view, suite, bs, device)
-    final, curves, clean = test_metrics(view, suite, data, bs, device)
+    test_hits = {}
+    final, curves, clean = test_metrics(view, suite, data, bs, device, test_hits)
     label = label_shift_metrics(view, suite, data, bs, device, val["logits"])
     priors = label.pop("priors", None)
     final.update(label)
     correct = correctness(curves, [e.name for e in suite.shifted], clean)
+    # the test split (a target-domain study's target test images): paired comparisons on it (harness.reproduction)
+    bits = lambda hits: "".join("1" if v else "0" for v in hits.tolist())
+    correct["test"] = bits(test_hits["test"])
+    # the one-step sets (a target-domain study's clean images, label shift, subpopulation), image by image
+    correct["sets"] = {e.name: bits(c["correct"]) for e in suite.test if e.kind != "severity"
+                       for c in curves[e.name].values() if len(curves[e.name]) == 1}
     shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
     corruptions = [e for e in suite.test if e.kind == "severity"]  # files: their clean error is clean_files_acc's
     files_clean = files_clean_acc(view, ctx, bs, device)

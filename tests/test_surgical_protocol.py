@@ -88,6 +88,10 @@ def test_sweep_crosses_choices_lrs_and_bn_modes():
     for p in sweep:
         fixed = optuna.trial.FixedTrial(p)
         assert trial.suggest(fixed, cfg, 4) == p
+    contrast = trial.surgical_sweep(dataclasses.replace(cfg, search=dataclasses.replace(
+        cfg.search, bn_contrast=["stem+layer1"])), 4)
+    assert [(p["tune_set"], p["bn"]) for p in contrast] == [("stem+layer1", m) for m in ("eval", "eval", "train", "train")] \
+        + [(c, "train") for c in ("layer2", "layer2", "head", "head")]
     # a baseline runs at train.bn whatever search.bn lists
     fixed = optuna.trial.FixedTrial({"lr": 0.1, "freeze_layers": 0})
     fixed.set_user_attr("baseline", "full_ft")
@@ -98,7 +102,8 @@ def test_sweep_crosses_choices_lrs_and_bn_modes():
 
 @pytest.mark.parametrize("key,value,allowed", [
     ("train.bn", '"frozen"', "train, eval"), ("train.select_epoch", '"best"', "last, best_val"),
-    ("search.bn", '["eval", "none"]', "train, eval"), ("search.surgical_groups", '["stem+"]', "joined by '+'")])
+    ("search.bn", '["eval", "none"]', "train, eval"), ("search.surgical_groups", '["stem+"]', "joined by '+'"),
+    ("search.bn_contrast", '["layer9"]', "choose one of")])
 def test_bad_values_name_the_key_and_what_is_allowed(key, value, allowed):
     with pytest.raises(ConfigError) as e:
         config.load(None, [f"{key}={value}"])

@@ -198,6 +198,11 @@ def _check_search(cfg: Config) -> None:
         if not all(x.strip() for x in parts):
             raise ConfigError("search.surgical_groups", f"{choice!r}: a choice is a group name or names joined by '+' "
                               "(e.g. \"stem+layer1\", \"head\")")
+    for choice in q.bn_contrast:
+        _choice("search.bn_contrast", choice, q.surgical_groups)
+    if q.bn_contrast and (len(q.bn) < 2 or cfg.train.bn not in q.bn):
+        raise ConfigError("search.bn_contrast", f"needs search.bn to list train.bn ({cfg.train.bn}) and another mode, "
+                          f"got {q.bn}")
     if len(set(q.surgical_groups)) != len(q.surgical_groups):
         raise ConfigError("search.surgical_groups", f"lists a choice twice: {q.surgical_groups}")
 

@@ -130,6 +130,9 @@ class Search:
     # BatchNorm modes the sampler chooses from (a categorical param bn) and the surgical sweep crosses with its choices;
     # [] = train.bn for every trial
     bn: list[str] = field(default_factory=list)
+    # the surgical choices the sweep runs at every mode of search.bn (e.g. ["stem+layer1"]: Lee et al.'s BN contrast
+    # for the first block, the other choices at train.bn only); [] = every choice at every mode
+    bn_contrast: list[str] = field(default_factory=list)
     # after the search, a baseline family whose best lr (on validation) is on an edge of its grid gets the next point
     # beyond it, one grid step out, until its best is interior (harness.baseline_grid): "within" search.lr, "widen"
     # (the baselines may leave search.lr), or "off"
