@@ -56,7 +56,7 @@ def configurations(trials: list[dict], done: list[dict]) -> list[dict]:
         out.append({"key": "surgical", "choice": key[0], "bn": key[1], "label": label, "number": best["number"]})
     for c in out:
         t, row = by_number[c["number"]], next(r for r in done if r["number"] == c["number"])
-        c.update(lr=t["params"].get("lr"), val_acc=row["objective"],
+        c.update(lr=t["params"].get("lr"), val=row["objective"],
                  epoch=t["metrics"].get(schema.SELECTED_EPOCH), bn=c.get("bn") or str(t["params"].get("bn", "")))
     return out
 
@@ -89,9 +89,9 @@ def summarize(study: dict, done: list[dict]) -> dict | None:
     tested = [r["vs_ft"] for r in rows if r["vs_ft"]]
     for c, adj in zip(tested, stats.holm([c["p"] for c in tested])):
         c["p_holm"], c["m"] = adj, len(tested)
-    surgical = [r for r in rows if r["key"] == "surgical" and r["val_acc"] is not None]
+    surgical = [r for r in rows if r["key"] == "surgical" and r["val"] is not None]
     if surgical:
-        max(surgical, key=lambda r: (r["val_acc"], -r["number"]))["best_val"] = True
+        max(surgical, key=lambda r: (r["val"], -r["number"]))["best_val"] = True
     contrasts = []
     for choice in dict.fromkeys(r["choice"] for r in surgical):
         modes = {r["bn"]: r for r in surgical if r["choice"] == choice}

@@ -235,8 +235,8 @@ STRATEGIES = {
     "prefix": PREFIX,
     "surgical": Strategy(
         _surgical_suggest,
-        lambda q, n: {"tune_set": q.surgical_groups} if q.surgical_groups else {"tune_group": [0, n - 1],
-                                                                                 "tune_head": q.tune_head},
+        # tune_set's choices ([]: not sampled, tune_group and tune_head are; else they are not)
+        lambda q, n: {"tune_group": [0, n - 1], "tune_head": q.tune_head, "tune_set": q.surgical_groups},
         _surgical_recipe, _surgical_frozen,
         lambda warmup, p, epochs, n: warmup,  # the same groups train throughout: the warm-up only
         _surgical_words, ("lr", "strategy", "tune_group", "tune_head", "tune_set"), ("lr", "tune_group")),

@@ -48,7 +48,7 @@ def table(study: dict) -> list[str]:
             (f", BN {r['bn']}" if r["bn"] and r["key"] != "surgical" else "")
         epoch = "\u2013" if r.get("epoch") is None else str(int(r["epoch"]))
         p = r["vs_ft"].get("p_holm") if r.get("vs_ft") else None
-        cells = [name, _lr(r.get("lr")), epoch, _pct(r.get("val_acc")), str(r["seeds"]), _pct(r["target"]),
+        cells = [name, _lr(r.get("lr")), epoch, _pct(r.get("val")), str(r["seeds"]), _pct(r["target"]),
                  _diff(r.get("vs_ft")), "\u2013" if p is None else f"{p:.3f}", _pct(r["clean"]),
                  _diff(r.get("clean_vs_ft"))]
         out.append("| " + " | ".join(markdown._cell(c) for c in cells) + " |")
