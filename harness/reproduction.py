@@ -100,8 +100,6 @@ def summarize(study: dict, done: list[dict]) -> dict | None:
             contrasts.append({"choice": choice, "eval": modes["eval"]["number"], "train": modes["train"]["number"],
                               "target": comparisons.bootstrap(a["test"], b["test"]) if a["test"] and b["test"] else None,
                               "clean": comparisons.bootstrap(a[CLEAN], b[CLEAN]) if a[CLEAN] and b[CLEAN] else None})
-    target = ",".join(str(v) for v in study["parent"]["params"].get("data.target_shift", "") or "") \
-        if isinstance(study["parent"]["params"].get("data.target_shift"), list) else \
-        str(study["parent"]["params"].get("data.target_shift", ""))
+    target = schema.tag(study["parent"].get("tags", {}), schema.TAG_TARGET_DOMAIN, "") or "none"  # launch's tag
     return {"target": target, "rows": rows, "contrasts": contrasts, "n": len(base["test"][0]),
             "resamples": comparisons.BOOTSTRAP}

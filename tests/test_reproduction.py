@@ -44,7 +44,8 @@ def _study():
                          "start_time": seed, "run_id": f"r{number}s{seed}",
                          "correct": {"test": _bits(pt, 1000 * seed + number),
                                      "sets": {"clean": _bits(pc, 1000 * seed + 100 + number)}}})
-    study = {"trials": trials + reps, "replicates": reps, "parent": {"params": {"data.target_shift": "gaussian_noise:5"}}}
+    study = {"trials": trials + reps, "replicates": reps,
+             "parent": {"params": {}, "tags": {"harness.target_domain": "gaussian_noise:5"}}}
     return study, done, reps
 
 

@@ -29,7 +29,8 @@ def _diff(c: dict | None) -> str:
     if not c:
         return "\u2013"
     lo, hi = c["ci"]
-    mark = "**" if c.get("claimable") and c.get("significant") else ""
+    # a claim: >= 3 seeds a side, the interval excludes 0 and, where the comparison is one of a family, Holm p < 0.05
+    mark = "**" if c.get("claimable") and c.get("significant") and c.get("p_holm", 0) < 0.05 else ""
     return f"{mark}{100 * c['diff']:+.1f}{mark} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
@@ -63,7 +64,7 @@ def render(reports: list[dict]) -> str:
     studies = [s for r in reports for s in r.get("studies", []) if s.get("reproduction")]
     out = [BEGIN, "", "Accuracy in %; differences in points, paired against full FT on the same images, 95% two-level "
            "bootstrap interval over fresh training seeds and images; **bold**: the interval excludes 0 with >= 3 seeds "
-           "a side. (lr, epoch) per configuration chosen on validation; \"best on val\" marks the surgical choice with "
+           "a side (and, on the target, Holm-adjusted p < 0.05 over the study's comparisons with full FT). (lr, epoch) per configuration chosen on validation; \"best on val\" marks the surgical choice with "
            "the highest validation accuracy.", ""]
     for s in studies:
         out += table(s)
