@@ -36,6 +36,11 @@ def preflight(cfg: config.Config) -> int:
     except Exception as e:  # noqa: BLE001 - a failure models did not foresee is still the model's
         raise ConfigError("model.name", f"{cfg.model.name} could not be built ({type(e).__name__}: {e})") from None
     n_groups = len(groups) - 1
+    for choice in cfg.search.surgical_groups:
+        try:
+            strategies.choice_groups(choice, groups)
+        except ValueError as e:
+            raise ConfigError("search.surgical_groups", str(e)) from None
     if cfg.search.freeze_layers[1] > n_groups:
         raise ConfigError("search.freeze_layers", f"high bound {cfg.search.freeze_layers[1]} exceeds the "
                           f"{n_groups} layer groups of {cfg.model.name} ({', '.join(list(groups)[:-1])})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from harness import comparisons, conditions, schema, selection, strategies
+from harness import comparisons, conditions, reproduction, schema, selection, strategies
 from harness.stats import importances, infer_test_size, on_the_line, pareto, seed_interval, wilson
 
 
@@ -82,7 +82,8 @@ def _tuning(p: dict, epochs, baseline: str = "") -> dict:
     name = strategies.which(p, baseline)
     words = strategies.get(name).words(p, epochs)
     return {"strategy": schema.param(p, "strategy", "prefix"), "entry": name, "unfreeze": words["unfreeze"],
-            "text": words["text"], "strategy_label": words["label"], "short": words["short"]}
+            "text": words["text"] + strategies.bn_words(p), "strategy_label": words["label"] + strategies.bn_words(p),
+            "short": words["short"]}
 
 
 def _per_strategy(done: list[dict]) -> list[dict]:
@@ -285,5 +286,6 @@ def summarize(study: dict) -> dict:
         "pareto": pareto({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}),
         "axes": axes, "importances": importances(done, search, axes) if done else {},
         "per_strategy": _per_strategy(done), "selection": choice,
+        "reproduction": reproduction.summarize(study, done) if done else None,  # issue 23: surgical vs full FT, paired
     }
 

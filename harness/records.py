@@ -76,7 +76,7 @@ def lr_words(lr: float) -> str:
 def strategy(params: dict, epochs: int, n_groups: int, baseline: str = "") -> str:
     """A trial's fine-tuning strategy in words, e.g. "freeze 2 groups, unfreeze at epoch 1, lr 0.18": its entry's words
     (harness.strategies; an unknown strategy or baseline is an error), its lr, its baseline family."""
-    words = strategies.of(params, baseline).words(params, epochs)["run"]
+    words = strategies.of(params, baseline).words(params, epochs)["run"] + strategies.bn_words(params)
     if params.get("lr") is not None:
         words += f", lr {lr_words(float(params['lr']))}"
     if baseline:

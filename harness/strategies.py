@@ -41,6 +41,10 @@ PARAMS = {
     "gradual_every": Param("gradual: epochs between two unfreezings, head first, then the groups from the top down",
                            absent=0, drawn="gradual trials", note="gradual_every: trials that are not gradual enter "
                                                                   "as 0."),
+    "tune_set": Param("surgical with search.surgical_groups: the choice that trains, a group or a union a+b (head: the "
+                      "head alone)", "str", drawn="surgical trials"),
+    "bn": Param("BatchNorm while fine-tuning: train (the trained groups' statistics move) or eval (every BN keeps its "
+                "running statistics; Lee et al. 2023)", "str"),
     "probe_c": Param("linear probe and LP-FT: the logistic regression's C (inverse L2 strength) chosen on validation",
                      "float"),
 }
@@ -137,21 +141,50 @@ def _prefix_words(p: dict, epochs) -> dict:
     return words
 
 
-# surgical (Lee et al. 2023): exactly one group, tune_group, trains, plus the head if tune_head
+# surgical (Lee et al. 2023): exactly one group, tune_group, trains, plus the head if tune_head; or, with
+# search.surgical_groups, the choice tune_set: a group or a union of groups ("stem+layer1"), "head" the head alone
+
+def choice_groups(choice: str, names) -> tuple[int, ...]:
+    """The indices into the model's groups `names` (head last) of a surgical choice "a+b+..."; a ValueError naming the
+    groups when a part is not one of them or is repeated."""
+    parts, names = [x.strip() for x in str(choice).split("+")], list(names)
+    bad = [x for x in parts if x not in names]
+    if bad or len(set(parts)) != len(parts):
+        raise ValueError(f"{choice!r}: each part must be one of the model's groups ({', '.join(names)}), once, joined "
+                         f"by '+'" + (f"; unknown: {', '.join(bad)}" if bad else ""))
+    return tuple(sorted(names.index(x) for x in parts))
+
 
 def _surgical_suggest(trial, q, n_groups: int) -> dict:
+    if q.surgical_groups:
+        return {"tune_set": trial.suggest_categorical("tune_set", q.surgical_groups)}
     return {"tune_group": trial.suggest_int("tune_group", 0, n_groups - 1),
             "tune_head": trial.suggest_categorical("tune_head", q.tune_head)}
 
 
+def _surgical_recipe(p: dict) -> dict:
+    if p.get("tune_set"):  # the names: resolved into group indices against the model (recipe_settings, names)
+        return {"tune_set": p["tune_set"]}
+    return {"tune_group": p["tune_group"], "tune_head": bool(p["tune_head"])}
+
+
 def _surgical_frozen(r, epoch: int, n_groups: int):
-    """Every group but tune_group, and the head too unless tune_head: a set of indices (head = n_groups)."""
+    """Every group but those that train: tune_set's indices (resolved by recipe_settings), else tune_group and the head
+    if tune_head; a set of indices (head = n_groups)."""
+    if r.tune_set:
+        if isinstance(r.tune_set, str) or not all(0 <= i <= n_groups for i in r.tune_set):
+            raise ValueError(f"tune_set must be group indices in [0, {n_groups}], got {r.tune_set!r}")
+        return frozenset(i for i in range(n_groups + 1) if i not in r.tune_set)
     if not 0 <= r.tune_group < n_groups:
         raise ValueError(f"tune_group must be in [0, {n_groups - 1}], got {r.tune_group}")
     return frozenset(i for i in range(n_groups + 1) if i != r.tune_group and (i < n_groups or not r.tune_head))
 
 
 def _surgical_words(p: dict, epochs) -> dict:
+    if p.get("tune_set"):
+        c = str(p["tune_set"])
+        return {"run": f"tune only {c}", "text": f"tune {c} only", "unfreeze": "-", "label": f"surgical: {c}",
+                "short": "", "cells": ("surgic", c[:6])}
     g, head = _int(p.get("tune_group")), str(p.get("tune_head")).lower() in ("true", "1", "1.0")
     return {"run": f"tune only group {g}" + (" and the head" if head else ""),
             "text": f"tune group {g} only" + (" and the head" if head else " (head frozen)"),
@@ -201,10 +234,12 @@ PREFIX = Strategy(_prefix_suggest, _prefix_space, _prefix_recipe, _prefix_frozen
 STRATEGIES = {
     "prefix": PREFIX,
     "surgical": Strategy(
-        _surgical_suggest, lambda q, n: {"tune_group": [0, n - 1], "tune_head": q.tune_head},
-        lambda p: {"tune_group": p["tune_group"], "tune_head": bool(p["tune_head"])}, _surgical_frozen,
+        _surgical_suggest,
+        # tune_set's choices ([]: not sampled, tune_group and tune_head are; else they are not)
+        lambda q, n: {"tune_group": [0, n - 1], "tune_head": q.tune_head, "tune_set": q.surgical_groups},
+        _surgical_recipe, _surgical_frozen,
         lambda warmup, p, epochs, n: warmup,  # the same groups train throughout: the warm-up only
-        _surgical_words, ("lr", "strategy", "tune_group", "tune_head"), ("lr", "tune_group")),
+        _surgical_words, ("lr", "strategy", "tune_group", "tune_head", "tune_set"), ("lr", "tune_group")),
     "gradual": Strategy(
         lambda trial, q, n: {"gradual_every": trial.suggest_int("gradual_every", q.gradual_every[0],
                                                                 q.gradual_every[1])},
@@ -271,10 +306,25 @@ def searched() -> list[str]:
     return [name for name, s in STRATEGIES.items() if s.searched]
 
 
-def recipe_settings(p: dict, baseline: str = "") -> dict:
-    """A run's params as train.Recipe fields: the strategy and its own settings."""
+def recipe_settings(p: dict, baseline: str = "", names=None) -> dict:
+    """A run's params as train.Recipe fields: the strategy and its own settings, and bn where the run has one. names:
+    the model's groups (head last), which a surgical choice's names resolve against into indices."""
     name = which(p, baseline)
-    return {"strategy": name, **get(name).recipe(p)}
+    out = {"strategy": name, **get(name).recipe(p), **({"bn": p["bn"]} if p.get("bn") else {})}
+    if isinstance(out.get("tune_set"), str):
+        if names is None:
+            raise ValueError(f"tune_set {out['tune_set']!r} needs the model's group names")
+        out["tune_set"] = choice_groups(out["tune_set"], names)
+    return out
+
+
+BN_MODES = ("train", "eval")  # train.bn, search.bn (config) and train.Recipe.bn
+SELECT_EPOCHS = ("last", "best_val")  # train.select_epoch
+
+
+def bn_words(p: dict) -> str:
+    """The suffix a run's words get for its BatchNorm mode: ", BN eval" / ", BN train"; "" where it logs none."""
+    return f", BN {p['bn']}" if p.get("bn") else ""
 
 
 def first_prune(warmup: int, p: dict, epochs: int, n_groups: int, baseline: str = "") -> int:

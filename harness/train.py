@@ -173,9 +173,13 @@ def batches(x, y, plan: Plan, gen: torch.Generator, augment: torch.Generator | N
         yield (xb if augment is None else flip_crop(xb, augment)), yb
 
 
-def set_training(model: nn.Module, groups: dict, frozen) -> None:
-    """The model in training mode, but for the groups `frozen` names (set_frozen: no gradient, eval mode)."""
-    model.train()
+def set_training(model: nn.Module, groups: dict, frozen, bn: str = "train") -> None:
+    """The model in training mode, but for the groups `frozen` names (set_frozen: no gradient, eval mode). bn "eval":
+    the whole model stays in eval mode (Lee et al. 2023's train_mode: eval): every BatchNorm normalizes with its
+    running statistics and never updates them, the trained groups' weights still get gradients."""
+    if bn not in strategies.BN_MODES:
+        raise ValueError(f"bn must be one of {', '.join(strategies.BN_MODES)}, got {bn!r}")
+    model.train(bn == "train")
     set_frozen(model, groups, frozen)  # after train(), which would put every BatchNorm back in training mode
 
 
@@ -219,6 +223,8 @@ class Recipe:
     tune_group: int = 0  # surgical: the one group (0 = the first, before the head) that trains
     tune_head: bool = True  # surgical: whether the head trains too
     gradual_every: int = 1  # gradual: epochs between two unfreezings
+    tune_set: tuple = ()  # surgical: the indices of the groups that train (head = the last), overriding tune_group
+    bn: str = "train"  # "eval": every BatchNorm keeps its running statistics (set_training)
     augment: str = "none"  # "flip_crop": every training batch flipped and cropped (flip_crop), else as it is
     loss: str = "cross_entropy"  # its entry in LOSSES
     settings: dict = dataclasses.field(default_factory=dict)  # a new strategy's own settings, for its hooks
@@ -281,7 +287,7 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
             view.train_with(frozen)
             if aug is None:
                 xs, forward = view.inputs(x, r.batch_size, device, shuffled=True)
-        set_training(model, groups, frozen)
+        set_training(model, groups, frozen, r.bn)
         loss, step = train_one_epoch(forward, opt, batches(xs, y, plan, gen, aug), plan, step)
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch} (lr {r.lr:g})")

@@ -34,7 +34,18 @@ def suggest(trial: optuna.Trial, cfg: Config, n_groups: int) -> dict:
         else:
             strategy = trial.suggest_categorical("strategy", q.strategy)
         own = (entry or strategies.get(strategy)).suggest(trial, q, n_groups)
-    return {"lr": lr, **({} if q.strategy == ["prefix"] else {"strategy": strategy}), **own}
+    return {"lr": lr, **({} if q.strategy == ["prefix"] else {"strategy": strategy}), **own, **bn_param(trial, cfg)}
+
+
+def bn_param(trial, cfg: Config) -> dict:
+    """The trial's BatchNorm mode (train.bn, issue 23) as a param: sampled where search.bn lists several (not for an
+    enqueued baseline: train.bn), search.bn's one mode, else train.bn; {} for the default (train, no search.bn), so
+    the studies from before log what they did."""
+    q, baseline = cfg.search, trial.user_attrs.get(schema.ATTR_BASELINE)
+    if len(q.bn) > 1 and not baseline:
+        return {"bn": trial.suggest_categorical("bn", q.bn)}
+    mode = q.bn[0] if q.bn and not baseline else cfg.train.bn
+    return {"bn": mode} if q.bn or mode != "train" else {}
 
 
 def with_strategy(cfg: Config, p: dict, baseline: str = "") -> dict:
@@ -65,14 +76,23 @@ def baselines(cfg: Config, n_groups: int) -> list[dict]:
 
 
 def surgical_sweep(cfg: Config, n_groups: int) -> list[dict]:
-    """search.surgical_sweep: for each group, that group alone (head frozen) at each of the baselines' sweep lrs (the
-    same tuning budget as full FT, issue 11); Lee et al. 2023's question of which block to tune. Enqueued after the
-    baselines; [] when the key is off. The replicates re-run the best lr of each group (workers.sources)."""
-    if not cfg.search.surgical_sweep:
+    """search.surgical_sweep: each surgical choice (search.surgical_groups, else each group alone, head frozen) at each
+    of the baselines' sweep lrs (the same tuning budget as full FT, issue 11), crossed with each mode of search.bn
+    where it lists several (only the search.bn_contrast choices, when it names some); Lee et al. 2023's question of which block to tune. Enqueued after the baselines; [] when
+    the key is off. The replicates re-run the best lr of each (choice, bn) on validation (workers.sources)."""
+    q = cfg.search
+    if not q.surgical_sweep:
         return []
-    named = {"strategy": "surgical"} if len(cfg.search.strategy) > 1 else {}
-    return [{"lr": lr, **named, "tune_group": j, "tune_head": False} for j in range(n_groups)
-            for lr in baseline_lrs(cfg)]
+    named = {"strategy": "surgical"} if len(q.strategy) > 1 else {}
+    choices = ([{"tune_set": c} for c in q.surgical_groups] if q.surgical_groups else
+               [{"tune_group": j, "tune_head": False} for j in range(n_groups)])
+    modes = [{"bn": m} for m in q.bn] if len(q.bn) > 1 else [{}]
+
+    def modes_of(c):  # search.bn_contrast: only those choices at every mode, the others at train.bn
+        if q.bn_contrast and c.get("tune_set") not in q.bn_contrast:
+            return [{"bn": cfg.train.bn}] if len(q.bn) > 1 else [{}]
+        return modes
+    return [{"lr": lr, **named, **c, **m} for c in choices for m in modes_of(c) for lr in baseline_lrs(cfg)]
 
 
 def fresh_model(model_cfg: Model, num_classes: int, pretrained: dict | None, device, seed: int,
@@ -135,14 +155,17 @@ def ood_metrics(curves: dict, suite) -> dict:
     return final
 
 
-def test_metrics(model, suite, data: dict, batch_size, device) -> tuple[dict, dict, dict | None]:
+def test_metrics(model, suite, data: dict, batch_size, device, hits: dict | None = None) -> tuple[dict, dict, dict | None]:
     """Held-out evaluation: clean test set, the clean test subset (the images every held-out severity shift shifts:
     a curve's severity-0 point and every drop use it) and every test set of the suite, in its order, summarized by
     ood_metrics. Returns (final metrics, per-set curves {name: {step: {acc, ece, nll, brier, correct}}}, the clean
     subset's summary or None). A target-domain study's clean set is a curve like any other; the clean subset is not
-    one."""
+    one. hits: a dict that gets the test split's per-image correctness under "test" (a bool tensor on the CPU)."""
     x, y = data["test"]
-    final = {schema.id_key(k): v for k, v in metrics.summarize(train.predict(model, x, batch_size, device), y).items()}
+    logits = train.predict(model, x, batch_size, device)
+    final = {schema.id_key(k): v for k, v in metrics.summarize(logits, y).items()}
+    if hits is not None:
+        hits["test"] = (logits.argmax(1) == y.to(logits.device)).cpu()
     clean_summary = None
     if suite.shifted:
         clean = suite.clean_test
@@ -225,8 +248,9 @@ class Fitted:
     model: torch.nn.Module
     groups: dict
     view: prefix.View  # the model seen through the prefix cache: what validation and evaluation run
-    val: dict  # the last epoch's validation: acc, loss, logits (reused by BBSE)
-    train_seconds: float  # from building the model to that validation
+    val: dict  # the reported epoch's validation: acc, loss, logits (reused by BBSE)
+    train_seconds: float  # from building the model to the last validation
+    epoch: int | None = None  # train.select_epoch = "best_val": the epoch whose weights the model holds (else None)
 
 
 def _epoch_metrics(loss, val, frozen, lr=None) -> dict:
@@ -259,14 +283,17 @@ def train_trial(trial: optuna.Trial | None, ctx, p: dict, run: runs.Run, progres
     if entry.trains:
         recipe = train.Recipe(lr=p["lr"], epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer,
                               momentum=t.momentum, weight_decay=t.weight_decay, schedule=t.schedule, augment=t.augment,
-                              **strategies.recipe_settings(p, baseline))
+                              **strategies.recipe_settings(p, baseline, names=list(groups)))
         epochs = train.fit(model, groups, *ctx.data["train"], recipe, seed, device, view)
         prune_at = entry.first_prune(cfg.study.prune_warmup, p, t.epochs, len(groups) - 1)
     else:  # the probe alone: its fit is one record at step 0 (lr None: not logged), reported, never pruned
         epochs, prune_at = [(0, probe.train_loss, ctx.n_groups, None)], t.epochs
+    best = None  # best_val: (epoch, its validation, a copy of its weights), the first epoch of the highest val acc
     for epoch, loss, frozen, lr in epochs:
         run.epoch = epoch  # a pruned or failed run's tags name it
         val = train.evaluate(view, *ctx.data["val"], t.eval_batch_size, device)
+        if t.select_epoch == "best_val" and (best is None or val["acc"] > best[1]["acc"]):
+            best = (epoch, val, {k: v.detach().clone() for k, v in model.state_dict().items()})
         # async: off the training loop (bench (b))
         tracking.log_metrics(ctx.client, run.id, _epoch_metrics(loss, val, frozen, lr), step=epoch, wait=False)
         if progress is not None:
@@ -275,7 +302,12 @@ def train_trial(trial: optuna.Trial | None, ctx, p: dict, run: runs.Run, progres
             trial.report(val["acc"], epoch)
             if prune_at <= epoch + 1 < t.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_acc {val['acc']:.4f} below the median")
-    return Fitted(model, groups, view, val, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if best is None:
+        return Fitted(model, groups, view, val, seconds)
+    # the groups frozen throughout are the same in every epoch's weights, so the prefix cache still serves them
+    model.load_state_dict(best[2])
+    return Fitted(model, groups, view, best[1], seconds, best[0])
 
 
 def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, dict, dict]:
@@ -287,11 +319,18 @@ def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, d
     view = fitted.view  # the model, its frozen groups' outputs on each evaluation set computed once per worker
     t1 = time.perf_counter()
     sel = selection_metrics(view, suite, bs, device)
-    final, curves, clean = test_metrics(view, suite, data, bs, device)
+    test_hits = {}
+    final, curves, clean = test_metrics(view, suite, data, bs, device, test_hits)
     label = label_shift_metrics(view, suite, data, bs, device, val["logits"])
     priors = label.pop("priors", None)
     final.update(label)
     correct = correctness(curves, [e.name for e in suite.shifted], clean)
+    # the test split (a target-domain study's target test images): paired comparisons on it (harness.reproduction)
+    bits = lambda hits: "".join("1" if v else "0" for v in hits.tolist())
+    correct["test"] = bits(test_hits["test"])
+    # the one-step sets (a target-domain study's clean images, label shift, subpopulation), image by image
+    correct["sets"] = {e.name: bits(c["correct"]) for e in suite.test if e.kind != "severity"
+                       for c in curves[e.name].values() if len(curves[e.name]) == 1}
     shift_acc = {n: {str(s): c["acc"] for s, c in cv.items()} for n, cv in curves.items()}
     corruptions = [e for e in suite.test if e.kind == "severity"]  # files: their clean error is clean_files_acc's
     files_clean = files_clean_acc(view, ctx, bs, device)
@@ -309,6 +348,8 @@ def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, d
     if sel["per_shift"]:
         final[schema.OOD_VAL_ACC] = sel[schema.OOD_VAL_ACC]
     final[schema.TRAIN_SECONDS] = fitted.train_seconds
+    if fitted.epoch is not None:
+        final[schema.SELECTED_EPOCH] = fitted.epoch
     series = {schema.shift_key(name, "acc"): sev for name, sev in sel["per_shift"].items()}  # step = severity
     series.update({schema.shift_key(name, key): {s: c[key] for s, c in cv.items()}
                    for name, cv in curves.items() for key in ("acc", "ece", "nll")})

@@ -198,7 +198,7 @@ def tag_best(ctx, study: optuna.Study) -> None:
 
 def sources(study: optuna.Study, k: int) -> list:
     """The trials seed replicates re-run: the finalists (harness.selection.finalists: the top k by validation and each
-    baseline family's best) and, with search.surgical_sweep, the best lr of each group's sweep (the reproduction of
+    baseline family's best) and, with search.surgical_sweep, the best lr of each choice's sweep (the reproduction of
     Lee et al. compares groups over seeds), in that order."""
     search, families, _ = searched(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
@@ -207,7 +207,8 @@ def sources(study: optuna.Study, k: int) -> list:
     for n in selection.ranked({n: [v] for n, v in search.items()}):
         t = by_number[n]
         if t.user_attrs.get(schema.ATTR_SURGICAL_SWEEP):
-            groups.setdefault(t.params["tune_group"], n)
+            # one per choice and BatchNorm mode (issue 23: the best (lr, epoch) of each, on validation)
+            groups.setdefault((t.params.get("tune_set", t.params.get("tune_group")), t.params.get("bn")), n)
     out += [n for n in groups.values() if n not in out]
     return [by_number[n] for n in out]
 

@@ -163,6 +163,8 @@ def _check_model(cfg: Config) -> None:
     if not 0 <= t.momentum < 1:
         raise ConfigError("train.momentum", f"must be in [0, 1), got {t.momentum}")
     _positive("train.weight_decay", t.weight_decay, allow_zero=True)
+    _choice("train.bn", t.bn, strategies.BN_MODES)
+    _choice("train.select_epoch", t.select_epoch, strategies.SELECT_EPOCHS)
 
 
 def _check_search(cfg: Config) -> None:
@@ -183,8 +185,26 @@ def _check_search(cfg: Config) -> None:
     _bounds("search.gradual_every", q.gradual_every, low_min=1)
     _choice("search.extend_baseline_grid", q.extend_baseline_grid, ("within", "widen", "off"))  # baseline_grid.MODES
     _positive("search.baseline_extensions", q.baseline_extensions, allow_zero=True)
-    if q.surgical_sweep and ("surgical" not in q.strategy or False not in q.tune_head):
-        raise ConfigError("search.surgical_sweep", "needs \"surgical\" in search.strategy and false in search.tune_head")
+    if q.surgical_sweep and ("surgical" not in q.strategy or (False not in q.tune_head and not q.surgical_groups)):
+        raise ConfigError("search.surgical_sweep", "needs \"surgical\" in search.strategy and false in search.tune_head "
+                          "(or search.surgical_groups)")
+    if len(set(q.bn)) != len(q.bn):
+        raise ConfigError("search.bn", f"lists a mode twice: {q.bn}; allowed: {', '.join(strategies.BN_MODES)}")
+    for mode in q.bn:
+        _choice("search.bn", mode, strategies.BN_MODES)
+    # the parts' names are checked against the model's groups where the model is built (harness.launch.check)
+    for choice in q.surgical_groups:
+        parts = str(choice).split("+") if isinstance(choice, str) else [""]
+        if not all(x.strip() for x in parts):
+            raise ConfigError("search.surgical_groups", f"{choice!r}: a choice is a group name or names joined by '+' "
+                              "(e.g. \"stem+layer1\", \"head\")")
+    for choice in q.bn_contrast:
+        _choice("search.bn_contrast", choice, q.surgical_groups)
+    if q.bn_contrast and (len(q.bn) < 2 or cfg.train.bn not in q.bn):
+        raise ConfigError("search.bn_contrast", f"needs search.bn to list train.bn ({cfg.train.bn}) and another mode, "
+                          f"got {q.bn}")
+    if len(set(q.surgical_groups)) != len(q.surgical_groups):
+        raise ConfigError("search.surgical_groups", f"lists a choice twice: {q.surgical_groups}")
 
 
 def _check_shifts(cfg: Config) -> None:

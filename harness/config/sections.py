@@ -100,6 +100,13 @@ class Train:
     # "flip_crop": every training batch flipped left-right and shifted by up to 4 px (train.flip_crop), seeded per
     # trial; the training split's prefix is then recomputed every epoch (its images change), evaluation still cached
     augment: str = "none"
+    # BatchNorm while fine-tuning (issue 23): "train" (the trained groups' BN statistics follow the target batches),
+    # "eval" (the whole model stays in eval mode: every BN keeps its running statistics, as Lee et al. 2023's
+    # train_mode: eval and Kumar et al.'s use_net_val_mode); search.bn may list both for the sampler
+    bn: str = "train"
+    # which epoch a trial reports: "last", or "best_val" (the epoch of the highest validation accuracy, its weights
+    # restored before every final metric, as Lee et al. select (lr, epoch) on validation); per-epoch curves stay
+    select_epoch: str = "last"
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,16 @@ class Search:
     # enqueue, after the baselines, one surgical trial per group (that group alone, head frozen) at the baselines'
     # lr: Lee et al.'s sweep of which block to tune (needs "surgical" in strategy and false in tune_head)
     surgical_sweep: bool = False
+    # surgical: the choices, each a group name of the model or a union "a+b" ("stem+layer1": Lee et al.'s first
+    # block; "head": the head alone, the pretrained head itself where the classes match); [] = one group at a time,
+    # tune_group / tune_head as before. The surgical sweep runs each choice at each lr of the baseline grid
+    surgical_groups: list[str] = field(default_factory=list)
+    # BatchNorm modes the sampler chooses from (a categorical param bn) and the surgical sweep crosses with its choices;
+    # [] = train.bn for every trial
+    bn: list[str] = field(default_factory=list)
+    # the surgical choices the sweep runs at every mode of search.bn (e.g. ["stem+layer1"]: Lee et al.'s BN contrast
+    # for the first block, the other choices at train.bn only); [] = every choice at every mode
+    bn_contrast: list[str] = field(default_factory=list)
     # after the search, a baseline family whose best lr (on validation) is on an edge of its grid gets the next point
     # beyond it, one grid step out, until its best is interior (harness.baseline_grid): "within" search.lr, "widen"
     # (the baselines may leave search.lr), or "off"

@@ -33,6 +33,7 @@ CLEAN_FILES_ACC = "clean_files_acc"
 OOD_ECE_POOLED, OOD_ECE_POOLED_DEBIASED = "ood_ece_pooled", "ood_ece_pooled_debiased"
 OOD_ECE_POOLED_CALIBRATED_Q95, OOD_ECE_POOLED_N = "ood_ece_pooled_calibrated_q95", "ood_ece_pooled_n"
 TRAIN_SECONDS, EVAL_SECONDS, PEAK_RSS_MB, GPU_PEAK_MB = "train_seconds", "eval_seconds", "peak_rss_mb", "gpu_peak_mb"
+SELECTED_EPOCH = "selected_epoch"
 LABEL_SHIFT_BALANCED_ACC, LABEL_SHIFT_ACC_BBSE = "label_shift/balanced_acc", "label_shift/acc_bbse_corrected"
 LABEL_SHIFT_PRIOR_L1_ERROR, LABEL_SHIFT_W_SQ_ERROR = "label_shift/prior_l1_error", "label_shift/w_sq_error"
 FAMILY_ACC = "ood_acc/{family}"  # family_key(family)
@@ -92,6 +93,8 @@ FINAL = {
                                    "confidences scores on as many images (stats.calibrated_ece_reference)",
     OOD_ECE_POOLED_N: "number of images ood_ece_pooled pools",
     TRAIN_SECONDS: "wall seconds of the training epochs",
+    SELECTED_EPOCH: "train.select_epoch = best_val: the epoch (0-based) of the highest validation accuracy, whose "
+                    "weights every final metric is computed from",
     EVAL_SECONDS: "wall seconds of the evaluation on the clean test split and every shift",
     PEAK_RSS_MB: "peak resident memory of the process, MiB",
     GPU_PEAK_MB: "peak CUDA memory allocated during the trial, MiB (CUDA only)",
