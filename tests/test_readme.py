@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import bench_report
-from harness.report import markdown
+from harness.report import markdown, reproduction
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -41,6 +41,10 @@ BLOCKS = {  # marker -> (the command in the Makefile, what it renders from resul
     markdown.SPREAD_BEGIN: (None, lambda: markdown.spread(_studies(*_spread_files()))),
     bench_report.README_BEGIN: ("-m harness.bench --readme README.md --json results/bench.json",
                                 lambda: bench_report.readme_block(json.loads((RESULTS / "bench.json").read_text()))),
+    reproduction.BEGIN: ("-m harness.report.reproduction results/surgical_cifar10/sc-noise.json "
+                         "results/surgical_cifar10/sc-pixelate.json --out README.md",
+                         lambda: reproduction.render([json.loads((RESULTS / "surgical_cifar10" / f).read_text())
+                                                      for f in ("sc-noise.json", "sc-pixelate.json")])),
 }
 
 
@@ -49,7 +53,7 @@ def _spread_files() -> list[str]:
     return [Path(p).name for p in re.findall(r"--json (\S+)", cmd)]
 
 
-@pytest.mark.parametrize("begin", list(BLOCKS), ids=["results", "spread", "bench"])
+@pytest.mark.parametrize("begin", list(BLOCKS), ids=["results", "spread", "bench", "reproduction"])
 def test_readme_block_is_what_its_command_writes_from_results(begin):
     """The block equals its renderer's output on the committed results (byte for byte), and the Makefile's readme
     target runs that command."""
