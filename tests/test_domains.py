@@ -15,7 +15,7 @@ from scipy import stats as sps
 
 from harness import config, data as datamod, domain_numbers, domainfiles, domains, launch, study, suite as suitemod
 
-from conftest import TINY
+from conftest import TINY, mlflow_client as conftest_client
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,16 +143,17 @@ def test_make_digits_writes_the_study_classes(tmp_path, capsys):
 
 
 def test_a_domain_study_logs_per_image_correctness_into_report_json(workdir):
-    """A tiny study with two domains: each trial's correct.json holds one bit per evaluated image of each domain,
-    whose mean is the logged shift/domain.<name>/acc; domains/acc_mean is the mean of the domains; report.json
-    carries each domain's numbers, and ood_acc_mean is the simulated shifts' alone."""
-    from harness import report, results
+    """A tiny study with two domains: each trial's correct.json holds one bit per image of each domain, whose mean is
+    the logged shift/domain.<name>/acc, and the selected trial's bits are its saved weights' predictions on the PNGs
+    read independently (PIL, 8 px: no resampling); domains/acc_mean is the mean of the domains; report.json carries
+    each domain's numbers, and ood_acc_mean is the simulated shifts' alone."""
+    from harness import models, results
+    from safetensors.torch import load as st_load
 
-    _folder(workdir / "doms", {"one": DIGITS, "two": DIGITS}, n=6, size=8)
+    pixels = _folder(workdir / "doms", {"one": DIGITS, "two": DIGITS}, n=4, size=8)
     (workdir / "tiny.toml").write_text(TINY)
     assert study.main(["--config", "tiny.toml", "--n-trials", "3", "--set", "shifts.domains=doms",
-                       "--set", "shifts.eval_images=20", "--set", "data.image_size=8", "--set", "pretrain.epochs=1",
-                       "--set", "study.registered_model=none"]) == 0
+                       "--set", "shifts.eval_images=0", "--set", "data.image_size=8", "--set", "pretrain.epochs=1"]) == 0
     loaded = results.load("tiny", "sqlite:///mlruns/mlflow.db")
     for t in loaded["trials"]:
         c, m = t["correct"], t["metrics"]
@@ -169,6 +170,14 @@ def test_a_domain_study_logs_per_image_correctness_into_report_json(workdir):
     s = data["studies"][0]
     assert sorted(s["domains"]) == ["domain.one", "domain.two"]
     best = next(t for t in loaded["trials"] if t["number"] == s["best"])
+    model, _ = models.build("resnet8", 5, seed=0)
+    model.load_state_dict(st_load(results.artifact(conftest_client(workdir), best["run_id"], "model/weights.safetensors")))
+    for dom in ("one", "two"):
+        x = torch.from_numpy(np.stack([pixels[(dom, c, i)] for c in DIGITS for i in range(4)])).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            pred = model.eval()(x.float() / 255).argmax(1)
+        want = "".join("1" if p == i // 4 else "0" for i, p in enumerate(pred.tolist()))
+        assert best["correct"]["domains"][f"domain.{dom}"]["1"] == want
     for name, d in s["domains"].items():
         assert d["n"] == 20 and d["selected_acc"] == pytest.approx(best["metrics"][f"shift/{name}/acc"])
         r = d["ranking"]
