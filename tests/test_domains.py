@@ -186,3 +186,21 @@ def test_a_domain_study_logs_per_image_correctness_into_report_json(workdir):
         want = sps.spearmanr(sim, dom).statistic if len(set(sim)) > 1 and len(set(dom)) > 1 else None
         assert (r["rho"] is None and want is None) or r["rho"] == pytest.approx(want)
     assert "Simulated vs real shift" in next(workdir.glob("reports/tiny/index.html")).read_text()
+
+
+def test_a_readme_with_two_generated_blocks_gets_each_study_in_its_own():
+    """--markdown --out README.md replaces the block of the same study: the default study's block and the real-domain
+    example's live in one README; a block of a study not there replaces the first (as with one block)."""
+    from harness.report import markdown
+
+    def block(name, body):
+        return (f"{markdown.BEGIN}\n\n_Study `{name}`: commit abc, 2026-12-07 20:29 UTC, machine 2 CPUs, x, device cpu, "
+                f"load average 1 at study start._\n\n{body}\n{markdown.END}")
+
+    text = f"intro\n{block('default', 'old default')}\nmiddle\n{block('domains_digits', 'old domains')}\nend\n"
+    out = markdown.replace_block(text, block("domains_digits", "new domains") + "\n")
+    assert "new domains" in out and "old domains" not in out and "old default" in out
+    assert out.startswith("intro\n") and out.endswith("\nend\n") and "\nmiddle\n" in out
+    out = markdown.replace_block(out, block("default", "new default"))
+    assert "new default" in out and "new domains" in out and "old default" not in out
+    assert "other" in markdown.replace_block(text, block("other", "x")).split("middle")[0]

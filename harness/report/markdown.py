@@ -169,7 +169,16 @@ def parse(text: str) -> list[dict]:
     return studies
 
 
+def _names(block: str) -> list[str]:
+    return [m["name"] for line in block.splitlines() if (m := HEADER.match(line.strip()))]
+
+
 def replace_block(text: str, block: str) -> str:
-    """text with its generated block (markers included) replaced by block."""
-    a, b = text.index(BEGIN), text.index(END) + len(END)
+    """text with its generated block (markers included) replaced by block: the block of the same studies when the text
+    has several (one per example in a README: the default study's, the real-domain study's), else the first."""
+    spans, start = [], 0
+    while (a := text.find(BEGIN, start)) >= 0 and (b := text.find(END, a)) >= 0:
+        spans.append((a, b + len(END)))
+        start = b + len(END)
+    a, b = next(((a, b) for a, b in spans if _names(text[a:b]) == _names(block)), spans[0])
     return text[:a] + block.rstrip("\n") + text[b:]
