@@ -204,3 +204,6 @@ def test_a_readme_with_two_generated_blocks_gets_each_study_in_its_own():
     out = markdown.replace_block(out, block("default", "new default"))
     assert "new default" in out and "new domains" in out and "old default" not in out
     assert "other" in markdown.replace_block(text, block("other", "x")).split("middle")[0]
+    empty = f"intro\n{block('default', 'old default')}\nmiddle\n{markdown.BEGIN}\n{markdown.END}\nend\n"
+    out = markdown.replace_block(empty, block("domains_digits", "new domains"))
+    assert "old default" in out and out.split("middle")[1].count("new domains") == 1  # the empty block, not the first

@@ -175,10 +175,12 @@ def _names(block: str) -> list[str]:
 
 def replace_block(text: str, block: str) -> str:
     """text with its generated block (markers included) replaced by block: the block of the same studies when the text
-    has several (one per example in a README: the default study's, the real-domain study's), else the first."""
+    has several (one per example in a README: the default study's, the real-domain study's), else an empty one (a
+    block not generated yet), else the first."""
     spans, start = [], 0
     while (a := text.find(BEGIN, start)) >= 0 and (b := text.find(END, a)) >= 0:
         spans.append((a, b + len(END)))
         start = b + len(END)
-    a, b = next(((a, b) for a, b in spans if _names(text[a:b]) == _names(block)), spans[0])
+    same = [ab for ab in spans if _names(text[ab[0]:ab[1]]) == _names(block)]
+    a, b = (same or [ab for ab in spans if not _names(text[ab[0]:ab[1]])] or spans)[0]
     return text[:a] + block.rstrip("\n") + text[b:]
