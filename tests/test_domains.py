@@ -207,3 +207,15 @@ def test_a_readme_with_two_generated_blocks_gets_each_study_in_its_own():
     empty = f"intro\n{block('default', 'old default')}\nmiddle\n{markdown.BEGIN}\n{markdown.END}\nend\n"
     out = markdown.replace_block(empty, block("domains_digits", "new domains"))
     assert "old default" in out and out.split("middle")[1].count("new domains") == 1  # the empty block, not the first
+
+
+def test_the_study_fingerprint_covers_the_domain_files(workdir):
+    """A resume on other domain images is another study: the fingerprint holds the folder's content address."""
+    from harness import fingerprint
+
+    _folder(workdir / "doms", {"one": DIGITS}, n=1)
+    cfg = config.load(None, [f"shifts.domains={workdir / 'doms'}"])
+    before = fingerprint.of(cfg)["shifts.domains_key"]
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(workdir / "doms" / "one" / "5" / "extra.png")
+    assert before and fingerprint.of(cfg)["shifts.domains_key"] != before
+    assert fingerprint.of(config.load(None, []))["shifts.domains_key"] is None
