@@ -34,7 +34,8 @@ def words(d: dict) -> str:
 
 def fig_rankings(s: dict) -> Raw | None:
     """One panel per domain: each trial at (mean accuracy under the simulated held-out shifts, accuracy on the
-    domain), the selected trial starred, baselines coloured, Spearman's rho in the title."""
+    domain), the selected trial starred, baselines coloured, Spearman's rho in the title; labelled: the selected
+    trial and the best by each axis (labelling every baseline piles the labels up where trials cluster)."""
     doms = [(n, d) for n, d in s["domains"].items() if d["ranking"]]
     if not doms:
         return None
@@ -44,13 +45,17 @@ def fig_rankings(s: dict) -> Raw | None:
         fig = figure(3.4 * len(doms), 3.2)
         axes = fig.subplots(1, len(doms), squeeze=False)[0]
         for ax, (name, d) in zip(axes, doms):
+            named = {s["best"], d["ranking"]["best_simulated"], d["ranking"]["best_domain"]}
+            for fam, c in colors.items():  # the legend: one entry per family
+                ax.scatter([], [], s=24, color=c, label=schema.BASELINES.get(fam, fam))
+            ax.scatter([], [], s=24, color="#555", label="searched")
             for p in d["ranking"]["points"]:
                 r = by_number.get(p["number"], {})
                 best = p["number"] == s["best"]
-                ax.scatter([100 * p["simulated"]], [100 * p["domain"]], s=70 if best else 24, zorder=3,
+                ax.scatter([100 * p["simulated"]], [100 * p["domain"]], s=70 if best else 24, zorder=4 if best else 3,
                            marker="*" if best else "o", color=colors.get(r.get("baseline"), "#555"),
                            edgecolor="white", lw=0.5)
-                if best or r.get("baseline"):
+                if p["number"] in named:
                     ax.annotate(trial_label(r, s["best"]) if r else f"#{p['number']}",
                                 (100 * p["simulated"], 100 * p["domain"]), xytext=(3, 3), textcoords="offset points",
                                 fontsize=6)
@@ -58,6 +63,7 @@ def fig_rankings(s: dict) -> Raw | None:
             ax.set_title(f"{drawn(d['name'])}: Spearman {num(rho, '+.2f')}")
             ax.set_xlabel("mean accuracy, simulated held-out shifts (%)")
             ax.set_ylabel(f"accuracy on {drawn(d['name'])} (%)")
+            ax.legend(loc="lower right", fontsize=6)
         fig.tight_layout()
         return png(fig, "each trial's accuracy on each real domain against its mean accuracy under simulated shifts")
 
