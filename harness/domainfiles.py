@@ -168,7 +168,7 @@ def preflight(cfg: Config) -> None:
     _DECODED[key] = _decode(cfg.shifts, cfg.data.image_size, classes, exclude)
 
 
-def read(cfg: Shifts, size: int, classes: list[str], exclude: str = "") -> list[tuple[str, torch.Tensor, torch.Tensor, str]]:
+def read(cfg: Shifts, size: int, classes: list[str], exclude: str = "") -> list[tuple]:
     """(name, images float [n, 3, size, size] in [0, 1], labels, folder) of every evaluated domain: eval_images per
     domain (stratified, seeded), decoded as data.path's images are (short side resized, centre crop)."""
     key = _key(cfg, size, classes, exclude)

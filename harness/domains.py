@@ -1,4 +1,4 @@
-"""`python -m harness.domains make-digits OUT`: real digit domains the project makes itself, offline, for shifts.domains.
+"""`python -m harness.domains make-digits OUT`: real digit domains made offline by the project, for shifts.domains.
 
 The default study fine-tunes on sklearn's 8x8 digits: handwriting (43 writers, UCI optdigits) scanned to 32x32 bitmaps
 and reduced to 8x8 by counting the ink of each 4x4 block (0..16). The domains written here are the same digits typed
@@ -77,7 +77,8 @@ def make_digits(out: Path, classes: list[int], per_class: int, seed: int) -> dic
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.domains", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    about = __doc__.split("\n\n")[0].split(": ", 1)[1]
+    ap = argparse.ArgumentParser(prog="python -m harness.domains", description=about)
     sub = ap.add_subparsers(dest="command", required=True)
     mk = sub.add_parser("make-digits", help="write typed-digit domains (typed, typed8x8) as OUT/<domain>/<class>/*.png")
     mk.add_argument("out", help="folder to create (must not exist, or be empty)")
