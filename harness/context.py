@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness import (bookkeeping, config, data as datamod, prefix, pretrain, schema, store, suite as suitemod, target,
-                     tracking, train)
+from harness import (bookkeeping, config, data as datamod, domainfiles, prefix, pretrain, schema, store,
+                     suite as suitemod, target, tracking, train)
 
 
 @dataclasses.dataclass
@@ -68,7 +68,7 @@ def open_context(cfg: config.Config, n_groups: int, role: str = schema.ROLE_STUD
     data = target.target_domain(cfg.data, data, cfg.study.seed, cache)  # after pretraining: it is source data
     suite = None
     if with_suite:
-        suite, info["suite"] = suitemod.build(cfg.shifts, data, cache)
+        suite, info["suite"] = suitemod.build(cfg.shifts, data, cache, domainfiles.target_of(cfg.data, cfg.shifts))
         suite = suitemod.to_device(suite, device)
     info["seconds"] = time.perf_counter() - t0
 

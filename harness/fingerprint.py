@@ -7,7 +7,7 @@ import dataclasses
 import json
 import time
 
-from harness import config, data as datamod, schema, store
+from harness import config, data as datamod, domainfiles, schema, store
 from harness.config import ConfigError
 
 # fingerprint key -> its value in a config. The trials of one study are ranked in one table and compared by the
@@ -31,6 +31,8 @@ KEYS = {
     **{f"search.{f.name}": (lambda k: lambda c: getattr(c.search, k))(f.name) for f in dataclasses.fields(config.Search)},
     **{f"shifts.{f.name}": (lambda k: lambda c: getattr(c.shifts, k))(f.name) for f in dataclasses.fields(config.Shifts)},
     "study.prune_warmup": lambda c: c.study.prune_warmup,  # when a trial may be pruned: pruned ones count as finished
+    # the real domains' files (paths, sizes, mtimes): the same shifts.domains on other images (absent: no domains)
+    "shifts.domains_key": lambda c: store.cache_key({}, domainfiles.stamp(c.shifts)) if c.shifts.domains else None,
 }
 
 

@@ -13,7 +13,7 @@ import torch
 from harness import bookkeeping, closing, config, context, cores, data as datamod, fingerprint, models, records
 from harness import sampling, shifts, stopping
 from harness import schema, store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
-from harness import flags, shiftfiles
+from harness import domainfiles, flags, shiftfiles
 from harness.config import ConfigError
 
 
@@ -51,6 +51,7 @@ def preflight(cfg: config.Config) -> int:
     except (ValueError, FileNotFoundError) as e:  # torchvision's own, reading the files: still data.path's fault
         raise ConfigError("data.path", str(e)) from None
     shiftfiles.check(cfg.shifts, datamod.n_classes(cfg.data))
+    domainfiles.preflight(cfg)  # the domain folder's names and classes, its evaluated images decoded
     train.pick_device(cfg.study.device)
     for flag, uri in (("--storage", cfg.study.storage), ("--tracking-uri", cfg.study.tracking_uri)):
         flags.check_url_syntax(flag, uri)

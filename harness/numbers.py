@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from harness import comparisons, conditions, reproduction, schema, selection, strategies
+from harness import comparisons, conditions, domain_numbers, reproduction, schema, selection, strategies
 from harness.stats import importances, infer_test_size, on_the_line, pareto, seed_interval, wilson
 
 
@@ -283,6 +283,8 @@ def summarize(study: dict) -> dict:
         "budgets": comparisons.budgets(rows, baselines),
         "paired": paired, "drops": drops, "ce_reference": _ce_reference(study["trials"]),
         "on_the_line": fits,
+        # real domains (shifts.domains): their own family, and how the simulated ranking predicts theirs
+        "domains": domain_numbers.summarize(done, study["trials"], reps, best, baselines, shifts, n_shift),
         "pareto": pareto({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}),
         "axes": axes, "importances": importances(done, search, axes) if done else {},
         "per_strategy": _per_strategy(done), "selection": choice,

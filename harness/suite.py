@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import data as datamod, imageops, shiftfiles, shifts, store
+from harness import data as datamod, domainfiles, imageops, shiftfiles, shifts, store
 from harness.config import Shifts
 
 VERSION = 3  # 3: tensors under index keys, each set described in the file's header (EvalSet); no name parsed back
@@ -30,6 +30,7 @@ FAMILIES = {
     "subpopulation": "set",  # classes held out of fine-tuning (data.holdout_classes)
     "clean": "domain",  # a shifted target domain's clean test images (harness.target): the domain the study left
     "files": "severity",  # a shifts.files corruption the registry does not know
+    "domain": "domain",  # a real domain of shifts.domains (harness.domainfiles): domain.<name>, its own images
 }
 
 
@@ -119,6 +120,12 @@ class Suite:
         return tuple(e for e in self.test if e.paired)
 
     @property
+    def domains(self) -> tuple[EvalSet, ...]:
+        """The real domains of shifts.domains (domain.<name>): their own images, their own family (domains/acc_mean),
+        never in ood_acc_mean."""
+        return tuple(e for e in self.test if e.family == "domain")
+
+    @property
     def files(self) -> tuple[EvalSet, ...]:
         """The test sets read from shifts.files: severity sets on their own images (files/acc_mean)."""
         return tuple(e for e in self.test if e.kind == "severity" and not e.paired)
@@ -135,12 +142,15 @@ class Suite:
                     raise ValueError(f"evaluation set {e.name!r}: its labels are not its clean subset's, row for row")
 
 
-def cache_key(cfg: Shifts, data_key: str) -> str:
+def cache_key(cfg: Shifts, data_key: str, exclude: str = "") -> str:
     # the shift code is part of the key: editing a corruption (any file of harness/shifts/, or an image operation it
     # uses) invalidates every cached set built with it
     code = hashlib.sha256((shifts.source() + inspect.getsource(imageops)).encode()).hexdigest()[:12]
     listing = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(_npy_files(cfg.files)))
-    return store.cache_key({"cfg": cfg.__dict__, "data": data_key, "code": code, "v": VERSION}, listing)
+    listing += domainfiles.stamp(cfg)  # an image added to a domain makes a new key
+    own = {k: v for k, v in cfg.__dict__.items() if k != "domains" or v}  # no domains: the key it had before them
+    key = {"cfg": own, "data": data_key, "code": code, "v": VERSION}
+    return store.cache_key({**key, "exclude": exclude} if exclude else key, listing)
 
 
 def _npy_files(folder: str) -> list[Path]:
@@ -209,7 +219,15 @@ def _label_shift(cfg: Shifts, data: dict) -> EvalSet:
                    Provenance("test", cfg.seed, prior=f"dirichlet(alpha={cfg.label_alpha})"), prior=prior.float())
 
 
-def _build(cfg: Shifts, data: dict) -> Suite:
+def read_domains(cfg: Shifts, size: int, classes: list[str], exclude: str = "") -> list[EvalSet]:
+    """shifts.domains: one set domain.<name> per evaluated domain (all but `exclude`, the target), eval_images of its
+    images (stratified by class, seeded by shifts.seed; 0 = all) at data.image_size."""
+    return [EvalSet(domainfiles.PREFIX + name, "domain", "domain", (), (x.contiguous(),), y,
+                    Provenance("", cfg.seed, source=src))
+            for name, x, y, src in domainfiles.read(cfg, size, classes, exclude)]
+
+
+def _build(cfg: Shifts, data: dict, exclude: str = "") -> Suite:
     """The selection shifts on a fixed stratified subset of eval_images validation images, the test shifts on one of
     test images; label shift, shifts.files and the subpopulation set (digits held out of fine-tuning, when
     data.holdout_classes is set). With a target domain (harness.target) the shifts act on the clean images, and the
@@ -227,6 +245,8 @@ def _build(cfg: Shifts, data: dict) -> Suite:
     if cfg.files:
         size, k = data["test"][0].shape[-1], len(data.get("classes", [])) or int(data["test"][1].max()) + 1
         test += read_files(cfg, size, k)
+    if cfg.domains:
+        sets += read_domains(cfg, data["test"][0].shape[-1], list(data["classes"]), exclude)
     if "subpop" in data:
         x, y = data["subpop"]
         sets.append(EvalSet("subpopulation", "subpopulation", "set", (), (x.contiguous(),), y.contiguous(),
@@ -276,15 +296,16 @@ def load(path: Path) -> Suite | None:
                  clean["test"])
 
 
-def build(cfg: Shifts, data: dict, cache_dir: Path | None) -> tuple[Suite, dict]:
-    """(suite, info); info has the key, build seconds, whether it was cached and n_sets, the severity sets' count."""
-    key = cache_key(cfg, data["key"])
+def build(cfg: Shifts, data: dict, cache_dir: Path | None, exclude: str = "") -> tuple[Suite, dict]:
+    """(suite, info); info has the key, build seconds, whether it was cached and n_sets, the severity sets' count.
+    `exclude`: the real domain that is the study's target (domainfiles.target_of), not evaluated."""
+    key = cache_key(cfg, data["key"], exclude)
     path = cache_dir / f"shifts-{key}.safetensors" if cache_dir else None
     t0 = time.perf_counter()
     suite = load(path) if path else None
     cached = suite is not None
     if not cached:
-        suite = _build(cfg, data)
+        suite = _build(cfg, data, exclude)
         if path:
             save(suite, path)
     n_sets = sum(len(e.severities) for e in suite.selection + suite.test)

@@ -151,7 +151,11 @@ def ood_metrics(curves: dict, suite) -> dict:
     files = {e.name: _mean(c["acc"] for c in curves[e.name].values()) for e in suite.files}
     if files:
         final[schema.FILES_ACC_MEAN], final[schema.FILES_ACC_WORST] = _mean(files.values()), min(files.values())
-    final.update({schema.SET_ACC[e.family]: curves[e.name][1]["acc"] for e in suite.test if e.kind != "severity"})
+    final.update({schema.SET_ACC[e.family]: curves[e.name][1]["acc"] for e in suite.test
+                  if e.kind != "severity" and e.family in schema.SET_ACC})
+    domains = [curves[e.name][1]["acc"] for e in suite.domains]  # real domains: their own family, each its own set
+    if domains:
+        final[schema.DOMAINS_ACC_MEAN], final[schema.DOMAINS_ACC_WORST] = _mean(domains), min(domains)
     return final
 
 
@@ -178,14 +182,18 @@ def test_metrics(model, suite, data: dict, batch_size, device, hits: dict | None
     return final, curves, clean_summary
 
 
-def correctness(curves: dict, names, clean: dict | None) -> dict:
+def correctness(curves: dict, names, clean: dict | None, domains=()) -> dict:
     """The per-image correctness of the severity shifts `names` and of their clean subset, as '0'/'1' strings (one
     character per image, in the fixed order of the shifted sets, the same images at every severity):
-    {"clean": ..., "shifts": {name: {severity: ...}}}. The report's paired bootstrap resamples these images
+    {"clean": ..., "shifts": {name: {severity: ...}}}, and of the real domains `domains` (their own images, step 1)
+    under "domains" in the same form, when the study has any. The report's paired bootstrap resamples these images
     (harness.stats.paired_bootstrap); 11 shifts x 5 severities x 200 images is ~11 kB a trial."""
     bits = lambda c: "".join("1" if v else "0" for v in c["correct"].tolist())
-    return {"clean": bits(clean) if clean is not None else None,
-            "shifts": {n: {str(s): bits(c) for s, c in curves[n].items()} for n in names if n in curves}}
+    out = {"clean": bits(clean) if clean is not None else None,
+           "shifts": {n: {str(s): bits(c) for s, c in curves[n].items()} for n in names if n in curves}}
+    if domains:
+        out["domains"] = {n: {str(s): bits(c) for s, c in curves[n].items()} for n in domains if n in curves}
+    return out
 
 
 def label_shift_metrics(model, suite, data: dict, batch_size, device, val_logits=None) -> dict:
@@ -324,7 +332,7 @@ def evaluate_trial(fitted: Fitted, ctx, reference: dict | None) -> tuple[dict, d
     label = label_shift_metrics(view, suite, data, bs, device, val["logits"])
     priors = label.pop("priors", None)
     final.update(label)
-    correct = correctness(curves, [e.name for e in suite.shifted], clean)
+    correct = correctness(curves, [e.name for e in suite.shifted], clean, [e.name for e in suite.domains])
     # the test split (a target-domain study's target test images): paired comparisons on it (harness.reproduction)
     bits = lambda hits: "".join("1" if v else "0" for v in hits.tolist())
     correct["test"] = bits(test_hits["test"])

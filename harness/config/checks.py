@@ -223,6 +223,9 @@ def _check_shifts(cfg: Config) -> None:
     if sh.files and not (Path(sh.files).expanduser() / "labels.npy").is_file():
         raise ConfigError("shifts.files", f"{_short(sh.files)} has no labels.npy (expected CIFAR-10-C's layout: "
                           "<corruption>.npy files of 5 x N images and labels.npy)")
+    if sh.domains and not Path(sh.domains).expanduser().is_dir():
+        raise ConfigError("shifts.domains", f"{_short(sh.domains)} is not a folder (expected <domain>/<class>/<image>, "
+                          "as DomainBed and WILDS lay out their domains)")
     domain = {n for n, _ in target_shifts(cfg.data)}
     for key in ("test", "selection"):  # the target domain is in-distribution for the study, never an OOD set
         both = sorted(domain & set(getattr(sh, key)))

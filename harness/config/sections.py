@@ -156,6 +156,11 @@ class Shifts:
     # labels.npy): each file is a test shift "c10c.<corruption>" at shifts.severities, eval_images per severity;
     # "" = none. Alongside the simulated shifts, or instead of them with test = []
     files: str = ""
+    # real domains (harness.domainfiles): a folder laid out as <domain>/<class>/<image> (DomainBed, WILDS), the class
+    # folders the study's classes in its order; each domain a held-out test set domain.<name> (eval_images of it,
+    # 0 = all), reported as its own family, never in ood_acc_mean. data.path = "<domains>/<name>" (imagefolder)
+    # trains on that domain and evaluates the others (leave-one-domain-out); "" = none
+    domains: str = ""
 
 
 @dataclass(frozen=True)

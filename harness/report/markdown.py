@@ -23,6 +23,11 @@ TABLES = {
                     "OOD mean (%) [95% CI]", "over seeds: ID / OOD mean"],
     "Budgets": ["family", "trials", "finished", "pruned", "epochs", "lr grid points", "budget"],
 }
+# tables a study has only when it has what they show: title -> columns (parse accepts them, never requires them)
+OPTIONAL_TABLES = {
+    "Simulated vs real": ["domain", "images n", "selected acc (%)", "Spearman rho [95% CI]", "trials", "resampled",
+                          "best: simulated / domain", "on the line: slope, R2"],
+}
 
 
 def _cell(v) -> str:
@@ -30,7 +35,7 @@ def _cell(v) -> str:
 
 
 def _table(title: str, name: str, rows: list[list]) -> list[str]:
-    head = TABLES[title]
+    head = TABLES.get(title) or OPTIONAL_TABLES[title]
     out = [f"#### {title}: {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return out + [""]
@@ -92,6 +97,18 @@ def _budgets(s: dict) -> list[list]:
              len(b["lr_grid"]), budget_text(b)] for f, b in (s.get("budgets") or {}).items()]
 
 
+def _domains(s: dict) -> list[list]:
+    from harness.report.domains_page import rho_text
+
+    rows = []
+    for d in s["domains"].values():
+        r, line = d["ranking"], d["on_the_line"]
+        rows.append([d["name"], d["n"], pct(d["selected_acc"]), rho_text(r), r["trials"] if r else "\u2013",
+                     (r or {}).get("resampled", "\u2013"), f"#{r['best_simulated']} / #{r['best_domain']}" if r else "\u2013",
+                     f"{line['slope']:.2f}, {line['r2']:.2f}" if line and line["r2"] is not None else "\u2013"])
+    return rows
+
+
 def render(summaries: list[dict]) -> str:
     """Every results table the README shows, for each fine-tuning study, between the generated-block markers."""
     out = [BEGIN, ""]
@@ -104,6 +121,8 @@ def render(summaries: list[dict]) -> str:
                                                  n_text(c), c.get("detail") or "\u2013"] for c in s["conditions"]])
         out += _table("Leaderboard", s["name"], _leaderboard(s))
         out += _table("Budgets", s["name"], _budgets(s))
+        if s.get("domains"):  # real domains (shifts.domains)
+            out += _table("Simulated vs real", s["name"], _domains(s))
     return "\n".join(out + [END]) + "\n"
 
 
@@ -165,13 +184,14 @@ def parse(text: str) -> list[dict]:
             continue
         t = re.match(r"^#### (.+?): (.+)$", line)
         if t:
-            if not studies or t[2] != studies[-1]["name"] or t[1] not in TABLES:
+            columns = TABLES.get(t[1]) or OPTIONAL_TABLES.get(t[1])
+            if not studies or t[2] != studies[-1]["name"] or columns is None:
                 raise ValueError(f"unexpected table heading {line!r}")
             while i < len(lines) and not lines[i].strip():
                 i += 1
             head = [c.strip() for c in lines[i].strip().strip("|").split(" | ")] if i < len(lines) else []
-            if head != TABLES[t[1]]:
-                raise ValueError(f"table {t[1]!r} has columns {head}, expected {TABLES[t[1]]}")
+            if head != columns:
+                raise ValueError(f"table {t[1]!r} has columns {head}, expected {columns}")
             table = studies[-1]["tables"].setdefault(t[1], [])
             i += 2  # the header and the |---| line
             while i < len(lines) and lines[i].startswith("|"):
@@ -183,14 +203,24 @@ def parse(text: str) -> list[dict]:
             continue
         raise ValueError(f"unexpected line in the generated block: {line!r}")
     for s in studies:
-        if set(s["tables"]) != set(TABLES):
+        if not set(TABLES) <= set(s["tables"]):  # OPTIONAL_TABLES may be there too
             raise ValueError(f"study {s['name']!r} lacks tables {sorted(set(TABLES) - set(s['tables']))}")
     return studies
 
 
+def _names(block: str) -> list[str]:
+    return [m["name"] for line in block.splitlines() if (m := HEADER.match(line.strip()))]
+
+
 def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
-    """text with its generated block (markers included: begin ... end) replaced by block. Every generated block of
-    the README (this module's, the benchmark's) ends with END."""
-    a = text.index(begin)
-    b = text.index(end, a) + len(end)
+    """text with its generated block (markers included: begin ... the first end after it) replaced by block. The
+    README has one block per command (this module's, --spread's, the benchmark's, ...), all ending with END; of this
+    module's results blocks (one per example: the default study's, the real-domain study's) the one of the same
+    studies, else an empty one (a block not generated yet), else the first."""
+    spans, start = [], 0
+    while (a := text.find(begin, start)) >= 0 and (b := text.find(end, a)) >= 0:
+        spans.append((a, b + len(end)))
+        start = b + len(end)
+    same = [ab for ab in spans if _names(text[ab[0]:ab[1]]) == _names(block)] if begin == BEGIN else []
+    a, b = (same or [ab for ab in spans if begin == BEGIN and not _names(text[ab[0]:ab[1]])] or spans)[0]
     return text[:a] + block.rstrip("\n") + text[b:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from harness import links, schema
 from harness.report import figures
+from harness.report.domains_page import TITLE as DOMAINS_TITLE, domains_section
 from harness.report.headline import headline
 from harness.report.selection_page import selection_section
 from harness.report.kit import Raw, ci, esc, heading, img, lr_text, num, page, pct, pts, table, td
@@ -331,7 +332,8 @@ SECTIONS = {
     "headline": ("Headline", headline), "provenance": ("Provenance", provenance),
     "leaderboard": ("Leaderboard", leaderboard), "selection": ("Selection", selection_section),
     "shifts": ("Shifts", shifts_section),
-    "on-the-line": ("Accuracy on the line", line_section), "hyperparameters": ("Hyperparameters", hyper_section),
+    "on-the-line": ("Accuracy on the line", line_section), "domains": (DOMAINS_TITLE, domains_section),
+    "hyperparameters": ("Hyperparameters", hyper_section),
     "calibration": ("Calibration under shift", calibration_section), "training": ("Training curves", training_section),
     "failures": ("Pruned and failed trials", failures_section), "examples": ("Shift examples", examples_section),
     "metrics": ("All final metrics", metrics_section),

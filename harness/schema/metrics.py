@@ -39,11 +39,13 @@ LABEL_SHIFT_PRIOR_L1_ERROR, LABEL_SHIFT_W_SQ_ERROR = "label_shift/prior_l1_error
 FAMILY_ACC = "ood_acc/{family}"  # family_key(family)
 LABEL_SHIFT_ACC, SUBPOPULATION_ACC, TARGET_CLEAN_ACC = "label_shift/acc", "subpopulation/acc", "target/clean_acc"
 FILES_ACC_MEAN, FILES_ACC_WORST = "files/acc_mean", "files/acc_worst"
+DOMAINS_ACC_MEAN, DOMAINS_ACC_WORST = "domains/acc_mean", "domains/acc_worst"
 # shift_key(shift, what)
 SHIFT_ACC, SHIFT_ECE, SHIFT_NLL = "shift/{shift}/acc", "shift/{shift}/ece", "shift/{shift}/nll"
 SHIFT_CE, SHIFT_RCE = "shift/{shift}/ce", "shift/{shift}/rce"
 # per-image correctness of a trial or replicate run (artifact, JSON): {"clean": "0110...", "shifts": {name: {sev: ...}}},
-# one character per image of the shifted test sets' fixed subset, the same images at every severity
+# one character per image of the shifted test sets' fixed subset, the same images at every severity; with real
+# domains (shifts.domains) also "domains": {domain.<name>: {"1": ...}}, one character per image of that domain's set
 CORRECT_ARTIFACT = "correct.json"
 # per-image correctness on validation of a trial or replicate run (artifact, JSON): {"val": "0110..." (the last
 # epoch, every validation image), "selection": {shift: {sev: ...}} (the selection shifts' validation subset)}: the
@@ -114,6 +116,10 @@ FINAL = {
                     "severities, on their own images (labels.npy); not in ood_acc_mean (their clean counterpart, when the files "
                     "hold rows of the clean test split, is clean_files_acc)",
     FILES_ACC_WORST: "the lowest shifts.files corruption accuracy (averaged over its severities)",
+    DOMAINS_ACC_MEAN: "mean over the real domains of shifts.domains (domain.<name>, harness.domainfiles) of each "
+                      "domain's accuracy on its own images (shift/domain.<name>/acc at step 1); its own family, never "
+                      "in ood_acc_mean",
+    DOMAINS_ACC_WORST: "the lowest real-domain accuracy (shift/domain.<name>/acc)",
     SHIFT_CE: "CE_c = sum_s E_{s,c} / sum_s E^ref_{s,c}, E the error at severity s of test corruption c; the "
               "reference is the tuned full fine-tuning baseline (tag harness.ce_reference: its run id)",
     SHIFT_RCE: "relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^ref_{s,c} - E^ref_clean), E_clean the error on "
