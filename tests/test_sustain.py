@@ -231,8 +231,9 @@ def test_default_sustain_config_and_bad_input_exit_2_naming_the_key(workdir, cap
 
 def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_other(tmp_path, monkeypatch):
     """seed_context (what every policy run starts from) on the tiny study's 60 train images and a clean-pixel prior
-    stream: the deployed model's fine-tune sees exactly its 30 images, every labelled stream image comes from the
-    other 30 (the pool), and a second call for the seed reads the cached deployed model without training again."""
+    stream: the deployed model's fine-tune sees exactly its 30 images (then the reachable model all 60), every
+    labelled stream image comes from the other 30 (the pool), and a second call for the seed reads the cached
+    deployed and reachable models without training again."""
     path = tmp_path / "s.toml"
     path.write_text(SUSTAIN_TINY.replace('kind = "severity"', 'kind = "prior"'))
     cfg = config.load(path)
@@ -241,13 +242,13 @@ def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_ot
     head = models.head_prefix(body, groups)
     pre = {k: v for k, v in body.body.state_dict().items() if not k.startswith(head)}  # stands in for pretraining
     seen = []
-    real = replay.fine_tune
+    real = replay.converge
 
     def recording(model, groups, x, y, *args, **kw):  # the real fine-tune, its training images recorded
         seen.append(x.clone())
         return real(model, groups, x, y, *args, **kw)
 
-    monkeypatch.setattr(replay, "fine_tune", recording)
+    monkeypatch.setattr(replay, "converge", recording)
     ctx = context.Context(cfg=cfg, device=CPU, data=data, data_cpu=data, suite=None, pretrained=pre,
                           weights_key="test", n_groups=4, client=None, uri="", storage=None, exp_id="", parent_id="",
                           created=False, cache=tmp_path / "cache", info={})  # no store: seed_context writes none
@@ -256,12 +257,13 @@ def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_ot
     rows = lambda imgs: {tuple(v.flatten().tolist()) for v in imgs}  # noqa: E731
     x = data["train"][0]
     deploy, pool = rows(x[sc.deploy_idx]), rows(x[sc.pool_idx])
-    assert len(seen) == 1 and rows(seen[0]) == deploy and deploy.isdisjoint(pool) and len(seen[0]) == 30
+    assert len(seen) == 2 and rows(seen[0]) == deploy and deploy.isdisjoint(pool) and len(seen[0]) == 30
+    assert rows(seen[1]) == deploy | pool and len(seen[1]) == 60
     for p in sc.stream:
         assert rows(p["x"]) <= pool
     run.seeds = {}
     replay.seed_context(run, 0)
-    assert len(seen) == 1  # cached: the key holds the pool split (VERSION, stream.pool_fraction) and the resolved device
+    assert len(seen) == 2  # cached: the key holds the pool split (VERSION, stream.pool_fraction) and the resolved device
 
 
 @pytest.mark.slow

@@ -75,6 +75,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import sys
 import time
 
@@ -169,8 +170,12 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     results, failed = (found["results"], []) if found else _replay_policies(sr)
     summary = summarize(results)
     tracking.log_json(ctx.client, ctx.parent_id, summary, "summary.json")
-    tracking.log_json(ctx.client, ctx.parent_id, {str(s): c.recipes for s, c in sr.seeds.items()
-                                                  if isinstance(c, replay.SeedContext)}, "stream.json")
+    built = {s: c for (s, half), c in sr.seeds.items() if isinstance(c, replay.SeedContext) and half == "reported"}
+    tracking.log_json(ctx.client, ctx.parent_id, {str(s): c.recipes for s, c in built.items()}, "stream.json")
+    # the deployed model per reported seed: epochs, validation and clean test accuracy, and the reachable one's
+    tracking.log_json(ctx.client, ctx.parent_id, {str(s): c.deployed for s, c in built.items()}, "deployed.json")
+    tracking.log_json(ctx.client, ctx.parent_id, {h: [int(i) for i in ix] for h, ix in streams.eval_halves(
+        *ctx.data_cpu["test"], cfg_seed(ctx)).items()}, "eval_halves.json")
     tracking.end_run(ctx.client, ctx.parent_id, "FINISHED",
                      {schema.TAG_FAILED_RUNS: len(found["failed"]) if found else len(failed)})
     if not st.search and summary:
@@ -193,16 +198,33 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     return 0
 
 
+def cfg_seed(ctx: context.Context) -> int:
+    """The seed of the test split's halving into search and reported evaluation images (streams.eval_halves)."""
+    return ctx.cfg.study.seed
+
+
+def variants(cfg: config.Config) -> list[str]:
+    """The streams each reported policy is replayed on: the drifting one, and its no-drift control (stream.control)."""
+    return [schema.STREAM_DRIFT] + ([schema.STREAM_CONTROL] if cfg.stream.control else [])
+
+
+def result_key(label: str, variant: str) -> str:
+    return label if variant == schema.STREAM_DRIFT else f"{label}/{variant}"
+
+
 def _replay_policies(sr: replay.SustainRun) -> tuple[dict, list]:
-    """stream.policies on every seed: (label -> rows of final metrics, [(label, seed, reason)] of failed runs)."""
+    """stream.policies on every seed, on the drifting stream and its control: (label or label/control -> rows of
+    final metrics, [(label, seed, reason)] of failed runs)."""
     results, failed = {}, []
     for seed in streams.seeds_of(sr.ctx.cfg):
         for policy in sr.ctx.cfg.stream.policies:
             spec = policies.policy_spec(sr.ctx.cfg.stream, policy)
-            try:
-                results.setdefault(policies.label(spec), []).append(replay.run_policy(sr, spec, seed))
-            except Exception as err:  # recorded on its child run by run_policy; the other policies go on
-                failed.append((policies.label(spec), seed, f"{type(err).__name__}: {err}"))
+            for variant in variants(sr.ctx.cfg):
+                lab = result_key(policies.label(spec), variant)
+                try:
+                    results.setdefault(lab, []).append(replay.run_policy(sr, spec, seed, variant=variant))
+                except Exception as err:  # recorded on its child run by run_policy; the other policies go on
+                    failed.append((lab, seed, f"{type(err).__name__}: {err}"))
     return results, failed
 
 
@@ -222,12 +244,12 @@ def summarize(results: dict[str, list[dict]]) -> dict:
 
 def _table(summary: dict, log) -> None:
     """Mean ± std over seeds; update cost as wall seconds and as images x epochs trained (device independent)."""
-    log(f"\n{'policy':<11} {'seeds':>5} {schema.STREAM_ACC_MEAN:>15} {'worst':>13} {schema.BWT:>14} {schema.FORGETTING:>14} "
+    log(f"\n{'policy':<17} {'seeds':>5} {schema.STREAM_ACC_MEAN:>15} {'worst':>13} {schema.BWT:>14} {schema.FORGETTING:>14} "
         f"{schema.FWT:>14} {'updates':>9} {'update_s':>11} {schema.UPDATE_EXAMPLES:>15}")
     for lab, e in summary.items():
         f = lambda k, w=".3f": f"{e[k]['mean']:{w}} ± {e[k]['std']:.3f}"
         g = lambda k, w: f"{e[k]['mean']:{w}} ± {e[k]['std']:{w}}"
-        log(f"{lab:<11} {e['n_seeds']:>5} {f(schema.STREAM_ACC_MEAN):>15} {f(schema.STREAM_ACC_WORST):>13} {f(schema.BWT, '+.3f'):>14} "
+        log(f"{lab:<17} {e['n_seeds']:>5} {f(schema.STREAM_ACC_MEAN):>15} {f(schema.STREAM_ACC_WORST):>13} {f(schema.BWT, '+.3f'):>14} "
             f"{f(schema.FORGETTING, '+.3f'):>14} {f(schema.FWT, '+.3f'):>14} {g(schema.N_UPDATES, '.1f'):>9} "
             f"{g(schema.UPDATE_SECONDS, '.1f'):>11} {g(schema.UPDATE_EXAMPLES, '.0f'):>15}")
 
@@ -241,6 +263,8 @@ def _log_parent(ctx: context.Context) -> None:
     if cfg.stream.search:
         tracking.log_json(client, run_id, search.space(cfg.stream), "search_space.json")
     tracking.set_tags(client, run_id, {schema.TAG_GIT_SHA: tracking.git_sha(), schema.TAG_DEVICE: str(ctx.device),
+                                       schema.TAG_LOAD_AVERAGE: ",".join(f"{v:.2f}" for v in os.getloadavg()),
+                                       schema.TAG_CPU_COUNT: os.cpu_count(),
                                        schema.TAG_STREAM: cfg.stream.kind,
                                        schema.TAG_STREAM_SHIFT: streams.stream_shift(cfg.stream),
                                        schema.TAG_POOL_FRACTION: cfg.stream.pool_fraction,
