@@ -30,8 +30,9 @@ def paired_difference(terms: list[tuple[int, list[dict]]], resamples: int = 2000
     [(+1, A), (-1, never), (-1, A control), (+1, never control)] for drift gain minus control gain. Per seed that all
     terms ran, the per-cell combination d[s][i]; its mean with the two-level bootstrap over seeds and images
     (stats.two_level_bootstrap of d against zeros: the seeds are paired, so only d's seeds are resampled) when every
-    term evaluated the same images in the same cells, else the t interval over the per-seed means (images differ:
-    a class-prior stream and its control draw different images). None without a common seed."""
+    term evaluated the same images in the same cells on every seed (crossed), else the t interval over the per-seed
+    means (a class-prior stream and its control draw different images; an eval_size below the reported half draws
+    other images per seed). None without a common seed."""
     per = [cells(rows) for _, rows in terms]
     seeds = sorted(set.intersection(*(set(p) for p in per))) if per else []
     seeds = [s for s in seeds if len({len(p[s][0]) for p in per}) == 1]
@@ -52,7 +53,7 @@ def paired_difference(terms: list[tuple[int, list[dict]]], resamples: int = 2000
 
         p = float(2 * t.sf(abs(iv["mean"]) / (iv["sd"] / len(d) ** 0.5), len(d) - 1))
     return {"diff": iv["mean"], "ci": iv["ci"], "p": p, "n_seeds": len(seeds), "n_images": len(d[0]),
-            "level": "seeds only (images differ between terms)", "seeds": seeds, "resamples": None}
+            "level": "seeds only (the evaluation images differ between seeds or terms)", "seeds": seeds, "resamples": None}
 
 
 def _cost(g: dict, key: str):

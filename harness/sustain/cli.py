@@ -103,6 +103,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--study-name": "study name (MLflow experiment); re-running with the same name reuses its finished policy "
                         "runs. Not the name of a regular study"})
     ap.add_argument("--seeds", help="comma-separated replicate seeds, e.g. 0,1,2 (sets stream.seeds)")
+    ap.add_argument("--markdown", metavar="REPORT_JSON", help="write the README's sustainability tables from a sustain "
+                    "report's JSON (e.g. reports/sustain-default/report.json) instead of running: to standard output, "
+                    "or into --out's generated block")
+    ap.add_argument("--out", help="with --markdown: the .md file whose sustain block is replaced (e.g. README.md)")
     return ap.parse_args(argv)
 
 
@@ -278,6 +282,13 @@ def _log_parent(ctx: context.Context) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.markdown or args.out:
+        if not args.markdown:
+            print("error: --out: only with --markdown REPORT_JSON", file=sys.stderr)
+            return 2
+        from harness.sustain import markdown
+
+        return markdown.main(args.markdown, args.out)
     try:
         cfg = load_config(args)
         n_groups = preflight(cfg)
