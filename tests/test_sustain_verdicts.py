@@ -204,3 +204,52 @@ def test_frontier_names_the_best_policy_at_each_budget():
                                                                             ("dear", "cheap")]
     assert [(r["policy"], r["best"]) for r in f[schema.UPDATE_SECONDS]] == [("never", "never"), ("dear", "never"),
                                                                            ("cheap", "cheap")]
+
+
+def test_readme_sustainability_table_is_the_markdown_of_a_report_json(tmp_path, capsys):
+    """`python -m harness.sustain --markdown report.json --out X.md` replaces exactly the sustain block of X.md (the
+    report's own generated block and every other line stay), its paired row carries the JSON's numbers, and the
+    commit, date and machine head it. Bad input exits 2 and writes nothing: a .md without the block, --out not .md,
+    an unreadable JSON. The README holds one sustain block."""
+    from harness.report import markdown as report_md
+    from harness.sustain import markdown
+
+    readme = (__import__("pathlib").Path(__file__).parent.parent / "README.md").read_text()
+    assert readme.count(markdown.BEGIN) == 1 and readme.count(markdown.END) == 1
+    assert readme.index(markdown.BEGIN) < readme.index(markdown.END)
+
+    seeds = (0, 1, 2)
+    never, a = _group("never", "never", {s: _bits(20 + s, 0.4) for s in seeds}, 0), \
+        _group("A", "every", {s: _bits(10 + s, 0.9) for s in seeds}, 0)
+    cmp = sustain_verdicts.comparisons([never, a])
+    for g in (never, a):
+        g.update(n_seeds=3, trial=None, metrics={**g["metrics"], schema.N_UPDATES: {"mean": 1.0, "sd": 0.0}})
+        del g["rows"]
+    summary = {"kind": "sustain", "name": "sustain-x", "policies": [never, a], "comparisons": cmp,
+               "drift_vs_control": [], "frontier": sustain_verdicts.frontier([never, a]), "deployed": {},
+               "provenance": {"git_sha": "abcdef1234567890", "started_ms": 1.7e12, "versions": {"platform": "Linux-x"},
+                              "cpu_count": "2", "load_average": "1.00,2.00,3.00", "device": "cpu", "stream": "severity",
+                              "stream_shift": "contrast", "seeds": "0,1,2", "params": {"stream.periods": "4"},
+                              "counts": {"complete": 6, "failed": 0}, "span_seconds": 12.0}}
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"studies": [summary]}))
+    other = f"# title\n\n{report_md.BEGIN}\nreport tables\n{report_md.END}\n\ntext\n"
+    md = tmp_path / "X.md"
+    md.write_text(f"intro\n{markdown.BEGIN}\nold\n{markdown.END}\n" + other)
+    assert cli.main(["--markdown", str(report), "--out", str(md)]) == 0
+    text = md.read_text()
+    assert text.startswith("intro\n" + markdown.BEGIN) and text.endswith(markdown.END + "\n" + other)
+    assert "old" not in text and "commit abcdef123456" in text and "machine 2 CPUs, Linux-x" in text
+    c = cmp[0]
+    row = f"| A vs never | {100 * c['diff']:+.1f} | [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] | 3 x 100 |"
+    assert row in text and "| pass |" in text
+
+    before = md.read_text()
+    for args in (["--markdown", str(report), "--out", str(tmp_path / "X.txt")],
+                 ["--markdown", str(tmp_path / "missing.json"), "--out", str(md)], ["--out", str(md)]):
+        assert cli.main(args) == 2, args
+        assert "error: --" in capsys.readouterr().err
+    bare = tmp_path / "bare.md"
+    bare.write_text("no block\n")
+    assert cli.main(["--markdown", str(report), "--out", str(bare)]) == 2 and bare.read_text() == "no block\n"
+    assert md.read_text() == before and not (tmp_path / "X.txt").exists()

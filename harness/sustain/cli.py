@@ -5,10 +5,19 @@ Protocol (Wild-Time Eval-Stream, CLEAR "test on the near future"; notes/science.
 (0-based t = 0..T-1) drawn from the target split of the data. The train split is cut per replicate seed, stratified
 by class, into two disjoint parts (stream.pool_fraction): the deployed model's training images and the stream pool. Period
 t brings a labelled batch (`stream.labelled` images of the stream pool, never seen by the deployed model) and an
-evaluation set (`stream.eval_size` images of the test split), both put through the period's shift (a severity ramp
+evaluation set (`stream.eval_size` images of the reported half of the test split; the default's 90 are all of it, in
+order, so every period and seed evaluates the same images), both put through the period's shift (a severity ramp
 of a corruption, a rotation ramp, a drifting class prior, or a recurring A/B shift). So the accuracy monitor's
 reference is held-out accuracy, not training accuracy, and an update learns from images the model has not seen.
-The deployed model at t = 0 is the pretrained model fully fine-tuned on its clean half. At each period the
+The test split is halved once per study (stratified, seeded by study.seed, artifact eval_halves.json): a policy
+search's streams evaluate on the search half only, reported streams on the other, so no image a search selected on
+is reported. The deployed model at t = 0 is the pretrained model fully fine-tuned on its clean half, early-stopped on
+clean validation accuracy (at most stream.init_epochs, patience stream.init_patience, best epoch kept); the same
+recipe on the whole train split is the best reachable model, and deployed.json holds both (epochs, best epoch,
+validation and clean test accuracy) and their gap per seed. With stream.control (default true) every reported policy
+is also replayed on the stream's no-drift control: the same periods, labelled batches and evaluation images with no
+shift (severity 0, no prior drift), so the report separates the gain from adapting to drift (drift gain over never
+minus control gain over never) from the gain of more training. At each period the
 deployed model is first evaluated on the period (its near-future accuracy), then the policy decides whether to update
 it; an update fine-tunes on the period's labelled batch plus the `replay` previous ones (lr, freeze_layers, epochs
 of its own). After every period the model is evaluated on every period's evaluation set: R[i][j] is the accuracy on
@@ -46,11 +55,14 @@ MLflow layout (written only through harness.tracking):
   parent run      run name = study.name; tags harness.role=sustain, optuna.study_name, harness.git_sha,
                   harness.stream (kind), harness.policies, harness.seeds; params = the resolved config (flat, on
                   creation); artifacts config/resolved.toml, versions.json, stream.json (period recipes per seed),
-                  summary.json (per policy: mean and std over seeds of the final metrics, and the child run ids).
+                  summary.json (per policy: mean and std over seeds of the final metrics, and the child run ids),
+                  deployed.json (per reported seed: the deployed and the reachable model), eval_halves.json (the
+                  test-split indices of the search and the reported half); tags harness.load_average, harness.cpu_count.
                   Reused when the same study name runs again; an experiment that holds a regular study
                   (harness.study) is refused (exit 2). At the end the report is written and logged as
                   report/index.html and report/report.json (`python -m harness.report --study-name NAME` rebuilds it).
-  child run       one per (policy, seed), run name policy-<label>-seed<s> (label: never, every<k>, accuracy,
+  child run       one per (policy, seed, stream variant), run name policy-<label>-seed<s>, with suffix -control on
+                  the control stream (tag harness.stream_variant drift | control) (label: never, every<k>, accuracy,
                   embedding, mmd); in search mode trial-<NNNN>-<label>-seed<s> on the search seeds (each reported
                   seed + 10000: selection never sees the reported streams), then the best trial(s) replayed on the
                   reported seeds as policy-<label>-seed<s> with tag harness.search_trial. Tags mlflow.parentRunId,
@@ -63,7 +75,8 @@ MLflow layout (written only through harness.tracking):
                   or MMD^2; triggered policies only), monitor_threshold (what monitor was compared with; triggered
                   policies only; tag harness.threshold_used lists its distinct values). Final metrics:
                   stream_acc_mean, stream_acc_worst, bwt, forgetting, fwt, n_updates, update_seconds,
-                  update_examples. Artifact accuracy_matrix.json: R, initial,
+                  update_examples. Artifact accuracy_matrix.json: R, initial, stream_correct (per period, 0/1 per
+                  evaluation image: the paired comparisons' cells), eval_idx (their test-split indices), variant,
                   stream_acc, updated, monitor, periods (recipes) and the definitions above (in harness.schema's
                   words).
 A non-search run that finds a FINISHED child with the same harness.sustain_key reuses it instead of replaying it
