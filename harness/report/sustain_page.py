@@ -253,6 +253,7 @@ def sustainability(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw
         body.append(_headline(s))
         if not s["policies"]:
             continue
+        body.append(_verdicts(s))  # the verdicts first (issue 24): what a reader may claim, then the curves
         for title, fig in (("Stream accuracy over time", fig_time(s)),
                            ("Accuracy matrix R[i][j] per policy (mean over seeds)", fig_matrix(s)),
                            ("Accuracy against update cost", fig_cost(s))):
@@ -261,7 +262,6 @@ def sustainability(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw
                 body.append(fig)
         body.append(Raw("<h3>Policies</h3>"))
         body.append(_policy_table(s))
-        body.append(_verdicts(s))
         defs = s["metric_definitions"]
         body.append(Raw(f'<p class="note">{esc("; ".join(f"{k}: {v}" for k, v in defs.items()))}.</p>'))
     return ("a drifting stream of periods is replayed once per update policy and seed. Top: the accuracy of the model "

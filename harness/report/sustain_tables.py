@@ -31,7 +31,7 @@ def deployed_rows(s: dict) -> list[list]:
     rows = []
     for seed, rec in sorted((s.get("deployed") or {}).items(), key=lambda kv: int(kv[0])):
         d, r = rec.get("deployed") or {}, rec.get("reachable") or {}
-        rows.append([seed, f"{d.get('epochs', '?')} ({d.get('best_epoch', '?')})", pct(d.get("val_acc")),
+        rows.append([seed, f"{d.get('epochs', '?')} ({d.get('best_epoch', '?')})", pct(d.get(schema.VAL_ACC)),
                      pct(d.get("test_acc")), f"{r.get('epochs', '?')} ({r.get('best_epoch', '?')})" if r else "\u2013",
                      pct(r.get("test_acc")), pts(rec.get("gap"))])
     return rows

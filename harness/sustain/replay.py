@@ -89,7 +89,7 @@ def converge(model, groups, x, y, val, lr, max_epochs, patience, tcfg: config.Tr
         elif ran - best_epoch >= patience:
             break
     model.load_state_dict(state)
-    return {"epochs": ran, "best_epoch": best_epoch, "val_acc": best, "train_images": len(y),
+    return {"epochs": ran, "best_epoch": best_epoch, schema.VAL_ACC: best, "train_images": len(y),
             "max_epochs": max_epochs, "patience": patience, "lr": lr}
 
 
@@ -235,7 +235,7 @@ def _build_seed_context(run: SustainRun, seed: int, half: str) -> SeedContext:
         deployed["gap"] = deployed["reachable"]["test_acc"] - deployed["deployed"]["test_acc"]
     d = deployed["deployed"]
     run.log(f"seed {seed}: deployed model {d['how']}: {d['epochs']} epochs (best {d['best_epoch']}), val acc "
-            f"{d['val_acc']:.3f}, clean test acc {d['test_acc']:.3f}" + (
+            f"{d[schema.VAL_ACC]:.3f}, clean test acc {d['test_acc']:.3f}" + (
                 f"; reachable (whole train split) {deployed['reachable']['test_acc']:.3f}, gap "
                 f"{100 * deployed['gap']:+.1f} points" if "gap" in deployed else ""))
     return SeedContext(recipes=recipes, stream=on_device(recipes), init=init, deploy_idx=deploy_idx,
