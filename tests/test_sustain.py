@@ -271,7 +271,8 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     """A tiny sustain study (4 periods, 4 policies, seeds 0 and 1) in a temp dir:
     - exit 0; MLflow: one experiment 'sustain-tiny', one FINISHED parent run named after it with tag
       harness.role=sustain, resolved config, versions.json, stream.json, summary.json;
-    - one FINISHED child run per (policy, seed) named policy-<label>-seed<s> (never, every2, accuracy, embedding)
+    - one FINISHED child run per (policy, seed) named policy-<label>-seed<s> (never, every2, accuracy, embedding),
+      and one per (policy, seed) on the no-drift control named policy-<label>-seed<s>-control
       with mlflow.parentRunId, params policy/k/threshold/lr/freeze_layers/epochs/stream/seed, stream_acc and
       updated at steps 0..3, final stream_acc_mean/worst, bwt, fwt, n_updates, update_seconds, and
       accuracy_matrix.json holding a 4x4 R; never has 0 updates and bwt 0, every2 has floor(4/2) = 2 at periods
@@ -296,12 +297,13 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config", "versions.json", "stream.json", "summary.json"} <= arts
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    names = {f"policy-{p}-seed{s}" for p in ("never", "every2", "accuracy", "embedding") for s in (0, 1)}
+    names = {f"policy-{p}-seed{s}{v}" for p in ("never", "every2", "accuracy", "embedding") for s in (0, 1)
+             for v in ("", "-control")}
     assert set(children) == names and len(runs) == 1 + len(names)
     for name, run in children.items():
         assert run.info.status == "FINISHED" and run.data.tags["harness.role"] == "sustain_policy"
         assert {"policy", "k", "threshold", "lr", "freeze_layers", "epochs", "stream", "seed"} <= set(run.data.params)
-        assert run.data.params["stream"] == "severity" and run.data.params["seed"] == name[-1]
+        assert run.data.params["stream"] == "severity" and run.data.params["seed"] == name.split("seed")[1][0]
         for key in ("stream_acc", "updated"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2, 3]
         assert {"stream_acc_mean", "stream_acc_worst", "bwt", "forgetting", "fwt", "n_updates", "update_seconds",
@@ -344,6 +346,15 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     best = {str(t.number) for t in study.best_trials}
     assert {r.data.tags["harness.search_trial"] for r in reported} == best
     assert {r.data.tags["harness.seed"] for r in reported} == {"0"}
+
+    def eval_images(run):  # the test-split images a run evaluated on, and on which half
+        m = json.loads(open(client.download_artifacts(run.info.run_id, "accuracy_matrix.json", str(workdir))).read())
+        return m["eval_half"], {i for row in m["eval_idx"] for i in row}
+
+    search_half = [eval_images(r) for r in searched]
+    reported_half = [eval_images(r) for r in reported]
+    assert {h for h, _ in search_half} == {"search"} and {h for h, _ in reported_half} == {"reported"}
+    assert set().union(*(ix for _, ix in search_half)).isdisjoint(set().union(*(ix for _, ix in reported_half)))
 
 
 @pytest.mark.slow
