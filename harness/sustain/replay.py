@@ -328,7 +328,8 @@ def _replay_into(run: SustainRun, spec: dict, seed: int, run_id: str, variant: s
     model, groups = trialmod.fresh_model(cfg.model, len(ctx.data_cpu["classes"]), ctx.pretrained, ctx.device, seed,
                                          compile=cfg.train.compile)
     model.load_state_dict(sc.init)
-    registry = versions.start(ctx, run_id, policies.label(spec), seed)  # None unless stream.register_models
+    # None unless stream.register_models; a control run is a diagnostic, not a model in service: never registered
+    registry = versions.start(ctx, run_id, policies.label(spec), seed) if variant == schema.STREAM_DRIFT else None
     versions.register(registry, model, -1, "deployed")
     res = replay(model, groups, stream, spec, run.reference_x, cfg.train, ctx.device, seed,
                  on_update=None if registry is None else
