@@ -224,7 +224,8 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
 # load_sustain reads them back (load() hands sustain parents to it); sustain_numbers.summarize_sustain makes the
 # report's numbers.
 
-SUSTAIN_TEXTS = ("config/resolved.toml", "versions.json", "stream.json", "summary.json", "search_space.json")
+SUSTAIN_TEXTS = ("config/resolved.toml", "versions.json", "stream.json", "summary.json", "search_space.json",
+                 "deployed.json")
 
 
 def _json_or_none(raw: bytes | None):

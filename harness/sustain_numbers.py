@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import schema
+from harness import schema, sustain_verdicts
 from harness.numbers import json_artifact
 from harness.stats import mean_sd, pareto
 
@@ -115,8 +115,20 @@ def summarize_sustain(study: dict) -> dict:
     def tag(name):
         return schema.tag(tags, name)
 
-    groups = [_policy_group(name, rows) for name, rows in _group_runs(study["runs"]).items()]
+    def variant(r):
+        return schema.tag(r["tags"], schema.TAG_STREAM_VARIANT, schema.STREAM_DRIFT)
+
+    drift = [r for r in study["runs"] if variant(r) != schema.STREAM_CONTROL]
+    groups = [{**_policy_group(name, rows), "rows": rows} for name, rows in _group_runs(drift).items()]
     groups.sort(key=lambda g: (g["trial"] is not None, g["trial"] or 0, g["policy"] != "never"))
+    controls = {name: {**_policy_group(name, rows), "rows": rows} for name, rows in
+                _group_runs([r for r in study["runs"] if variant(r) == schema.STREAM_CONTROL]).items()}
+    reported = [g for g in groups if g["trial"] is None]  # search trials select; the reported policies are compared
+    verdicts = {"comparisons": sustain_verdicts.comparisons(reported),
+                "drift_vs_control": sustain_verdicts.drift_vs_control(reported, controls),
+                "frontier": sustain_verdicts.frontier(reported)}
+    for g in [*groups, *controls.values()]:
+        del g["rows"]
     acc_cost = {g["key"]: (g["metrics"][schema.STREAM_ACC_MEAN]["mean"], g["metrics"][schema.UPDATE_EXAMPLES]["mean"])
                 for g in groups}
     front = pareto({k: (a, -c) for k, (a, c) in acc_cost.items() if a is not None and c is not None})
@@ -139,6 +151,7 @@ def summarize_sustain(study: dict) -> dict:
             "stream": tag(schema.TAG_STREAM), "stream_shift": tag(schema.TAG_STREAM_SHIFT),
             "pool_fraction": tag(schema.TAG_POOL_FRACTION), "policies": tag(schema.TAG_POLICIES),
             "seeds": tag(schema.TAG_SEEDS), "search": tag(schema.TAG_SEARCH),
+            "load_average": tag(schema.TAG_LOAD_AVERAGE), "cpu_count": tag(schema.TAG_CPU_COUNT),
             "versions": json_artifact(study, "versions.json"),
             "started_ms": p["start_time"], "ended_ms": p["end_time"],
             "span_seconds": (p["end_time"] - p["start_time"]) / 1000 if p["end_time"] and p["start_time"] else None,
@@ -146,7 +159,10 @@ def summarize_sustain(study: dict) -> dict:
             "search_space": json_artifact(study, "search_space.json"),
         },
         "stream": json_artifact(study, "stream.json"),  # seed -> period recipes (shift, severity, prior)
-        "policies": groups, "pareto": front, "best": best["key"] if best else None, "failed": _failed(study["runs"]),
+        "policies": groups, "controls": list(controls.values()), **verdicts,
+        # per reported seed: the deployed model (epochs, val and clean test accuracy) and the reachable one's
+        "deployed": json_artifact(study, "deployed.json"),
+        "pareto": front, "best": best["key"] if best else None, "failed": _failed(study["runs"]),
         "metric_definitions": {
             schema.STREAM_ACC: "accuracy on period t of the model in service when t arrives (before any update on t)",
             schema.BWT: "GEM backward transfer: mean over i < T-1 of R[T-1][i] - R[i][i] (negative = forgetting)",

@@ -231,8 +231,9 @@ def test_default_sustain_config_and_bad_input_exit_2_naming_the_key(workdir, cap
 
 def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_other(tmp_path, monkeypatch):
     """seed_context (what every policy run starts from) on the tiny study's 60 train images and a clean-pixel prior
-    stream: the deployed model's fine-tune sees exactly its 30 images, every labelled stream image comes from the
-    other 30 (the pool), and a second call for the seed reads the cached deployed model without training again."""
+    stream: the deployed model's fine-tune sees exactly its 30 images (then the reachable model all 60), every
+    labelled stream image comes from the other 30 (the pool), and a second call for the seed reads the cached
+    deployed and reachable models without training again."""
     path = tmp_path / "s.toml"
     path.write_text(SUSTAIN_TINY.replace('kind = "severity"', 'kind = "prior"'))
     cfg = config.load(path)
@@ -241,13 +242,13 @@ def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_ot
     head = models.head_prefix(body, groups)
     pre = {k: v for k, v in body.body.state_dict().items() if not k.startswith(head)}  # stands in for pretraining
     seen = []
-    real = replay.fine_tune
+    real = replay.converge
 
     def recording(model, groups, x, y, *args, **kw):  # the real fine-tune, its training images recorded
         seen.append(x.clone())
         return real(model, groups, x, y, *args, **kw)
 
-    monkeypatch.setattr(replay, "fine_tune", recording)
+    monkeypatch.setattr(replay, "converge", recording)
     ctx = context.Context(cfg=cfg, device=CPU, data=data, data_cpu=data, suite=None, pretrained=pre,
                           weights_key="test", n_groups=4, client=None, uri="", storage=None, exp_id="", parent_id="",
                           created=False, cache=tmp_path / "cache", info={})  # no store: seed_context writes none
@@ -256,12 +257,13 @@ def test_deployed_model_trains_only_on_its_half_and_the_stream_draws_from_the_ot
     rows = lambda imgs: {tuple(v.flatten().tolist()) for v in imgs}  # noqa: E731
     x = data["train"][0]
     deploy, pool = rows(x[sc.deploy_idx]), rows(x[sc.pool_idx])
-    assert len(seen) == 1 and rows(seen[0]) == deploy and deploy.isdisjoint(pool) and len(seen[0]) == 30
+    assert len(seen) == 2 and rows(seen[0]) == deploy and deploy.isdisjoint(pool) and len(seen[0]) == 30
+    assert rows(seen[1]) == deploy | pool and len(seen[1]) == 60
     for p in sc.stream:
         assert rows(p["x"]) <= pool
     run.seeds = {}
     replay.seed_context(run, 0)
-    assert len(seen) == 1  # cached: the key holds the pool split (VERSION, stream.pool_fraction) and the resolved device
+    assert len(seen) == 2  # cached: the key holds the pool split (VERSION, stream.pool_fraction) and the resolved device
 
 
 @pytest.mark.slow
@@ -269,7 +271,8 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     """A tiny sustain study (4 periods, 4 policies, seeds 0 and 1) in a temp dir:
     - exit 0; MLflow: one experiment 'sustain-tiny', one FINISHED parent run named after it with tag
       harness.role=sustain, resolved config, versions.json, stream.json, summary.json;
-    - one FINISHED child run per (policy, seed) named policy-<label>-seed<s> (never, every2, accuracy, embedding)
+    - one FINISHED child run per (policy, seed) named policy-<label>-seed<s> (never, every2, accuracy, embedding),
+      and one per (policy, seed) on the no-drift control named policy-<label>-seed<s>-control
       with mlflow.parentRunId, params policy/k/threshold/lr/freeze_layers/epochs/stream/seed, stream_acc and
       updated at steps 0..3, final stream_acc_mean/worst, bwt, fwt, n_updates, update_seconds, and
       accuracy_matrix.json holding a 4x4 R; never has 0 updates and bwt 0, every2 has floor(4/2) = 2 at periods
@@ -294,12 +297,13 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config", "versions.json", "stream.json", "summary.json"} <= arts
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    names = {f"policy-{p}-seed{s}" for p in ("never", "every2", "accuracy", "embedding") for s in (0, 1)}
+    names = {f"policy-{p}-seed{s}{v}" for p in ("never", "every2", "accuracy", "embedding") for s in (0, 1)
+             for v in ("", "-control")}
     assert set(children) == names and len(runs) == 1 + len(names)
     for name, run in children.items():
         assert run.info.status == "FINISHED" and run.data.tags["harness.role"] == "sustain_policy"
         assert {"policy", "k", "threshold", "lr", "freeze_layers", "epochs", "stream", "seed"} <= set(run.data.params)
-        assert run.data.params["stream"] == "severity" and run.data.params["seed"] == name[-1]
+        assert run.data.params["stream"] == "severity" and run.data.params["seed"] == name.split("seed")[1][0]
         for key in ("stream_acc", "updated"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2, 3]
         assert {"stream_acc_mean", "stream_acc_worst", "bwt", "forgetting", "fwt", "n_updates", "update_seconds",
@@ -342,6 +346,15 @@ def test_end_to_end_mlflow_layout_resume_and_search(workdir, capsys):
     best = {str(t.number) for t in study.best_trials}
     assert {r.data.tags["harness.search_trial"] for r in reported} == best
     assert {r.data.tags["harness.seed"] for r in reported} == {"0"}
+
+    def eval_images(run):  # the test-split images a run evaluated on, and on which half
+        m = json.loads(open(client.download_artifacts(run.info.run_id, "accuracy_matrix.json", str(workdir))).read())
+        return m["eval_half"], {i for row in m["eval_idx"] for i in row}
+
+    search_half = [eval_images(r) for r in searched]
+    reported_half = [eval_images(r) for r in reported]
+    assert {h for h, _ in search_half} == {"search"} and {h for h, _ in reported_half} == {"reported"}
+    assert set().union(*(ix for _, ix in search_half)).isdisjoint(set().union(*(ix for _, ix in reported_half)))
 
 
 @pytest.mark.slow

@@ -88,7 +88,8 @@ def test_the_shared_flags_in_each_commands_words(capsys):
 
 def test_python_m_harness_sustain_runs_in_a_subprocess(tmp_path):
     """A tiny study (never, every2, mmd; seed 0; no report) run as `python -m harness.sustain` in a fresh directory
-    exits 0 and leaves one FINISHED parent run and one FINISHED child run per policy in mlruns/mlflow.db. (That
+    exits 0 and leaves one FINISHED parent run and two FINISHED child runs per policy (drift and no-drift control)
+    in mlruns/mlflow.db. (That
     `python -m harness.sustain --help` prints the description from the module docstring is checked in
     tests/test_schema.py::test_ui_and_bench_run_as_subprocesses, which runs every heavy module's --help in one
     interpreter.)"""
@@ -102,7 +103,8 @@ def test_python_m_harness_sustain_runs_in_a_subprocess(tmp_path):
     client = mlflow_client(tmp_path)
     exp = client.get_experiment_by_name("sustain-tiny")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"sustain-tiny", "policy-never-seed0", "policy-every2-seed0", "policy-mmd-seed0"}
+    names = {f"policy-{p}-seed0{v}" for p in ("never", "every2", "mmd") for v in ("", "-control")}
+    assert set(runs) == {"sustain-tiny"} | names  # each policy also on the no-drift control (stream.control)
     assert all(r.info.status == "FINISHED" for r in runs.values())
     assert runs["sustain-tiny"].data.tags["harness.role"] == "sustain"
     parent = runs["sustain-tiny"].info.run_id

@@ -251,7 +251,8 @@ def _check_stream(cfg: Config) -> None:
         raise ConfigError("stream.severity", f"must be in 1..5, got {st.severity}")
     if st.periods < 2:
         raise ConfigError("stream.periods", f"must be >= 2 (backward transfer needs T - 1 > 0), got {st.periods}")
-    for key in ("phase", "labelled", "eval_size", "k", "window", "epochs", "lr", "init_lr", "alpha"):
+    for key in ("phase", "labelled", "eval_size", "k", "window", "epochs", "lr", "init_lr", "alpha", "init_epochs",
+                "init_patience"):
         _positive(f"stream.{key}", getattr(st, key))
     for key in ("replay", "freeze_layers", "drop", "mmd", "cost"):
         _positive(f"stream.{key}", getattr(st, key), allow_zero=True)

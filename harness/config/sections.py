@@ -191,8 +191,10 @@ class Stream:
     # register every policy run's models as versions of "<study>-<policy>-seed<s>" (deployed = version 1, one per
     # update, alias production on the current one); off by default: it costs about a second per version on CPU
     register_models: bool = False
-    init_lr: float = 0.03  # the deployed model: pretrained, fully fine-tuned for train.epochs on the clean train split
-    # minus the stream pool
+    init_lr: float = 0.03  # the deployed model: pretrained, fully fine-tuned on the clean train split minus the pool,
+    init_epochs: int = 40  # ... for at most this many epochs, early-stopped on clean validation accuracy:
+    init_patience: int = 5  # stop after this many epochs without a better one; the best epoch's weights are kept
+    control: bool = True  # also replay each policy on a no-drift control stream (same periods, budget, images)
     search: bool = False  # true: an Optuna study searches the policy instead of replaying `policies`
     objective: str = "penalized"  # penalized: mean acc - cost * update share; multi: (mean acc, update share), the
     # update share = update_examples / (T * labelled * (1 + replay) * epochs), 1 when every period updates

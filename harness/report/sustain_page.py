@@ -5,6 +5,7 @@ table of per-policy metrics (mean ± sd over seeds; every cell carries data-key,
 from __future__ import annotations
 
 from harness import schema
+from harness.report import sustain_tables as tables
 from harness.report.kit import Raw, drawn, esc, figure, heading, num, page, png, pts, rc, table, td
 from harness.results import StudyNotFound
 
@@ -211,6 +212,40 @@ def _headline(s: dict) -> Raw:
     return Raw(f'<p class="note" data-key="sustain-headline">{esc(text)}</p>')
 
 
+def _outcome_td(outcome: str) -> Raw:
+    return Raw(f'<td data-key="outcome"><span class="badge {esc(outcome)}">{esc(outcome)}</span></td>')
+
+
+def _verdicts(s: dict) -> Raw:
+    """Issue 24's tables: the deployed model against the reachable one, drift gain against the no-drift control's,
+    the paired comparisons with their three-way verdicts, and the cost-accuracy frontier."""
+    out = []
+    if s.get("deployed"):
+        out += [Raw("<h3>Deployed model against the best reachable on the same data</h3>"),
+                Raw(f'<p class="note" data-key="deployed-note">{esc(tables.deployed_note(s))}</p>'),
+                table(tables.DEPLOYED, tables.deployed_rows(s), "kv deployed")]
+    if s.get("drift_vs_control"):
+        out += [Raw("<h3>Gain from adapting to drift: drift gain minus no-drift control gain</h3>"),
+                Raw('<p class="note">Gain = a policy\'s mean stream accuracy minus never\'s, on the drifting stream '
+                    'and on its control (the same periods, labelled batches and evaluation images, no shift). The '
+                    'control gain is what more training alone buys; the difference is the gain from adapting to '
+                    'drift. Paired per seed and image; 95% two-level bootstrap (seeds and images).</p>'),
+                table(tables.CONTROL, tables.control_rows(s), "control")]
+    if s.get("comparisons"):
+        rows = [r[:-2] + [_outcome_td(r[-2]), r[-1]] for r in tables.paired_rows(s)]
+        out += [Raw("<h3>Paired policy comparisons</h3>"),
+                Raw('<p class="note">Per seed on the same stream and evaluation images: A - B of mean stream accuracy, '
+                    '95% two-level bootstrap over seeds and images, Holm-adjusted over the pairs. "A beats B" passes '
+                    'only where the interval excludes 0 (Holm p &lt; 0.05) and A\'s updates cost no more images x '
+                    'epochs than B\'s; it fails where B is significantly more accurate; inconclusive otherwise.</p>'),
+                table(tables.PAIRED, rows, "paired", [{"data-a": c["a"], "data-b": c["b"]} for c in s["comparisons"]])]
+    if s.get("frontier"):
+        out.append(Raw("<h3>Cost-accuracy frontier: the best policy at each budget</h3>"))
+        for measure in tables.FRONTIER_MEASURES:
+            out.append(table(tables.FRONTIER, tables.frontier_rows(s, measure), f"frontier {measure}"))
+    return Raw("".join(out))
+
+
 def sustainability(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw]:
     body = []
     for s in summaries:
@@ -218,6 +253,7 @@ def sustainability(studies: list[dict], summaries: list[dict]) -> tuple[str, Raw
         body.append(_headline(s))
         if not s["policies"]:
             continue
+        body.append(_verdicts(s))  # the verdicts first (issue 24): what a reader may claim, then the curves
         for title, fig in (("Stream accuracy over time", fig_time(s)),
                            ("Accuracy matrix R[i][j] per policy (mean over seeds)", fig_matrix(s)),
                            ("Accuracy against update cost", fig_cost(s))):

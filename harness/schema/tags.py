@@ -36,6 +36,8 @@ TAG_POLICIES, TAG_SEEDS, TAG_SEARCH, TAG_FAILED_RUNS = \
     "harness.policies", "harness.seeds", "harness.search", "harness.failed_runs"
 TAG_POLICY, TAG_SUSTAIN_KEY, TAG_UPDATE_PERIODS = "harness.policy", "harness.sustain_key", "harness.update_periods"
 TAG_THRESHOLD_USED, TAG_SEARCH_TRIAL = "harness.threshold_used", "harness.search_trial"
+TAG_STREAM_VARIANT = "harness.stream_variant"  # drift | control (issue 24)
+STREAM_DRIFT, STREAM_CONTROL = "drift", "control"  # its values
 # MLflow-native records
 TAG_REGISTERED_MODEL, TAG_MODEL_VERSION = "harness.registered_model", "harness.model_version"
 
@@ -100,6 +102,8 @@ TAGS = {
     TAG_THRESHOLD_USED: "the distinct monitor thresholds used",
     TAG_SEARCH_TRIAL: "a searched policy reported on the reported seeds: the Optuna trial that selected it on the "
                       "search seeds (reported seed + 10000)",
+    TAG_STREAM_VARIANT: "policy runs: drift (the configured stream) or control (the same periods, labelled budget and "
+                        "evaluation images with no shift: severity 0, no prior drift)",
     # MLflow-native records (records.py, champion.py)
     TAG_NOTE: "the run's description in the MLflow UI: a trial's strategy in words, the study's summary",
     TAG_REGISTERED_MODEL: "study parent: the registered model its selected trial's model is a version of",

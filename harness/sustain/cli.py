@@ -5,10 +5,19 @@ Protocol (Wild-Time Eval-Stream, CLEAR "test on the near future"; notes/science.
 (0-based t = 0..T-1) drawn from the target split of the data. The train split is cut per replicate seed, stratified
 by class, into two disjoint parts (stream.pool_fraction): the deployed model's training images and the stream pool. Period
 t brings a labelled batch (`stream.labelled` images of the stream pool, never seen by the deployed model) and an
-evaluation set (`stream.eval_size` images of the test split), both put through the period's shift (a severity ramp
+evaluation set (`stream.eval_size` images of the reported half of the test split; the default's 90 are all of it, in
+order, so every period and seed evaluates the same images), both put through the period's shift (a severity ramp
 of a corruption, a rotation ramp, a drifting class prior, or a recurring A/B shift). So the accuracy monitor's
 reference is held-out accuracy, not training accuracy, and an update learns from images the model has not seen.
-The deployed model at t = 0 is the pretrained model fully fine-tuned on its clean half. At each period the
+The test split is halved once per study (stratified, seeded by study.seed, artifact eval_halves.json): a policy
+search's streams evaluate on the search half only, reported streams on the other, so no image a search selected on
+is reported. The deployed model at t = 0 is the pretrained model fully fine-tuned on its clean half, early-stopped on
+clean validation accuracy (at most stream.init_epochs, patience stream.init_patience, best epoch kept); the same
+recipe on the whole train split is the best reachable model, and deployed.json holds both (epochs, best epoch,
+validation and clean test accuracy) and their gap per seed. With stream.control (default true) every reported policy
+is also replayed on the stream's no-drift control: the same periods, labelled batches and evaluation images with no
+shift (severity 0, no prior drift), so the report separates the gain from adapting to drift (drift gain over never
+minus control gain over never) from the gain of more training. At each period the
 deployed model is first evaluated on the period (its near-future accuracy), then the policy decides whether to update
 it; an update fine-tunes on the period's labelled batch plus the `replay` previous ones (lr, freeze_layers, epochs
 of its own). After every period the model is evaluated on every period's evaluation set: R[i][j] is the accuracy on
@@ -46,11 +55,14 @@ MLflow layout (written only through harness.tracking):
   parent run      run name = study.name; tags harness.role=sustain, optuna.study_name, harness.git_sha,
                   harness.stream (kind), harness.policies, harness.seeds; params = the resolved config (flat, on
                   creation); artifacts config/resolved.toml, versions.json, stream.json (period recipes per seed),
-                  summary.json (per policy: mean and std over seeds of the final metrics, and the child run ids).
+                  summary.json (per policy: mean and std over seeds of the final metrics, and the child run ids),
+                  deployed.json (per reported seed: the deployed and the reachable model), eval_halves.json (the
+                  test-split indices of the search and the reported half); tags harness.load_average, harness.cpu_count.
                   Reused when the same study name runs again; an experiment that holds a regular study
                   (harness.study) is refused (exit 2). At the end the report is written and logged as
                   report/index.html and report/report.json (`python -m harness.report --study-name NAME` rebuilds it).
-  child run       one per (policy, seed), run name policy-<label>-seed<s> (label: never, every<k>, accuracy,
+  child run       one per (policy, seed, stream variant), run name policy-<label>-seed<s>, with suffix -control on
+                  the control stream (tag harness.stream_variant drift | control) (label: never, every<k>, accuracy,
                   embedding, mmd); in search mode trial-<NNNN>-<label>-seed<s> on the search seeds (each reported
                   seed + 10000: selection never sees the reported streams), then the best trial(s) replayed on the
                   reported seeds as policy-<label>-seed<s> with tag harness.search_trial. Tags mlflow.parentRunId,
@@ -63,7 +75,8 @@ MLflow layout (written only through harness.tracking):
                   or MMD^2; triggered policies only), monitor_threshold (what monitor was compared with; triggered
                   policies only; tag harness.threshold_used lists its distinct values). Final metrics:
                   stream_acc_mean, stream_acc_worst, bwt, forgetting, fwt, n_updates, update_seconds,
-                  update_examples. Artifact accuracy_matrix.json: R, initial,
+                  update_examples. Artifact accuracy_matrix.json: R, initial, stream_correct (per period, 0/1 per
+                  evaluation image: the paired comparisons' cells), eval_idx (their test-split indices), variant,
                   stream_acc, updated, monitor, periods (recipes) and the definitions above (in harness.schema's
                   words).
 A non-search run that finds a FINISHED child with the same harness.sustain_key reuses it instead of replaying it
@@ -75,6 +88,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import sys
 import time
 
@@ -102,6 +116,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--study-name": "study name (MLflow experiment); re-running with the same name reuses its finished policy "
                         "runs. Not the name of a regular study"})
     ap.add_argument("--seeds", help="comma-separated replicate seeds, e.g. 0,1,2 (sets stream.seeds)")
+    ap.add_argument("--markdown", metavar="REPORT_JSON", help="write the README's sustainability tables from a sustain "
+                    "report's JSON (e.g. reports/sustain-default/report.json) instead of running: to standard output, "
+                    "or into --out's generated block")
+    ap.add_argument("--out", help="with --markdown: the .md file whose sustain block is replaced (e.g. README.md)")
     return ap.parse_args(argv)
 
 
@@ -169,8 +187,12 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     results, failed = (found["results"], []) if found else _replay_policies(sr)
     summary = summarize(results)
     tracking.log_json(ctx.client, ctx.parent_id, summary, "summary.json")
-    tracking.log_json(ctx.client, ctx.parent_id, {str(s): c.recipes for s, c in sr.seeds.items()
-                                                  if isinstance(c, replay.SeedContext)}, "stream.json")
+    built = {s: c for (s, half), c in sr.seeds.items() if isinstance(c, replay.SeedContext) and half == "reported"}
+    tracking.log_json(ctx.client, ctx.parent_id, {str(s): c.recipes for s, c in built.items()}, "stream.json")
+    # the deployed model per reported seed: epochs, validation and clean test accuracy, and the reachable one's
+    tracking.log_json(ctx.client, ctx.parent_id, {str(s): c.deployed for s, c in built.items()}, "deployed.json")
+    tracking.log_json(ctx.client, ctx.parent_id, {h: [int(i) for i in ix] for h, ix in streams.eval_halves(
+        *ctx.data_cpu["test"], cfg_seed(ctx)).items()}, "eval_halves.json")
     tracking.end_run(ctx.client, ctx.parent_id, "FINISHED",
                      {schema.TAG_FAILED_RUNS: len(found["failed"]) if found else len(failed)})
     if not st.search and summary:
@@ -193,16 +215,33 @@ def run(cfg: config.Config, n_groups: int, log=print) -> int:
     return 0
 
 
+def cfg_seed(ctx: context.Context) -> int:
+    """The seed of the test split's halving into search and reported evaluation images (streams.eval_halves)."""
+    return ctx.cfg.study.seed
+
+
+def variants(cfg: config.Config) -> list[str]:
+    """The streams each reported policy is replayed on: the drifting one, and its no-drift control (stream.control)."""
+    return [schema.STREAM_DRIFT] + ([schema.STREAM_CONTROL] if cfg.stream.control else [])
+
+
+def result_key(label: str, variant: str) -> str:
+    return label if variant == schema.STREAM_DRIFT else f"{label}/{variant}"
+
+
 def _replay_policies(sr: replay.SustainRun) -> tuple[dict, list]:
-    """stream.policies on every seed: (label -> rows of final metrics, [(label, seed, reason)] of failed runs)."""
+    """stream.policies on every seed, on the drifting stream and its control: (label or label/control -> rows of
+    final metrics, [(label, seed, reason)] of failed runs)."""
     results, failed = {}, []
     for seed in streams.seeds_of(sr.ctx.cfg):
         for policy in sr.ctx.cfg.stream.policies:
             spec = policies.policy_spec(sr.ctx.cfg.stream, policy)
-            try:
-                results.setdefault(policies.label(spec), []).append(replay.run_policy(sr, spec, seed))
-            except Exception as err:  # recorded on its child run by run_policy; the other policies go on
-                failed.append((policies.label(spec), seed, f"{type(err).__name__}: {err}"))
+            for variant in variants(sr.ctx.cfg):
+                lab = result_key(policies.label(spec), variant)
+                try:
+                    results.setdefault(lab, []).append(replay.run_policy(sr, spec, seed, variant=variant))
+                except Exception as err:  # recorded on its child run by run_policy; the other policies go on
+                    failed.append((lab, seed, f"{type(err).__name__}: {err}"))
     return results, failed
 
 
@@ -222,12 +261,12 @@ def summarize(results: dict[str, list[dict]]) -> dict:
 
 def _table(summary: dict, log) -> None:
     """Mean ± std over seeds; update cost as wall seconds and as images x epochs trained (device independent)."""
-    log(f"\n{'policy':<11} {'seeds':>5} {schema.STREAM_ACC_MEAN:>15} {'worst':>13} {schema.BWT:>14} {schema.FORGETTING:>14} "
+    log(f"\n{'policy':<17} {'seeds':>5} {schema.STREAM_ACC_MEAN:>15} {'worst':>13} {schema.BWT:>14} {schema.FORGETTING:>14} "
         f"{schema.FWT:>14} {'updates':>9} {'update_s':>11} {schema.UPDATE_EXAMPLES:>15}")
     for lab, e in summary.items():
         f = lambda k, w=".3f": f"{e[k]['mean']:{w}} ± {e[k]['std']:.3f}"
         g = lambda k, w: f"{e[k]['mean']:{w}} ± {e[k]['std']:{w}}"
-        log(f"{lab:<11} {e['n_seeds']:>5} {f(schema.STREAM_ACC_MEAN):>15} {f(schema.STREAM_ACC_WORST):>13} {f(schema.BWT, '+.3f'):>14} "
+        log(f"{lab:<17} {e['n_seeds']:>5} {f(schema.STREAM_ACC_MEAN):>15} {f(schema.STREAM_ACC_WORST):>13} {f(schema.BWT, '+.3f'):>14} "
             f"{f(schema.FORGETTING, '+.3f'):>14} {f(schema.FWT, '+.3f'):>14} {g(schema.N_UPDATES, '.1f'):>9} "
             f"{g(schema.UPDATE_SECONDS, '.1f'):>11} {g(schema.UPDATE_EXAMPLES, '.0f'):>15}")
 
@@ -241,6 +280,8 @@ def _log_parent(ctx: context.Context) -> None:
     if cfg.stream.search:
         tracking.log_json(client, run_id, search.space(cfg.stream), "search_space.json")
     tracking.set_tags(client, run_id, {schema.TAG_GIT_SHA: tracking.git_sha(), schema.TAG_DEVICE: str(ctx.device),
+                                       schema.TAG_LOAD_AVERAGE: ",".join(f"{v:.2f}" for v in os.getloadavg()),
+                                       schema.TAG_CPU_COUNT: os.cpu_count(),
                                        schema.TAG_STREAM: cfg.stream.kind,
                                        schema.TAG_STREAM_SHIFT: streams.stream_shift(cfg.stream),
                                        schema.TAG_POOL_FRACTION: cfg.stream.pool_fraction,
@@ -254,6 +295,13 @@ def _log_parent(ctx: context.Context) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.markdown or args.out:
+        if not args.markdown:
+            print("error: --out: only with --markdown REPORT_JSON", file=sys.stderr)
+            return 2
+        from harness.sustain import markdown
+
+        return markdown.main(args.markdown, args.out)
     try:
         cfg = load_config(args)
         n_groups = preflight(cfg)

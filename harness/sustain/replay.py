@@ -12,9 +12,10 @@ import torch
 from harness import config, context, schema, store, tracking, train, trial as trialmod
 from harness.sustain import policies, streams, versions
 
-VERSION = 3  # part of harness.sustain_key and of the deployed model's cache key: bump when the protocol changes
+VERSION = 4  # part of harness.sustain_key and of the deployed model's cache key: bump when the protocol changes
 # (2: the deployed model trains on one half of the train split, the stream draws from the other; forgetting metric;
-# 3: the accuracy monitor reads only labelled images no update trained on)
+# 3: the accuracy monitor reads only labelled images no update trained on; 4: search and reported streams evaluate on
+# disjoint halves of the test split, the deployed model is early-stopped on validation, control streams, issue 24)
 
 # accuracy_matrix.json's definitions: R's own, the metrics' from the schema (one wording in the store)
 DEFINITIONS = {"definition": "R[i][j] = accuracy on period j's evaluation set of the model after period i (after its "
@@ -31,6 +32,10 @@ class SeedContext:
     init: dict  # the deployed model's state_dict
     deploy_idx: torch.Tensor  # the train-split images it was fine-tuned on
     pool_idx: torch.Tensor  # the stream pool's (streams.split_pool)
+    control: list[dict] | None = None  # the no-drift control stream (streams.control), when stream.control
+    eval_idx: torch.Tensor | None = None  # the test-split images of this seed's half (streams.eval_halves)
+    half: str = "reported"  # which half: "search" for a policy search's seeds
+    deployed: dict | None = None  # how the deployed model converged (converge), and the reachable one's (reported)
 
 
 @dataclasses.dataclass
@@ -39,7 +44,7 @@ class SustainRun:
     ctx: context.Context
     log: Callable[[str], None]
     finished: dict = dataclasses.field(default_factory=dict)  # harness.sustain_key -> FINISHED child run (reused)
-    seeds: dict = dataclasses.field(default_factory=dict)  # seed -> SeedContext, or the error its build raised
+    seeds: dict = dataclasses.field(default_factory=dict)  # (seed, half) -> SeedContext, or the error its build raised
 
     @property
     def reference_x(self) -> torch.Tensor:
@@ -58,8 +63,34 @@ def fine_tune(model, groups, x, y, lr, freeze_layers, epochs, tcfg: config.Train
         pass
 
 
+def _correct(model, x, y, batch_size, device) -> torch.Tensor:
+    return train.predict(model, x, batch_size, device).argmax(1) == y
+
+
 def _accuracy_on(model, x, y, batch_size, device) -> float:
-    return (train.predict(model, x, batch_size, device).argmax(1) == y).double().mean().item()
+    return _correct(model, x, y, batch_size, device).double().mean().item()
+
+
+def converge(model, groups, x, y, val, lr, max_epochs, patience, tcfg: config.Train, device, seed) -> dict:
+    """Full fine-tuning of `model` in place on (x, y) to convergence: at most max_epochs ([train]'s optimizer and
+    schedule over max_epochs), clean validation accuracy after every epoch, stopped after `patience` epochs without a
+    better one, the best epoch's weights restored (issue 24: 6 fixed epochs left the deployed model 13-23 points short
+    of what its data reaches, and 'never updating' lost what more training alone would have bought). Returns
+    {epochs (run), best_epoch, val_acc (at best_epoch), train_images, max_epochs, patience, lr}."""
+    recipe = train.Recipe(lr=lr, epochs=max_epochs, batch_size=tcfg.batch_size, optimizer=tcfg.optimizer,
+                          momentum=tcfg.momentum, weight_decay=tcfg.weight_decay, schedule=tcfg.schedule,
+                          freeze_layers=0, unfreeze_epoch=max_epochs)
+    best, state, best_epoch, ran = -1.0, None, 0, 0
+    for epoch, *_ in train.fit(model, groups, x, y, recipe, seed, device):
+        ran = epoch + 1
+        acc = _accuracy_on(model, *val, tcfg.eval_batch_size, device)
+        if acc > best:  # ties keep the earlier epoch
+            best, best_epoch, state = acc, epoch + 1, copy.deepcopy(model.state_dict())
+        elif ran - best_epoch >= patience:
+            break
+    model.load_state_dict(state)
+    return {"epochs": ran, "best_epoch": best_epoch, schema.VAL_ACC: best, "train_images": len(y),
+            "max_epochs": max_epochs, "patience": patience, "lr": lr}
 
 
 def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: config.Train, device, seed: int,
@@ -71,16 +102,22 @@ def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: con
     head = groups["head"]
     decide = policies.POLICIES[spec["policy"]].decide
 
-    def row():
-        return [_accuracy_on(model, p["eval_x"], p["eval_y"], bs, device) for p in stream]
+    def row():  # per period: which evaluation images the model gets right
+        return [_correct(model, p["eval_x"], p["eval_y"], bs, device) for p in stream]
 
-    initial = current = row()
+    def accs(bits):
+        return [b.double().mean().item() for b in bits]
+
+    current_bits = row()
+    initial = current = accs(current_bits)
+    correct = []  # the model in service on each period's evaluation images (0/1): stream_acc per image
     ref_x, ref_cache = reference_x, {}
     R, stream_acc, labelled_acc, updated, monitor, threshold, since = [], [], [], [], [], [], []
     seconds, examples = 0.0, 0
     trained = set()  # pool positions of every labelled image an update has trained on
     for t, p in enumerate(stream):
         stream_acc.append(current[t])  # test on the near future: before any update on period t
+        correct.append(current_bits[t].int().tolist())
         # the labelled accuracy the accuracy monitor reads (its reference included) counts only images no update has
         # trained on: pool images come back over the stream, and with replay 5-11 of a period's 50 were pixel-identical
         # training images, which flatter the model and hide a drop (issue 11). None when every image was trained on.
@@ -114,13 +151,14 @@ def replay(model, groups, stream: list[dict], spec: dict, reference_x, tcfg: con
             examples += len(x) * spec["epochs"]
             if on_update is not None:
                 on_update(t, model, stat, used)
-            current = row()
+            current_bits = row()
+            current = accs(current_bits)
             ref_x, ref_cache, since = p["eval_x"], {}, []
         updated.append(int(fire))
         R.append(current)
     return {"R": R, "initial": initial, schema.STREAM_ACC: stream_acc, schema.LABELLED_ACC: labelled_acc,
             schema.UPDATED: updated, schema.MONITOR: monitor, schema.MONITOR_THRESHOLD: threshold,
-            schema.UPDATE_SECONDS: seconds, schema.UPDATE_EXAMPLES: examples}
+            schema.UPDATE_SECONDS: seconds, schema.UPDATE_EXAMPLES: examples, "stream_correct": correct}
 
 
 def stream_metrics(R: list[list[float]], initial: list[float]) -> dict:
@@ -139,76 +177,98 @@ def stream_metrics(R: list[list[float]], initial: list[float]) -> dict:
             schema.FWT: sum(R[i - 1][i] - initial[i] for i in range(1, T)) / (T - 1)}
 
 
-def sustain_key(cfg: config.Config, spec: dict, seed: int, device: str) -> str:
+def sustain_key(cfg: config.Config, spec: dict, seed: int, device: str, variant: str = schema.STREAM_DRIFT,
+                half: str = "reported") -> str:
     """Everything that determines one child's result; equal keys replay to equal metrics on CPU. `device` is the
     resolved one (cpu, cuda), never "auto": a CUDA result must not be reused on a CPU machine or back."""
     st = {k: v for k, v in config.to_dict(cfg)["stream"].items()
           if k in ("kind", "shift", "shift_b", "severity", "phase", "alpha", "periods", "labelled", "eval_size",
-                   "init_lr")}
+                   "init_lr", "init_epochs", "init_patience")}
     return store.cache_key({"data": cfg.data.__dict__, "model": cfg.model.__dict__, "pretrain": cfg.pretrain.__dict__,
                             "train": cfg.train.__dict__, "study_seed": cfg.study.seed, "stream": st, "spec": spec,
                             "seed": seed, "device": device, "pool": cfg.stream.pool_fraction, "v": VERSION,
+                            "variant": variant, "half": half,
                             # a run replayed without registering its models is not reused by one that registers them
                             **({"register_models": True} if getattr(cfg.stream, "register_models", False) else {})})
 
 
 # ---------------------------------------------------------------------------------------------------- seeds
 
-def seed_context(run: SustainRun, seed: int) -> SeedContext:
-    """The seed's stream and deployed model, built on first use. A failure (e.g. the deployed model's fine-tune
-    diverged) is remembered and raised again for every policy of the seed."""
-    known = run.seeds.get(seed)
+def seed_context(run: SustainRun, seed: int, half: str = "reported") -> SeedContext:
+    """The seed's stream (evaluating on `half` of the test split: "search" for a policy search's seeds), its control
+    and deployed model, built on first use. A failure (e.g. the deployed model's fine-tune diverged) is remembered and
+    raised again for every policy of the seed."""
+    known = run.seeds.get((seed, half))
     if isinstance(known, Exception):
         raise known
     if known is None:
         try:
-            known = run.seeds[seed] = _build_seed_context(run, seed)
+            known = run.seeds[(seed, half)] = _build_seed_context(run, seed, half)
         except Exception as err:
-            run.seeds[seed] = err
+            run.seeds[(seed, half)] = err
             raise
     return known
 
 
-def _build_seed_context(run: SustainRun, seed: int) -> SeedContext:
+def _build_seed_context(run: SustainRun, seed: int, half: str) -> SeedContext:
     ctx, st = run.ctx, run.ctx.cfg.stream
     data = ctx.data_cpu
     recipes = streams.schedule(st, len(data["classes"]), seed)
     deploy_idx, pool_idx = streams.split_pool(data["train"][1], seed, st.pool_fraction)
+    eval_idx = streams.eval_halves(*data["test"], ctx.cfg.study.seed)[half]
     x, y = data["train"]
-    cpu = {"train": (x[pool_idx], y[pool_idx]), "test": data["test"]}  # labelled batches only from the pool
-    stream = [{k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in p.items()}
-              for p in streams.make_stream(cpu, recipes, st.labelled, st.eval_size, seed)]
+    # labelled batches only from the pool; evaluation images only from this seed's half of the test split
+    cpu = {"train": (x[pool_idx], y[pool_idx]), "test": (data["test"][0][eval_idx], data["test"][1][eval_idx])}
+
+    def on_device(rs):
+        return [{k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in p.items()}
+                for p in streams.make_stream(cpu, rs, st.labelled, st.eval_size, seed)]
+
     model, groups = trialmod.fresh_model(ctx.cfg.model, len(data["classes"]), ctx.pretrained, ctx.device, seed,
                                          compile=ctx.cfg.train.compile)  # head init seeded by the replicate seed
-    how = _deploy(ctx, seed, model, groups, deploy_idx, pool_idx)
-    init_acc = _accuracy_on(model, *ctx.data["test"], ctx.cfg.train.eval_batch_size, ctx.device)
-    run.log(f"seed {seed}: deployed model {how}, clean test acc {init_acc:.3f}")
-    return SeedContext(recipes=recipes, stream=stream, init=copy.deepcopy(model.state_dict()), deploy_idx=deploy_idx,
-                       pool_idx=pool_idx)
+    deployed = {"deployed": _deploy(ctx, seed, model, groups, deploy_idx, "deployed")}
+    init = copy.deepcopy(model.state_dict())
+    if half == "reported":  # the best reachable on the same data: the same recipe on the whole train split
+        best, groups_b = trialmod.fresh_model(ctx.cfg.model, len(data["classes"]), ctx.pretrained, ctx.device, seed,
+                                              compile=ctx.cfg.train.compile)
+        deployed["reachable"] = _deploy(ctx, seed, best, groups_b, torch.arange(len(y)), "reachable")
+        deployed["gap"] = deployed["reachable"]["test_acc"] - deployed["deployed"]["test_acc"]
+    d = deployed["deployed"]
+    run.log(f"seed {seed}: deployed model {d['how']}: {d['epochs']} epochs (best {d['best_epoch']}), val acc "
+            f"{d[schema.VAL_ACC]:.3f}, clean test acc {d['test_acc']:.3f}" + (
+                f"; reachable (whole train split) {deployed['reachable']['test_acc']:.3f}, gap "
+                f"{100 * deployed['gap']:+.1f} points" if "gap" in deployed else ""))
+    return SeedContext(recipes=recipes, stream=on_device(recipes), init=init, deploy_idx=deploy_idx,
+                       pool_idx=pool_idx, control=on_device(streams.control(recipes)) if st.control else None,
+                       eval_idx=eval_idx, half=half, deployed=deployed)
 
 
-def _deploy(ctx: context.Context, seed: int, model, groups, deploy_idx, pool_idx) -> str:
-    """The deployed model, in place on the fresh `model`: train.epochs of full fine-tuning at stream.init_lr on its
-    part of the clean train split, cached like the pretraining, so every policy, trial and re-run of this seed starts
-    from it. Returns how it came, for the log."""
-    cfg = ctx.cfg
+def _deploy(ctx: context.Context, seed: int, model, groups, train_idx, what: str) -> dict:
+    """The deployed model ("deployed": its part of the clean train split) or the best reachable one ("reachable": the
+    whole train split), in place on the fresh `model`: converge() at stream.init_lr, cached like the pretraining, so
+    every policy, trial and re-run of this seed starts from it. Returns converge()'s record plus test_acc (clean,
+    the whole test split, evaluated now) and how it came ("cached" or the fine-tune's time), for deployed.json."""
+    cfg, st = ctx.cfg, ctx.cfg.stream
     # device.type is the resolved device (cpu / cuda), never "auto": weights fine-tuned on a GPU are not reused on
     # a CPU-only machine, where they would differ from what a CPU run computes
     key = store.cache_key({"data": ctx.data_cpu["key"], "weights": ctx.weights_key, "model": cfg.model.name,
-                           "train": cfg.train.__dict__, "init_lr": cfg.stream.init_lr, "seed": seed,
-                           "device": ctx.device.type, "pool": cfg.stream.pool_fraction, "v": VERSION})
-    path = ctx.cache / f"sustain-init-{key}.safetensors"
+                           "train": cfg.train.__dict__, "init_lr": st.init_lr, "init_epochs": st.init_epochs,
+                           "init_patience": st.init_patience, "seed": seed, "device": ctx.device.type,
+                           "pool": st.pool_fraction, "what": what, "v": VERSION})
+    path = ctx.cache / f"sustain-{what}-{key}.safetensors"
     cached = store.load_tensors(path, device=str(ctx.device))
-    if cached is not None:
+    if cached is not None and cached[1]:
         model.load_state_dict(cached[0])
-        return "cached"
-    t0 = time.perf_counter()
-    xd, yd = ctx.data["train"]
-    fine_tune(model, groups, xd[deploy_idx.to(xd.device)], yd[deploy_idx.to(yd.device)], cfg.stream.init_lr, 0,
-              cfg.train.epochs, cfg.train, ctx.device, seed)
-    store.save_tensors(model.state_dict(), path)
-    return (f"fine-tuned on {len(deploy_idx)} clean train images in {time.perf_counter() - t0:.1f} s (the other "
-            f"{len(pool_idx)} are the stream pool)")
+        info, how = dict(cached[1]), "cached"
+    else:
+        t0 = time.perf_counter()
+        xd, yd = ctx.data["train"]
+        info = converge(model, groups, xd[train_idx.to(xd.device)], yd[train_idx.to(yd.device)], ctx.data["val"],
+                        st.init_lr, st.init_epochs, st.init_patience, cfg.train, ctx.device, seed)
+        store.save_tensors(model.state_dict(), path, meta=info)
+        how = f"fine-tuned on {len(train_idx)} clean train images in {time.perf_counter() - t0:.1f} s"
+    test_acc = _accuracy_on(model, *ctx.data["test"], cfg.train.eval_batch_size, ctx.device)
+    return {**info, "test_acc": test_acc, "how": how}
 
 
 # ---------------------------------------------------------------------------------------------------- child runs
@@ -220,12 +280,17 @@ def finished_children(ctx: context.Context) -> dict:
     return {r.data.tags[schema.TAG_SUSTAIN_KEY]: r for r in runs if schema.TAG_SUSTAIN_KEY in r.data.tags}
 
 
-def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1, tags: dict | None = None) -> dict:
-    """Replay one policy on one seed's stream into its own child run. Returns the final metrics. On any error the
-    child run ends FAILED with tag harness.fail_reason and the error is raised again for the caller to record."""
+def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1, tags: dict | None = None,
+               variant: str = schema.STREAM_DRIFT) -> dict:
+    """Replay one policy on one seed's stream (variant "control": its no-drift control) into its own child run.
+    A search trial (trial_number >= 0) evaluates on the search half of the test split, any other run on the reported
+    half. Returns the final metrics. On any error the child run ends FAILED with tag harness.fail_reason and the error
+    is raised again for the caller to record."""
     ctx, st, lab = run.ctx, run.ctx.cfg.stream, policies.label(spec)
-    name = f"policy-{lab}-seed{seed}" if trial_number < 0 else f"trial-{trial_number:04d}-{lab}-seed{seed}"
-    key = sustain_key(ctx.cfg, spec, seed, ctx.device.type)
+    half = "search" if trial_number >= 0 else "reported"
+    name = (f"policy-{lab}-seed{seed}" if trial_number < 0 else f"trial-{trial_number:04d}-{lab}-seed{seed}") + (
+        "-control" if variant == schema.STREAM_CONTROL else "")
+    key = sustain_key(ctx.cfg, spec, seed, ctx.device.type, variant, half)
     if trial_number < 0 and key in run.finished:
         done = run.finished[key]
         run.log(f"seed {seed} {lab:<10} reused finished run {done.info.run_id} ({done.info.run_name})")
@@ -235,10 +300,11 @@ def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1, t
     params = {k: "none" if values[k] is None else values[k] for k in schema.POLICY_PARAMS}
     run_id = tracking.child_run(ctx.client, ctx.exp_id, ctx.parent_id, ctx.cfg.study.name, trial_number, params,
                                 {schema.TAG_ROLE: schema.ROLE_POLICY, schema.TAG_POLICY: lab,
-                                 schema.TAG_SEED: str(seed), schema.TAG_SUSTAIN_KEY: key, **(tags or {})})
+                                 schema.TAG_SEED: str(seed), schema.TAG_SUSTAIN_KEY: key,
+                                 schema.TAG_STREAM_VARIANT: variant, **(tags or {})})
     tracking.set_tags(ctx.client, run_id, {schema.TAG_RUN_NAME: name})  # child_run names runs trial-NNNN
     try:
-        final, when = _replay_into(run, spec, seed, run_id)
+        final, when = _replay_into(run, spec, seed, run_id, variant, half)
     except Exception as err:
         reason = f"{type(err).__name__}: {err}"
         tracking.end_run(ctx.client, run_id, "FAILED", {schema.TAG_FAIL_REASON: reason[:5000]})
@@ -252,16 +318,20 @@ def run_policy(run: SustainRun, spec: dict, seed: int, trial_number: int = -1, t
     return {"run_id": run_id, **final}
 
 
-def _replay_into(run: SustainRun, spec: dict, seed: int, run_id: str) -> tuple[dict, list[str]]:
+def _replay_into(run: SustainRun, spec: dict, seed: int, run_id: str, variant: str, half: str) -> tuple[dict, list]:
     """The replay of run_policy and everything it logs; returns (final metrics, update periods)."""
     ctx, cfg, client = run.ctx, run.ctx.cfg, run.ctx.client
-    sc = seed_context(run, seed)
+    sc = seed_context(run, seed, half)
+    stream = sc.control if variant == schema.STREAM_CONTROL else sc.stream
+    if stream is None:
+        raise ValueError("a control run needs stream.control = true")
     model, groups = trialmod.fresh_model(cfg.model, len(ctx.data_cpu["classes"]), ctx.pretrained, ctx.device, seed,
                                          compile=cfg.train.compile)
     model.load_state_dict(sc.init)
-    registry = versions.start(ctx, run_id, policies.label(spec), seed)  # None unless stream.register_models
+    # None unless stream.register_models; a control run is a diagnostic, not a model in service: never registered
+    registry = versions.start(ctx, run_id, policies.label(spec), seed) if variant == schema.STREAM_DRIFT else None
     versions.register(registry, model, -1, "deployed")
-    res = replay(model, groups, sc.stream, spec, run.reference_x, cfg.train, ctx.device, seed,
+    res = replay(model, groups, stream, spec, run.reference_x, cfg.train, ctx.device, seed,
                  on_update=None if registry is None else
                  lambda t, m, stat, used: versions.register(registry, m, t, versions.trigger(spec, stat, used)))
     m = stream_metrics(res["R"], res["initial"])
@@ -275,7 +345,10 @@ def _replay_into(run: SustainRun, spec: dict, seed: int, run_id: str) -> tuple[d
             tracking.log_steps(client, run_id, name, steps)
     tracking.log_metrics(client, run_id, final)
     matrix = {**DEFINITIONS, **{k: curves[k] for k in ("R", "initial", *schema.PERIOD)},
-              "periods": sc.recipes, "policy": spec, "seed": seed, **final}
+              "periods": [{k: v for k, v in p.items() if not torch.is_tensor(v)} for p in stream], "policy": spec,
+              "seed": seed, "variant": variant, "eval_half": half, "stream_correct": res["stream_correct"],
+              # test-split positions of each period's evaluation images (stream_correct[t][i] is eval_idx[t][i]'s)
+              "eval_idx": [sc.eval_idx[p["eval_idx"].cpu()].tolist() for p in stream], **final}
     tracking.log_json(client, run_id, matrix, schema.MATRIX_ARTIFACT)
     used = sorted({v for v in res[schema.MONITOR_THRESHOLD] if v is not None})
     tags = {schema.TAG_THRESHOLD_USED: ",".join(f"{v:.4g}" for v in used)} if used else {}

@@ -112,9 +112,11 @@ def run_search(run: replay.SustainRun) -> dict:
             if not spec:
                 continue
             try:
-                rows = [replay.run_policy(run, spec, seed, -1, {schema.TAG_SEARCH_TRIAL: str(t.number)})
-                        for seed in streams.seeds_of(cfg)]
-                results[f"selected-trial-{t.number:04d}-{policies.label(spec)}"] = rows
+                for variant in [schema.STREAM_DRIFT] + ([schema.STREAM_CONTROL] if cfg.stream.control else []):
+                    rows = [replay.run_policy(run, spec, seed, -1, {schema.TAG_SEARCH_TRIAL: str(t.number)}, variant)
+                            for seed in streams.seeds_of(cfg)]
+                    key = f"selected-trial-{t.number:04d}-{policies.label(spec)}"
+                    results[key if variant == schema.STREAM_DRIFT else f"{key}/{variant}"] = rows
             except Exception as err:
                 failed.append(t.number)
                 log(f"selected trial {t.number} FAILED on the reported seeds: {type(err).__name__}: {err}")

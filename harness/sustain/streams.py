@@ -67,14 +67,47 @@ def search_seeds(cfg: config.Config) -> list[int]:
     return [s + SEARCH_SEED_OFFSET for s in seeds_of(cfg)]
 
 
-def _draw(x, y, n, prior, gen):
+def _draw(y, n, prior, gen):
     if prior is not None:
-        idx = shifts.resample_to_prior(y, torch.tensor(prior, dtype=torch.float64), n, gen)
-    elif n <= len(y):
-        idx = torch.randperm(len(y), generator=gen)[:n]
-    else:
-        idx = torch.randint(len(y), (n,), generator=gen)
-    return x[idx], y[idx], idx
+        return shifts.resample_to_prior(y, torch.tensor(prior, dtype=torch.float64), n, gen)
+    if n == len(y):  # the whole pool, in its order: every period (and seed) evaluates the same images, crossed
+        return torch.arange(len(y))
+    if n < len(y):
+        return torch.randperm(len(y), generator=gen)[:n]
+    return torch.randint(len(y), (n,), generator=gen)
+
+
+def control(recipes: list[dict]) -> list[dict]:
+    """The no-drift control of a stream (issue 24): the same periods with no shift (severity 0) and no prior drift,
+    so a policy replayed on it spends the same labelled budget on the same draws of images and the same evaluation
+    images, and what it gains there is extra training, not adaptation to drift."""
+    return [{**r, "shift": "none", "severity": 0, "prior": None} for r in recipes]
+
+
+# The test split is halved, per class and seeded by study.seed (one halving for every replicate seed), into the images
+# a policy search evaluates on and the images reported streams evaluate on (issue 24: before, both drew from the whole
+# test split and 125-128 of a reported period's 150 images were pixel-identical to ones the search selected on).
+# Pixel-identical test images (none in digits 5-9; a folder may hold copies) go to the half of their first copy.
+EVAL_HALVES = ("search", "reported")
+
+
+def eval_halves(x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """{"search": indices, "reported": indices} into the test split: disjoint, together all of it, stratified by
+    class, and no image of one pixel-identical to an image of the other."""
+    first, owner = {}, []
+    for i, row in enumerate(x.reshape(len(x), -1)):
+        owner.append(first.setdefault(row.numpy().tobytes(), i))
+    owner = torch.tensor(owner)
+    uniq = torch.unique(owner)
+    halves = datamod.stratified_split(y[uniq].cpu(), [0.5, 0.5], torch.Generator().manual_seed(seed))
+    if any(not len(h) for h in halves):
+        raise ValueError(f"the test split ({len(y)} images) is too small to halve into search and reported "
+                         f"evaluation images; raise data.test_fraction")
+    out = {}
+    for name, h in zip(EVAL_HALVES, halves):
+        keep = torch.isin(owner, uniq[h])
+        out[name] = keep.nonzero().squeeze(1)
+    return out
 
 
 # stream.pool_fraction, the share of the target train split held out as the stream pool. Half: the default's 537
@@ -95,18 +128,21 @@ def split_pool(labels: torch.Tensor, seed: int, fraction: float) -> tuple[torch.
 def make_stream(data: dict, recipes: list[dict], n_labelled: int, n_eval: int, seed: int) -> list[dict]:
     """One dict per period: x, y (labelled batch from data['train']: pass the stream pool, see split_pool) with idx,
     the pool positions of its images (a pool image comes back in several periods: the accuracy monitor must know which
-    an update trained on), eval_x, eval_y (from data['test']), and the recipe. Pure and seeded: the same data, recipes
-    and seed give identical tensors."""
+    an update trained on), eval_x, eval_y (from data['test']: pass one half of eval_halves) with eval_idx, their
+    positions, and the recipe. Pure and seeded: the same data, recipes and seed give identical tensors. Every period's
+    images are drawn before any is shifted, so a stream and its control (same seed, no prior drift) draw the same
+    images whatever the shift consumes of the generator."""
     gen = torch.Generator().manual_seed(seed)
+    drawn = [(_draw(data["train"][1], n_labelled, r["prior"], gen), _draw(data["test"][1], n_eval, r["prior"], gen))
+             for r in recipes]
     periods = []
-    for r in recipes:
+    for r, (idx, eval_idx) in zip(recipes, drawn):
         p = dict(r)
-        for (x_key, y_key), split, n in ((("x", "y"), "train", n_labelled), (("eval_x", "eval_y"), "test", n_eval)):
-            x, y, idx = _draw(*data[split], n, r["prior"], gen)
+        for (x_key, y_key), split, i in ((("x", "y"), "train", idx), (("eval_x", "eval_y"), "test", eval_idx)):
+            x, y = data[split][0][i], data[split][1][i]
             if r["shift"] != "none" and r["severity"] > 0:
                 x = shifts.SHIFTS[r["shift"]](x, r["severity"], gen)
             p[x_key], p[y_key] = x.contiguous(), y.contiguous()
-            if split == "train":
-                p["idx"] = idx
+        p["idx"], p["eval_idx"] = idx, eval_idx
         periods.append(p)
     return periods
