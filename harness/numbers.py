@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from harness import comparisons, conditions, schema, selection, strategies
+from harness import comparisons, conditions, ensemble_numbers, schema, selection, strategies
 from harness.stats import importances, infer_test_size, on_the_line, pareto, seed_interval, wilson
 
 
@@ -285,5 +285,6 @@ def summarize(study: dict) -> dict:
         "pareto": pareto({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}),
         "axes": axes, "importances": importances(done, search, axes) if done else {},
         "per_strategy": _per_strategy(done), "selection": choice,
+        "ensembles": ensemble_numbers.summarize(study, best, shifts["test"]),  # WiSE-FT and soups (issue 23)
     }
 

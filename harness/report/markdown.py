@@ -23,6 +23,11 @@ TABLES = {
                     "OOD mean (%) [95% CI]", "over seeds: ID / OOD mean"],
     "Budgets": ["family", "trials", "finished", "pruned", "epochs", "lr grid points", "budget"],
 }
+# tables a study has when it recorded them (issue 23's ensembles): parse accepts them, never requires them
+OPTIONAL_TABLES = {
+    "Weight-space ensembles": ["ensemble", "ingredients", "validation (%)", "ID acc (%)", "OOD mean (%)", "compared with",
+                               "OOD diff (pts)", "OOD 95% CI", "level"],
+}
 
 
 def _cell(v) -> str:
@@ -30,7 +35,7 @@ def _cell(v) -> str:
 
 
 def _table(title: str, name: str, rows: list[list]) -> list[str]:
-    head = TABLES[title]
+    head = {**TABLES, **OPTIONAL_TABLES}[title]
     out = [f"#### {title}: {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return out + [""]
@@ -92,6 +97,29 @@ def _budgets(s: dict) -> list[list]:
              len(b["lr_grid"]), budget_text(b)] for f, b in (s.get("budgets") or {}).items()]
 
 
+def _ensembles(s: dict) -> list[list]:
+    """WiSE-FT at its chosen alpha against alpha 1, and each soup against its best ingredient and the selected
+    configuration (harness.ensemble_numbers)."""
+    e, rows = s.get("ensembles") or {}, []
+
+    def d(c):
+        o = (c or {}).get("ood")
+        return [pts(o["diff"]), f"{pts(o['ci'][0])} to {pts(o['ci'][1])}", o["level"]] if o else ["\u2013"] * 3
+
+    key = schema.VAL_ACC if (e.get("wise") or {}).get("chosen_on") != schema.OOD_VAL_ACC else schema.OOD_VAL_ACC
+    for c in (e.get("wise") or {}).get("configs", []):
+        p = next(x for x in c["curve"] if x["alpha"] == c["chosen"])
+        rows.append([f"WiSE-FT #{c['number']} ({c['baseline'] or c['role']}) at alpha {c['chosen']:.1f}",
+                     f"linear probe + #{c['number']}", pct(p.get(key)), pct(p.get(schema.ID_ACC)),
+                     pct(p.get(schema.OOD_ACC_MEAN)), f"alpha 1 (#{c['number']})"] + d(c["vs_ft"]))
+    for x in e.get("soups", []):
+        head = [f"{x['kind']} soup ({x['start']})", ", ".join(f"#{n}" for n in x["ingredients"]), pct(x["value"]),
+                pct(x.get(schema.ID_ACC)), pct(x.get(schema.OOD_ACC_MEAN))]
+        rows.append(head + [f"best ingredient #{x['best_ingredient']}"] + d(x["vs_best_ingredient"]))
+        rows.append(head + [f"selected #{s.get('best')}"] + d(x["vs_selected"]))
+    return rows
+
+
 def render(summaries: list[dict]) -> str:
     """Every results table the README shows, for each fine-tuning study, between the generated-block markers."""
     out = [BEGIN, ""]
@@ -104,6 +132,8 @@ def render(summaries: list[dict]) -> str:
                                                  n_text(c), c.get("detail") or "\u2013"] for c in s["conditions"]])
         out += _table("Leaderboard", s["name"], _leaderboard(s))
         out += _table("Budgets", s["name"], _budgets(s))
+        if s.get("ensembles"):
+            out += _table("Weight-space ensembles", s["name"], _ensembles(s))
     return "\n".join(out + [END]) + "\n"
 
 
@@ -126,13 +156,14 @@ def parse(text: str) -> list[dict]:
             continue
         t = re.match(r"^#### (.+?): (.+)$", line)
         if t:
-            if not studies or t[2] != studies[-1]["name"] or t[1] not in TABLES:
+            columns = {**TABLES, **OPTIONAL_TABLES}
+            if not studies or t[2] != studies[-1]["name"] or t[1] not in columns:
                 raise ValueError(f"unexpected table heading {line!r}")
             while i < len(lines) and not lines[i].strip():
                 i += 1
             head = [c.strip() for c in lines[i].strip().strip("|").split(" | ")] if i < len(lines) else []
-            if head != TABLES[t[1]]:
-                raise ValueError(f"table {t[1]!r} has columns {head}, expected {TABLES[t[1]]}")
+            if head != columns[t[1]]:
+                raise ValueError(f"table {t[1]!r} has columns {head}, expected {columns[t[1]]}")
             table = studies[-1]["tables"].setdefault(t[1], [])
             i += 2  # the header and the |---| line
             while i < len(lines) and lines[i].startswith("|"):
@@ -144,7 +175,7 @@ def parse(text: str) -> list[dict]:
             continue
         raise ValueError(f"unexpected line in the generated block: {line!r}")
     for s in studies:
-        if set(s["tables"]) != set(TABLES):
+        if set(TABLES) - set(s["tables"]):
             raise ValueError(f"study {s['name']!r} lacks tables {sorted(set(TABLES) - set(s['tables']))}")
     return studies
 
