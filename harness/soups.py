@@ -143,6 +143,8 @@ def crown(ctx, study, soups: list[dict], log=print) -> str | None:
     from harness import workers
 
     chosen = workers.selected(ctx, study)
+    if ctx.client.get_run(ctx.parent_id).data.tags.get(schema.TAG_CHAMPION_RUN_ID):
+        ctx.client.delete_tag(ctx.parent_id, schema.TAG_CHAMPION_RUN_ID)  # an earlier round's soup: judged again
     if chosen is None or not soups:
         return None
     search, _, _ = workers.searched(study)
@@ -164,6 +166,9 @@ def after_search(ctx, study, log=print) -> None:
     def work():
         t0 = time.perf_counter()
         try:
+            for r in ctx.client.search_runs([ctx.exp_id], f"tags.`{schema.TAG_PARENT_RUN}` = '{ctx.parent_id}' and "
+                                                          f"tags.`{schema.TAG_ROLE}` = '{schema.ROLE_SOUP}'"):
+                ctx.client.delete_run(r.info.run_id)  # a resumed study's earlier soups: rebuilt from every trial now
             wise.run(ctx, study, log)
             crown(ctx, study, build(ctx, study, log), log)
         except Exception as e:  # noqa: BLE001 - the ensembles add to a finished study, never fail it

@@ -35,9 +35,11 @@ def targets(ctx, study) -> list[dict]:
 
     search, families, run_ids = workers.searched(study)
     chosen = workers.selected(ctx, study)
-    out = [] if chosen is None else [{"number": chosen, "baseline": families.get(chosen, ""), "role": "selected"}]
+    trains = lambda fam: not fam or strategies.get(strategies.BASELINES[fam].strategy).trains  # noqa: E731
+    out = ([{"number": chosen, "baseline": families.get(chosen, ""), "role": "selected"}]
+           if chosen is not None and trains(families.get(chosen, "")) else [])  # the probe selected: it is theta_0
     for fam, n in selection.family_bests(search, families).items():
-        if strategies.get(strategies.BASELINES[fam].strategy).trains and all(o["number"] != n for o in out):
+        if trains(fam) and all(o["number"] != n for o in out):
             out.append({"number": n, "baseline": fam, "role": "family best"})
     return [{**o, "run_id": run_ids[o["number"]]} for o in out]
 

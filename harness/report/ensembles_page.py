@@ -28,7 +28,9 @@ def fig_wise(s: dict) -> Raw | None:
             color = COLORS["best"] if c["role"] == "selected" else COLORS.get(c["baseline"], OTHERS[i % len(OTHERS)])
             xs, ys = [100 * p[schema.ID_ACC] for p in pts_], [100 * p[schema.OOD_ACC_MEAN] for p in pts_]
             ax.plot(xs, ys, "-o", color=color, ms=3, lw=1.2,
-                    label=drawn(f"#{c['number']} {c['baseline'] or 'selected'} (alpha* {c['chosen']:.1f})"))
+                    label=drawn(f"#{c['number']} " + ", ".join(x for x in (c["role"] if c["role"] == "selected" else "",
+                                                                            c["baseline"]) if x)
+                                + f" (alpha* {c['chosen']:.1f})"))
             for p, x, y in zip(pts_, xs, ys):
                 if p["alpha"] in (0.0, 1.0):
                     ax.annotate(f"{p['alpha']:.0f}", (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7)
