@@ -11,7 +11,9 @@ from harness.report.kit import Raw, drawn, esc, figure, heading, num, pct, png, 
 HOW = ("WiSE-FT (Wortsman et al. 2022): the weights theta(alpha) = (1 - alpha) theta_0 + alpha theta_ft, theta_0 the "
        "linear probe (alpha 0) and theta_ft the fine-tuned trial (alpha 1), BatchNorm statistics interpolated alike; "
        "the figure draws ID against mean OOD test accuracy along alpha, the ring marks the alpha chosen on "
-       "validation. Soups average the weights of the study's kept trials that share a start: uniform (all of them) "
+       "validation. A trial whose head did not start from the probe's (full FT: a random head) has no linear path "
+       "to theta_0, and its curve dips in the middle (default study: validation 31% at alpha 0.4); LP-FT's starts "
+       "at theta_0. Soups average the weights of the study's kept trials that share a start: uniform (all of them) "
        "and greedy (added best first while validation does not drop). Differences are paired on the held-out shifted "
        "images (95% bootstrap interval); one seed a side is image noise only.")
 
