@@ -169,7 +169,8 @@ def after_search(ctx, study, log=print) -> None:
             for r in ctx.client.search_runs([ctx.exp_id], f"tags.`{schema.TAG_PARENT_RUN}` = '{ctx.parent_id}' and "
                                                           f"tags.`{schema.TAG_ROLE}` = '{schema.ROLE_SOUP}'"):
                 ctx.client.delete_run(r.info.run_id)  # a resumed study's earlier soups: rebuilt from every trial now
-            wise.run(ctx, study, log)
+            if ctx.cfg.study.wise_ft:
+                wise.run(ctx, study, log)
             crown(ctx, study, build(ctx, study, log), log)
         except Exception as e:  # noqa: BLE001 - the ensembles add to a finished study, never fail it
             log(store.redact(f"warning: weight-space ensembles not built ({type(e).__name__}: {e})"))
