@@ -97,6 +97,7 @@ def log_soup(ctx, kind: str, start: str, numbers: list[int], state: dict, log) -
 
     f = ensembles.fitted(ctx, state)
     final, series, sel = trialmod.evaluate_trial(f, ctx, None)
+    final.pop(schema.TRAIN_SECONDS, None)  # nothing trained: its ingredients' runs hold their training time
     run = ctx.client.create_run(ctx.exp_id, run_name=f"soup-{kind}-{start}", tags={
         schema.TAG_PARENT_RUN: ctx.parent_id, schema.TAG_ROLE: schema.ROLE_SOUP,
         schema.TAG_OPTUNA_STUDY: ctx.cfg.study.name, schema.TAG_SOUP_KIND: kind, schema.TAG_SOUP_START: start,
