@@ -59,8 +59,11 @@ def keep(ctx, search: dict, number: int, value: float, p: dict, baseline: str, m
     size = sum(v.numel() * v.element_size() for v in state.values())
     if sum(p.stat().st_size for p in kept(ctx).values() if p.exists()) + size > limit:
         return False
-    store.save_tensors(state, folder(ctx) / f"{number}.safetensors",
-                       meta={"number": number, "value": value, "start": start, "baseline": baseline})
+    try:
+        store.save_tensors(state, folder(ctx) / f"{number}.safetensors",
+                           meta={"number": number, "value": value, "start": start, "baseline": baseline})
+    except OSError:  # a full or read-only disk costs this ingredient, never the trial
+        return False
     return True
 
 
