@@ -124,8 +124,8 @@ def done(tmp_path_factory):
     (root / "tiny.toml").write_text(TINY)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        assert study.main(["--config", "tiny.toml", "--n-trials", "4", "--no-report", "--set",
-                           'study.pruner="none"']) == 0
+        assert study.main(["--config", "tiny.toml", "--n-trials", "4", "--no-report", "--set", 'study.pruner="none"',
+                           "--set", "study.keep_weights=8", "--set", "study.wise_ft=true"]) == 0
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     return {"root": root, "uri": uri, "storage": f"sqlite:///{root / 'mlruns' / 'optuna.db'}"}
 
