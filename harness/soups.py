@@ -153,8 +153,11 @@ def crown(ctx, study, soups: list[dict], log=print) -> str | None:
         return None
     search, _, _ = workers.searched(study)
     values = [search[chosen]] + workers.fresh_values(ctx).get(chosen, [])
+    soups = [s for s in soups if len(s["ingredients"]) >= 2]  # one ingredient: a trial, not an ensemble
+    if not soups:
+        return None
     best = max(soups, key=lambda s: (round(s["value"], 12), s["kind"] == "greedy"))
-    if not selection.soup_wins(values, best["value"]):
+    if not selection.soup_wins(values, best["value"], len(best["ingredients"])):
         return None
     tracking.set_tags(ctx.client, ctx.parent_id, {schema.TAG_CHAMPION_RUN_ID: best["run_id"]})
     log(f"soup: the {best['kind']} soup ({best['start']}) beats trial {chosen} on validation ({best['value']:.4f} vs "

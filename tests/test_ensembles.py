@@ -90,9 +90,10 @@ def test_greedy_soup_follows_the_rule_on_a_fixture():
 
 
 def test_soup_wins_only_on_a_strictly_higher_mean():
-    assert selection.soup_wins([0.80, 0.82], 0.8101)
-    assert not selection.soup_wins([0.80, 0.82], 0.81)  # a tie goes to the configuration (more seeds)
-    assert not selection.soup_wins([0.9], 0.8)
+    assert selection.soup_wins([0.80, 0.82], 0.8101, 2)
+    assert not selection.soup_wins([0.80, 0.82], 0.81, 2)  # a tie goes to the configuration (more seeds)
+    assert not selection.soup_wins([0.9], 0.8, 3)
+    assert not selection.soup_wins([0.80, 0.82], 0.99, 1)  # one ingredient: a trial, judged on its seeds already
 
 
 def test_keep_holds_the_top_k_within_the_bound(tmp_path):
@@ -213,9 +214,10 @@ def test_report_has_the_section_and_the_champion_follows_the_rule(done):
     assert "#### Weight-space ensembles: tiny" in markdown.render([data])
     client, exp, runs = _runs(done)
     parent = next(r for r in runs.values() if r.data.tags.get(schema.TAG_ROLE) == schema.ROLE_STUDY)
-    best = max(e["soups"], key=lambda x: (round(x["value"], 12), x["kind"] == "greedy"))
+    best = max((x for x in e["soups"] if len(x["ingredients"]) >= 2), key=lambda x: (round(x["value"], 12),
+                                                                                     x["kind"] == "greedy"))
     selected = runs[parent.data.tags[schema.TAG_BEST_RUN_ID]].data.metrics[schema.VAL_ACC_FINAL]
-    wins = selection.soup_wins([selected], best["value"])
+    wins = selection.soup_wins([selected], best["value"], len(best["ingredients"]))
     assert parent.data.tags.get(schema.TAG_CHAMPION_RUN_ID) == (best["run_id"] if wins else None)
     version = MlflowClient(done["uri"]).get_model_version_by_alias("tiny", "champion")
     assert version.run_id == (best["run_id"] if wins else parent.data.tags[schema.TAG_BEST_RUN_ID])
