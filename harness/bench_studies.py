@@ -172,7 +172,7 @@ def trial_times(uri: str, study_name: str) -> dict:
     client = store.connect(uri, existing=True)
     exp, parent = results.find_parent(client, study_name)
     runs = client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_PARENT_RUN}` = '{parent.info.run_id}'")
-    done = [r for r in runs if r.info.status == "FINISHED"]
+    done = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get(schema.TAG_ROLE) != schema.ROLE_SOUP]
     tr = [r.data.metrics[schema.TRAIN_SECONDS] for r in done if schema.TRAIN_SECONDS in r.data.metrics]
     ev = [r.data.metrics[schema.EVAL_SECONDS] for r in done if schema.EVAL_SECONDS in r.data.metrics]
     # rss_mb is logged every epoch (the latest value: the trial's last epoch), pruned trials included

@@ -44,7 +44,8 @@ def publish(ctx, log=print) -> dict | None:
         return None
     client = ctx.client
     tags = client.get_run(ctx.parent_id).data.tags
-    run_id = schema.tag(tags, schema.TAG_BEST_RUN_ID)
+    # a soup that beat the selected trial on validation (harness.soups.crown), else the selected trial
+    run_id = schema.tag(tags, schema.TAG_CHAMPION_RUN_ID) or schema.tag(tags, schema.TAG_BEST_RUN_ID)
     if not run_id:
         return None
     t0 = time.perf_counter()

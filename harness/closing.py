@@ -25,7 +25,8 @@ def publish_model(ctx: context.Context, log=print, study: optuna.Study | None = 
             log(f"warning: the selected model was not registered ({type(e).__name__}: {e})")
             got.append(None)
 
-    best = ctx.client.get_run(ctx.parent_id).data.tags.get(schema.TAG_BEST_RUN_ID)
+    tags = ctx.client.get_run(ctx.parent_id).data.tags
+    best = tags.get(schema.TAG_CHAMPION_RUN_ID) or tags.get(schema.TAG_BEST_RUN_ID)  # a winning soup, else the selected
     if study is not None and best:
         while units.once(study, f"champion-{best}", publish) is None:  # another launcher registers it now
             time.sleep(0.5)

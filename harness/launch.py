@@ -13,7 +13,7 @@ import torch
 from harness import bookkeeping, closing, config, context, cores, data as datamod, fingerprint, models, records
 from harness import sampling, shifts, stopping
 from harness import schema, store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
-from harness import domainfiles, flags, shiftfiles
+from harness import domainfiles, flags, shiftfiles, soups
 from harness.config import ConfigError
 
 
@@ -272,6 +272,8 @@ def run(cfg: config.Config, n_groups: int, log=print, resume: fingerprint.Resume
         workers.post_search(ctx, study, log)
         workers.backfill(ctx, study, log)
     workers.tag_best(ctx, study)  # harness.selection: the finalist with the best mean validation over seeds
+    if not short and not timed_out:
+        soups.after_search(ctx, study, log)  # WiSE-FT and the soups (issue 23); a winning soup is the champion
     model = closing.publish_model(ctx, log, study)
     closing.describe_parent(ctx, study, model)
     tracking.end_run(ctx.client, ctx.parent_id, "FAILED" if short else "FINISHED")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from harness import comparisons, conditions, domain_numbers, reproduction, schema, selection, strategies
+from harness import comparisons, conditions, domain_numbers, ensemble_numbers, reproduction, schema, selection
+from harness import strategies
 from harness.stats import importances, infer_test_size, on_the_line, pareto, seed_interval, wilson
 
 
@@ -289,5 +290,6 @@ def summarize(study: dict) -> dict:
         "axes": axes, "importances": importances(done, search, axes) if done else {},
         "per_strategy": _per_strategy(done), "selection": choice,
         "reproduction": reproduction.summarize(study, done) if done else None,  # issue 23: surgical vs full FT, paired
+        "ensembles": ensemble_numbers.summarize(study, best, shifts["test"]),  # WiSE-FT and soups (issue 23)
     }
 

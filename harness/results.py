@@ -17,7 +17,8 @@ from harness import schema, store
 STATES = {"FINISHED": "complete", "KILLED": "pruned", "FAILED": "failed", "RUNNING": "running",
           "SCHEDULED": "running"}
 # Small artifacts of the parent run that the report shows; anything else is listed, not read.
-TEXT_ARTIFACTS = ("config/resolved.toml", "versions.json", "search_space.json", schema.BASELINE_GRID_ARTIFACT)
+TEXT_ARTIFACTS = ("config/resolved.toml", "versions.json", "search_space.json", schema.BASELINE_GRID_ARTIFACT,
+                  schema.WISE_FT_ARTIFACT)
 # One get_metric_history call per (run, key): ~1 ms on sqlite, ~10 ms over HTTP; 8 threads keep a
 # 12-trial default study (~60 keys a run) at a second or two over HTTP.
 THREADS = 8
@@ -211,7 +212,8 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
                    "curves": {k: _history(client, pid, k) for k in parent.data.metrics},
                    "artifacts": arts, "texts": texts,
                    "shift_examples": artifact(client, pid, "shift_examples.png") if "shift_examples.png" in arts else None},
-        "trials": [t for t in runs if t["role"] != schema.ROLE_REPLICATE],
+        "trials": [t for t in runs if t["role"] not in (schema.ROLE_REPLICATE, schema.ROLE_SOUP)],
+        "soups": [t for t in runs if t["role"] == schema.ROLE_SOUP],  # harness.soups' runs
         # seed replicates (harness.trial.replicate)
         "replicates": [t for t in runs if t["role"] == schema.ROLE_REPLICATE],
         "optuna": optuna_study(study_name, storage),

@@ -88,6 +88,14 @@ def in_pool(value: float, number: int, family: str, done: dict[int, float], fami
     return number in finalists(search, fams, k)
 
 
+def soup_wins(selected: list[float], soup: float, ingredients: int) -> bool:
+    """Whether a soup (one model, one validation value) beats the selected configuration (its values over seeds) on
+    validation, by rank_key: a strictly higher mean (a tie goes to the configuration, which has more seeds). A soup
+    of one ingredient is that trial, already judged by this rule on its seeds: never (the default target-domain
+    study's greedy soup kept only its best trial, whose one search-time value beat the selected one's mean)."""
+    return ingredients >= 2 and ranked({0: [soup], 1: list(selected)})[0] == 0
+
+
 def fresh_runs(reps: list[dict]) -> dict[int, list[dict]]:
     """{trial number: its fresh-seed runs} from its replicate runs [{"of", "seed", "status", "value", "start",
     "run_id", ...}]: FINISHED runs with a finite value, one per (trial, seed), the earliest started (a unit whose

@@ -10,7 +10,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from harness import (baseline_grid, bookkeeping, corruption_error, schema, selection, store, tracking,
+from harness import (baseline_grid, bookkeeping, corruption_error, schema, selection, soups, store, tracking,
                      trial as trialmod, units)
 
 
@@ -59,6 +59,8 @@ def save_if_best(ctx, study: optuna.Study):
         score = value[0] if isinstance(value, tuple) else value
         search, families, _ = searched(study)
         family = trial.user_attrs.get(schema.ATTR_BASELINE, "")
+        soups.keep(ctx, search, trial.number, score, trialmod.with_strategy(ctx.cfg, trial.params, family), family,
+                   model)  # the soups' ingredients (study.keep_weights)
         if not selection.in_pool(score, trial.number, family, search, families, ctx.cfg.study.finalists):
             return
         from safetensors.torch import save

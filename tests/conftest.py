@@ -31,6 +31,8 @@ seed = 0
 prune_warmup = 1
 baseline_lrs = [0.01]  # one lr per baseline family: the 3 baselines are trials 0-2 (tests of the sweep set their own)
 replicates = 1         # no seed replicates (the default is 3): tests of replicates set their own
+keep_weights = 0       # no soups and no WiSE-FT curves (they add ~30% to a tiny study): test_ensembles and
+wise_ft = false        # test_schema's subprocess study turn them on
 
 [data]
 source = "digits"

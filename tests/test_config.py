@@ -59,6 +59,8 @@ BAD = [
     (["--set", "shifts.severities=[0, 6]"], "shifts.severities"),
     (["--set", "train.epochs"], "--set"),                                # not KEY=VALUE
     (["--n-trials", "0"], "study.n_trials"),
+    (["--set", "study.keep_weights=-1"], "study.keep_weights"),
+    (["--set", "study.keep_weights_mb=-5"], "study.keep_weights_mb"),
     (["--storage", "redis://localhost"], "--storage"),
     (["--tracking-uri", "file:///tmp/mlruns"], "--tracking-uri"),        # MLflow 3 refuses the file store
     (["--config", "does_not_exist.toml"], "--config"),

@@ -63,7 +63,8 @@ def test_a_study_run_as_a_subprocess_writes_only_declared_names(tiny_config, wor
     """`python -m harness.study` in a subprocess (module-level code and __main__ included) exits 0 and prints where
     to look; every metric, param and tag on its parent and trial runs (label shift, corruption errors, per-class
     priors included) is declared in harness.schema."""
-    done = _cli("study", "--config", str(tiny_config), "--no-report", cwd=workdir)
+    done = _cli("study", "--config", str(tiny_config), "--no-report", "--set", "study.keep_weights=8", "--set",
+                "study.wise_ft=true", cwd=workdir)  # the soups' and WiSE-FT's names too (off in the tiny config)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "python -m harness.report --study-name tiny" in done.stdout
     client = mlflow_client(workdir)
@@ -71,7 +72,9 @@ def test_a_study_run_as_a_subprocess_writes_only_declared_names(tiny_config, wor
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     written = {k for r in runs for k in r.data.metrics}
     # the study wrote the name families the schema's templates stand for
-    assert {"shift/gaussian_noise/acc", "ood_acc/noise", "label_shift/prior_bbse", "train_loss", "id_acc"} <= written
+    assert {"shift/gaussian_noise/acc", "ood_acc/noise", "label_shift/prior_bbse", "train_loss", "id_acc",
+            schema.ENSEMBLES_SECONDS} <= written
+    assert any(r.data.tags.get(schema.TAG_ROLE) == schema.ROLE_SOUP for r in runs)  # soups wrote their tags
     assert undeclared(client, exp.experiment_id) == {"metric": set(), "param": set(), "tag": set()}
     assert set(exp.tags) <= set(schema.TAGS)
     # the MLflow-native records: dataset inputs, the registered model (champion), its versions and aliases

@@ -77,6 +77,8 @@ def _check_study(cfg: Config) -> None:
                           f"got {_short(s.registered_model)}")
     _positive("study.replicates", s.replicates)
     _positive("study.finalists", s.finalists)
+    _positive("study.keep_weights", s.keep_weights, allow_zero=True)
+    _positive("study.keep_weights_mb", s.keep_weights_mb, allow_zero=True)
     if any(not (math.isfinite(v) and v > 0) for v in s.baseline_lrs):
         raise ConfigError("study.baseline_lrs", f"every lr must be finite and > 0, got {s.baseline_lrs}")
 

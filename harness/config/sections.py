@@ -47,6 +47,13 @@ class Study:
     # the top-k trials by validation that are replicated (with each baseline family's best) and selected from on
     # their mean validation over seeds (harness.selection)
     finalists: int = 3
+    # model soups (harness.soups): the weights of the top-k trials by validation kept in the cache while the search
+    # runs (0 = off: no soups), their files bounded by keep_weights_mb MiB (resnet8: ~0.3 MiB a model)
+    keep_weights: int = 8
+    keep_weights_mb: float = 256.0
+    # WiSE-FT curves of the selected trial and the baselines after the search (harness.wise): ~15-20% of the default
+    # study's wall time (22 evaluations of the test suite)
+    wise_ft: bool = True
 
 
 @dataclass(frozen=True)

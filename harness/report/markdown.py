@@ -27,6 +27,8 @@ TABLES = {
 OPTIONAL_TABLES = {
     "Simulated vs real": ["domain", "images n", "selected acc (%)", "Spearman rho [95% CI]", "trials", "resampled",
                           "best: simulated / domain", "on the line: slope, R2"],
+    "Weight-space ensembles": ["ensemble", "ingredients", "validation (%)", "ID acc (%)", "OOD mean (%)", "compared with",
+                               "OOD diff (pts)", "OOD 95% CI", "level"],
 }
 
 
@@ -109,6 +111,29 @@ def _domains(s: dict) -> list[list]:
     return rows
 
 
+def _ensembles(s: dict) -> list[list]:
+    """WiSE-FT at its chosen alpha against alpha 1, and each soup against its best ingredient and the selected
+    configuration (harness.ensemble_numbers)."""
+    e, rows = s.get("ensembles") or {}, []
+
+    def d(c):
+        o = (c or {}).get("ood")
+        return [pts(o["diff"]), f"{pts(o['ci'][0])} to {pts(o['ci'][1])}", o["level"]] if o else ["\u2013"] * 3
+
+    key = schema.VAL_ACC if (e.get("wise") or {}).get("chosen_on") != schema.OOD_VAL_ACC else schema.OOD_VAL_ACC
+    for c in (e.get("wise") or {}).get("configs", []):
+        p = next(x for x in c["curve"] if x["alpha"] == c["chosen"])
+        rows.append([f"WiSE-FT #{c['number']} ({c['baseline'] or c['role']}) at alpha {c['chosen']:.1f}",
+                     f"linear probe + #{c['number']}", pct(p.get(key)), pct(p.get(schema.ID_ACC)),
+                     pct(p.get(schema.OOD_ACC_MEAN)), f"alpha 1 (#{c['number']})"] + d(c["vs_ft"]))
+    for x in e.get("soups", []):
+        head = [f"{x['kind']} soup ({x['start']})", ", ".join(f"#{n}" for n in x["ingredients"]), pct(x["value"]),
+                pct(x.get(schema.ID_ACC)), pct(x.get(schema.OOD_ACC_MEAN))]
+        rows.append(head + [f"best ingredient #{x['best_ingredient']}"] + d(x["vs_best_ingredient"]))
+        rows.append(head + [f"selected #{s.get('best')}"] + d(x["vs_selected"]))
+    return rows
+
+
 def render(summaries: list[dict]) -> str:
     """Every results table the README shows, for each fine-tuning study, between the generated-block markers."""
     out = [BEGIN, ""]
@@ -123,6 +148,8 @@ def render(summaries: list[dict]) -> str:
         out += _table("Budgets", s["name"], _budgets(s))
         if s.get("domains"):  # real domains (shifts.domains)
             out += _table("Simulated vs real", s["name"], _domains(s))
+        if s.get("ensembles"):
+            out += _table("Weight-space ensembles", s["name"], _ensembles(s))
     return "\n".join(out + [END]) + "\n"
 
 

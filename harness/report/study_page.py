@@ -5,6 +5,7 @@ from __future__ import annotations
 from harness import links, schema
 from harness.report import figures
 from harness.report.domains_page import TITLE as DOMAINS_TITLE, domains_section
+from harness.report.ensembles_page import ensembles_section
 from harness.report.headline import headline
 from harness.report.selection_page import selection_section
 from harness.report.kit import Raw, ci, esc, heading, img, lr_text, num, page, pct, pts, table, td
@@ -335,6 +336,7 @@ SECTIONS = {
     "on-the-line": ("Accuracy on the line", line_section), "domains": (DOMAINS_TITLE, domains_section),
     "hyperparameters": ("Hyperparameters", hyper_section),
     "calibration": ("Calibration under shift", calibration_section), "training": ("Training curves", training_section),
+    "ensembles": ("Weight-space ensembles", ensembles_section),
     "failures": ("Pruned and failed trials", failures_section), "examples": ("Shift examples", examples_section),
     "metrics": ("All final metrics", metrics_section),
 }

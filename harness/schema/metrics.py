@@ -53,6 +53,9 @@ CORRECT_ARTIFACT = "correct.json"
 VAL_CORRECT_ARTIFACT = "val_correct.json"
 # the parent run's record of the baselines' lr grids and their extension (harness.baseline_grid.status, JSON)
 BASELINE_GRID_ARTIFACT = "baseline_grid.json"
+# the parent run's WiSE-FT curves (harness.wise, JSON): per interpolated configuration its points along alpha (validation,
+# id_acc, ood_acc_mean and correct.json's per-image correctness) and the alpha chosen on validation
+WISE_FT_ARTIFACT = "ensembles/wise_ft.json"
 FINAL = {
     ID_ACC: "accuracy on the clean test split",
     ID_NLL: "mean negative log-likelihood on the clean test split",
@@ -158,7 +161,10 @@ LABEL_PRIORS = {"true": LABEL_SHIFT_PRIOR_TRUE, "bbse": LABEL_SHIFT_PRIOR_BBSE} 
 
 # ----------------------------------------------------------------------------------------- parent runs
 PRETRAIN_LOSS, PRETRAIN_SOURCE_VAL_ACC = "pretrain_loss", "pretrain_source_val_acc"
+ENSEMBLES_SECONDS = "ensembles_seconds"
 PRETRAIN_EPOCH = {
+    ENSEMBLES_SECONDS: "parent run, step 0: wall seconds of the post-search weight-space ensembles (WiSE-FT curves and "
+                       "model soups, harness.soups.after_search)",
     PRETRAIN_LOSS: "source-task pretraining loss per epoch (parent run)",
     PRETRAIN_SOURCE_VAL_ACC: "source-task validation accuracy per epoch (parent run)",
 }

@@ -40,17 +40,23 @@ TAG_STREAM_VARIANT = "harness.stream_variant"  # drift | control (issue 24)
 STREAM_DRIFT, STREAM_CONTROL = "drift", "control"  # its values
 # MLflow-native records
 TAG_REGISTERED_MODEL, TAG_MODEL_VERSION = "harness.registered_model", "harness.model_version"
+# weight-space ensembles (harness.soups, issue 23): soup runs and the parent's champion when a soup wins
+TAG_SOUP_KIND, TAG_SOUP_START = "harness.soup_kind", "harness.soup_start"
+TAG_SOUP_INGREDIENTS = "harness.soup_ingredients"
+TAG_CHAMPION_RUN_ID = "harness.champion_run_id"
 
 # the values of harness.role
 ROLE_STUDY, ROLE_SUSTAIN, ROLE_TRIAL, ROLE_REPLICATE, ROLE_POLICY = \
     "study", "sustain", "trial", "replicate", "sustain_policy"
+ROLE_SOUP = "soup"
 ROLES = {ROLE_STUDY: "a fine-tuning study's parent run", ROLE_SUSTAIN: "a harness.sustain study's parent run",
          ROLE_TRIAL: "a trial (child run)", ROLE_REPLICATE: "a seed replicate of a trial (child run)",
-         ROLE_POLICY: "one policy on one seed's stream (child run of a sustain parent)"}
+         ROLE_POLICY: "one policy on one seed's stream (child run of a sustain parent)",
+         ROLE_SOUP: "a model soup of the study's kept trials (child run, harness.soups)"}
 
 TAGS = {
     # every run
-    TAG_ROLE: "study | sustain (parent runs), trial | replicate | sustain_policy (child runs): ROLES",
+    TAG_ROLE: "study | sustain (parent runs), trial | replicate | sustain_policy | soup (child runs): ROLES",
     TAG_OPTUNA_STUDY: "the Optuna study (= MLflow experiment name)",
     TAG_TRIAL_NUMBER: "the Optuna trial number of a child run (-1 for sustain policy runs outside search)",
     TAG_PARENT_RUN: "the parent run of a child run",
@@ -108,6 +114,11 @@ TAGS = {
     TAG_NOTE: "the run's description in the MLflow UI: a trial's strategy in words, the study's summary",
     TAG_REGISTERED_MODEL: "study parent: the registered model its selected trial's model is a version of",
     TAG_MODEL_VERSION: "study parent: that model version (alias champion); policy runs: their last version",
+    TAG_SOUP_KIND: "soup runs: uniform (every kept ingredient of its start) | greedy (Wortsman et al. 2022's rule)",
+    TAG_SOUP_START: "soup runs: the start its ingredients share (harness.soups.STARTS: random_head | probe_head)",
+    TAG_SOUP_INGREDIENTS: "soup runs: its ingredients' trial numbers, comma-separated (greedy: in the order added)",
+    TAG_CHAMPION_RUN_ID: "study parent: the soup run registered as champion because it beat the selected trial on "
+                         "validation (absent: the champion is the selected trial, harness.best_run_id)",
 }
 
 # Input tags of the MLflow dataset inputs (records.dataset_inputs)
