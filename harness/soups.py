@@ -142,8 +142,9 @@ def build(ctx, study, log=print) -> list[dict]:
 
 
 def crown(ctx, study, soups: list[dict], log=print) -> str | None:
-    """The parent's champion tag: the best soup's run when it beats the selected configuration's mean validation over
-    its seeds (harness.selection.soup_wins), else cleared to the selected trial. Returns the soup's run id or None."""
+    """The parent's champion tag: the best soup's run when it beats the selected configuration on validation with
+    evidence (harness.selection.soup_wins: paired over the selected's runs and the validation images), else cleared
+    to the selected trial. Returns the soup's run id or None."""
     from harness import workers
 
     chosen = workers.selected(ctx, study)
@@ -151,18 +152,36 @@ def crown(ctx, study, soups: list[dict], log=print) -> str | None:
         ctx.client.delete_tag(ctx.parent_id, schema.TAG_CHAMPION_RUN_ID)  # an earlier round's soup: judged again
     if chosen is None or not soups:
         return None
-    search, _, _ = workers.searched(study)
-    values = [search[chosen]] + workers.fresh_values(ctx).get(chosen, [])
+    search, _, run_ids = workers.searched(study)
     soups = [s for s in soups if len(s["ingredients"]) >= 2]  # one ingredient: a trial, not an ensemble
     if not soups:
         return None
     best = max(soups, key=lambda s: (round(s["value"], 12), s["kind"] == "greedy"))
-    if not selection.soup_wins(values, best["value"], len(best["ingredients"])):
+    fresh = ctx.client.search_runs([ctx.exp_id], f"tags.`{schema.TAG_PARENT_RUN}` = '{ctx.parent_id}' and "
+                                                 f"tags.`{schema.TAG_ROLE}` = '{schema.ROLE_REPLICATE}' and "
+                                                 f"tags.`{schema.TAG_REPLICATE_OF}` = '{chosen}'", max_results=1000)
+    runs = [run_ids[chosen]] + [r.info.run_id for r in fresh if r.info.status == "FINISHED"]
+    selected = [val_scores(ctx, rid) for rid in runs]
+    soup = val_scores(ctx, best["run_id"])
+    if None in selected or soup is None or not selection.soup_wins(selected, soup, len(best["ingredients"])):
+        log(f"soup: the {best['kind']} soup ({best['start']}, validation {best['value']:.4f}) does not beat trial "
+            f"{chosen} on validation with evidence (paired interval over its {len(runs)} run(s) and the images): "
+            f"the champion stays the selected trial")
         return None
     tracking.set_tags(ctx.client, ctx.parent_id, {schema.TAG_CHAMPION_RUN_ID: best["run_id"]})
-    log(f"soup: the {best['kind']} soup ({best['start']}) beats trial {chosen} on validation ({best['value']:.4f} vs "
-        f"{sum(values) / len(values):.4f} over {len(values)} seed(s)): it is the champion")
+    log(f"soup: the {best['kind']} soup ({best['start']}) beats trial {chosen} on validation, its paired interval "
+        f"over {len(runs)} run(s) and the images above 0: it is the champion")
     return best["run_id"]
+
+
+def val_scores(ctx, run_id: str) -> list[float] | None:
+    """A run's per-image validation scores under the study's objective (its val_correct.json; selection.image_scores)."""
+    import json
+
+    from harness import results
+
+    raw = results.artifact(ctx.client, run_id, schema.VAL_CORRECT_ARTIFACT)
+    return selection.image_scores(json.loads(raw) if raw else None, ctx.cfg.study.objective)
 
 
 def after_search(ctx, study, log=print) -> None:

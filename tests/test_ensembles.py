@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,11 +90,23 @@ def test_greedy_soup_follows_the_rule_on_a_fixture():
     assert g["score"] == 0.95 and calls[2] == ["a", "c", "e"] and calls[3] == ["a", "c", "b"]
 
 
-def test_soup_wins_only_on_a_strictly_higher_mean():
-    assert selection.soup_wins([0.80, 0.82], 0.8101, 2)
-    assert not selection.soup_wins([0.80, 0.82], 0.81, 2)  # a tie goes to the configuration (more seeds)
-    assert not selection.soup_wins([0.9], 0.8, 3)
-    assert not selection.soup_wins([0.80, 0.82], 0.99, 1)  # one ingredient: a trial, judged on its seeds already
+def test_soup_wins_only_with_a_paired_interval_above_zero():
+    """On 200 validation images: a soup right on 20 more images than every seed of the selected configuration wins;
+    right on 1 more (a higher mean, within noise) does not; nor a one-ingredient soup, however good. The bound is
+    checked against an independent bootstrap (numpy: images and seeds resampled)."""
+    rng = np.random.default_rng(0)
+    base = (rng.random(200) < 0.8).astype(float)
+    seeds = [base.tolist(), base.tolist()]
+    wrong = np.flatnonzero(base == 0)
+    better, barely = base.copy(), base.copy()
+    better[wrong[:20]], barely[wrong[:1]] = 1, 1
+    assert selection.soup_wins(seeds, better.tolist(), 2)
+    assert not selection.soup_wins(seeds, barely.tolist(), 2)  # +0.5 points: the interval covers 0
+    assert not selection.soup_wins(seeds, better.tolist(), 1)  # one ingredient: a trial, judged on its seeds already
+    # independent: 2000 resamples of images, the soup's +20 images give a lower bound near +0.06, the +1 one at 0
+    idx = rng.integers(0, 200, (2000, 200))
+    lo = lambda x: np.percentile((x[idx] - base[idx]).mean(1), 2.5)  # noqa: E731
+    assert lo(better) > 0.05 and lo(barely) <= 0
 
 
 def test_keep_holds_the_top_k_within_the_bound(tmp_path):
@@ -216,8 +229,16 @@ def test_report_has_the_section_and_the_champion_follows_the_rule(done):
     parent = next(r for r in runs.values() if r.data.tags.get(schema.TAG_ROLE) == schema.ROLE_STUDY)
     best = max((x for x in e["soups"] if len(x["ingredients"]) >= 2), key=lambda x: (round(x["value"], 12),
                                                                                      x["kind"] == "greedy"))
-    selected = runs[parent.data.tags[schema.TAG_BEST_RUN_ID]].data.metrics[schema.VAL_ACC_FINAL]
-    wins = selection.soup_wins([selected], best["value"], len(best["ingredients"]))
+    chosen = runs[parent.data.tags[schema.TAG_BEST_RUN_ID]]
+    own = [chosen.info.run_id] + [r.info.run_id for r in runs.values() if r.info.status == "FINISHED"
+                                  and r.data.tags.get(schema.TAG_ROLE) == schema.ROLE_REPLICATE
+                                  and r.data.tags.get(schema.TAG_REPLICATE_OF) == chosen.data.tags.get(schema.TAG_TRIAL_NUMBER)]
+
+    def val(rid):  # the run's per-image validation correctness, read from its artifact
+        path = MlflowClient(done["uri"]).download_artifacts(rid, schema.VAL_CORRECT_ARTIFACT, str(done["root"]))
+        return [float(c == "1") for c in json.loads(open(path).read())["val"]]
+
+    wins = selection.soup_wins([val(r) for r in own], val(best["run_id"]), len(best["ingredients"]))
     assert parent.data.tags.get(schema.TAG_CHAMPION_RUN_ID) == (best["run_id"] if wins else None)
     version = MlflowClient(done["uri"]).get_model_version_by_alias("tiny", "champion")
     assert version.run_id == (best["run_id"] if wins else parent.data.tags[schema.TAG_BEST_RUN_ID])
