@@ -23,6 +23,9 @@ TAG_OPTUNA_STORAGE = "harness.optuna_storage"
 TAG_SHIFTS_SELECTION, TAG_SHIFTS_TEST, TAG_SHIFTS_FAMILY = \
     "harness.shifts.selection", "harness.shifts.test", "harness.shifts.family"
 TAG_SHIFT_SUITE, TAG_DATA, TAG_TARGET_DOMAIN = "harness.shift_suite", "harness.data", "harness.target_domain"
+# which reference's severity constants the suite's shifts took (shifts.constant_set: make_cifar_c up to 64 px, then
+# make_imagenet_c), issue 26
+TAG_SHIFT_CONSTANTS = "harness.shift_constants"
 TAG_N_TEST, TAG_N_SHIFT_EVAL, TAG_PRETRAIN = "harness.n_test", "harness.n_shift_eval", "harness.pretrain"
 TAG_BEST_TRIAL, TAG_BEST_RUN_ID, TAG_REPLICATES = "harness.best_trial", "harness.best_run_id", "harness.replicates"
 TAG_FINGERPRINT, TAG_ALLOWED_CHANGES = "harness.fingerprint", "harness.allowed_changes"
