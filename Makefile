@@ -1,12 +1,13 @@
 # Two commands set up everything on a machine that has only python3 3.11:
 #   make study   runs the embedded default study (then writes the report)
 #   make test    runs the test suite
+#   make device-check   the GPU check of issue 26 (scripts/device_check.sh; CUDA only, else exit 2)
 # uv is bootstrapped into .tools/ when missing; dependencies come from the committed uv.lock.
 PY ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/uvenv/bin/uv)
 ARGS ?=
 
-.PHONY: study test bench report ui sync
+.PHONY: study test bench report ui sync device-check
 
 $(UV):
 	$(PY) -m venv .tools/uvenv
@@ -29,3 +30,6 @@ bench: sync
 
 ui: sync
 	$(UV) run --frozen python -m harness.ui $(ARGS)
+
+device-check: sync
+	scripts/device_check.sh $(ARGS)
