@@ -103,6 +103,7 @@ def make_stream(data: dict, recipes: list[dict], n_labelled: int, n_eval: int, s
         p = dict(r)
         for (x_key, y_key), split, n in ((("x", "y"), "train", n_labelled), (("eval_x", "eval_y"), "test", n_eval)):
             x, y, idx = _draw(*data[split], n, r["prior"], gen)
+            x = datamod.pixels(x)  # float in [0, 1]: shifted, and concatenated with shifted batches (replay)
             if r["shift"] != "none" and r["severity"] > 0:
                 x = shifts.SHIFTS[r["shift"]](x, r["severity"], gen)
             p[x_key], p[y_key] = x.contiguous(), y.contiguous()
