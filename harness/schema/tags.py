@@ -77,6 +77,7 @@ TAGS = {
     TAG_SHIFTS_SELECTION: "selection shifts", TAG_SHIFTS_TEST: "held-out test shifts",
     TAG_SHIFTS_FAMILY: "shift -> family, comma-separated name:family",
     TAG_SHIFT_SUITE: "cache key of the shifted sets", TAG_DATA: "cache key of the data",
+    TAG_SHIFT_CONSTANTS: "make_cifar_c or make_imagenet_c: whose severity constants the shifts took (by image size)",
     TAG_TARGET_DOMAIN: "the target domain fine-tuned and tested on: data.target_shift as name:severity, "
                        "comma-separated (a mixture), or none (the clean target task)",
     TAG_N_TEST: "clean test images (sample size of id_acc)",
