@@ -1,5 +1,5 @@
-"""Issue 26's measured figures (measurements, not timed tests), written to reports/datasizes.json; README's
-"Measured" block is generated from it (scripts/measure_datasizes.py --readme README.md):
+"""Issue 26's measured figures (measurements, not timed tests), stored in docs/measured/datasizes.json (committed);
+README's "Measured" block is generated from it (scripts/measure_datasizes.py --readme README.md):
 
 1. peak RSS of the data path of a 224 px ImageFolder study (600 JPEGs; what open_context does before training:
    data.load, target domain, shift suite, placement, the resnet18 model) in this checkout and in another (--before,
@@ -10,7 +10,7 @@
 3. streamed training throughput (train.fit over a harness.stream.Streamed split, DataLoader workers) against a bare
    DataLoader loop over the same .npy file (the same batches, model, optimizer): 3 interleaved pairs, median ratio.
 
-    nice -n 10 python scripts/measure_datasizes.py --before /work/main [--out reports/datasizes.json]
+    nice -n 10 python scripts/measure_datasizes.py --before /work/main [--out docs/measured/datasizes.json]
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def write_readme(r: dict, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--before", help="another checkout (e.g. /work/main) whose study is measured the same way")
-    ap.add_argument("--out", default=str(REPO / "reports" / "datasizes.json"))
+    ap.add_argument("--out", default=str(REPO / "docs" / "measured" / "datasizes.json"))
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--readme", help="only write README's block from --out's stored JSON into this file")
     args = ap.parse_args(argv)
