@@ -1,12 +1,13 @@
 # Two commands set up everything on a machine that has only python3 3.11:
 #   make study   runs the embedded default study (then writes the report)
 #   make test    runs the test suite
+#   make device-check   the GPU check of issue 26 (scripts/device_check.sh; CUDA only, else exit 2)
 # uv is bootstrapped into .tools/ when missing; dependencies come from the committed uv.lock.
 PY ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/uvenv/bin/uv)
 ARGS ?=
 
-.PHONY: study test bench report ui sync readme
+.PHONY: study test bench report ui sync readme device-check
 
 $(UV):
 	$(PY) -m venv .tools/uvenv
@@ -39,3 +40,6 @@ readme: sync
 	$(UV) run --frozen python -m harness.report --markdown --spread --json results/default.json --json results/default-rerun.json --json results/default-seed1.json --json results/default-seed2.json --out README.md
 	$(UV) run --frozen python -m harness.bench --readme README.md --json results/bench.json
 	$(UV) run --frozen python -m harness.report.reproduction results/surgical_cifar10/sc-noise.json results/surgical_cifar10/sc-pixelate.json --out README.md
+
+device-check: sync
+	scripts/device_check.sh $(ARGS)

@@ -162,7 +162,8 @@ def bare_run(ctx: context.Context) -> tuple[float, torch.nn.Module, list[float]]
         running = torch.zeros((), device=device)
         for i in range(0, len(x), t.batch_size):
             idx = perm[i:i + t.batch_size]
-            xb, yb = x[idx].contiguous(memory_format=torch.channels_last), y[idx]
+            xb, yb = x[idx], y[idx]
+            xb = (xb.float() / 255 if xb.dtype == torch.uint8 else xb).contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
             with amp():
@@ -178,6 +179,7 @@ def bare_run(ctx: context.Context) -> tuple[float, torch.nn.Module, list[float]]
             logits = []
             for i in range(0, len(vx), t.eval_batch_size):
                 xb = vx[i:i + t.eval_batch_size]
+                xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb
                 with amp():
                     logits.append(model(xb.contiguous(memory_format=torch.channels_last)).float())
             logits = torch.cat(logits)

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from harness import model_registry, records, schema, tracking, trial as trialmod
+from harness import data as datamod, model_registry, records, schema, tracking, trial as trialmod
 
 ALIAS = schema.ALIAS_CHAMPION
 EXAMPLE_IMAGES = 4  # the input example stored with the model (test images)
@@ -65,7 +65,7 @@ def publish(ctx, log=print) -> dict | None:
     metrics = {k: round(v, 6) for k, v in run.data.metrics.items()
                if k in (schema.ID_ACC, schema.OOD_ACC_MEAN, schema.OOD_ACC_WORST, schema.OOD_VAL_ACC,
                         schema.VAL_ACC_FINAL, schema.ID_ECE, schema.MCE)}
-    example = ctx.data_cpu["test"][0][:EXAMPLE_IMAGES]
+    example = datamod.pixels(ctx.data_cpu["test"][0][:EXAMPLE_IMAGES])  # what the model takes: float in [0, 1]
     model_id = model_registry.log_pytorch_model(client, ctx.exp_id, run_id, model, example, name="model",
                                                 tags={**info, **metrics})
     version = model_registry.register_model(client, name, model_id, run_id, {**info, **metrics}, ALIAS)

@@ -21,7 +21,7 @@ class Context:
     cfg: config.Config
     device: torch.device
     data: dict | None  # every split, resident on the device when it fits (data.to_device); None in a launcher
-    data_cpu: dict  # the same splits on the CPU, with "key" (cache key) and "classes"
+    data_cpu: dict  # the same splits on the CPU (the one host copy: data's own when it stays there), "key", "classes"
     suite: suitemod.Suite | None  # the evaluation sets on the device (suite.build); None when not asked for
     pretrained: dict | None  # body state of the source-task pretraining (model.weights = "pretrain"), else None
     weights_key: str  # what the initial weights are, for cache keys: "pretrain-<key>" or model.weights
@@ -78,7 +78,8 @@ def open_context(cfg: config.Config, n_groups: int, role: str = schema.ROLE_STUD
     if device.type == "cuda" and memory_share < 1.0:  # a packed worker: half of its own share at most
         free, total = torch.cuda.mem_get_info(device)
         budget *= min(1.0, memory_share * total / free)
-    return Context(cfg=cfg, device=device, data=datamod.to_device(data, device, budget), data_cpu=data, suite=suite,
+    placed = datamod.to_device(data, device, budget)
+    return Context(cfg=cfg, device=device, data=placed, data_cpu=datamod.host(data, placed), suite=suite,
                    pretrained=pre_state, weights_key=weights_key, n_groups=n_groups, client=client, uri=uri,
                    storage=storage, exp_id=exp_id, parent_id=parent_id, created=created, cache=cache, info=info,
                    prefix=prefix.Cache(budget=cfg.train.cache_mb * 2**20))

@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import imagefiles, store
+from harness import imagefiles, store, stream
 from harness.config import ConfigError, Data, NotFound, _short
 
-# Every split is a pair (images float32 [N, 3, H, W] in [0, 1], labels int64 [N]); models normalize inside,
-# so shifts act on plain [0, 1] pixels exactly as CIFAR-10-C defines them.
+# Every split is a pair (images [N, 3, H, W], labels int64 [N]). Images are held at rest as uint8 (value v is the
+# pixel v / 255) when they came from 8-bit pixels (image files, torchvision's sets, shifted sets), and as float32 in
+# [0, 1] only when no smaller type holds them exactly (the digits' tinted pixels): pixels() makes a batch float on
+# the training device, so a 224 px study holds 1 byte a value, not 4. Models normalize inside, so shifts act on plain
+# [0, 1] pixels exactly as CIFAR-10-C defines them.
 SPLITS = ("source_train", "source_val", "train", "val", "test", "subpop")
 CACHE_VERSION = 4  # bump when the construction below changes, so stale caches are not reused
 
@@ -24,7 +27,8 @@ def cache_key(cfg: Data, seed: int) -> str:
         listing = imagefiles.listing(folder_splits(_root(cfg))).stamp
     # the target shift is applied later (suite.target_domain, with its own cache): the clean splits and the
     # pretraining built on them are shared by every target domain
-    clean = {k: v for k, v in cfg.__dict__.items() if k != "target_shift"}
+    # memory_budget picks where the images live (memory or a disk cache), not which images: not in the key
+    clean = {k: v for k, v in cfg.__dict__.items() if k not in ("target_shift", "memory_budget")}
     return store.cache_key({"cfg": clean, "seed": seed, "v": CACHE_VERSION}, listing)
 
 
@@ -33,9 +37,17 @@ def cache_key(cfg: Data, seed: int) -> str:
 _DECODED: dict[str, tuple[dict, dict]] = {}
 
 
-def load(cfg: Data, seed: int, cache_dir: Path | None = None) -> dict:
-    """All splits on the CPU, from the cache when present; `classes` names the target labels."""
+def load(cfg: Data, seed: int, cache_dir: Path | None = None, log=print) -> dict:
+    """All splits on the CPU, from the cache when present; `classes` names the target labels. An imagefolder study
+    says whether its images are held in memory or streamed from disk (harness.stream), and why (data_path)."""
     key = cache_key(cfg, seed)
+    if cfg.source == "imagefolder":
+        streamed, why = data_path(cfg, seed, cache_dir)
+        log(f"data: {why}")
+        if streamed:
+            plan, classes = imagefolder_plan(cfg, seed)
+            splits = stream.build(plan, classes, cfg.image_size, cache_dir / f"stream-{key}", imagefiles.decode)
+            return {"key": key, "classes": classes, "source_classes": [], **splits}
     path = cache_dir / f"data-{key}.safetensors" if cache_dir else None
     cached = store.load_tensors(path) if path else None
     if cached is not None and cached[1] is not None:
@@ -48,16 +60,47 @@ def load(cfg: Data, seed: int, cache_dir: Path | None = None) -> dict:
     for split in SPLITS:
         if f"{split}_x" in tensors:
             x = tensors[f"{split}_x"]
-            x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-            out[split] = (x, tensors[f"{split}_y"].long())
+            out[split] = (x if x.dtype == torch.uint8 else x.float(), tensors[f"{split}_y"].long())
     return out
 
 
+def data_path(cfg: Data, seed: int, cache_dir: Path | None, available: int | None = None) -> tuple[bool, str]:
+    """(stream, why): an imagefolder study streams from disk when its uint8 images (every split, at the study's size)
+    take more than data.memory_budget of the RAM available now, and there is a cache folder to stream from."""
+    import psutil
+
+    plan, _ = imagefolder_plan(cfg, seed)
+    n = sum(len(paths) for paths, _ in plan.values())
+    need = n * 3 * cfg.image_size ** 2
+    available = psutil.virtual_memory().available if available is None else available
+    budget = cfg.memory_budget * available
+    what = (f"{need / 2**20:.1f} MiB of uint8 images ({n} x 3 x {cfg.image_size} x {cfg.image_size}) "
+            f"{'exceed' if need > budget else 'fit'} data.memory_budget = {cfg.memory_budget:g} of the "
+            f"{available / 2**30:.1f} GiB available ({budget / 2**20:.1f} MiB)")
+    if need <= budget:
+        return False, f"in memory: {what}"
+    if cache_dir is None:
+        raise ConfigError("data.memory_budget", f"{what}, and there is no cache folder to stream them from")
+    return True, f"streaming from disk: {what}; decoded once to {cache_dir / ('stream-' + cache_key(cfg, seed))}"
+
+
+def pixels(x: torch.Tensor) -> torch.Tensor:
+    """Images as float in [0, 1] where they are (a batch on the training device): uint8 v -> v / 255 (the exact op
+    load() applied at rest before issue 26: the same floats), float as it is."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] images -> uint8 by truncation, floor(255 x), as make_cifar_c stores CIFAR-10-C (np.uint8 of the
+    float pixels in [0, 255]): a shifted set at rest. Each pixel moves by less than 1/255 (down); uint8 stays."""
+    return x if x.dtype == torch.uint8 else torch.floor(x * 255).clamp(0, 255).to(torch.uint8)
+
+
 # What the data takes in memory while it is built, in bytes per pixel of one image channel at data.image_size:
-# digits are built as float32 and a broadcast makes two more full copies (3 x 4); the others are decoded as uint8,
-# indexed into splits (a second uint8 copy), then made float32 by load() (1 + 1 + 4)
+# digits are built as float32 and a broadcast makes two more full copies (3 x 4); the others are decoded as uint8 and
+# indexed into splits (a second uint8 copy), and stay uint8 (1 + 1)
 BYTES_PER_VALUE = {"digits": 12}
-BYTES_PER_VALUE_DEFAULT = 6
+BYTES_PER_VALUE_DEFAULT = 2
 MEMORY_MARGIN = 0.8  # of the memory available now: the rest for the model, the shift suite and the interpreter
 TV_SIZES = {"mnist": (70_000, 10), "fashionmnist": (70_000, 10), "cifar10": (60_000, 10), "cifar100": (60_000, 100),
             "svhn": (99_289, 10)}  # images (train + test) and classes of torchvision's sets
@@ -102,14 +145,17 @@ def check(cfg: Data, seed: int, cache_dir: Path | None = None) -> None:
         listing = imagefiles.listing(folder_splits(_root(cfg)))
     n = (len(digits()[1]) if cfg.source == "digits" else
          sum(map(len, listing.samples.values())) if listing else TV_SIZES[cfg.source][0])
-    check_memory(cfg, n)
     key = cache_key(cfg, seed)
-    if cfg.source == "digits" or (cache_dir and (cache_dir / f"data-{key}.safetensors").exists()):
-        return
-    if cfg.source == "imagefolder":
+    if listing is not None:
         if len(listing.classes) < 2:  # one class trains to loss 0 and accuracy 1.0: a study that measures nothing
             raise ConfigError("data.path", f"{_short(str(_root(cfg)))} has {len(listing.classes)} class folder "
                               f"({_short(', '.join(listing.classes))}); a classifier needs at least 2")
+        if data_path(cfg, seed, cache_dir)[0]:
+            return  # streamed: decoded to disk by load(), one image at a time (a bad file stops it there)
+    check_memory(cfg, n)
+    if cfg.source == "digits" or (cache_dir and (cache_dir / f"data-{key}.safetensors").exists()):
+        return
+    if cfg.source == "imagefolder":
         _DECODED.clear()  # one dataset waits at a time
         _DECODED[key] = _imagefolder(cfg, seed)
         return
@@ -122,11 +168,20 @@ def to_device(data: dict, device: torch.device, budget: float = 0.5) -> dict:
     On CUDA, images that would take more than `budget` of the free GPU memory (the model, activations and the
     shift suite need the rest) stay on the CPU, pinned, and train/predict copy each batch with non_blocking=True;
     labels always move (4 bytes an image)."""
-    splits = [v for k, v in data.items() if k in SPLITS]
-    nbytes = sum(x.nelement() * x.element_size() for x, _ in splits)
+    # clean_<split>: a target domain's clean splits; a streamed split (harness.stream) stays on disk, its labels move
+    keys = [k for k in data if (k in SPLITS or k.startswith("clean_")) and isinstance(data[k][0], torch.Tensor)]
+    nbytes = sum(data[k][0].nelement() * data[k][0].element_size() for k in keys)
     resident = device.type != "cuda" or nbytes <= budget * torch.cuda.mem_get_info(device)[0]
     images = (lambda x: x.to(device)) if resident else (lambda x: x.pin_memory())
-    return {k: (images(v[0]), v[1].to(device)) if k in SPLITS else v for k, v in data.items()}
+    return {k: (images(v[0]), v[1].to(device)) if k in keys else (v[0], v[1].to(device)) if k in SPLITS else v
+            for k, v in data.items()}
+
+
+def host(data: dict, placed: dict) -> dict:
+    """The splits on the CPU once to_device has placed them: the pinned images where they stayed on the host (pinning
+    copies; the pageable original is dropped), so the host holds one copy of the images, not two."""
+    return {k: (placed[k][0], v[1]) if isinstance(v, tuple) and k in placed and placed[k][0].device.type == "cpu"
+            else v for k, v in data.items()}
 
 
 def stratified_split(labels: torch.Tensor, fractions: list[float], gen: torch.Generator) -> list[torch.Tensor]:
@@ -232,7 +287,9 @@ def folder_splits(root: Path) -> dict[str, Path]:
     return {"train": root / "train", "test": root / present[1]}
 
 
-def _imagefolder(cfg: Data, seed: int):
+def imagefolder_plan(cfg: Data, seed: int) -> tuple[dict, list[str]]:
+    """({split: (image paths, labels)}, classes): which file goes to which split, in order, from the labels alone
+    (nothing decoded), so that the in-memory and the streamed study (harness.stream) hold the same images."""
     root = _root(cfg)
     gen = torch.Generator().manual_seed(seed)
     splits = folder_splits(root)
@@ -241,18 +298,25 @@ def _imagefolder(cfg: Data, seed: int):
     cut = {"all": (fr, ("train", "val", "test"))} if "all" in splits else \
         {} if "val" in splits else {"train": ([1 - cfg.val_fraction, cfg.val_fraction], ("train", "val"))}
     imagefiles.check_class_sizes(listing, cut, root)  # before decoding: a class absent from a split is bad input
-    read = {split: (_resize_uint8([p for p, _ in samples], cfg.image_size), torch.tensor([y for _, y in samples]))
+    plan = {split: ([p for p, _ in samples], torch.tensor([y for _, y in samples]))
             for split, samples in listing.samples.items()}
-    if "all" in read:
-        x, y = read.pop("all")
-        read = {split: (x[idx], y[idx]) for split, idx in zip(("train", "val", "test"), stratified_split(y, fr, gen))}
-    elif "val" not in read:
-        x, y = read["train"]
-        tr, va = stratified_split(y, [1 - cfg.val_fraction, cfg.val_fraction], gen)
-        read.update(train=(x[tr], y[tr]), val=(x[va], y[va]))
-    tensors = {f"{split}_{k}": v.contiguous() for split, (x, y) in read.items() for k, v in (("x", x), ("y", y))}
-    _few_shot(tensors, cfg, gen)
-    return tensors, {"classes": listing.classes, "source_classes": []}
+    pick = lambda part, idx: ([part[0][i] for i in idx.tolist()], part[1][idx])  # noqa: E731
+    if "all" in plan:
+        part = plan.pop("all")
+        plan = {split: pick(part, idx) for split, idx in zip(("train", "val", "test"), stratified_split(part[1], fr, gen))}
+    elif "val" not in plan:
+        tr, va = stratified_split(plan["train"][1], [1 - cfg.val_fraction, cfg.val_fraction], gen)
+        plan.update(train=pick(plan["train"], tr), val=pick(plan["train"], va))
+    if cfg.labels_per_class:  # as _few_shot, from the same generator
+        plan["train"] = pick(plan["train"], per_class(plan["train"][1], cfg.labels_per_class, gen))
+    return plan, listing.classes
+
+
+def _imagefolder(cfg: Data, seed: int):
+    plan, classes = imagefolder_plan(cfg, seed)
+    tensors = {f"{split}_{k}": v for split, (paths, y) in plan.items()
+               for k, v in (("x", _resize_uint8(paths, cfg.image_size)), ("y", y.contiguous()))}
+    return tensors, {"classes": classes, "source_classes": []}
 
 
 def _torchvision_sets(cfg: Data):

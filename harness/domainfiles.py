@@ -169,8 +169,9 @@ def preflight(cfg: Config) -> None:
 
 
 def read(cfg: Shifts, size: int, classes: list[str], exclude: str = "") -> list[tuple]:
-    """(name, images float [n, 3, size, size] in [0, 1], labels, folder) of every evaluated domain: eval_images per
-    domain (stratified, seeded), decoded as data.path's images are (short side resized, centre crop)."""
+    """(name, images uint8 [n, 3, size, size] (held as decoded, converted per batch like every set: issue 26), labels,
+    folder) of every evaluated domain: eval_images per domain (stratified, seeded), decoded as data.path's images are
+    (short side resized, centre crop)."""
     key = _key(cfg, size, classes, exclude)
     decoded = _DECODED.pop(key, None) or _decode(cfg, size, classes, exclude)
-    return [(name, x.float() / 255, y, src) for name, x, y, src in decoded]
+    return [(name, x, y, src) for name, x, y, src in decoded]

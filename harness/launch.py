@@ -107,6 +107,7 @@ def _log_study(ctx: context.Context) -> None:
             schema.TAG_SHIFTS_TEST: ",".join(e.name for e in ctx.suite.test if e.kind == "severity"),
             schema.TAG_TARGET_DOMAIN: ",".join(data.get("target_shift", [])) or "none",  # harness.target's parse
             schema.TAG_SHIFT_SUITE: suite_info["key"], schema.TAG_DATA: data["key"],
+            schema.TAG_SHIFT_CONSTANTS: suite_info["constants"],
             # sample sizes behind every accuracy: the report's confidence intervals need them
             schema.TAG_N_TEST: len(data["test"][1]),
             schema.TAG_N_SHIFT_EVAL: len(ctx.suite.clean_test.labels),
@@ -150,7 +151,7 @@ def _shift_grid(suite: suitemod.Suite, sev: list[int]):
         imgs = [first] + [e.images[e.severities.index(s)][0] for s in sev]
         for c, img in enumerate(imgs):
             ax = axes[r][c]
-            ax.imshow(img.float().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.imshow(datamod.pixels(img).float().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title("clean" if c == 0 else f"severity {sev[c - 1]}", fontsize=8)

@@ -159,7 +159,7 @@ def inputs(v: View, x: torch.Tensor, batch_size: int, device, shuffled: bool = F
     image: oneDNN convolves a batch of one with another kernel (resnet8 from layer2 on, resnet18 from layer1 on,
     differ in the last bits at batch 1, with 1 or 2 threads; never at any other size tried, 2..128 for resnet8).
     Shuffled training batches of one happen when len(x) % batch_size == 1: then x is recomputed on CPU."""
-    if v.segments is None or v.k == 0:
+    if v.segments is None or v.k == 0 or not isinstance(x, torch.Tensor):  # streamed images: recomputed (issue 26)
         return x, v.model
     if shuffled and device.type == "cpu" and len(x) % batch_size == 1:
         return x, v.model

@@ -15,9 +15,16 @@ SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "test", "subp
 
 
 def digest(x: torch.Tensor, y: torch.Tensor | None = None) -> str:
-    """sha256 of the images' float32 bytes (and the labels'): changes when any pixel or label changes. 1.3 ms for
-    the default's 1.1 MB of test images, ~0.5 s for CIFAR-10's 600 MB of training images (2 cores)."""
-    h = hashlib.sha256(x.detach().float().cpu().contiguous().numpy().tobytes())
+    """sha256 of the images' bytes as held (uint8 or float32, harness.data; and the labels'): changes when any pixel
+    or label changes. 1.3 ms for the default's 1.1 MB of test images, ~0.5 s for CIFAR-10's 600 MB of float training
+    images (2 cores). uint8 is hashed as it is: a float copy would be 4x the data's bytes at once."""
+    if not isinstance(x, torch.Tensor):  # a streamed split (harness.stream): its file, read in pieces
+        from harness import stream
+
+        h = stream.digest(x)
+    else:
+        x = x.detach().cpu()
+        h = hashlib.sha256((x if x.dtype == torch.uint8 else x.float()).contiguous().numpy().tobytes())
     if y is not None:
         h.update(y.detach().long().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:DIGEST_CHARS]

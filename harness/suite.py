@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from harness import data as datamod, domainfiles, imageops, shiftfiles, shifts, store
 from harness.config import Shifts
 
-VERSION = 3  # 3: tensors under index keys, each set described in the file's header (EvalSet); no name parsed back
+VERSION = 4  # 3: tensors under index keys, each set described in the file's header (EvalSet); no name parsed back
+# 4: shifted sets held as uint8 (issue 26)
 
 FILES_PREFIX = "c10c."  # test shifts read from shifts.files: c10c.<corruption> (no slash: it is a metric name part)
 
@@ -62,7 +63,7 @@ class EvalSet:
     family: str
     kind: str  # one of KINDS, the one its family has (kind_of)
     severities: tuple[int, ...]  # a severity set's severities, in config order; () for a set or domain
-    images: tuple[torch.Tensor, ...]  # float [n, 3, H, W] in [0, 1], one per severity (one for a set or domain)
+    images: tuple[torch.Tensor, ...]  # [n, 3, H, W] uint8 (v / 255) or float in [0, 1] (harness.data), one per severity
     labels: torch.Tensor  # int64 [n]: the same rows at every severity
     provenance: Provenance
     prior: torch.Tensor | None = None  # label shift: the class prior its labels were resampled to
@@ -186,6 +187,10 @@ def read_files(cfg: Shifts, size: int, num_classes: int) -> list[EvalSet]:
             x = shiftfiles.pixels(images, rows)  # uint8 / 255, float [0, 1] as it is
             if x.shape[-1] != size or x.shape[-2] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+                if images.dtype == np.uint8:  # resized 8-bit pixels back to 8 bits, rounded as data._torchvision does
+                    x = (x * 255).round().to(torch.uint8)
+            elif images.dtype == np.uint8:  # the file's own bytes, held as they are (exact)
+                x = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2)
             sets.append(x.contiguous())
         out.append(EvalSet(FILES_PREFIX + path.stem, shifts.FAMILY.get(path.stem, "files"), "severity",
                            tuple(cfg.severities), tuple(sets), y[keep].clone(),
@@ -194,6 +199,8 @@ def read_files(cfg: Shifts, size: int, num_classes: int) -> list[EvalSet]:
 
 
 def _subset(cfg: Shifts, x: torch.Tensor, y: torch.Tensor) -> Subset:
+    if not isinstance(x, torch.Tensor):  # a streamed split (harness.stream): its rows read into memory
+        x = x[slice(None)] if not cfg.eval_images or cfg.eval_images >= len(y) else x
     if cfg.eval_images and cfg.eval_images < len(y):
         keep = datamod.stratified_split(y, [cfg.eval_images / len(y), 1 - cfg.eval_images / len(y)],
                                         torch.Generator().manual_seed(cfg.seed))[0]
@@ -203,10 +210,16 @@ def _subset(cfg: Shifts, x: torch.Tensor, y: torch.Tensor) -> Subset:
 
 def _shifted(cfg: Shifts, names: list[str], clean: Subset, split: str) -> list[EvalSet]:
     # one fixed seed per (shift, severity): the same set for every trial, every worker, every resume
+    # held as uint8 (datamod.quantize: floor, as make_cifar_c stores CIFAR-10-C), a quarter of float32's bytes: each
+    # pixel is under 1/255 below the float the shift computed (tests/test_uint8.py bounds what that does to metrics)
+    x = datamod.pixels(clean.images)
     return [EvalSet(name, shifts.FAMILY[name], "severity", tuple(cfg.severities),
-                    tuple(shifts.apply(name, clean.images, s, cfg.seed + 1000 * i + s).contiguous()
+                    tuple(at_rest(shifts.apply(name, x, s, cfg.seed + 1000 * i + s)).contiguous()
                           for s in cfg.severities), clean.labels, Provenance(split, cfg.seed))
             for i, name in enumerate(names)]
+
+
+at_rest = datamod.quantize  # how a shifted set is held (a module attribute: a test swaps in the float identity)
 
 
 def _label_shift(cfg: Shifts, data: dict) -> EvalSet:
@@ -297,7 +310,8 @@ def load(path: Path) -> Suite | None:
 
 
 def build(cfg: Shifts, data: dict, cache_dir: Path | None, exclude: str = "") -> tuple[Suite, dict]:
-    """(suite, info); info has the key, build seconds, whether it was cached and n_sets, the severity sets' count.
+    """(suite, info); info has the key, build seconds, whether it was cached, n_sets (the severity sets' count) and
+    constants, which reference's severity constants the shifts took at the data's size (shifts.constant_set).
     `exclude`: the real domain that is the study's target (domainfiles.target_of), not evaluated."""
     key = cache_key(cfg, data["key"], exclude)
     path = cache_dir / f"shifts-{key}.safetensors" if cache_dir else None
@@ -309,7 +323,8 @@ def build(cfg: Shifts, data: dict, cache_dir: Path | None, exclude: str = "") ->
         if path:
             save(suite, path)
     n_sets = sum(len(e.severities) for e in suite.selection + suite.test)
-    return suite, {"key": key, "seconds": time.perf_counter() - t0, "cached": cached, "n_sets": n_sets}
+    return suite, {"key": key, "seconds": time.perf_counter() - t0, "cached": cached, "n_sets": n_sets,
+                   "constants": shifts.constant_set(data["test"][0].shape[-1])}
 
 
 def to_device(suite: Suite, device: torch.device) -> Suite:

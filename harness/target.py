@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 
 import torch
-from harness import config, imageops, shifts, store
+from harness import config, data as datamod, imageops, shifts, store
 
 TARGET_SPLITS = ("train", "val", "test", "subpop")  # subpop (classes held out of fine-tuning) when the data has it
 TARGET_VERSION = 2  # 2: the subpopulation set is in the target domain too
@@ -22,8 +22,7 @@ def _shift_split(x: torch.Tensor, pairs: list[tuple[str, int]], seed: int) -> to
     out = torch.empty(x.shape, dtype=torch.uint8)
     for j, ((name, severity), idx) in enumerate(zip(pairs, parts)):
         if len(idx):
-            shifted = shifts.apply(name, x[idx], severity, seed + 101 * j)
-            out[idx] = torch.floor(shifted * 255).clamp(0, 255).to(torch.uint8)
+            out[idx] = datamod.quantize(shifts.apply(name, datamod.pixels(x[idx]), severity, seed + 101 * j))
     return out
 
 
@@ -52,5 +51,5 @@ def target_domain(cfg: config.Data, data: dict, seed: int, cache_dir: Path | Non
     out = {**data, "key": f"{data['key']}-target-{key}", "target_shift": [f"{n}:{s}" for n, s in pairs]}
     for split in (s for s in TARGET_SPLITS if s in data):
         out[f"clean_{split}"] = data[split]
-        out[split] = (flat[split].float() / 255, data[split][1])
+        out[split] = (flat[split], data[split][1])  # uint8 at rest: a batch is made float on the device
     return out

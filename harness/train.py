@@ -51,13 +51,15 @@ def prepare(model: nn.Module, device: torch.device, compile: bool = False) -> nn
 
 
 def to_device_batch(xb: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch of images -> the device, channels_last (as the model, see prepare). Batches of data kept on the CPU
+    """A batch of images -> the device, float in [0, 1] (uint8 at rest, harness.data.pixels, converted there: a
+    quarter of the bytes cross the bus), channels_last (as the model, see prepare). Batches of data kept on the CPU
     (too large for the device) land in pageable memory; pinning them (torch's caching host allocator) lets the copy
     run async with non_blocking."""
     if xb.device != device:
         if device.type == "cuda" and not xb.is_pinned():
             xb = xb.pin_memory()
         xb = xb.to(device, non_blocking=True)
+    xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb  # harness.data.pixels (train imports no data module)
     return xb.contiguous(memory_format=torch.channels_last) if xb.dim() == 4 else xb
 
 
@@ -166,11 +168,16 @@ class Plan:
 def batches(x, y, plan: Plan, gen: torch.Generator, augment: torch.Generator | None = None):
     """(images, labels) batches of (x, y) on the plan's device, in a random order drawn from gen; augment: a generator
     to flip_crop every batch with (None: no augmentation). Images kept on the CPU are copied a batch at a time."""
-    order = torch.randperm(len(x), generator=gen).to(x.device)
-    for i in range(0, len(x), plan.batch_size):
-        idx = order[i:i + plan.batch_size]
-        xb, yb = to_device_batch(x[idx], plan.device), y[idx.to(y.device)].to(plan.device, non_blocking=True)
+    chunks = torch.randperm(len(x), generator=gen).to(x.device).split(plan.batch_size)
+    for idx, xb in zip(chunks, rows(x, chunks, plan.device)):
+        xb, yb = to_device_batch(xb, plan.device), y[idx.to(y.device)].to(plan.device, non_blocking=True)
         yield (xb if augment is None else flip_crop(xb, augment)), yb
+
+
+def rows(x, chunks, device: torch.device):
+    """x's rows for each chunk of indices, in order: indexed in memory, or read from disk by a streamed set's
+    DataLoader workers (harness.stream.Streamed.batches)."""
+    return x.batches(chunks, device) if hasattr(x, "batches") else (x[idx] for idx in chunks)
 
 
 def set_training(model: nn.Module, groups: dict, frozen, bn: str = "train") -> None:
@@ -303,8 +310,9 @@ def predict(model, x, batch_size, device) -> torch.Tensor:
     model.eval()
     x, forward = model.inputs(x, batch_size, device) if hasattr(model, "inputs") else (x, model)
     out = []
-    for i in range(0, len(x), batch_size):
-        xb = to_device_batch(x[i:i + batch_size], device)
+    chunks = [slice(i, i + batch_size) for i in range(0, len(x), batch_size)]
+    for xb in rows(x, chunks, device):
+        xb = to_device_batch(xb, device)
         with autocast(device):
             out.append(forward(xb).float())
     return torch.cat(out)

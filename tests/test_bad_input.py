@@ -62,6 +62,7 @@ BAD = [
     (["--set", "model.name=badfactories:reads_stdin"], "model.name", "read standard input"),
     (["--set", "model.name=badfactories:returns_junk"], "model.name", "must return (model, groups)"),
     (["--set", f"train.momentum={HUGE}"], "train.momentum", "finite number"),
+    (["--set", "data.memory_budget=0"], "data.memory_budget", "(0, 1]"),  # issue 26
     (["--set", f"train.batch_size={HUGE}"], "train.batch_size", "64 bits"),
     (["--seed", "99999999999999999999"], "study.seed", "64 bits"),
     (["--seed", "4294967296"], "study.seed", "0..4294967295"),

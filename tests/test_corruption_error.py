@@ -126,8 +126,8 @@ def test_the_files_clean_error_is_taken_on_their_own_rows(tmp_path):
     import numpy as np
 
     ctx, fog = _files_ctx(tmp_path, np.arange(20) % 5)
-    rows = (fog.images[0][:, 0, 0, 0] * 255).round().long()
-    assert len(rows) == 10 and torch.equal(rows, (fog.images[1][:, 0, 0, 0] * 255).round().long())
+    rows = fog.images[0][:, 0, 0, 0].long()  # held as the file's uint8 bytes (issue 26): the row itself
+    assert len(rows) == 10 and torch.equal(rows, fog.images[1][:, 0, 0, 0].long())
     want = (rows % 2 == 0).double().mean().item()
     got = trial.files_clean_acc(RowModel(), ctx, 8, torch.device("cpu"))
     assert got == pytest.approx(want) and 0 < want < 1

@@ -55,7 +55,8 @@ def test_sets_are_the_seeded_shift_of_a_stratified_subset(tmp_path):
     clean = s.clean_test.images
     for i, name in enumerate(sh.test):
         for sev in sh.severities:
-            assert torch.equal(_sev(_named(s.test)[name], sev), shifts.apply(name, clean, sev, sh.seed + 1000 * i + sev))
+            want = torch.floor(shifts.apply(name, clean, sev, sh.seed + 1000 * i + sev) * 255).to(torch.uint8)
+            assert torch.equal(_sev(_named(s.test)[name], sev), want)  # held as uint8 by truncation (issue 26)
     noise = _named(s.test)["gaussian_noise"]
     assert not torch.equal(_sev(noise, 1), _sev(noise, 3))
 
@@ -142,7 +143,7 @@ def test_target_domain_suite_tests_on_clean_and_other_shifts(tmp_path):
     clean_set = _named(s.test)["clean"]
     clean_x, clean_y = clean_set.images[0], clean_set.labels
     assert clean_set.family == "clean" and torch.equal(clean_y, s.clean_test.labels)
-    assert torch.allclose(_sev(_named(s.test)["contrast"], 5), _contrast5(clean_x), atol=1e-6)
+    assert torch.equal(_sev(_named(s.test)["contrast"], 5), torch.floor(_contrast5(clean_x) * 255).to(torch.uint8))
     assert torch.equal(clean_x, s.clean_test.images)  # the subset the shifted sets are made from
     rows = data["test"][0].flatten(1)
     assert all((rows == img.flatten()).all(1).any() for img in clean_x)  # clean target-task test images
@@ -181,8 +182,8 @@ def test_corruption_files_are_read_with_their_labels(tmp_path):
     for i, name in enumerate(("gaussian_noise", "frost")):
         for sev in (1, 3, 5):
             x, y = _sev(files[f"c10c.{name}"], sev), files[f"c10c.{name}"].labels
-            assert x.shape == (10, 3, 16, 16) and x.dtype == torch.float32
-            assert torch.allclose(x, torch.full_like(x, (40 * sev + 10 * i) / 255))
+            assert x.shape == (10, 3, 16, 16) and x.dtype == torch.uint8  # the file's bytes, held as they are
+            assert torch.equal(x, torch.full_like(x, 40 * sev + 10 * i))
             assert torch.equal(y, torch.as_tensor(block, dtype=torch.long))
     assert info["n_sets"] == (len(cfg.shifts.selection)) * 3 + 2 * 3
     cached, _ = suite.build(sh, data, tmp_path / "cache")
@@ -245,7 +246,8 @@ def test_held_out_severity_shifts_are_the_clean_subset_row_for_row(tmp_path):
         e = _named(s.test)[name]
         assert torch.equal(e.labels, s.clean_test.labels)
         for sev in sh.severities:
-            assert torch.equal(_sev(e, sev), shifts.apply(name, s.clean_test.images, sev, sh.seed + 1000 * i + sev))
+            want = shifts.apply(name, s.clean_test.images, sev, sh.seed + 1000 * i + sev)
+            assert torch.equal(_sev(e, sev), torch.floor(want * 255).to(torch.uint8))  # uint8 at rest
     rows = domain["clean_test"][0].flatten(1)  # the clean subset is clean test images (not the target domain's)
     assert all((rows == img.flatten()).all(1).any() for img in s.clean_test.images)
     e = _named(s.test)["contrast"]

@@ -34,7 +34,8 @@ def test_target_shift_applies_to_train_val_and_test(tmp_path):
     out = target.target_domain(d, data, 0, tmp_path / "cache")
     for split in ("train", "val", "test"):
         x, y = data[split]
-        assert torch.allclose(out[split][0], torch.floor(_contrast5(x) * 255) / 255, atol=1.5 / 255)
+        assert out[split][0].dtype == torch.uint8  # at rest (issue 26)
+        assert torch.allclose(datamod.pixels(out[split][0]), torch.floor(_contrast5(x) * 255) / 255, atol=1.5 / 255)
         assert torch.equal(out[split][1], y)
     assert torch.equal(out["clean_test"][0], data["test"][0]) and torch.equal(out["clean_val"][0], data["val"][0])
     assert torch.equal(out["source_train"][0], data["source_train"][0])  # pretraining data is not the target's
@@ -50,14 +51,14 @@ def test_target_shift_applies_to_train_val_and_test(tmp_path):
     pdata = datamod.load(par, cfg.study.seed)
     pout = target.target_domain(par, pdata, 0, None)
     assert len(pdata["subpop"][1]) > 0 and torch.equal(pout["subpop"][1], pdata["subpop"][1])
-    assert torch.allclose(pout["subpop"][0], torch.floor(_contrast5(pdata["subpop"][0]) * 255) / 255, atol=1.5 / 255)
+    assert torch.allclose(datamod.pixels(pout["subpop"][0]), torch.floor(_contrast5(pdata["subpop"][0]) * 255) / 255, atol=1.5 / 255)
 
 
 def test_target_shift_mixture_deals_images_between_shifts(tmp_path):
     """A list of two target shifts: every test image is one of the two shifted versions, about half each."""
     cfg, data = _setup(tmp_path)
     d = dataclasses.replace(cfg.data, target_shift=["contrast:5", "brightness:5"])
-    out = target.target_domain(d, data, 0, None)["test"][0]
+    out = datamod.pixels(target.target_domain(d, data, 0, None)["test"][0])
     x = data["test"][0]
     brightened = x * ((x.amax(1, keepdim=True) + 0.3).clamp(max=1) / x.amax(1, keepdim=True).clamp(min=1e-12))
     is_c = ((out - torch.floor(_contrast5(x) * 255) / 255).abs() < 1.5 / 255).flatten(1).all(1)

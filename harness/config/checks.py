@@ -95,6 +95,9 @@ def _check_data(cfg: Config) -> None:
         raise ConfigError("data.path", f"path does not exist: {d.path}")
     if not 8 <= d.image_size <= 1024:
         raise ConfigError("data.image_size", f"must be in [8, 1024], got {d.image_size}")
+    if not 0 < d.memory_budget <= 1:  # NaN fails this too
+        raise ConfigError("data.memory_budget", f"must be a share of the available RAM in (0, 1] (0.5 = half), got "
+                          f"{d.memory_budget}")
     _positive("data.labels_per_class", d.labels_per_class, allow_zero=True)
     for key in ("val_fraction", "test_fraction"):
         if not 0 < getattr(d, key) < 1:

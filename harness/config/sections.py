@@ -74,6 +74,9 @@ class Data:
     # a shifted target domain: "name:severity" (a string, or a list of them for a mixture) applied to the target
     # train/val/test images before fine-tuning (harness.target.target_domain); [] = the clean target task
     target_shift: list[str] = field(default_factory=list)
+    # an imagefolder study whose uint8 images take more than this share of the RAM available at its start streams
+    # them from a decoded copy on disk (harness.stream) instead of holding them in memory (issue 26)
+    memory_budget: float = 0.5
 
 
 @dataclass(frozen=True)

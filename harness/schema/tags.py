@@ -23,6 +23,9 @@ TAG_OPTUNA_STORAGE = "harness.optuna_storage"
 TAG_SHIFTS_SELECTION, TAG_SHIFTS_TEST, TAG_SHIFTS_FAMILY = \
     "harness.shifts.selection", "harness.shifts.test", "harness.shifts.family"
 TAG_SHIFT_SUITE, TAG_DATA, TAG_TARGET_DOMAIN = "harness.shift_suite", "harness.data", "harness.target_domain"
+# which reference's severity constants the suite's shifts took (shifts.constant_set: make_cifar_c up to 64 px, then
+# make_imagenet_c), issue 26
+TAG_SHIFT_CONSTANTS = "harness.shift_constants"
 TAG_N_TEST, TAG_N_SHIFT_EVAL, TAG_PRETRAIN = "harness.n_test", "harness.n_shift_eval", "harness.pretrain"
 TAG_BEST_TRIAL, TAG_BEST_RUN_ID, TAG_REPLICATES = "harness.best_trial", "harness.best_run_id", "harness.replicates"
 TAG_FINGERPRINT, TAG_ALLOWED_CHANGES = "harness.fingerprint", "harness.allowed_changes"
@@ -82,6 +85,7 @@ TAGS = {
     TAG_SHIFTS_SELECTION: "selection shifts", TAG_SHIFTS_TEST: "held-out test shifts",
     TAG_SHIFTS_FAMILY: "shift -> family, comma-separated name:family",
     TAG_SHIFT_SUITE: "cache key of the shifted sets", TAG_DATA: "cache key of the data",
+    TAG_SHIFT_CONSTANTS: "make_cifar_c or make_imagenet_c: whose severity constants the shifts took (by image size)",
     TAG_TARGET_DOMAIN: "the target domain fine-tuned and tested on: data.target_shift as name:severity, "
                        "comma-separated (a mixture), or none (the clean target task)",
     TAG_N_TEST: "clean test images (sample size of id_acc)",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from harness.shifts.common import CONSTANT_SETS, IMAGENET_ABOVE, IMAGENET_C, constant_set
 from harness.shifts.blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
 from harness.shifts.digital import contrast, elastic_transform, jpeg_compression, pixelate, saturate
 from harness.shifts.geometric import rotate, translate

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from harness import imageops as ops
-from harness.shifts.common import _level, _rand
+from harness.shifts.common import _pick, _rand
 
 GAUSSIAN_BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)  # sigma, pixels
 DEFOCUS_BLUR = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1))  # (disk radius, alias_blur), pixels
@@ -20,12 +20,20 @@ MOTION_BLUR = ((6, 1.0), (6, 1.5), (6, 2.0), (8, 2.0), (9, 2.5))  # (radius, sig
 # round(26 * z) is 33 px where 1.25 would give 32 (Python rounds 32.5 to even)
 ZOOM_BLUR = (1.06, 1.11, 1.16, 1.21, 1.26)
 GLASS_BLUR = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))  # (sigma px, max_delta px, iterations)
+# make_imagenet_c.py's, in pixels of 224x224 (above 64 px, common.IMAGENET_ABOVE); zoom: (end, step) of np.arange(1, end,
+# step), 11, 16, 11, 13, 11 factors (numpy's floats, as ZOOM_BLUR's)
+IMAGENET_GAUSSIAN_BLUR = (1, 2, 3, 4, 6)
+IMAGENET_DEFOCUS_BLUR = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))
+IMAGENET_MOTION_BLUR = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))
+IMAGENET_ZOOM_BLUR = ((1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02), (1.31, 0.03))
+IMAGENET_GLASS_BLUR = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))
 
 
 def gaussian_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """skimage gaussian, sigma = .4, .6, .7, .8, 1 px: truncate 4 and 'nearest' borders as skimage does
     (torchvision's gaussian_blur pads by reflection, hence not used)."""
-    sigma = GAUSSIAN_BLUR[_level(images, severity)] * images.shape[2] / 32
+    sigma, scale = _pick(images, severity, GAUSSIAN_BLUR, IMAGENET_GAUSSIAN_BLUR)
+    sigma *= scale
     return ops.gaussian(images, sigma, truncate=4.0, mode="edge").clamp(0, 1)
 
 
@@ -50,8 +58,7 @@ def defocus_blur(images: torch.Tensor, severity: int, generator: torch.Generator
     """Disk kernel of radius .3, .4, .5, 1, 1.5 px antialiased by a gaussian of alias_blur .4, .5, .6, .2, .1, applied
     with cv2.filter2D's reflect-101 borders. Radii below 1 give a single-pixel disk, so severities 1-3 are pure
     alias blur."""
-    radius, alias = DEFOCUS_BLUR[_level(images, severity)]
-    scale = images.shape[2] / 32
+    (radius, alias), scale = _pick(images, severity, DEFOCUS_BLUR, IMAGENET_DEFOCUS_BLUR)
     return ops.filter2d(images, _disk(radius * scale, alias * scale), "reflect").clamp(0, 1)
 
 
@@ -74,8 +81,7 @@ def motion_blur(images: torch.Tensor, severity: int, generator: torch.Generator)
     """ImageMagick MotionBlurImage as imagecorruptions reimplements it (_motion_line) at angle U(-45, 45) per image.
     (radius, sigma) = (6,1), (6,1.5), (6,2), (8,2), (9,2.5): the weights are ~0 past 3 sigma = 6 taps, so the
     radius hardly matters and severities 3 and 4 are the same blur up to 1e-9."""
-    radius, sigma = MOTION_BLUR[_level(images, severity)]
-    scale = images.shape[2] / 32
+    (radius, sigma), scale = _pick(images, severity, MOTION_BLUR, IMAGENET_MOTION_BLUR)
     angle = torch.deg2rad(_rand((images.shape[0],), generator, images.device).double() * 90 - 45)
     return _motion_line(images, radius * scale, sigma * scale, angle).clamp(0, 1)
 
@@ -100,7 +106,8 @@ def zoom_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -
     """Mean of x and its centre zooms by np.arange(1, 1.06|1.11|1.16|1.21|1.26, 0.01) (7, 12, 16, 21, 26 factors, the
     factors numpy's floats: at severity 5 the last is 1.2500000000000002 and its crop 33 px, as in CIFAR-10-C). Each
     zoom is separable, so it is two small matmuls."""
-    factors = np.arange(1, ZOOM_BLUR[_level(images, severity)], 0.01).tolist()
+    (end, step), _ = _pick(images, severity, tuple((e, 0.01) for e in ZOOM_BLUR), IMAGENET_ZOOM_BLUR)
+    factors = np.arange(1, end, step).tolist()
     _, _, h, w = images.shape
     out = images.clone()
     for z in factors:
@@ -117,9 +124,8 @@ def glass_blur(images: torch.Tensor, severity: int, generator: torch.Generator) 
     source as it is, so this copies too (for colour and grey images alike). Draws: one
     randint(-d, d, (N, passes, rows, cols, 2)) tensor, (dx, dy) last. The visits are sequential (a pixel moved
     early can move again), so they run as a loop over positions, batched over images: ~1800 steps at 32x32."""
-    sigma, delta, iters = GLASS_BLUR[_level(images, severity)]
+    (sigma, delta, iters), scale = _pick(images, severity, GLASS_BLUR, IMAGENET_GLASS_BLUR)
     n, c, h, w = images.shape
-    scale = h / 32
     sigma, d = sigma * scale, max(1, round(delta * scale))
     x = torch.floor(ops.gaussian(images.double(), sigma, truncate=4.0, mode="edge") * 255) / 255
     rows, cols = list(range(h - d, d, -1)), list(range(w - d, d, -1))

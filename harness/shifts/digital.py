@@ -10,12 +10,17 @@ from PIL import Image
 import torch
 
 from harness import imageops as ops
-from harness.shifts.common import _level, _rand
+from harness.shifts.common import _level, _pick, _rand
 
 CONTRAST = (0.75, 0.5, 0.4, 0.3, 0.15)  # factor on the deviation from the channel mean
 SATURATE = ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2))  # (mult, add) on HSV saturation
 PIXELATE = (0.95, 0.9, 0.85, 0.75, 0.65)  # side of the low-resolution copy, fraction of H
 JPEG_QUALITY = (80, 65, 58, 50, 40)
+# make_imagenet_c.py's (above 64 px, common.IMAGENET_ABOVE)
+IMAGENET_CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)
+IMAGENET_SATURATE = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))
+IMAGENET_PIXELATE = (0.6, 0.5, 0.4, 0.3, 0.25)
+IMAGENET_JPEG_QUALITY = (25, 18, 15, 10, 7)
 # (alpha, sigma, affine) as fractions of the image side (make_cifar_c's IMSIZE = 32 times these)
 ELASTIC = ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))
 
@@ -27,7 +32,7 @@ def saturate(images: torch.Tensor, severity: int, generator: torch.Generator) ->
     """HSV saturation * mult + add (clipped), (mult, add) = (.3,0), (.1,0), (1.5,0), (2,.1), (2.5,.2): severities 1-2
     desaturate, 3-5 oversaturate. A grey pixel has hue 0 in skimage, so add > 0 tints it red, as in CIFAR-10-C;
     grey images (C = 1) cannot hold a hue and are returned unchanged."""
-    mult, add = SATURATE[_level(images, severity)]
+    (mult, add), _ = _pick(images, severity, SATURATE, IMAGENET_SATURATE)
     if images.shape[1] == 1:
         return images.clone()
     v = images.amax(1, keepdim=True)
@@ -41,7 +46,7 @@ def saturate(images: torch.Tensor, severity: int, generator: torch.Generator) ->
 def contrast(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """(x - mean) * c + mean with the per-image, per-channel mean, c = .75, .5, .4, .3, .15 (torchvision's
     adjust_contrast blends towards the grey mean instead, hence not used)."""
-    c = CONTRAST[_level(images, severity)]
+    c, _ = _pick(images, severity, CONTRAST, IMAGENET_CONTRAST)
     mean = images.mean(dim=(2, 3), keepdim=True)
     return ((images - mean) * c + mean).clamp(0, 1)
 
@@ -63,7 +68,7 @@ def _box_matrix(n_in: int, n_out: int) -> torch.Tensor:
 def pixelate(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """PIL BOX resize down to int(H * c), c = .95, .9, .85, .75, .65 (30, 28, 27, 24, 20 px at 32), and BOX back up.
     Both resizes are linear and separable, so one (H, H) and one (W, W) matrix do it."""
-    c = PIXELATE[_level(images, severity)]
+    c, _ = _pick(images, severity, PIXELATE, IMAGENET_PIXELATE)
     _, _, h, w = images.shape
     mh = _box_matrix(int(h * c), h) @ _box_matrix(h, int(h * c))
     mw = _box_matrix(int(w * c), w) @ _box_matrix(w, int(w * c))
@@ -74,7 +79,7 @@ def jpeg_compression(images: torch.Tensor, severity: int, generator: torch.Gener
     """A real JPEG round trip at quality 80, 65, 58, 50, 40 through PIL, exactly as make_cifar_c.py does, of the
     uint8 image; per image on the CPU, the codec has no batched form. (torchvision.io's codec gives identical bytes
     but is deprecated in torchvision 0.29.)"""
-    quality = JPEG_QUALITY[_level(images, severity)]
+    quality, _ = _pick(images, severity, JPEG_QUALITY, IMAGENET_JPEG_QUALITY)
     u8 = (images.detach() * 255).round().clamp(0, 255).to(device="cpu", dtype=torch.uint8)
     u8 = u8.permute(0, 2, 3, 1).contiguous().numpy()
     out = []

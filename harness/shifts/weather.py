@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from harness import imageops as ops
 from harness.shifts.blur import _motion_line, _zoom_matrix
-from harness.shifts.common import _level, _rand, _randn
+from harness.shifts.common import _level, _pick, _rand, _randn
 
 # (loc, scale, zoom, threshold, blur radius px, blur sigma px, blend) of the snow layer
 SNOW = ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
@@ -23,6 +23,7 @@ SPATTER = ((0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0), (0.65, 
 GREY = (0.299, 0.587, 0.114)  # cv2 COLOR_RGB2GRAY weights (snow's grey image)
 BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)  # added to HSV value
 FOG = ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75))  # (strength, wibbledecay)
+IMAGENET_BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)  # make_imagenet_c.py's (above 64 px, common.IMAGENET_ABOVE)
 
 
 # brightness and saturate (digital.py) are defined on HSV (skimage rgb2hsv/hsv2rgb). hsv2rgb makes every channel
@@ -33,7 +34,7 @@ FOG = ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75))  # (strengt
 def brightness(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """HSV value += .05, .1, .15, .2, .3 (clipped), hue and saturation kept: each pixel scales by v_new / v, and a
     black pixel (s = 0) becomes grey v_new. For grey images v is the grey level."""
-    delta = BRIGHTNESS[_level(images, severity)]
+    delta, _ = _pick(images, severity, BRIGHTNESS, IMAGENET_BRIGHTNESS)
     v = images.amax(1, keepdim=True)
     v_new = (v + delta).clamp(0, 1)
     return torch.where(v > 0, images * (v_new / torch.where(v > 0, v, 1)), v_new).clamp(0, 1)

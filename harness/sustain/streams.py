@@ -140,6 +140,7 @@ def make_stream(data: dict, recipes: list[dict], n_labelled: int, n_eval: int, s
         p = dict(r)
         for (x_key, y_key), split, i in ((("x", "y"), "train", idx), (("eval_x", "eval_y"), "test", eval_idx)):
             x, y = data[split][0][i], data[split][1][i]
+            x = datamod.pixels(x)  # float in [0, 1]: shifted, and concatenated with shifted batches (replay)
             if r["shift"] != "none" and r["severity"] > 0:
                 x = shifts.SHIFTS[r["shift"]](x, r["severity"], gen)
             p[x_key], p[y_key] = x.contiguous(), y.contiguous()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from harness import model_registry, schema
+from harness import data as datamod, model_registry, schema
 
 ALIAS = schema.ALIAS_PRODUCTION
 # Cost, measured on the default sustain study (python -m harness.sustain, 2 CPU cores): each version is a pt2 export,
@@ -36,7 +36,7 @@ def start(ctx, run_id: str, label: str, seed: int):
     if not getattr(ctx.cfg.stream, "register_models", False):
         return None
     return Versions(ctx.client, ctx.exp_id, run_id, registered_name(ctx.cfg.study.name, label, seed),
-                    ctx.data_cpu["test"][0][:4], {schema.TAG_POLICY: label, schema.TAG_SEED: seed})
+                    datamod.pixels(ctx.data_cpu["test"][0][:4]), {schema.TAG_POLICY: label, schema.TAG_SEED: seed})
 
 
 def trigger(spec: dict, stat, used) -> str:
