@@ -40,6 +40,9 @@ readme: sync
 	$(UV) run --frozen python -m harness.report --markdown --spread --json results/default.json --json results/default-rerun.json --json results/default-seed1.json --json results/default-seed2.json --out README.md
 	$(UV) run --frozen python -m harness.bench --readme README.md --json results/bench.json
 	$(UV) run --frozen python -m harness.report.reproduction results/surgical_cifar10/sc-noise.json results/surgical_cifar10/sc-pixelate.json --out README.md
+	$(UV) run --frozen python -m harness.sustain --markdown results/sustain.json --out README.md
+	$(UV) run --frozen python -m harness.report --markdown --json results/domains_digits.json --out README.md
+	$(UV) run --frozen python scripts/measure_datasizes.py --readme README.md --out results/datasizes.json
 
 device-check: sync
 	scripts/device_check.sh $(ARGS)

@@ -1,4 +1,4 @@
-"""Issue 26's measured figures (measurements, not timed tests), stored in docs/measured/datasizes.json (committed);
+"""Issue 26's measured figures (measurements, not timed tests), stored in results/datasizes.json (committed);
 README's "Measured" block is generated from it (scripts/measure_datasizes.py --readme README.md):
 
 1. peak RSS of the data path of a 224 px ImageFolder study (600 JPEGs; what open_context does before training:
@@ -10,7 +10,7 @@ README's "Measured" block is generated from it (scripts/measure_datasizes.py --r
 3. streamed training throughput (train.fit over a harness.stream.Streamed split, DataLoader workers) against a bare
    DataLoader loop over the same .npy file (the same batches, model, optimizer): 3 interleaved pairs, median ratio.
 
-    nice -n 10 python scripts/measure_datasizes.py --before /work/main [--out docs/measured/datasizes.json]
+    nice -n 10 python scripts/measure_datasizes.py --before /work/main [--out results/datasizes.json]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def study_rss(repo: Path, work: Path, sets: list[str], n_trials: int = 2) -> dic
             "data_path": said[0] if said else "", "tail": (p.stdout + p.stderr)[-800:] if p.returncode else ""}
 
 
-def throughput(folder: Path, cache: Path, pairs: int = 3) -> dict:
+def throughput(folder: Path, cache: Path, pairs: int = 5) -> dict:
     """(harness streamed epoch seconds, bare DataLoader epoch seconds) x pairs, interleaved; resnet8 at 64 px."""
     import numpy as np
     import torch
@@ -134,9 +134,14 @@ def throughput(folder: Path, cache: Path, pairs: int = 3) -> dict:
         return time.perf_counter() - t0
 
     h, b = [], []
-    for _ in range(pairs):
-        h.append(harness_epoch())
-        b.append(bare_epoch())
+    harness_epoch(), bare_epoch()  # warm-up: the first DataLoader workers and oneDNN primitives of the process
+    for i in range(pairs):  # the order alternates, so a load that falls or rises during the run favours neither side
+        if i % 2:
+            b.append(bare_epoch())
+            h.append(harness_epoch())
+        else:
+            h.append(harness_epoch())
+            b.append(bare_epoch())
     return {"images": len(x), "image_size": 64, "batch_size": bs, "workers": stream.WORKERS, "harness_s": h,
             "bare_s": b, "ratio": statistics.median(b) / statistics.median(h)}
 
@@ -178,11 +183,11 @@ def render(r: dict) -> str:
         lines.append(f"  - streamed training throughput{' (a second run, alone)' if key != 'throughput' else ''} "
                      f"(resnet8, {t['images']} training images at {t['image_size']} px, batch {t['batch_size']}, "
                      f"{t['workers']} DataLoader workers): one epoch of train.fit over the memory-mapped split against "
-                     f"a bare DataLoader loop over the same file, 3 pairs (harness first in each) {pairs} s: median "
+                     f"a bare DataLoader loop over the same file, {len(t['harness_s'])} pairs (order alternating, after one warm-up each) {pairs} s: median "
                      f"ratio **{t['ratio']:.2f}x** (target >= 0.95)")
-    lines.append("  - the throughput pairs ran while the load average fell (19 to 8 in the first run) or stayed at "
-                 "15-17 (the second), with the bare loop second in every pair: the ratio is not a figure of the "
-                 "harness yet; rerun on an idle machine (or the GPU check) before quoting it")
+    end = ", ".join(f"{v:.1f}" for v in r.get("load_average_end", []))
+    lines.append(f"  - load average at the end {end or 'not recorded'}; a ratio measured under load (the run's load "
+                 f"above 2 on 2 cores) is not a figure of the harness")
     return "\n".join([MARK, *lines, END])
 
 
@@ -200,7 +205,7 @@ def write_readme(r: dict, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--before", help="another checkout (e.g. /work/main) whose study is measured the same way")
-    ap.add_argument("--out", default=str(REPO / "docs" / "measured" / "datasizes.json"))
+    ap.add_argument("--out", default=str(REPO / "results" / "datasizes.json"))
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--readme", help="only write README's block from --out's stored JSON into this file")
     args = ap.parse_args(argv)

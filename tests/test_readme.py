@@ -60,7 +60,19 @@ BLOCKS = {
     "sustain": (sustain_markdown.BEGIN, sustain_markdown.END, None,
                 "-m harness.sustain --markdown results/sustain.json --out README.md",
                 lambda: sustain_markdown.render(_studies("sustain.json"))),
+    "datasizes": (None, markdown.END, None, "scripts/measure_datasizes.py --readme README.md --out results/datasizes.json",
+                  lambda: _datasizes().render(_json("datasizes.json")) + "\n"),
 }
+
+
+def _datasizes():
+    """scripts/measure_datasizes.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("measure_datasizes", ROOT / "scripts" / "measure_datasizes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _blocks(text: str, begin: str, end: str) -> list[str]:
@@ -77,6 +89,7 @@ def test_readme_block_is_what_its_command_writes_from_results(name):
     """The block equals its renderer's output on the committed results (byte for byte), and the Makefile's readme
     target runs that command."""
     begin, end, study, command, render = BLOCKS[name]
+    begin = begin or _datasizes().MARK
     blocks = _blocks(README.read_text(encoding="utf-8"), begin, end)
     if study is not None:  # results blocks: one per study (the default study's, the real-domain example's)
         blocks = [b for b in blocks if f"_Study `{study}`:" in b]
