@@ -13,7 +13,7 @@ import torch
 from harness import bookkeeping, closing, config, context, cores, data as datamod, fingerprint, models, records
 from harness import sampling, shifts, stopping
 from harness import schema, store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
-from harness import flags, shiftfiles
+from harness import budgets, flags, shiftfiles
 from harness.config import ConfigError
 
 
@@ -46,6 +46,7 @@ def preflight(cfg: config.Config) -> int:
     except (ValueError, FileNotFoundError) as e:  # torchvision's own, reading the files: still data.path's fault
         raise ConfigError("data.path", str(e)) from None
     shiftfiles.check(cfg.shifts, datamod.n_classes(cfg.data))
+    budgets.check(cfg, store.cache_dir())  # a budget above a class's training images (issue 25)
     train.pick_device(cfg.study.device)
     for flag, uri in (("--storage", cfg.study.storage), ("--tracking-uri", cfg.study.tracking_uri)):
         flags.check_url_syntax(flag, uri)
@@ -266,6 +267,8 @@ def run(cfg: config.Config, n_groups: int, log=print, resume: fingerprint.Resume
         workers.post_search(ctx, study, log)
         workers.backfill(ctx, study, log)
     workers.tag_best(ctx, study)  # harness.selection: the finalist with the best mean validation over seeds
+    if not short and not timed_out and cfg.study.label_budgets:  # learning curves: after the selection (issue 25)
+        budgets.run(ctx, study, log)
     model = closing.publish_model(ctx, log, study)
     closing.describe_parent(ctx, study, model)
     tracking.end_run(ctx.client, ctx.parent_id, "FAILED" if short else "FINISHED")

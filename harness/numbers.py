@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from harness import comparisons, conditions, schema, selection, strategies
+from harness import budget_curves, comparisons, conditions, schema, selection, strategies
 from harness.stats import importances, infer_test_size, on_the_line, pareto, seed_interval, wilson
 
 
@@ -285,5 +285,6 @@ def summarize(study: dict) -> dict:
         "pareto": pareto({r["number"]: (r[schema.ID_ACC], r[schema.OOD_ACC_MEAN]) for r in with_ood}),
         "axes": axes, "importances": importances(done, search, axes) if done else {},
         "per_strategy": _per_strategy(done), "selection": choice,
+        "label_budgets": budget_curves.summarize(study, shifts["test"], objective),  # learning curves (issue 25)
     }
 

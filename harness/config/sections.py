@@ -47,6 +47,10 @@ class Study:
     # the top-k trials by validation that are replicated (with each baseline family's best) and selected from on
     # their mean validation over seeds (harness.selection)
     finalists: int = 3
+    # labels per class at which the baselines and the selected configuration run again after the search (0 = all;
+    # [] = none): learning curves (harness.budgets); budget_seeds seeds each, every seed its own labelled subset
+    label_budgets: list[int] = field(default_factory=list)
+    budget_seeds: int = 3
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,10 @@ ROLE_STUDY, ROLE_SUSTAIN, ROLE_TRIAL, ROLE_REPLICATE, ROLE_POLICY = \
 ROLES = {ROLE_STUDY: "a fine-tuning study's parent run", ROLE_SUSTAIN: "a harness.sustain study's parent run",
          ROLE_TRIAL: "a trial (child run)", ROLE_REPLICATE: "a seed replicate of a trial (child run)",
          ROLE_POLICY: "one policy on one seed's stream (child run of a sustain parent)"}
+# label budgets (harness.budgets, issue 25): runs of the baselines and the selected trial on a labelled subset
+ROLE_BUDGET = "budget"
+ROLES[ROLE_BUDGET] = "a baseline or the selected trial re-run on study.label_budgets labels per class (child run)"
+TAG_LABEL_BUDGET, TAG_TRAIN_LABELS = "harness.label_budget", "harness.train_labels"
 
 TAGS = {
     # every run
@@ -105,6 +109,11 @@ TAGS = {
     TAG_REGISTERED_MODEL: "study parent: the registered model its selected trial's model is a version of",
     TAG_MODEL_VERSION: "study parent: that model version (alias champion); policy runs: their last version",
 }
+
+TAGS.update({
+    TAG_LABEL_BUDGET: "budget runs: labels per class of the labelled subset (0 = the whole train split)",
+    TAG_TRAIN_LABELS: "budget runs: labelled training images the run trained on (all classes)",
+})
 
 # Input tags of the MLflow dataset inputs (records.dataset_inputs)
 INPUT_CONTEXT = "mlflow.data.context"
