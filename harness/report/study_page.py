@@ -6,6 +6,7 @@ from harness import links, schema
 from harness.report import figures
 from harness.report.headline import headline
 from harness.report.selection_page import selection_section
+from harness.report.budgets_page import learning_curves_section
 from harness.report.kit import Raw, ci, esc, heading, img, lr_text, num, page, pct, pts, table, td
 from harness.strategies import PARAMS
 
@@ -330,6 +331,7 @@ def metrics_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Ra
 SECTIONS = {
     "headline": ("Headline", headline), "provenance": ("Provenance", provenance),
     "leaderboard": ("Leaderboard", leaderboard), "selection": ("Selection", selection_section),
+    "learning-curves": ("Learning curves", learning_curves_section),
     "shifts": ("Shifts", shifts_section),
     "on-the-line": ("Accuracy on the line", line_section), "hyperparameters": ("Hyperparameters", hyper_section),
     "calibration": ("Calibration under shift", calibration_section), "training": ("Training curves", training_section),
