@@ -51,9 +51,9 @@ def test_crossover_on_a_fixture():
 
 def _config(workdir, budgets_value="[2]"):
     path = workdir / "tiny.toml"
-    path.write_text(TINY.replace("n_trials = 4", "n_trials = 3").replace("image_size = 16", "image_size = 8")
-                    .replace("epochs = 3", "epochs = 2")
-                    + "")
+    # two lrs a family: full FT at 0.01 and 0.1 (trials 0, 1), the probe (2), LP-FT at 0.001 and 0.01 (3, 4)
+    path.write_text(TINY.replace("n_trials = 4", "n_trials = 5").replace("image_size = 16", "image_size = 8")
+                    .replace("epochs = 3", "epochs = 2").replace("baseline_lrs = [0.01]", "baseline_lrs = [0.01, 0.1]"))
     return ["--config", str(path), "--set", f"study.label_budgets={budgets_value}", "--set", "study.budget_seeds=2",
             "--set", "study.report=false", "--set", 'study.registered_model="none"']
 
@@ -86,20 +86,32 @@ def budget_study(tmp_path_factory):
 
 
 def test_budget_study_runs_once_and_resumes(budget_study):
-    """Budget 2, seeds 1 and 2: each baseline family has one trial, so every (budget, trial, seed) of trials 0-2 runs
-    once (the selected trial is one of them), FINISHED, on 2 x 5 classes = 10 labels; the re-run with budget 3 added
-    runs only budget 3's: every finished (budget 2, trial, seed) keeps its one run."""
+    """Budget 2, seeds 1 and 2: each lr of full FT (trials 0, 1) and LP-FT (3, 4) on seed 1, the probe (2) and the
+    selected trial on both seeds, then each family's best on seed 1 (recomputed here from val_acc_final) on seed 2:
+    each (budget, trial, seed) once, FINISHED, on 2 x 5 classes = 10 labels. The re-run with budget 3 added runs only
+    budget 3's: every finished (budget 2, trial, seed) keeps its one run."""
     root, first, grown = budget_study
     client, exp, _ = _budget_runs(root)
     runs = [client.get_run(i) for i in first]
     keys = sorted((int(r.data.tags["harness.label_budget"]), int(r.data.tags["harness.replicate_of"]),
                    int(r.data.tags["harness.seed"])) for r in runs)
-    assert keys == [(2, n, s) for n in (0, 1, 2) for s in (1, 2)]
+    parent = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'study'")[0]
+    val = {int(r.data.tags["harness.replicate_of"]): r.data.metrics["val_acc_final"] for r in runs
+           if r.data.tags["harness.seed"] == "1"}
+    best = lambda ns: max(ns, key=lambda n: (val[n], -n))
+    want = {(2, n, 1) for n in range(5)} | {(2, n, 2) for n in (2, best([0, 1]), best([3, 4]))}
+    want |= {(2, int(parent.data.tags["harness.best_trial"]), s) for s in (1, 2)}
+    assert keys == sorted(want)
     assert all(r.info.status == "FINISHED" and r.data.tags["harness.train_labels"] == "10" for r in runs)
+    from harness import schema  # every name a budget run writes is declared (tests/test_schema.py runs no budget)
+
+    assert not {k for r in runs for k in r.data.tags if not schema.is_tag(k) and not k.startswith("mlflow.")}
+    assert not {k for r in runs for k in r.data.metrics if not schema.is_metric(k)}
+    assert not {k for r in runs for k in r.data.params if not schema.is_param(k)}
     by_budget = collections.defaultdict(set)
     for r in grown:
         by_budget[int(r.data.tags["harness.label_budget"])].add(r.info.run_id)
-    assert by_budget[2] == first and len(by_budget[3]) == 6 and len(grown) == 12
+    assert by_budget[2] == first and len(by_budget[3]) >= 7 and len(grown) == len(first) + len(by_budget[3])
     assert {r.data.tags["harness.train_labels"] for r in grown if r.info.run_id in by_budget[3]} == {"15"}
 
 
