@@ -125,14 +125,21 @@ def summarize(study: dict, names: list[str], objective: str) -> dict | None:
                  for arm, per in groups.items()}
     out = []
     names_ = list(groups)
+    same = lambda x, y: all(curves[x][b]["number"] == curves[y].get(b, {}).get("number") for b in curves[x])
     for i, x in enumerate(names_):
         for y in names_[i + 1:]:
+            if same(x, y) and same(y, x):  # the selected trial is that family's best at every budget: one arm
+                continue
             for metric, field in (("ood", "ood"), ("id", "clean")):
                 ax = {b: d[field] for b, d in per_image[x].items() if d and d.get(field)}
                 ay = {b: d[field] for b, d in per_image[y].items() if d and d.get(field)}
                 c = crossover(ax, ay)
                 if c is not None:
                     out.append({"a": x, "b": y, "metric": metric, **c})
+    for arm in curves:  # the selected trial as a family's best at every budget: drawn once, named both
+        twins = [f for f in curves if f != arm and same(arm, f) and same(f, arm)]
+        for b in curves[arm]:
+            curves[arm][b]["same_as"] = twins
     return {"first_seed": first, "labels": labels, "budgets": order({r["budget"] for r in rows}),
             "curves": curves, "crossovers": out,
             "note": "per arm and budget: mean over seeds (each seed its own labelled subset) with the 95% t interval; "

@@ -164,24 +164,46 @@ def seed_units(ctx, study: optuna.Study) -> list[units.Unit]:
             if n in by_number]
 
 
-def run(ctx, study: optuna.Study, log=print, worker: int = 0) -> dict:
-    """Both rounds, each planned once (a claim named by its keys) and drained; then RUNNING budget runs left by a dead
-    process end FAILED. Returns this process's unit counts."""
-    if not ctx.cfg.study.label_budgets:
-        return {"complete": 0, "failed": 0}
-
-    def runner(unit: units.Unit, on_run) -> None:
+def runner(ctx, study: optuna.Study, log=print):
+    """The runner of a budget unit (harness.units): one budget run with the CE reference as it stands. Every drain of
+    the study's units holds it (workers.post_search too): any process may pop any waiting unit."""
+    def run_unit(unit: units.Unit, on_run) -> None:
         p = unit.payload
         log(f"label budget {p['budget'] or 'all'}: trial {p['number']} ({p['baseline'] or 'selected'}) seed {p['seed']}")
         run_budget(ctx, p, corruption_error.ce_reference(study.get_trials(deepcopy=False)), on_run=on_run)
 
+    return run_unit
+
+
+def _plan(study: optuna.Study, todo: list[units.Unit]) -> str | None:
+    """Plan the units of `todo` not COMPLETE: a unit that failed (its run FAILED) is planned again by a re-run, under a
+    claim named by the keys left and the failures so far (a retry that fails again is retried by the next re-run, not
+    in a loop). None when every unit is complete."""
+    companion = units.companion(study)
+    done = set(units.keys(companion, states=(optuna.trial.TrialState.COMPLETE,)))
+    left = [u for u in todo if u.key not in done]
+    if not left:
+        return None
+    failed = len(units.keys(companion, states=(optuna.trial.TrialState.FAIL,)))
+    name = "budgets-" + store.cache_key([sorted(u.key for u in left), failed])[:16]
+    units.plan(study, name, left, again=(optuna.trial.TrialState.FAIL,))
+    return name
+
+
+def run(ctx, study: optuna.Study, log=print, worker: int = 0) -> dict:
+    """Both rounds, each planned (_plan) and drained; then RUNNING budget runs left by a dead process end FAILED.
+    Returns this process's unit counts."""
+    if not ctx.cfg.study.label_budgets:
+        return {"complete": 0, "failed": 0}
+    runners = {"extend": workers.run_extension(ctx, study, worker, log), "replicate": workers.run_replicate(ctx, study, log),
+               KIND: runner(ctx, study, log)}
     done = {"complete": 0, "failed": 0}
     selected = workers.selected(ctx, study)
     for plan in (lambda: sweep_units(ctx, study, selected), lambda: seed_units(ctx, study)):
-        todo = plan()
-        name = "budgets-" + store.cache_key(sorted(u.key for u in todo))[:16]
-        units.plan(study, name, todo)
-        got = units.drain(study, ctx.client, {KIND: runner}, worker, log, until_planned=name)
+        name = _plan(study, plan())
+        if name is None:
+            continue
+        got = units.drain(study, ctx.client, runners, worker, log, until_planned=name)
         done = {k: done[k] + got[k] for k in done}
     for r in budget_rows(ctx):
         if r["status"] == "RUNNING":

@@ -181,3 +181,29 @@ def test_bad_budgets_exit_2_and_create_nothing(workdir, capsys, value, why):
     err = capsys.readouterr().err
     assert "study.label_budgets" in err and why in err
     assert created_files(workdir) == []
+
+
+def test_a_rerun_plans_failed_units_again_and_never_complete_ones(tmp_path):
+    """Three budget units: one COMPLETE, one FAIL, one never popped (WAITING). _plan again: the complete one is not
+    enqueued again, the failed one is (a second WAITING trial with its key), the waiting one stays one trial; with all
+    three complete, nothing is planned (None)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from harness import units
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="b", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    todo = [units.Unit(budgets.KIND, f"budget:5:{n}:1", {"n": n}) for n in range(3)]
+    assert budgets._plan(study, todo) is not None
+    comp = units.companion(study)
+    for state in (TrialState.COMPLETE, TrialState.FAIL):
+        trial, _ = units.next_unit(comp, 0)
+        comp.tell(trial, [0.0] if state == TrialState.COMPLETE else None, state=state)
+    assert budgets._plan(study, todo) is not None
+    keys = collections.Counter((t.user_attrs["unit_key"], t.state.name) for t in comp.get_trials())
+    assert keys == {("budget:5:0:1", "COMPLETE"): 1, ("budget:5:1:1", "FAIL"): 1, ("budget:5:1:1", "WAITING"): 1,
+                    ("budget:5:2:1", "WAITING"): 1}
+    while (got := units.next_unit(comp, 0)) is not None:
+        comp.tell(got[0], [0.0])
+    assert budgets._plan(study, todo) is None

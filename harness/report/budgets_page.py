@@ -58,8 +58,14 @@ def _figure(block: dict, name: str) -> Raw:
                 lo = [t[1]["ci"][0] if t[1].get("ci") else t[1]["mean"] for t in pts_]
                 hi = [t[1]["ci"][1] if t[1].get("ci") else t[1]["mean"] for t in pts_]
                 color = COLORS["best"] if arm == SELECTED else COLORS.get(arm, "#7f7f7f")
-                ax.plot(xs, [100 * y for y in ys], "o-", color=color, label=drawn(arm_name(arm)), ms=4)
-                ax.fill_between(xs, [100 * v for v in lo], [100 * v for v in hi], color=color, alpha=0.15, lw=0)
+                twins = next(iter(per.values())).get("same_as") or []
+                label = arm_name(arm) + (f" (= {', '.join(arm_name(t) for t in twins)})" if twins else "")
+                # a twin (the selected trial is that family's best) is drawn dashed over it, so both stay visible
+                ax.plot(xs, [100 * y for y in ys], "o--" if twins and arm == SELECTED else "o-", color=color,
+                        label=drawn(label), ms=4)
+                # accuracy lies in [0, 100]: a 2-seed t interval can leave it; the table keeps the interval itself
+                ax.fill_between(xs, [max(0.0, 100 * v) for v in lo], [min(100.0, 100 * v) for v in hi], color=color,
+                                alpha=0.15, lw=0)
             ax.set_xscale("log")
             ax.set_xlabel("labels per class (log; the last point: all labels)")
             ax.set_ylabel(f"{METRICS[metric]} (%)")
@@ -75,7 +81,8 @@ def rows(block: dict) -> list[list]:
     out = []
     for arm, per in block["curves"].items():
         for b, p in per.items():
-            out.append([arm_name(arm), int(b), f"#{p['number']}", p["seeds"],
+            twins = ", ".join(arm_name(t) for t in p.get("same_as") or [])
+            out.append([arm_name(arm), int(b), f"#{p['number']}" + (f" (= {twins})" if twins else ""), p["seeds"],
                         f"{pct(p['id'].get('mean'))} [{ci(p['id'].get('ci'))}]",
                         f"{pct(p['ood'].get('mean'))} [{ci(p['ood'].get('ci'))}]"])
     return out
