@@ -207,3 +207,16 @@ def test_a_rerun_plans_failed_units_again_and_never_complete_ones(tmp_path):
     while (got := units.next_unit(comp, 0)) is not None:
         comp.tell(got[0], [0.0])
     assert budgets._plan(study, todo) is None
+
+
+def test_family_bests_pick_the_best_first_seed_run_per_budget():
+    """Per (budget, family): the highest first-seed value among FINISHED runs with a finite value; a tie goes to the
+    lower trial number; other seeds, failed runs and NaN never count."""
+    row = lambda b, n, s, fam, v, st="FINISHED": {"budget": b, "number": n, "seed": s, "baseline": fam, "status": st,
+                                                  "value": v}
+    rows = [row(5, 0, 1, "full_ft", 0.50), row(5, 1, 1, "full_ft", 0.70), row(5, 1, 2, "full_ft", 0.10),
+            row(5, 0, 2, "full_ft", 0.99), row(5, 3, 1, "lp_ft", 0.60), row(5, 4, 1, "lp_ft", 0.60),
+            row(0, 0, 1, "full_ft", 0.90), row(0, 1, 1, "full_ft", 0.95, "FAILED"), row(0, 3, 1, "lp_ft", float("nan")),
+            row(0, 4, 1, "lp_ft", 0.40)]
+    assert budget_curves.family_bests(rows, 1) == {(5, "full_ft"): 1, (5, "lp_ft"): 3, (0, "full_ft"): 0,
+                                                   (0, "lp_ft"): 4}
