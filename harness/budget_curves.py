@@ -120,15 +120,16 @@ def summarize(study: dict, names: list[str], objective: str) -> dict | None:
     labels = {b: b if b else (all_labels / n_cls if all_labels and n_cls else None) for b in {r["budget"] for r in rows}}
     curves = {arm: {b: {"number": rs[0]["number"] if rs else None, "seeds": len(rs), "id": _point(rs, "id"),
                         "ood": _point(rs, "ood"), "run_ids": [r["run_id"] for r in rs]}
-                    for b, rs in sorted(per.items(), key=lambda kv: order([kv[0]]))} for arm, per in groups.items()}
+                    for b, rs in sorted(per.items(), key=lambda kv: (kv[0] == 0, kv[0]))} for arm, per in groups.items()}
     per_image = {arm: {b: comparisons.per_seed([r["correct"] for r in rs], names) for b, rs in per.items() if rs}
                  for arm, per in groups.items()}
     out = []
     names_ = list(groups)
     same = lambda x, y: all(curves[x][b]["number"] == curves[y].get(b, {}).get("number") for b in curves[x])
+    twin = lambda x: any(same(x, f) and same(f, x) for f in curves if f != x)
     for i, x in enumerate(names_):
         for y in names_[i + 1:]:
-            if same(x, y) and same(y, x):  # the selected trial is that family's best at every budget: one arm
+            if any(a == SELECTED and twin(a) for a in (x, y)):  # the selected trial is a family's best: one arm
                 continue
             for metric, field in (("ood", "ood"), ("id", "clean")):
                 ax = {b: d[field] for b, d in per_image[x].items() if d and d.get(field)}
