@@ -55,7 +55,8 @@ def _config(workdir, budgets_value="[2]"):
     path.write_text(TINY.replace("n_trials = 4", "n_trials = 5").replace("image_size = 16", "image_size = 8")
                     .replace("epochs = 3", "epochs = 2").replace("baseline_lrs = [0.01]", "baseline_lrs = [0.01, 0.1]"))
     return ["--config", str(path), "--set", f"study.label_budgets={budgets_value}", "--set", "study.budget_seeds=2",
-            "--set", "study.report=false", "--set", 'study.registered_model="none"']
+            "--set", "study.report=false", "--set", 'study.registered_model="none"',
+            "--set", 'search.extend_baseline_grid="off"']  # no extension trial: the trials are exactly 0-4
 
 
 def _budget_runs(root):
