@@ -13,7 +13,7 @@ import torch
 from harness import bookkeeping, closing, config, context, cores, data as datamod, fingerprint, models, records
 from harness import sampling, shifts, stopping
 from harness import schema, store, strategies, suite as suitemod, tracking, train, trial as trialmod, units, workers
-from harness import domainfiles, flags, shiftfiles, soups
+from harness import budgets, domainfiles, flags, shiftfiles, soups
 from harness.config import ConfigError
 
 
@@ -52,6 +52,7 @@ def preflight(cfg: config.Config) -> int:
         raise ConfigError("data.path", str(e)) from None
     shiftfiles.check(cfg.shifts, datamod.n_classes(cfg.data))
     domainfiles.preflight(cfg)  # the domain folder's names and classes, its evaluated images decoded
+    budgets.check(cfg, store.cache_dir())  # a budget above a class's training images (issue 25)
     train.pick_device(cfg.study.device)
     for flag, uri in (("--storage", cfg.study.storage), ("--tracking-uri", cfg.study.tracking_uri)):
         flags.check_url_syntax(flag, uri)
@@ -275,6 +276,8 @@ def run(cfg: config.Config, n_groups: int, log=print, resume: fingerprint.Resume
     workers.tag_best(ctx, study)  # harness.selection: the finalist with the best mean validation over seeds
     if not short and not timed_out:
         soups.after_search(ctx, study, log)  # WiSE-FT and the soups (issue 23); a winning soup is the champion
+    if not short and not timed_out and cfg.study.label_budgets:  # learning curves: after the selection (issue 25)
+        budgets.run(ctx, study, log)
     model = closing.publish_model(ctx, log, study)
     closing.describe_parent(ctx, study, model)
     tracking.end_run(ctx.client, ctx.parent_id, "FAILED" if short else "FINISHED")

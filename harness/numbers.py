@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from harness import comparisons, conditions, domain_numbers, ensemble_numbers, reproduction, schema, selection
-from harness import strategies
+from harness import budget_curves, comparisons, conditions, domain_numbers, ensemble_numbers, reproduction, schema
+from harness import selection, strategies
 from harness.stats import importances, infer_test_size, on_the_line, pareto, seed_interval, wilson
 
 
@@ -291,5 +291,6 @@ def summarize(study: dict) -> dict:
         "per_strategy": _per_strategy(done), "selection": choice,
         "reproduction": reproduction.summarize(study, done) if done else None,  # issue 23: surgical vs full FT, paired
         "ensembles": ensemble_numbers.summarize(study, best, shifts["test"]),  # WiSE-FT and soups (issue 23)
+        "label_budgets": budget_curves.summarize(study, shifts["test"], objective),  # learning curves (issue 25)
     }
 

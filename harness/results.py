@@ -212,10 +212,11 @@ def load(study_name: str, tracking_uri: str, storage: str | None = None) -> dict
                    "curves": {k: _history(client, pid, k) for k in parent.data.metrics},
                    "artifacts": arts, "texts": texts,
                    "shift_examples": artifact(client, pid, "shift_examples.png") if "shift_examples.png" in arts else None},
-        "trials": [t for t in runs if t["role"] not in (schema.ROLE_REPLICATE, schema.ROLE_SOUP)],
+        "trials": [t for t in runs if t["role"] not in (schema.ROLE_REPLICATE, schema.ROLE_SOUP, schema.ROLE_BUDGET)],
         "soups": [t for t in runs if t["role"] == schema.ROLE_SOUP],  # harness.soups' runs
         # seed replicates (harness.trial.replicate)
         "replicates": [t for t in runs if t["role"] == schema.ROLE_REPLICATE],
+        "budgets": [t for t in runs if t["role"] == schema.ROLE_BUDGET],  # label budgets (harness.budgets)
         "optuna": optuna_study(study_name, storage),
     }
 

@@ -205,6 +205,13 @@ def _resampled_differences(a, b, resamples: int, seed: int):
     return side(a, seeds_a) - side(b, seeds_b)
 
 
+def bootstrap_differences(a: list, b: list, resamples: int = BOOTSTRAP, seed: int = 0):
+    """The resampled differences two_level_bootstrap takes its interval from (numpy array, one per resample): for
+    callers that need the joint distribution of several comparisons drawn alike (the same seed gives the same image
+    and seed draws to arrays of the same shapes: harness.budget_curves' crossover)."""
+    return _resampled_differences(_matrix(a, "side a"), _matrix(b, "side b"), resamples, seed)
+
+
 def _matrix(x, what: str):
     import numpy as np
 

@@ -130,14 +130,15 @@ def keys(units: optuna.Study, states=None) -> list[str]:
             if schema.ATTR_UNIT_KEY in t.user_attrs]
 
 
-def plan(study: optuna.Study, name: str, todo: list[Unit]) -> bool | None:
+def plan(study: optuna.Study, name: str, todo: list[Unit], again=()) -> bool | None:
     """Enqueue the units of `todo` not yet in the companion, exactly once across processes (the claim `name`, which
-    should name the plan's content: a study extended later plans its new units under a new name). Returns once()'s
-    answer."""
+    should name the plan's content: a study extended later plans its new units under a new name). `again`: states
+    whose units are enqueued again (harness.budgets retries FAIL on a re-run). Returns once()'s answer."""
     units = companion(study)
 
     def enqueue():
-        have = set(keys(units))  # a holder that died part-way enqueued some: only the rest
+        # a holder that died part-way enqueued some: only the rest
+        have = set(keys(units, states=[s for s in TrialState if s not in again]))
         for u in todo:
             if u.key not in have:
                 units.enqueue_trial({}, user_attrs={schema.ATTR_UNIT_KIND: u.kind, schema.ATTR_UNIT_KEY: u.key,

@@ -309,7 +309,11 @@ def post_search(ctx, study: optuna.Study, log=print, worker: int = 0) -> dict:
     by their keys: a study extended later plans its new ones) and run units until none waits or runs. Each unit runs
     exactly once (harness.units); a dead worker's unit runs again once; a failed one is a line and a FAIL with its
     reason, never a failed study. Returns this process's counts."""
-    runners = {"extend": run_extension(ctx, study, worker, log), "replicate": run_replicate(ctx, study, log)}
+    from harness import budgets  # here: budgets imports this module
+
+    # every kind: a process that drains pops whatever unit waits (another process's label budgets included)
+    runners = {"extend": run_extension(ctx, study, worker, log), "replicate": run_replicate(ctx, study, log),
+               budgets.KIND: budgets.runner(ctx, study, log)}
     done = extend_grid(ctx, study, runners, log, worker)
     if ctx.cfg.study.replicates < 2:
         return done

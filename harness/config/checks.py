@@ -79,6 +79,10 @@ def _check_study(cfg: Config) -> None:
     _positive("study.finalists", s.finalists)
     _positive("study.keep_weights", s.keep_weights, allow_zero=True)
     _positive("study.keep_weights_mb", s.keep_weights_mb, allow_zero=True)
+    _positive("study.budget_seeds", s.budget_seeds)
+    if any(not isinstance(b, int) or b < 0 for b in s.label_budgets) or len(set(s.label_budgets)) != len(s.label_budgets):
+        raise ConfigError("study.label_budgets", f"must be distinct labels per class, each an integer >= 0 (0 = all), "
+                          f"got {_short(s.label_budgets)}")
     if any(not (math.isfinite(v) and v > 0) for v in s.baseline_lrs):
         raise ConfigError("study.baseline_lrs", f"every lr must be finite and > 0, got {s.baseline_lrs}")
 

@@ -54,6 +54,10 @@ class Study:
     # WiSE-FT curves of the selected trial and the baselines after the search (harness.wise): ~15-20% of the default
     # study's wall time (22 evaluations of the test suite)
     wise_ft: bool = True
+    # labels per class at which the baselines and the selected configuration run again after the search (0 = all;
+    # [] = none): learning curves (harness.budgets); budget_seeds seeds each, every seed its own labelled subset
+    label_budgets: list[int] = field(default_factory=list)
+    budget_seeds: int = 3
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from harness.report.domains_page import TITLE as DOMAINS_TITLE, domains_section
 from harness.report.ensembles_page import ensembles_section
 from harness.report.headline import headline
 from harness.report.selection_page import selection_section
+from harness.report.budgets_page import learning_curves_section
 from harness.report.kit import Raw, ci, esc, heading, img, lr_text, num, page, pct, pts, table, td
 from harness.strategies import PARAMS
 
@@ -332,6 +333,7 @@ def metrics_section(studies: list[dict], summaries: list[dict]) -> tuple[str, Ra
 SECTIONS = {
     "headline": ("Headline", headline), "provenance": ("Provenance", provenance),
     "leaderboard": ("Leaderboard", leaderboard), "selection": ("Selection", selection_section),
+    "learning-curves": ("Learning curves", learning_curves_section),
     "shifts": ("Shifts", shifts_section),
     "on-the-line": ("Accuracy on the line", line_section), "domains": (DOMAINS_TITLE, domains_section),
     "hyperparameters": ("Hyperparameters", hyper_section),

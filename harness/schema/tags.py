@@ -56,6 +56,10 @@ ROLES = {ROLE_STUDY: "a fine-tuning study's parent run", ROLE_SUSTAIN: "a harnes
          ROLE_TRIAL: "a trial (child run)", ROLE_REPLICATE: "a seed replicate of a trial (child run)",
          ROLE_POLICY: "one policy on one seed's stream (child run of a sustain parent)",
          ROLE_SOUP: "a model soup of the study's kept trials (child run, harness.soups)"}
+# label budgets (harness.budgets, issue 25): runs of the baselines and the selected trial on a labelled subset
+ROLE_BUDGET = "budget"
+ROLES[ROLE_BUDGET] = "a baseline or the selected trial re-run on study.label_budgets labels per class (child run)"
+TAG_LABEL_BUDGET, TAG_TRAIN_LABELS = "harness.label_budget", "harness.train_labels"
 
 TAGS = {
     # every run
@@ -124,6 +128,11 @@ TAGS = {
     TAG_CHAMPION_RUN_ID: "study parent: the soup run registered as champion because it beat the selected trial on "
                          "validation (absent: the champion is the selected trial, harness.best_run_id)",
 }
+
+TAGS.update({
+    TAG_LABEL_BUDGET: "budget runs: labels per class of the labelled subset (0 = the whole train split)",
+    TAG_TRAIN_LABELS: "budget runs: labelled training images the run trained on (all classes)",
+})
 
 # Input tags of the MLflow dataset inputs (records.dataset_inputs)
 INPUT_CONTEXT = "mlflow.data.context"
