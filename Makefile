@@ -42,6 +42,7 @@ readme: sync
 	$(UV) run --frozen python -m harness.report.reproduction results/surgical_cifar10/sc-noise.json results/surgical_cifar10/sc-pixelate.json --out README.md
 	$(UV) run --frozen python -m harness.sustain --markdown results/sustain.json --out README.md
 	$(UV) run --frozen python -m harness.report --markdown --json results/domains_digits.json --out README.md
+	$(UV) run --frozen python -m harness.report --markdown --json results/default-budgets.json --out README.md
 	$(UV) run --frozen python scripts/measure_datasizes.py --readme README.md --out results/datasizes.json
 
 device-check: sync
