@@ -139,7 +139,7 @@ def test_champion_moves_when_another_trial_is_selected_and_stays_on_resume(share
 
 
 def _sha(x: torch.Tensor, y: torch.Tensor | None = None) -> str:
-    h = hashlib.sha256(x.float().contiguous().numpy().tobytes())
+    h = hashlib.sha256((x if x.dtype == torch.uint8 else x.float()).contiguous().numpy().tobytes())  # as held
     if y is not None:
         h.update(y.long().contiguous().numpy().tobytes())
     return h.hexdigest()

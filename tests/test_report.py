@@ -522,7 +522,7 @@ def _verify_conditions(page: str, t) -> set:
         if name.startswith("Beats"):
             assert outcome == w[0], (name, outcome, w)
             if b["baseline"]:
-                assert f"the search found nothing better than {schema.BASELINES[b['baseline']]}" in cond.lower(), cond
+                assert f"the search found nothing better than {schema.BASELINES[b['baseline']]}".lower() in cond.lower(), cond
             for f, x, y, c, adj in fams:
                 got = re.search(rf"{re.escape(schema.BASELINES[f])} \(trial (\d+)\) ([+-][\d.]+) \[([+-][\d.]+), "
                                 rf"([+-][\d.]+)\], Holm p ([\d.e+-]+)", cond)
