@@ -37,8 +37,7 @@ ui: sync
 # benchmark's bench.json; results/README.md says how each was made); tests/test_readme.py checks them
 readme: sync
 	$(UV) run --frozen python -m harness.report --markdown --json results/default.json --out README.md
-	$(UV) run --frozen python -m harness.report --markdown --spread --json results/default.json --json results/default-rerun.json --json results/default-seed1.json --json results/default-seed2.json --out README.md
-	$(UV) run --frozen python -m harness.bench --readme README.md --json results/bench.json
+	$(UV) run --frozen python -m harness.report --markdown --spread --json results/default.json --json results/default-rerun.json --json results/default-seed1.json --out README.md
 	$(UV) run --frozen python -m harness.report.reproduction results/surgical_cifar10/sc-noise.json results/surgical_cifar10/sc-pixelate.json --out README.md
 	$(UV) run --frozen python -m harness.sustain --markdown results/sustain.json --out README.md
 	$(UV) run --frozen python -m harness.report --markdown --json results/domains_digits.json --out README.md

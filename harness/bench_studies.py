@@ -31,11 +31,12 @@ def study_runs(overrides: list[str], n_trials: int, workdir: Path, device: str) 
     out, epochs = {}, config.load(None, overrides).train.epochs
     for key, pruner, cache in (("none", "none", ""), ("median", "median", ""), ("median-nocache", "median", "0")):
         name = f"bench-{key}"
-        # trials per minute: the seed replicates and the baselines' grid extension after the search are no part of
-        # the n trials timed, so none here
+        # trials per minute: the seed replicates, the baselines' grid extension and the weight-space ensembles after
+        # the search are no part of the n trials timed, so none here
         argv = ["--study-name", name, "--n-trials", str(n_trials), "--no-report", "--device", device,
                 "--set", f'study.pruner="{pruner}"', "--set", "study.replicates=1",
-                "--set", 'search.extend_baseline_grid="off"'] + \
+                "--set", 'search.extend_baseline_grid="off"',
+                "--set", "study.keep_weights=0", "--set", "study.wise_ft=false"] + \
             [a for o in overrides for a in ("--set", o)]
         argv += ["--set", f"train.cache_mb={cache}"] if cache else []
         buf = io.StringIO()
@@ -139,7 +140,8 @@ def workers_runs(overrides: list[str], n_trials: int, workdir: Path, device: str
         name = f"bench-{key}"
         argv = ["--study-name", name, "--n-trials", str(n_trials), "--no-report", "--device", device,
                 "--workers", str(workers), "--set", 'study.pruner="none"', "--set", "study.replicates=1",
-                "--set", 'search.extend_baseline_grid="off"'] + \
+                "--set", 'search.extend_baseline_grid="off"',
+                "--set", "study.keep_weights=0", "--set", "study.wise_ft=false"] + \
             [a for o in overrides for a in ("--set", o)]  # replicates are no trials: none here, as in (c)
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin) if rival else None
         try:

@@ -180,7 +180,9 @@ def render(r: dict) -> str:
         if not t:
             continue
         pairs = ", ".join(f"{h:.1f}/{b:.1f}" for h, b in zip(t["harness_s"], t["bare_s"]))
-        lines.append(f"  - streamed training throughput{' (a second run, alone)' if key != 'throughput' else ''} "
+        when = (f" (measured {t['date']}, load average {', '.join(f'{v:.1f}' for v in t['load_start'])} at its start and "
+                f"{', '.join(f'{v:.1f}' for v in t['load_end'])} at its end)") if t.get("date") else ""
+        lines.append(f"  - streamed training throughput{' (a second run, alone)' if key != 'throughput' else ''}{when} "
                      f"(resnet8, {t['images']} training images at {t['image_size']} px, batch {t['batch_size']}, "
                      f"{t['workers']} DataLoader workers): one epoch of train.fit over the memory-mapped split against "
                      f"a bare DataLoader loop over the same file, {len(t['harness_s'])} pairs (order alternating, after one warm-up each) {pairs} s: median "
@@ -207,6 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--before", help="another checkout (e.g. /work/main) whose study is measured the same way")
     ap.add_argument("--out", default=str(REPO / "results" / "datasizes.json"))
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--only-throughput", action="store_true", help="measure the streamed throughput alone and store it "
+                    "in --out beside the figures already there (their own date and load are kept)")
     ap.add_argument("--readme", help="only write README's block from --out's stored JSON into this file")
     args = ap.parse_args(argv)
     if args.readme:
@@ -215,6 +219,17 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     from harness import device_check, models
 
+    if args.only_throughput:
+        out = json.loads(Path(args.out).read_text())
+        out.pop("throughput_separate", None)
+        with tempfile.TemporaryDirectory(prefix="datasizes-") as tmp:
+            load0 = os.getloadavg()
+            folder = device_check.make_folder(Path(tmp) / "images", classes=N_CLASSES, per_class=PER_CLASS)
+            out["throughput"] = {**throughput(folder, Path(tmp) / "tcache"), "date": time.strftime(
+                "%Y-%m-%d %H:%M:%S %Z"), "load_start": load0, "load_end": os.getloadavg()}
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        print(json.dumps(out["throughput"], indent=1))
+        return 0
     out = {"load_average_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     with tempfile.TemporaryDirectory(prefix="datasizes-") as tmp:
         tmp = Path(tmp)
