@@ -92,14 +92,16 @@ def _retry_callback(client, max_retry: int = MAX_RETRY, reason: str = "worker di
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def callback(study, frozen):
-        run_id = frozen.user_attrs.get(schema.ATTR_RUN_ID)
-        if client is not None and run_id:
-            tracking.fail_runs(client, [run_id], reason)
-        # the retry copies system attrs: drop the dead worker's identity and its fail reason
+        # the retry first, its MLflow run after: a process killed in between (a worker's wind-down cut short by its
+        # launcher's SIGKILL) leaves a RUNNING run, which sweep_orphans ends, never a failed trial without its retry.
+        # The retry copies system attrs: drop the dead worker's identity and its fail reason
         clone = copy.deepcopy(frozen)
         clone.system_attrs = {k: v for k, v in frozen.system_attrs.items() if k not in schema.TRIAL_SYSTEM_ATTRS}
         clone.distributions = _holding(clone.params, clone.distributions)
         retry(study, clone)
+        run_id = frozen.user_attrs.get(schema.ATTR_RUN_ID)
+        if client is not None and run_id:
+            tracking.fail_runs(client, [run_id], reason)
 
     return callback
 
@@ -293,6 +295,21 @@ def fail_own(study: optuna.Study, client, reason: str, pids=None) -> int:
             if _fail(study, t._trial_id, reason):
                 callback(study, study._storage.get_trial(t._trial_id))
                 n += 1
+    return n
+
+
+def requeue_missing(study: optuna.Study, client, reason: str, since: datetime.datetime) -> int:
+    """Trials failed with `reason` since `since` whose retry is not in the study (their process was killed between
+    its FAIL and its enqueue, under the bounds of MAX_RETRY): enqueued now, as fail_own would have. Returns how
+    many. The launcher's last step after a signal, once no worker is left to enqueue its own."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+    callback, n = _retry_callback(client, reason=reason), 0
+    for t in trials:
+        if (t.state == TrialState.FAIL and t.number not in retried and t.datetime_complete is not None
+                and t.datetime_complete >= since and t.system_attrs.get(schema.ATTR_FAIL_REASON) == reason):
+            callback(study, t)
+            n += 1
     return n
 
 

@@ -198,15 +198,15 @@ def _call_factory(name: str, factory, num_classes: int):
         with open(os.devnull) as devnull:
             sys.stdin = devnull
             out = factory(num_classes)
-    except KeyboardInterrupt:
-        raise
     except SystemExit as e:
         raise ConfigError("model.name", f"{name}({num_classes}) called sys.exit({e.code!r}) instead of returning "
                           f"(model, groups)") from None
     except EOFError as e:
         raise ConfigError("model.name", f"{name}({num_classes}) read standard input (EOFError: {e}); a model factory "
                           f"must build the model from num_classes alone") from None
-    except BaseException as e:  # noqa: BLE001 - whatever a user's code raises is that code's fault, reported as such
+    except Exception as e:  # noqa: BLE001 - whatever a user's code raises is that code's fault, reported as such
+        # (not BaseException: every trial builds its model here, and a SIGTERM turned into this error was a trial
+        # failed for a "bad model" while the worker, its signal spent, ran on until its launcher's SIGKILL)
         cause = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
         raise ConfigError("model.name", f"{name}({num_classes}) raised {type(e).__name__}"
                           f"{': ' + cause[:200] if cause else ''}") from None

@@ -13,6 +13,7 @@ import sys
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 WORKER_GRACE_S = 30.0  # a worker's own wind-down: a few storage and MLflow writes (seconds under load)
 _watched: dict = {}  # what wind_down cleans: "ctx" and "study" of this process, once open
+_held: dict = {"depth": 0, "pending": None}  # deferred(): how deep, and the Interrupted it holds back
 
 
 class Interrupted(BaseException):
@@ -37,6 +38,9 @@ class Interrupted(BaseException):
 def _raise(signum, _frame):
     for s in SIGNALS:  # the wind-down runs once: a second Ctrl-C or the launcher's forward must not cut it short
         signal.signal(s, signal.SIG_IGN)
+    if _held["depth"]:  # inside deferred(): raised as it ends
+        _held["pending"] = Interrupted(signum)
+        return
     raise Interrupted(signum)
 
 
@@ -91,6 +95,7 @@ def wind_down(e: Interrupted, parent: bool = True) -> int:
     # short by a busy store) is theirs, whatever a liveness check would say of a pid just reaped
     n += bookkeeping.fail_own(study, ctx.client, e.reason, pids=getattr(e, "worker_pids", ()))
     n += bookkeeping.recover_dead(study, ctx.client)  # workers killed after the grace period
+    bookkeeping.requeue_missing(study, ctx.client, e.reason, e.at)  # ... between a trial's FAIL and its retry
     bookkeeping.sweep_orphans(ctx.client, ctx.exp_id, ctx.parent_id, study)
     tracking.end_run(ctx.client, ctx.parent_id, "KILLED", {schema.TAG_FAIL_REASON: e.reason})
     # the workers' own (failed by them, with this reason, since the signal)
@@ -101,18 +106,24 @@ def wind_down(e: Interrupted, parent: bool = True) -> int:
 
 @contextlib.contextmanager
 def deferred():
-    """SIGTERM and SIGINT held back (blocked, delivered at the end) while a trial changes hands: between Optuna's
-    ask and the attrs naming this process, a signal would leave a RUNNING trial nobody can tell is ours."""
+    """SIGTERM and SIGINT held back (raised as the block ends) while a trial changes hands: between Optuna's ask and
+    the attrs naming this process, a signal would leave a RUNNING trial nobody can tell is ours. Held in the handler,
+    not by the main thread's signal mask: a process-directed signal goes to any thread that does not block it
+    (MLflow's logging thread, the system-metrics sampler), and Python then runs the handler in the main thread
+    whatever its mask, so a masked main thread was interrupted mid-ask all the same."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    _held["depth"] += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _held["depth"] -= 1
+        if not _held["depth"] and _held["pending"] is not None:
+            pending, _held["pending"] = _held["pending"], None
+            raise pending
 
 
 def stop_workers(procs: list, signum: int, grace: float = WORKER_GRACE_S) -> None:

@@ -265,10 +265,24 @@ def dataset_input(name: str, digest: str, source: str, context: str, tags: dict 
     return DatasetInput(ds, tags=input_tags)
 
 
+# MLflow's log_inputs reads which datasets its experiment has, then inserts the missing ones in one transaction;
+# two processes logging the same new datasets at once (two launchers on a fresh store, two workers) both insert and
+# the second fails on the unique key (experiment, name, digest). Its transaction is rolled back whole, and a retry
+# finds the winner's rows. Each backend's words for that key: sqlite, PostgreSQL, MySQL.
+_DUPLICATE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry")
+INPUT_RETRIES = 5
+
+
 def log_inputs(client, run_id: str, inputs: list) -> None:
-    """Every dataset input of a run in one request (a trial's ~60: one call)."""
-    if inputs:
-        client.log_inputs(run_id, datasets=inputs)
+    """Every dataset input of a run in one request (a trial's ~60: one call); a lost insert race is retried."""
+    for attempt in range(INPUT_RETRIES if inputs else 0):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as e:
+            if attempt == INPUT_RETRIES - 1 or not any(d in str(e) for d in _DUPLICATE):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 SYSTEM_INTERVAL = 10.0  # seconds between system-metric samples (study.system_metrics); one request per sample

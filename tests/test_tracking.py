@@ -40,3 +40,44 @@ def test_a_failed_background_batch_still_ends_the_run_with_the_error(tmp_path):
     with pytest.raises(MlflowException, match="bad name"):  # raised where the trial records it as its fail reason
         tracking.log_metrics(client, run_id, {"id_acc": 0.5})
 
+
+
+def test_a_lost_dataset_insert_race_is_retried(tmp_path):
+    """Two processes logging the same new datasets at once (two launchers on a fresh store, two workers): MLflow
+    looks up the experiment's datasets, then inserts the missing ones, so the second insert hits the unique key
+    (experiment, name, digest). Staged for real: just before this client's INSERT INTO datasets, a second client on the
+    same sqlite file logs the same datasets on another run and commits. log_inputs retries and both runs end with
+    the 2 inputs, which the store holds once each; MLflow's own call, without the retry, fails on that race."""
+    import sqlalchemy
+
+    client, run_a = _run(tmp_path)
+    exp = client.get_run(run_a).info.experiment_id
+    run_b, run_c = (client.create_run(exp).info.run_id for _ in range(2))
+    other = store.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    inputs = [tracking.dataset_input(f"digits/{split}", f"d-{split}", "sklearn", "training") for split in ("a", "b")]
+    engine = client._tracking_client.store.engine
+    staged, rival = [], {"run": run_b, "inputs": inputs}
+
+    def before(conn, cursor, statement, *_):
+        if statement.lstrip().upper().startswith("INSERT INTO DATASETS") and not staged:
+            staged.append(statement)
+            other.log_inputs(rival["run"], datasets=rival["inputs"])  # the other process wins: its rows commit first
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", before)
+    try:
+        tracking.log_inputs(client, run_a, inputs)
+        assert staged, "the race was not staged"
+        staged.clear()
+        rival["run"] = run_c
+        rival["inputs"] = [tracking.dataset_input(f"digits/{split}", f"e-{split}", "sklearn", "training")
+                           for split in "ab"]
+        with pytest.raises(MlflowException, match="UNIQUE constraint"):
+            client.log_inputs(client.create_run(exp).info.run_id, datasets=rival["inputs"])  # MLflow alone loses
+        assert staged
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", before)
+    for run in (run_a, run_b):
+        assert sorted(d.dataset.name for d in client.get_run(run).inputs.dataset_inputs) == ["digits/a", "digits/b"]
+    with sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'mlflow.db'}").connect() as c:
+        rows = c.execute(sqlalchemy.text("SELECT name, digest FROM datasets WHERE digest LIKE 'd-%'")).fetchall()
+    assert sorted(rows) == [("digits/a", "d-a"), ("digits/b", "d-b")]
