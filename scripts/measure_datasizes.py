@@ -92,9 +92,10 @@ def throughput(folder: Path, cache: Path, pairs: int = 5, epochs: int = 6) -> di
     same epochs: one DataLoader over the .npy (a batch an item, read with one sorted fancy index, as the harness
     reads), in fit's batch order (a sampler drawing train.batches' permutations: the same batches), with
     persistent_workers=True (the user who keeps workers across epochs: the strongest reference), the same model and
-    optimizer. epochs=1 is the configuration measured before 2026-12-08 (0.91x): a 6-batch fit of one epoch, where
-    starting and ending the workers (0.07 s each here) and the first batch's warm-up are a share of every fit that
-    a trial of 6 epochs pays once."""
+    optimizer. epochs=1 is the configuration measured before 2026-12-08 (0.91x, under load 2-4; the same code gave
+    0.94-1.06 in other runs here): a 6-batch fit of one epoch, one fork of the workers on each side, so it could not
+    show what a trial of 6 epochs pays for workers forked every epoch (0.32 s an epoch here, harness.stream.Reader),
+    nor compare the harness with a user who keeps them."""
     import numpy as np
     import torch
     import torch.nn.functional as F
