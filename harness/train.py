@@ -287,20 +287,26 @@ def fit(model, groups, x, y, recipe: Recipe, seed: int, device, view=None):
     # the flips are not drawn from the numbers that drew the order
     aug = torch.Generator().manual_seed(seed + 1) if r.augment == "flip_crop" else None
     step = 0
-    for epoch in range(r.epochs):
-        frozen = frozen_at(r, epoch, len(groups) - 1)
-        xs, forward = x, model
-        if view is not None:
-            view.train_with(frozen)
-            if aug is None:
-                xs, forward = view.inputs(x, r.batch_size, device, shuffled=True)
-        set_training(model, groups, frozen, r.bn)
-        loss, step = train_one_epoch(forward, opt, batches(xs, y, plan, gen, aug), plan, step)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch} (lr {r.lr:g})")
-        if entry.after_epoch is not None:
-            entry.after_epoch(hook, epoch)
-        yield epoch, loss, n_frozen(frozen), lr_at(step, plan.total, r.lr, r.schedule)
+    with contextlib.ExitStack() as held:
+        # streamed images (harness.stream): one reader, its worker processes kept for every epoch, ended after the last
+        # epoch's batches, or when the caller stops early (an exception, a pruned trial: the generator closed)
+        xr = held.enter_context(x.reader(device, -(-len(x) // r.batch_size))) if hasattr(x, "reader") else x
+        for epoch in range(r.epochs):
+            frozen = frozen_at(r, epoch, len(groups) - 1)
+            xs, forward = x, model
+            if view is not None:
+                view.train_with(frozen)
+                if aug is None:
+                    xs, forward = view.inputs(x, r.batch_size, device, shuffled=True)
+            set_training(model, groups, frozen, r.bn)
+            loss, step = train_one_epoch(forward, opt, batches(xr if xs is x else xs, y, plan, gen, aug), plan, step)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite train_loss ({loss}) at epoch {epoch} (lr {r.lr:g})")
+            if entry.after_epoch is not None:
+                entry.after_epoch(hook, epoch)
+            if epoch == r.epochs - 1:
+                held.close()  # no worker waits while the caller evaluates the last epoch
+            yield epoch, loss, n_frozen(frozen), lr_at(step, plan.total, r.lr, r.schedule)
 
 
 @torch.inference_mode()

@@ -99,3 +99,39 @@ def test_a_bad_memory_budget_is_bad_input(value, phrase):
     with pytest.raises(ConfigError) as err:
         config.load(None, [f"data.memory_budget={value}"])
     assert err.value.key == "data.memory_budget" and phrase in str(err.value)
+
+
+def test_a_fit_keeps_one_set_of_reader_workers_for_its_epochs_and_ends_them(tmp_path):
+    """A streamed fit reads every epoch with the same worker processes (stream.Reader, persistent_workers), ends them
+    with its last epoch's batches, and ends them too when its caller stops early (a pruned trial: the generator
+    closed) or raises into it; its losses are those of the same images held in memory, epoch by epoch."""
+    import multiprocessing
+
+    arr = np.random.default_rng(0).integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", arr)
+    x, y = stream.Streamed(str(tmp_path / "x.npy"), arr.shape), torch.arange(40) % 3
+    recipe = train.Recipe(lr=0.05, epochs=3, batch_size=8)
+
+    def fit(images):
+        model, groups = models.build("resnet8", 3, seed=0)
+        return train.fit(train.prepare(model, CPU), groups, images, y, recipe, seed=0, device=CPU)
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    workers, losses = [], []
+    for _, loss, _, _ in fit(x):
+        losses.append(loss)
+        workers.append({p.pid for p in multiprocessing.active_children()} - before)
+    assert len(workers[0]) == min(stream.WORKERS, 5) and workers[1] == workers[0]  # the same processes, epoch 2
+    assert workers[2] == set()  # ended before the last epoch is handed to the caller
+    assert losses == [loss for _, loss, _, _ in fit(torch.from_numpy(arr))]
+    for raised in (None, KeyboardInterrupt):  # closed by the caller (None), or an exception raised into it
+        g = fit(x)
+        next(g)
+        assert {p.pid for p in multiprocessing.active_children()} - before
+        if raised is None:
+            g.close()
+        else:
+            with pytest.raises(raised):
+                g.throw(raised)
+        assert {p.pid for p in multiprocessing.active_children()} - before == set()
+    stream._open.cache_clear()
