@@ -75,7 +75,7 @@ def arms(rows: list[dict], selected: int | None, first_seed: int) -> dict[str, d
 
 
 def _point(runs: list[dict], key: str) -> dict:
-    return stats.seed_interval([r[key] for r in runs if r[key] is not None])
+    return stats.seed_interval([r[key] for r in runs if r[key] is not None], bounds=(0.0, 1.0))  # accuracies
 
 
 def crossover(a: dict[int, list], b: dict[int, list], resamples: int = stats.BOOTSTRAP, seed: int = 0) -> dict | None:

@@ -163,12 +163,16 @@ def t975(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-def seed_interval(values: list) -> dict:
-    """Mean, sample sd and the 95% t interval of the mean over seed replicates (None below 2 values)."""
+def seed_interval(values: list, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean, sample sd and the 95% t interval of the mean over seed replicates (None below 2 values). With `bounds`
+    (an accuracy's (0, 1)), the interval is cut to them: the mean lies within, so the cut interval covers it whenever
+    the t interval does (the label-budget study's LP-FT at 50 labels a class, 3 seeds, printed 81.9 [24.1, 139.6]%
+    before); "half" stays the t half-width."""
     out = mean_sd(values)
     if out["n"] >= 2:
         half = t975(out["n"] - 1) * out["sd"] / math.sqrt(out["n"])
-        out["ci"] = [out["mean"] - half, out["mean"] + half]
+        lo, hi = bounds or (-math.inf, math.inf)
+        out["ci"] = [max(lo, out["mean"] - half), min(hi, out["mean"] + half)]
         out["half"] = half
     else:
         out["ci"] = out["half"] = None

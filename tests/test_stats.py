@@ -61,6 +61,12 @@ def test_quantiles_and_intervals_match_scipy_and_tables():
     assert out["ci"] == pytest.approx([np.mean(vals) - half, np.mean(vals) + half])
     assert out["half"] == pytest.approx(half)
     assert stats.seed_interval([0.8])["ci"] is None
+    # an accuracy's interval cut to [0, 1]; the half-width stays scipy's t half-width
+    wide = [0.99, 1.0, 0.55]
+    half = t.ppf(0.975, 2) * np.std(wide, ddof=1) / np.sqrt(3)
+    cut = stats.seed_interval(wide, bounds=(0.0, 1.0))
+    assert np.mean(wide) + half > 1 and cut["ci"] == pytest.approx([np.mean(wide) - half, 1.0])
+    assert cut["half"] == pytest.approx(half) and stats.seed_interval(wide)["ci"][1] > 1
     assert stats.Z95 == pytest.approx(norm.ppf(0.975), rel=1e-14)
     for k, n in ((0, 20), (3, 60), (30, 60), (57, 60), (60, 60), (912, 1000)):
         ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
