@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import models, train
+from harness import models, stream, train
 
 
 def segments(model: nn.Module, groups: dict) -> list | None:
@@ -124,7 +124,8 @@ def _key(v: View, x: torch.Tensor, batch_size: int, device) -> tuple:
     first = next(v.model.parameters())
     conv = next((p for p in v.model.parameters() if p.dim() == 4), first)
     amp = torch.bfloat16 if device.type == "cuda" else None  # train.autocast
-    version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
+    # inference tensors keep no version counter; a streamed split (harness.stream) is a read-only file
+    version = -1 if not isinstance(x, torch.Tensor) or x.is_inference() else x._version
     return (v.weights, v.k, id(x), version, tuple(x.shape), x.dtype, str(x.device), str(device), amp, first.dtype,
             conv.is_contiguous(memory_format=torch.channels_last), batch_size)
 
@@ -152,14 +153,16 @@ def _compute(v: View, x: torch.Tensor, batch_size: int, device, first: torch.Ten
 def inputs(v: View, x: torch.Tensor, batch_size: int, device, shuffled: bool = False):
     """(what the model is fed, what to feed it to) for the images x: (cached prefix outputs, the rest of the model)
     when the cache holds them or they fit in its budget, else (x, the model). `shuffled`: x is trained on in
-    shuffled batches of batch_size rather than evaluated in chunks.
+    shuffled batches of batch_size rather than evaluated in chunks. A streamed split (harness.stream.Streamed, issue
+    26) is cached the same way: its rows are read from the file once, in those chunks, and its prefix outputs held in
+    memory within the same budget (a set whose outputs do not fit streams its images every epoch, as before).
 
     Exact on CPU: an image's prefix output does not depend on which other images share its batch (train.predict's
     chunks, fit's shuffled batches: equal floats, tests/test_prefix.py), as long as the batch holds more than one
     image: oneDNN convolves a batch of one with another kernel (resnet8 from layer2 on, resnet18 from layer1 on,
     differ in the last bits at batch 1, with 1 or 2 threads; never at any other size tried, 2..128 for resnet8).
     Shuffled training batches of one happen when len(x) % batch_size == 1: then x is recomputed on CPU."""
-    if v.segments is None or v.k == 0 or not isinstance(x, torch.Tensor):  # streamed images: recomputed (issue 26)
+    if v.segments is None or v.k == 0 or not isinstance(x, (torch.Tensor, stream.Streamed)):
         return x, v.model
     if shuffled and device.type == "cpu" and len(x) % batch_size == 1:
         return x, v.model

@@ -135,3 +135,37 @@ def test_a_fit_keeps_one_set_of_reader_workers_for_its_epochs_and_ends_them(tmp_
                 g.throw(raised)
         assert {p.pid for p in multiprocessing.active_children()} - before == set()
     stream._open.cache_clear()
+
+
+def test_the_prefix_cache_serves_a_streamed_split_with_the_in_memory_floats(tmp_path):
+    """A frozen-body trial (resnet8, 3 groups frozen for good) on the streamed training split through the prefix cache:
+    the cache computes the split's prefix once (a miss) and serves every later epoch and a second trial from memory
+    (hits), and the losses, logits and weights equal those of the same trials on the in-memory split without a
+    cache (recomputed every batch)."""
+    from harness import prefix
+
+    root = _folder(tmp_path / "imgs")
+    cfg = config.load(None, ["data.source=\"imagefolder\"", f"data.path=\"{root}\"", "data.image_size=16",
+                             "model.weights=\"none\""])
+    mem, _ = _load(cfg.data, tmp_path / "cache")
+    streamed, _ = _load(dataclasses.replace(cfg.data, memory_budget=1e-9), tmp_path / "cache")
+    assert isinstance(streamed["train"][0], stream.Streamed)
+
+    def run(data, cache):
+        model, groups = models.build("resnet8", 3, seed=0)
+        model = train.prepare(model, CPU)
+        seen = prefix.view(cache, model, groups, ("resnet8", "none", 0, 3)) if cache is not None else None
+        recipe = train.Recipe(lr=0.05, epochs=3, batch_size=8, freeze_layers=3, unfreeze_epoch=3)
+        losses = [loss for _, loss, _, _ in train.fit(model, groups, *data["train"], recipe, 0, CPU, seen)]
+        logits = train.predict(seen if seen is not None else model, data["val"][0], 16, CPU)
+        return losses, logits, {k: t.clone() for k, t in model.state_dict().items()}
+
+    plain = run(mem, None)
+    cache = prefix.Cache(budget=2**30)
+    first = run(streamed, cache)
+    assert cache.misses == 2 and any(isinstance(x, stream.Streamed) for x, _ in cache.entries.values())
+    hits = cache.hits
+    second = run(streamed, cache)
+    assert cache.misses == 2 and cache.hits > hits  # the second trial read the streamed splits' prefixes from memory
+    for a in (first, second):
+        assert a[0] == plain[0] and torch.equal(a[1], plain[1]) and all(torch.equal(a[2][k], plain[2][k]) for k in a[2])
